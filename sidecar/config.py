@@ -1,0 +1,326 @@
+"""Configuration: YAML parsed once, at start-up, into frozen dataclasses.
+
+Every problem is collected with its YAML path (``roles.Admin.max_expiry: got '40d', at
+most 30d``) and reported together by :class:`ConfigError`. Secrets (the keyset and the
+admin key) are never in the YAML: it names a file or an environment variable, and the
+value is held in a :class:`Secret` that never shows itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from sidecar.durations import format_duration, parse_duration, parse_size
+from sidecar.keys import KeySet, KeysetError, parse_keyset
+from sidecar.reader import Reader
+from sidecar.templates import HeaderTemplate, TemplateError, compile_header
+from sidecar.values import HostPort, RateLimit, Secret
+
+MAX_EXPIRY = 30 * 86400.0
+DEFAULT_EXPIRY = 3600.0
+LINK_TYPES = ("signup", "magiclink", "recovery", "invite", "email_change")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists every problem, each with its path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+@dataclass(frozen=True, slots=True)
+class RoleConfig:
+    name: str
+    max_expiry: float
+    one_time: bool
+    redeem: Literal["direct", "confirm"]
+    session_lifetime: float
+    idle_timeout: float
+    params: frozenset[str]
+    modules: tuple[str, ...]
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    headers: tuple[HeaderTemplate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: HostPort
+    key: Secret
+    allow_non_loopback: bool
+    allowed_peers: tuple[Network, ...]
+    max_body: int
+    mint_rate: RateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: HostPort
+    upstream: str
+    prefix: str
+    connect_timeout: float
+    upstream_timeout: float
+    max_connections: int
+    trusted_proxies: tuple[Network, ...]
+    unauthenticated: Literal["deny", "redirect", "pass"]
+    login_url: str | None
+    public_paths: tuple[str, ...]
+    max_header_size: int
+    failed_redeem_rate: RateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    cookie_name: str
+    cookie_secure: bool
+    cookie_domain: str | None
+    cache_ttl: float
+    cache_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str
+    key_prefix: str
+    purge_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinksConfig:
+    role: str
+    default_redirect: str
+    redirect_allow: tuple[str, ...]
+    expiry: float
+    otp_length: int
+    max_otp_attempts: int
+    otp_rate: RateLimit
+    create_user_on_magiclink: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    public_url: str
+    keyset: KeySet
+    admin: AdminConfig
+    proxy: ProxyConfig
+    session: SessionConfig
+    store: StoreConfig
+    default_expiry: float
+    max_expiry: float
+    default_role: str
+    roles: Mapping[str, RoleConfig]
+    links: LinksConfig
+    metrics_listen: HostPort | None
+    log_level: str
+    grace_period: float
+
+    @property
+    def identity_header_names(self) -> frozenset[str]:
+        """Canonical (lower-case, ``-``) names of every header any role injects."""
+        return frozenset(h.canonical for role in self.roles.values() for h in role.headers)
+
+
+DEFAULT_HEADERS = {
+    "X-Forwarded-User": "{user_id}",
+    "X-Forwarded-Role": "{role}",
+    "X-Forwarded-Email": "{email}",
+}
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and freeze the YAML at ``path``; raise :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    return parse_config(text, env=os.environ if env is None else env, base_dir=Path(path).parent)
+
+
+def parse_config(text: str, *, env: Mapping[str, str], base_dir: Path) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"(file): not valid YAML{where}"]) from exc
+    r = Reader(raw if raw is not None else {}, env=env, base_dir=base_dir)
+    cfg = _build(r)
+    if r.errors or cfg is None:
+        raise ConfigError(r.errors)
+    return cfg
+
+
+def _build(r: Reader) -> Config | None:
+    root = r.root()
+    public_url = root.url("public_url", required=True)
+    max_expiry = root.duration("tokens.max_expiry", MAX_EXPIRY, at_most=MAX_EXPIRY)
+    default_expiry = root.duration("tokens.default_expiry", DEFAULT_EXPIRY, at_most=max_expiry)
+
+    keyset_text = root.secret("keys", what="keyset")
+    keyset: KeySet | None = None
+    if keyset_text is not None:
+        try:
+            keyset = parse_keyset(keyset_text.reveal())
+        except KeysetError as exc:
+            r.error("keys", str(exc))
+
+    adm = root.section("admin")
+    admin = AdminConfig(
+        listen=adm.hostport("listen", "127.0.0.1:9091"),
+        key=adm.secret("key", what="admin key") or Secret(""),
+        allow_non_loopback=adm.boolean("allow_non_loopback", False),
+        allowed_peers=adm.networks("allowed_peers"),
+        max_body=adm.size("max_body", 65536),
+        mint_rate=adm.rate("mint_rate", "6000/1m"),
+    )
+    if admin.key.reveal() and len(admin.key.reveal()) < 32:
+        r.error("admin.key", "the admin key is too short: use at least 32 random characters")
+    if not admin.listen.is_loopback and not admin.allow_non_loopback:
+        r.error(
+            "admin.listen",
+            f"got {admin.listen}, which is not a loopback address; "
+            "set admin.allow_non_loopback: true to expose the admin port deliberately",
+        )
+
+    px = root.section("proxy")
+    prefix = px.string("prefix", "/_sidecar")
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix):
+        r.error("proxy.prefix", f"got {prefix!r}, expected a path like /_sidecar")
+    unauth = px.choice("unauthenticated", ("deny", "redirect", "pass"), "deny")
+    login_url = px.url("login_url", required=unauth == "redirect", relative_ok=True)
+    proxy = ProxyConfig(
+        listen=px.hostport("listen", "0.0.0.0:8080"),  # noqa: S104  # the public side
+        upstream=px.url("upstream", required=True) or "",
+        prefix=prefix,
+        connect_timeout=px.duration("connect_timeout", 5.0),
+        upstream_timeout=px.duration("upstream_timeout", 60.0),
+        max_connections=px.integer("max_connections", 256, low=1, high=100_000),
+        trusted_proxies=px.networks("trusted_proxies"),
+        unauthenticated=unauth,  # type: ignore[arg-type]  # choice() checked the value
+        login_url=login_url,
+        public_paths=px.globs("public_paths"),
+        max_header_size=px.size("max_header_size", 16384),
+        failed_redeem_rate=px.rate("failed_redeem_rate", "30/5m"),
+    )
+
+    se = root.section("session")
+    session = SessionConfig(
+        cookie_name=se.string("cookie_name", "sidecar_session", pattern=r"[A-Za-z0-9_\-]+"),
+        cookie_secure=se.boolean("cookie_secure", True),
+        cookie_domain=se.optional_string("cookie_domain"),
+        cache_ttl=se.duration("cache_ttl", 2.0, at_most=60.0),
+        cache_size=se.integer("cache_size", 10_000, low=0, high=10_000_000),
+    )
+
+    st = root.section("store")
+    store = StoreConfig(
+        url=st.string("url", "sqlite:///sidecar.db", pattern=r"(sqlite|redis|rediss|unix)://.+"),
+        key_prefix=st.string("key_prefix", "sidecar:"),
+        purge_interval=st.duration("purge_interval", 60.0),
+    )
+
+    roles = _roles(root, max_expiry)
+    default_role = root.string("default_role", next(iter(roles), ""))
+    if roles and default_role not in roles:
+        r.error("default_role", f"got {default_role!r}, expected one of {sorted(roles)}")
+
+    lk = root.section("links")
+    links_role = lk.string("role", default_role)
+    if roles and links_role not in roles:
+        r.error("links.role", f"got {links_role!r}, expected one of {sorted(roles)}")
+    links = LinksConfig(
+        role=links_role,
+        default_redirect=lk.url("default_redirect", required=False) or (public_url or "") + "/",
+        redirect_allow=lk.strings("redirect_allow", ((public_url or "") + "/**",)),
+        expiry=lk.duration("expiry", DEFAULT_EXPIRY, at_most=max_expiry),
+        otp_length=lk.integer("otp_length", 6, low=6, high=10),
+        max_otp_attempts=lk.integer("max_otp_attempts", 5, low=1, high=100),
+        otp_rate=lk.rate("otp_rate", "5/15m"),
+        create_user_on_magiclink=lk.boolean("create_user_on_magiclink", False),
+    )
+
+    metrics = root.section("metrics")
+    metrics_listen = metrics.optional_hostport("listen")
+    log_level = root.choice("logging.level", ("debug", "info", "warning", "error"), "info")
+    grace = root.duration("shutdown.grace_period", 30.0, at_most=3600.0)
+    r.finish()
+    if not roles and not any(e.startswith("roles") for e in r.errors):
+        r.error("roles", "at least one role is required")
+    if r.errors or keyset is None or public_url is None:
+        return None
+    return Config(
+        public_url=public_url.rstrip("/"),
+        keyset=keyset,
+        admin=admin,
+        proxy=proxy,
+        session=session,
+        store=store,
+        default_expiry=default_expiry,
+        max_expiry=max_expiry,
+        default_role=default_role,
+        roles=roles,
+        links=links,
+        metrics_listen=metrics_listen,
+        log_level=log_level,
+        grace_period=grace,
+    )
+
+
+def _roles(root: Reader.Node, max_expiry: float) -> dict[str, RoleConfig]:
+    roles: dict[str, RoleConfig] = {}
+    for name, node in root.mapping_of("roles"):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            node.fail(f"role names are 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
+            continue
+        lifetime = node.duration("session_lifetime", 8 * 3600.0, at_most=MAX_EXPIRY)
+        headers: list[HeaderTemplate] = []
+        for header, template in node.string_map("headers", DEFAULT_HEADERS).items():
+            try:
+                headers.append(compile_header(header, template))
+            except TemplateError as exc:
+                node.error(f"headers.{header}", str(exc))
+        roles[name] = RoleConfig(
+            name=name,
+            max_expiry=node.duration("max_expiry", max_expiry, at_most=max_expiry),
+            one_time=node.boolean("one_time", True),
+            redeem=node.choice("redeem", ("direct", "confirm"), "direct"),  # type: ignore[arg-type]
+            session_lifetime=lifetime,
+            idle_timeout=node.duration("idle_timeout", min(lifetime, 3600.0), at_most=lifetime),
+            params=frozenset(node.strings("params", ())),
+            modules=node.globs("modules", ("*",)),
+            allow=node.globs("allow", ("/**",)),
+            deny=node.globs("deny", ()),
+            headers=tuple(headers),
+        )
+    return roles
+
+
+__all__ = [
+    "LINK_TYPES",
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "HostPort",
+    "LinksConfig",
+    "ProxyConfig",
+    "RateLimit",
+    "RoleConfig",
+    "Secret",
+    "SessionConfig",
+    "StoreConfig",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]

@@ -1,0 +1,49 @@
+"""Human units in the YAML: durations (``90s``, ``15m``, ``8h``, ``7d``) and sizes (``64KiB``)."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"(\d+)\s*(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
+_UNIT_BYTES = {
+    None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
+    "GB": 1000**3, "GiB": 1024**3,
+}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90s``/``15m``/``8h``/``7d``/``250ms`` or a bare integer of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"got {value!r}, expected a duration like 90s, 15m, 8h or 7d")
+    if isinstance(value, int):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value).strip())
+        if match is None:
+            raise ValueError(f"got {value!r}, expected a duration like 90s, 15m, 8h or 7d")
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"got {value!r}, expected a duration greater than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: 2592000 -> ``30d``, 5400 -> ``90m``."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``65536``, ``64KiB``, ``1MB``."""
+    match = None if isinstance(value, bool) else _SIZE.fullmatch(str(value).strip())
+    if match is None:
+        raise ValueError(f"got {value!r}, expected a size like 65536, 64KiB or 1MiB")
+    size = int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    if size <= 0:
+        raise ValueError(f"got {value!r}, expected a size greater than zero")
+    return size

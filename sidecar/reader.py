@@ -1,0 +1,291 @@
+"""A typed walk over the raw YAML that collects every error with its path.
+
+Each accessor returns a usable default after recording an error, so one pass finds every
+problem at once (like oauth2-proxy's validation). Keys nobody read are reported as unknown
+by :meth:`Reader.finish`, which catches typos such as ``idle_timout``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sidecar.durations import format_duration, parse_duration, parse_size
+from sidecar.values import HostPort, RateLimit, Secret
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Reader:
+    def __init__(self, raw: object, *, env: Mapping[str, str], base_dir: Path) -> None:
+        self.errors: list[str] = []
+        self.env = env
+        self.base_dir = base_dir
+        self._nodes: list[Reader.Node] = []
+        if not isinstance(raw, dict):
+            self.error("(file)", f"expected a mapping at the top level, got {type(raw).__name__}")
+            raw = {}
+        self._root = self.Node(self, "", raw)
+
+    def root(self) -> Reader.Node:
+        return self._root
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def finish(self) -> None:
+        """Report every key that no accessor asked for."""
+        for node in self._nodes:
+            for key in node.data:
+                if key not in node.seen and node.strict:
+                    known = ", ".join(sorted(node.seen)) or "nothing"
+                    self.error(node.join(str(key)), f"unknown key; expected one of: {known}")
+
+    class Node:
+        def __init__(self, reader: Reader, path: str, data: dict[object, object]) -> None:
+            self.reader = reader
+            self.path = path
+            self.data = data
+            self.seen: set[str] = set()
+            self.strict = True
+            self.children: dict[str, Reader.Node] = {}
+            reader._nodes.append(self)
+
+        def join(self, key: str) -> str:
+            return f"{self.path}.{key}" if self.path else key
+
+        def error(self, key: str, message: str) -> None:
+            self.reader.error(self.join(key), message)
+
+        def fail(self, message: str) -> None:
+            self.reader.error(self.path or "(file)", message)
+
+        # -- navigation -----------------------------------------------------------------
+        def section(self, key: str) -> Reader.Node:
+            head, _, rest = key.partition(".")
+            node = self.children.get(head)
+            if node is None:
+                self.seen.add(head)
+                value = self.data.get(head)
+                if value is not None and not isinstance(value, dict):
+                    self.error(head, f"expected a mapping, got {_show(value)}")
+                node = Reader.Node(self.reader, self.join(head), value if isinstance(value, dict) else {})
+                self.children[head] = node
+            return node.section(rest) if rest else node
+
+        def _get(self, key: str) -> tuple[Reader.Node, str, object]:
+            parent, _, leaf = key.rpartition(".")
+            node = self.section(parent) if parent else self
+            node.seen.add(leaf)
+            return node, leaf, node.data.get(leaf)
+
+        def mapping_of(self, key: str) -> Iterator[tuple[str, Reader.Node]]:
+            node = self.section(key)
+            for name in list(node.data):
+                node.seen.add(str(name))
+                yield str(name), node.section(str(name))
+
+        # -- scalars --------------------------------------------------------------------
+        def string(self, key: str, default: str, *, pattern: str | None = None) -> str:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return default
+            if not isinstance(value, str) or not value:
+                node.error(leaf, f"expected a non-empty string, got {_show(value)}")
+                return default
+            if pattern and not re.fullmatch(pattern, value):
+                node.error(leaf, f"got {value!r}, expected to match {pattern}")
+                return default
+            return value
+
+        def optional_string(self, key: str) -> str | None:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return None
+            if not isinstance(value, str) or not value:
+                node.error(leaf, f"expected a non-empty string, got {_show(value)}")
+                return None
+            return value
+
+        def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return default
+            if value not in allowed:
+                node.error(leaf, f"got {_show(value)}, expected one of: {', '.join(allowed)}")
+                return default
+            return str(value)
+
+        def boolean(self, key: str, default: bool) -> bool:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return default
+            if not isinstance(value, bool):
+                node.error(leaf, f"got {_show(value)}, expected true or false")
+                return default
+            return value
+
+        def integer(self, key: str, default: int, *, low: int, high: int) -> int:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return default
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                node.error(leaf, f"got {_show(value)}, expected an integer from {low} to {high}")
+                return default
+            return value
+
+        def duration(self, key: str, default: float, *, at_most: float | None = None) -> float:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return default if at_most is None else min(default, at_most)
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                node.error(leaf, str(exc))
+                return default
+            if at_most is not None and seconds > at_most:
+                node.error(leaf, f"got {value!r}, at most {format_duration(at_most)}")
+                return at_most
+            return seconds
+
+        def size(self, key: str, default: int) -> int:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return default
+            try:
+                return parse_size(value)
+            except ValueError as exc:
+                node.error(leaf, str(exc))
+                return default
+
+        def rate(self, key: str, default: str) -> RateLimit:
+            node, leaf, value = self._get(key)
+            text = default if value is None else value
+            match = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", text) if isinstance(text, str) else None
+            try:
+                if match is None or int(match.group(1)) < 1:
+                    raise ValueError
+                return RateLimit(int(match.group(1)), parse_duration(match.group(2)))
+            except ValueError:
+                node.error(leaf, f"got {_show(value)}, expected a rate like 5/15m (count/window)")
+                return RateLimit(1, 1.0)
+
+        def url(self, key: str, *, required: bool, relative_ok: bool = False) -> str | None:
+            node, leaf, value = self._get(key)
+            if value is None:
+                if required:
+                    node.error(leaf, "is required")
+                return None
+            if isinstance(value, str) and relative_ok and value.startswith("/") and not value.startswith("//"):
+                return value
+            parts = urlsplit(value) if isinstance(value, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                node.error(leaf, f"got {_show(value)}, expected an absolute http(s) URL")
+                return None
+            if parts.username or parts.password or parts.fragment:
+                node.error(leaf, "must not contain credentials or a fragment")
+                return None
+            return value
+
+        def hostport(self, key: str, default: str) -> HostPort:
+            node, leaf, value = self._get(key)
+            parsed = _hostport(default if value is None else value)
+            if parsed is None:
+                node.error(leaf, f"got {_show(value)}, expected host:port like 127.0.0.1:9091")
+                return _hostport(default) or HostPort("127.0.0.1", 0)
+            return parsed
+
+        def optional_hostport(self, key: str) -> HostPort | None:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return None
+            parsed = _hostport(value)
+            if parsed is None:
+                node.error(leaf, f"got {_show(value)}, expected host:port like 127.0.0.1:9100")
+            return parsed
+
+        # -- collections ----------------------------------------------------------------
+        def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return default
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                node.error(leaf, f"expected a list of non-empty strings, got {_show(value)}")
+                return default
+            return tuple(value)
+
+        def globs(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+            return self.strings(key, default)
+
+        def networks(self, key: str) -> tuple[Network, ...]:
+            out: list[Network] = []
+            for i, item in enumerate(self.strings(key, ())):
+                try:
+                    out.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    self.error(f"{key}[{i}]", f"got {item!r}, expected an IP address or CIDR")
+            return tuple(out)
+
+        def string_map(self, key: str, default: Mapping[str, str]) -> dict[str, str]:
+            node, leaf, value = self._get(key)
+            if value is None:
+                return dict(default)
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                node.error(leaf, f"expected a mapping of strings to strings, got {_show(value)}")
+                return dict(default)
+            return {str(k): str(v) for k, v in value.items()}
+
+        def secret(self, key: str, *, what: str) -> Secret | None:
+            """A secret named by ``file:`` or ``env:`` — never its value in the YAML."""
+            node, leaf, value = self._get(key)
+            path = node.join(leaf)
+            if not isinstance(value, dict):
+                if value is None:
+                    self.reader.error(path, f"is required: give file: PATH or env: VARIABLE for the {what}")
+                else:
+                    self.reader.error(path, f"the {what} is never written in the YAML; give file: or env:")
+                return None
+            sub = node.section(leaf)
+            file, var = sub.optional_string("file"), sub.optional_string("env")
+            if (file is None) == (var is None):
+                self.reader.error(path, f"give exactly one of file: or env: for the {what}")
+                return None
+            if file is not None:
+                target = self.reader.base_dir / file
+                try:
+                    text = target.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    self.reader.error(f"{path}.file", f"cannot read {str(target)!r}: {exc.strerror}")
+                    return None
+            else:
+                assert var is not None  # noqa: S101  # narrowed by the check above
+                env_value = self.reader.env.get(var)
+                if not env_value:
+                    self.reader.error(f"{path}.env", f"environment variable {var} is not set")
+                    return None
+                text = env_value.strip()
+            return Secret(text)
+
+
+RateLimitSpec = tuple[int, float]
+HostPortSpec = tuple[str, int]
+SecretText = "Secret"
+
+
+def _hostport(value: object) -> HostPort | None:
+    if not isinstance(value, str):
+        return None
+    match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", value.strip())
+    if match is None or not 0 <= int(match.group(2)) <= 65535:
+        return None
+    return HostPort(match.group(1), int(match.group(2)))
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,172 @@
+"""The storage contract: one small async interface, implemented by SQLite and Redis.
+
+Everything the product keeps goes through :class:`Store`. Both backends pass the
+same contract suite (``tests/test_store_contract.py``). Time is always a parameter
+(``now``, epoch seconds) so expiry is testable without sleeping.
+
+Error model (domain errors, never HTTP):
+
+    StoreError
+     ├── StoreUnavailable   the backend cannot be reached or failed; callers fail closed (503)
+     └── UserExists         create_user with an email that already belongs to a user
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Base class of store errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend is down or failed mid-operation. Nothing was half-written."""
+
+
+class UserExists(StoreError):
+    """A user with this email already exists."""
+
+
+class TokenState(enum.Enum):
+    """What the store knows about a token id."""
+
+    UNUSED = "unused"
+    USED = "used"
+    REVOKED = "revoked"
+
+
+class BurnResult(enum.Enum):
+    """Outcome of :meth:`Store.burn`: exactly one caller ever gets ``BURNED``."""
+
+    BURNED = "burned"
+    ALREADY_USED = "already_used"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A server-side session. ``key`` is a hash of the cookie value, never the value itself."""
+
+    key: str
+    user_id: str
+    role: str
+    params: dict[str, str]
+    created_at: float
+    expires_at: float
+    idle_timeout: float
+    last_seen: float
+    token_id: str
+    email: str | None = None
+    module: str | None = None
+
+    def is_live(self, now: float) -> bool:
+        return now < self.expires_at and now < self.last_seen + self.idle_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user of the auth-links API (GoTrue-style)."""
+
+    id: str
+    email: str
+    created_at: float
+    confirmed_at: float | None = None
+    invited_at: float | None = None
+    password_hash: str | None = None
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLink:
+    """The newest auth link of one type for one user.
+
+    Minting a new link of the same ``(user_id, link_type)`` replaces the record, which
+    makes the older link unusable: redemption checks the token id against this record.
+    ``otp_hash`` and ``hashed_token`` are hashes; the store never sees a usable secret.
+    """
+
+    user_id: str
+    link_type: str
+    token_id: str
+    hashed_token: str
+    otp_hash: str
+    expires_at: float
+    new_email: str | None = None
+    failed_attempts: int = 0
+
+
+class Store(Protocol):
+    """What the product keeps. Implementations must be safe under concurrency and across
+    processes sharing the backend; every method either completes or raises
+    :class:`StoreUnavailable` with nothing half-written."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the backend answers."""
+
+    # -- one-time tokens -------------------------------------------------------------
+    async def burn(self, token_id: str, expires_at: float) -> BurnResult:
+        """Mark ``token_id`` used, exactly once across all callers and processes.
+
+        Durable before returning ``BURNED``. The record may be purged after ``expires_at``
+        (the token itself is dead by then)."""
+
+    async def revoke(self, token_id: str, expires_at: float) -> TokenState:
+        """Revoke an unused token; returns the state it had before (USED stays USED)."""
+
+    async def token_state(self, token_id: str) -> TokenState: ...
+
+    # -- sessions ---------------------------------------------------------------------
+    async def create_session(self, session: SessionRecord) -> None: ...
+
+    async def get_session(self, key: str) -> SessionRecord | None:
+        """The record, or None. Expiry is the caller's check (``is_live``)."""
+
+    async def touch_session(self, key: str, last_seen: float) -> None: ...
+
+    async def delete_session(self, key: str) -> bool: ...
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        """End every session of ``user_id``; returns how many there were."""
+
+    # -- users (auth links) -----------------------------------------------------------
+    async def create_user(self, user: User) -> None:
+        """Insert a user; raise :class:`UserExists` if the email is taken."""
+
+    async def update_user(self, user: User) -> None:
+        """Replace the user with the same id; raise :class:`UserExists` if a changed
+        email is taken by another user."""
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def get_user_by_email(self, email: str) -> User | None: ...
+
+    # -- pending auth links -----------------------------------------------------------
+    async def put_link(self, link: PendingLink) -> None:
+        """Store ``link`` as the current one for its (user_id, link_type)."""
+
+    async def get_link(self, user_id: str, link_type: str) -> PendingLink | None: ...
+
+    async def get_link_by_hash(self, hashed_token: str) -> PendingLink | None: ...
+
+    async def record_failed_attempt(self, user_id: str, link_type: str) -> int:
+        """Count a wrong OTP against the current link; returns the new count (0 if none)."""
+
+    async def delete_link(self, user_id: str, link_type: str) -> None: ...
+
+    # -- rate limits ------------------------------------------------------------------
+    async def hit(self, key: str, window: float, now: float) -> tuple[int, float]:
+        """Count one event in the fixed window containing ``now``.
+
+        Returns ``(count including this one, epoch second the window resets)``."""
+
+    # -- housekeeping -----------------------------------------------------------------
+    async def purge_expired(self, now: float) -> int:
+        """Delete expired burns, revocations, sessions, links and counters; returns rows
+        removed (Redis expires keys by itself and may return 0)."""

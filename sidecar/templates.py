@@ -1,0 +1,64 @@
+"""Identity header templates: ``X-Forwarded-User: "{user_id}"``, compiled once at start-up.
+
+Placeholders: ``{user_id}``, ``{role}``, ``{email}``, ``{module}``, ``{token_id}`` and
+``{param.NAME}`` for an ``additionalParams`` entry. Anything else is a config error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+FIELDS = frozenset({"user_id", "role", "email", "module", "token_id"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+class TemplateError(ValueError):
+    """A header name or template is not valid."""
+
+
+def canonical_header(name: str) -> str:
+    """The spelling two headers share when a WSGI/PHP/CGI upstream would merge them:
+    lower case, ``_`` read as ``-`` (``X_Forwarded_User`` becomes ``HTTP_X_FORWARDED_USER``
+    there, exactly like ``X-Forwarded-User``)."""
+    return name.strip().lower().replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTemplate:
+    name: str
+    canonical: str
+    # Alternating literal text and field names: ("", "user_id", "@corp") etc.
+    parts: tuple[str, ...]
+
+    def render(self, identity: Mapping[str, str]) -> str:
+        """Fill the placeholders; a value with a control character renders as empty
+        (the caller omits empty headers), so no input can split or fold a header."""
+        out: list[str] = []
+        for i, part in enumerate(self.parts):
+            out.append(identity.get(part, "") if i % 2 else part)
+        value = "".join(out)
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            return ""
+        return value
+
+
+def compile_header(name: str, template: str) -> HeaderTemplate:
+    if not _TOKEN.fullmatch(name):
+        raise TemplateError(f"{name!r} is not a valid HTTP header name")
+    parts: list[str] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(template):
+        field = match.group(1)
+        if field not in FIELDS and not re.fullmatch(r"param\.[A-Za-z0-9_.-]+", field):
+            allowed = ", ".join("{" + f + "}" for f in sorted(FIELDS))
+            raise TemplateError(f"unknown placeholder {{{field}}}; allowed: {allowed}, {{param.NAME}}")
+        parts += [template[pos : match.start()], field]
+        pos = match.end()
+    rest = template[pos:]
+    if "{" in rest or "}" in rest:
+        raise TemplateError(f"unbalanced brace in {template!r}")
+    parts.append(rest)
+    return HeaderTemplate(name=name, canonical=canonical_header(name), parts=tuple(parts))

@@ -1,0 +1,200 @@
+"""Refer strings and auth-link tokens: compact JWE (RFC 7516), ``dir`` + ``A256GCM``.
+
+The protected header is exactly ``{"alg": "dir", "enc": "A256GCM", "kid": …}`` (``typ`` and
+``cty`` tolerated). Anything else — ``alg: none``, another ``enc``, ``zip``, ``crit``, an
+unknown ``kid`` — is refused *before* any decryption is attempted, so the decoder has one
+narrow shape to accept. Decryption itself is joserfc's, a maintained JOSE implementation.
+
+Errors (domain, never HTTP)::
+
+    TokenError                 .reason is a short machine word for logs and metrics
+     ├── MalformedToken        not a token of ours (shape, header, claims)
+     ├── UnknownKey            a kid that is not (or no longer) in the keyset
+     ├── TamperedToken         authentication tag does not verify
+     └── ExpiredToken          valid, but past ``exp`` (carries the claims)
+    TokenTooLong               minting would produce a token of 4,096 characters or more
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from joserfc import jwe
+from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
+
+from sidecar.keys import KeySet
+
+MAX_TOKEN_LENGTH = 4096
+_HEADER_FIELDS = frozenset({"alg", "enc", "kid", "typ", "cty"})
+_ALGORITHMS = ["dir", "A256GCM"]
+
+
+class TokenError(Exception):
+    reason = "invalid"
+
+
+class MalformedToken(TokenError):
+    reason = "malformed"
+
+
+class UnknownKey(TokenError):
+    reason = "unknown_key"
+
+
+class TamperedToken(TokenError):
+    reason = "tampered"
+
+
+class ExpiredToken(TokenError):
+    reason = "expired"
+
+    def __init__(self, claims: Claims) -> None:
+        super().__init__("token expired")
+        self.claims = claims
+
+
+class TokenTooLong(Exception):
+    def __init__(self, length: int) -> None:
+        super().__init__(
+            f"the token would be {length} characters long; tokens must be shorter than "
+            f"{MAX_TOKEN_LENGTH} (use fewer or shorter additionalParams)"
+        )
+        self.length = length
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    token_id: str
+    subject: str
+    role: str
+    issued_at: int
+    expires_at: int
+    one_time: bool
+    kind: str  # "refer" or an auth-link type
+    params: Mapping[str, str] = field(default_factory=dict)
+    module: str | None = None
+    email: str | None = None
+    redirect_to: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "jti": self.token_id,
+            "sub": self.subject,
+            "role": self.role,
+            "iat": self.issued_at,
+            "exp": self.expires_at,
+            "one_time": self.one_time,
+            "kind": self.kind,
+            "params": dict(self.params),
+        }
+        for name in ("module", "email", "redirect_to"):
+            value = getattr(self, name)
+            if value is not None:
+                doc[name] = value
+        return doc
+
+
+def new_token_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class TokenCodec:
+    """Seals claims with the keyset's active key; opens tokens sealed by any of its keys."""
+
+    def __init__(self, keyset: KeySet) -> None:
+        self._active_kid = keyset.active_kid
+        self._keys = {kid: OctKey.import_key(raw) for kid, raw in keyset.keys.items()}
+
+    def seal(self, claims: Claims) -> str:
+        header = {"alg": "dir", "enc": "A256GCM", "kid": self._active_kid}
+        payload = json.dumps(claims.to_json(), separators=(",", ":")).encode()
+        token = jwe.encrypt_compact(header, payload, self._keys[self._active_kid])
+        if len(token) >= MAX_TOKEN_LENGTH:
+            raise TokenTooLong(len(token))
+        return token
+
+    def open(self, token: str, now: float) -> Claims:
+        """Decrypt and verify ``token``; raise a :class:`TokenError` subclass."""
+        if not isinstance(token, str) or not 0 < len(token) < MAX_TOKEN_LENGTH:
+            raise MalformedToken("token is empty or too long")
+        parts = token.split(".")
+        if len(parts) != 5 or parts[1] != "" or not all(parts[i] for i in (0, 2, 3, 4)):
+            raise MalformedToken("not a compact JWE with direct encryption")
+        header = _json_object(parts[0])
+        if header is None or not header.keys() <= _HEADER_FIELDS:
+            raise MalformedToken("bad protected header")
+        if header.get("alg") != "dir" or header.get("enc") != "A256GCM":
+            raise MalformedToken("unsupported alg/enc")
+        key = self._keys.get(header["kid"]) if isinstance(header.get("kid"), str) else None
+        if key is None:
+            raise UnknownKey("unknown kid")
+        try:
+            plaintext = jwe.decrypt_compact(token, key, algorithms=_ALGORITHMS).plaintext
+        except (JoseError, ValueError, binascii.Error) as exc:
+            raise TamperedToken("decryption failed") from exc
+        if plaintext is None:
+            raise TamperedToken("no plaintext")
+        claims = _claims(plaintext)
+        if now >= claims.expires_at:
+            raise ExpiredToken(claims)
+        return claims
+
+
+def _json_object(segment: str) -> dict[str, object] | None:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        doc = json.loads(raw)
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _claims(plaintext: bytes) -> Claims:
+    try:
+        doc = json.loads(plaintext)
+    except (ValueError, RecursionError):
+        raise MalformedToken("claims are not JSON") from None
+    if not isinstance(doc, dict):
+        raise MalformedToken("claims are not an object")
+    params = doc.get("params", {})
+    optional = {name: doc.get(name) for name in ("module", "email", "redirect_to")}
+    if not (
+        _is_str(doc.get("jti"))
+        and _is_str(doc.get("sub"))
+        and _is_str(doc.get("role"))
+        and _is_str(doc.get("kind"))
+        and _is_int(doc.get("iat"))
+        and _is_int(doc.get("exp"))
+        and isinstance(doc.get("one_time"), bool)
+        and isinstance(params, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in params.items())
+        and all(v is None or _is_str(v) for v in optional.values())
+    ):
+        raise MalformedToken("claims have the wrong shape")
+    return Claims(
+        token_id=doc["jti"],
+        subject=doc["sub"],
+        role=doc["role"],
+        issued_at=doc["iat"],
+        expires_at=doc["exp"],
+        one_time=doc["one_time"],
+        kind=doc["kind"],
+        params=params,
+        module=optional["module"],  # type: ignore[arg-type]  # checked by _is_str above
+        email=optional["email"],  # type: ignore[arg-type]
+        redirect_to=optional["redirect_to"],  # type: ignore[arg-type]
+    )
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 2048
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**40

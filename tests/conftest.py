@@ -1,0 +1,49 @@
+"""Shared fixtures: real servers started as child processes, never mocks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REQUIRE_ALL = os.environ.get("SIDECAR_REQUIRE_ALL") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a laptop without the part; fail loudly in CI (SIDECAR_REQUIRE_ALL=1)."""
+    if REQUIRE_ALL:
+        pytest.fail(f"{reason} (SIDECAR_REQUIRE_ALL=1 makes this a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a unix socket in a temp dir (no port race)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        skip_or_fail("redis-server is not installed")
+        raise AssertionError("unreachable")
+    tmp: Path = tmp_path_factory.mktemp("redis")
+    sock = tmp / "redis.sock"
+    proc = subprocess.Popen(
+        [exe, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp), "--databases", "64"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("redis-server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
