@@ -199,7 +199,7 @@ def _build(r: Reader) -> Config | None:
     unauth = px.choice("unauthenticated", ("deny", "redirect", "pass"), "deny")
     login_url = px.url("login_url", required=unauth == "redirect", relative_ok=True)
     proxy = ProxyConfig(
-        listen=px.hostport("listen", "0.0.0.0:8080"),  # noqa: S104  # the public side
+        listen=px.hostport("listen", "0.0.0.0:8080"),  # the public side
         upstream=px.url("upstream", required=True) or "",
         prefix=prefix,
         connect_timeout=px.duration("connect_timeout", 5.0),

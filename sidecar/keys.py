@@ -30,8 +30,6 @@ class KeysetError(ValueError):
     """The keyset text is not a valid keyset. Messages never include key material."""
 
 
-
-
 @dataclass(frozen=True, slots=True, repr=False)
 class KeySet:
     active_kid: str

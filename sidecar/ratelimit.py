@@ -21,4 +21,3 @@ async def enforce(store: Store, key: str, limit: RateLimit, now: float) -> None:
     count, reset_at = await store.hit(key, limit.window, now)
     if count > limit.limit:
         raise RateLimited(max(1, math.ceil(reset_at - now)))
-

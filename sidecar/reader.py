@@ -72,7 +72,8 @@ class Reader:
                 value = self.data.get(head)
                 if value is not None and not isinstance(value, dict):
                     self.error(head, f"expected a mapping, got {_show(value)}")
-                node = Reader.Node(self.reader, self.join(head), value if isinstance(value, dict) else {})
+                data = value if isinstance(value, dict) else {}
+                node = Reader.Node(self.reader, self.join(head), data)
                 self.children[head] = node
             return node.section(rest) if rest else node
 
@@ -164,7 +165,9 @@ class Reader:
         def rate(self, key: str, default: str) -> RateLimit:
             node, leaf, value = self._get(key)
             text = default if value is None else value
-            match = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", text) if isinstance(text, str) else None
+            match = (
+                re.fullmatch(r"(\d+)\s*/\s*(\S+)", text.strip()) if isinstance(text, str) else None
+            )
             try:
                 if match is None or int(match.group(1)) < 1:
                     raise ValueError
@@ -179,10 +182,13 @@ class Reader:
                 if required:
                     node.error(leaf, "is required")
                 return None
-            if isinstance(value, str) and relative_ok and value.startswith("/") and not value.startswith("//"):
+            if not isinstance(value, str):
+                node.error(leaf, f"got {_show(value)}, expected an absolute http(s) URL")
+                return None
+            if relative_ok and value.startswith("/") and not value.startswith(("//", "/\\")):
                 return value
-            parts = urlsplit(value) if isinstance(value, str) else None
-            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 node.error(leaf, f"got {_show(value)}, expected an absolute http(s) URL")
                 return None
             if parts.username or parts.password or parts.fragment:
@@ -246,9 +252,10 @@ class Reader:
             path = node.join(leaf)
             if not isinstance(value, dict):
                 if value is None:
-                    self.reader.error(path, f"is required: give file: PATH or env: VARIABLE for the {what}")
+                    hint = f"is required: give file: PATH or env: VARIABLE for the {what}"
                 else:
-                    self.reader.error(path, f"the {what} is never written in the YAML; give file: or env:")
+                    hint = f"the {what} is never written in the YAML; give file: or env:"
+                self.reader.error(path, hint)
                 return None
             sub = node.section(leaf)
             file, var = sub.optional_string("file"), sub.optional_string("env")
@@ -260,10 +267,11 @@ class Reader:
                 try:
                     text = target.read_text(encoding="utf-8").strip()
                 except OSError as exc:
-                    self.reader.error(f"{path}.file", f"cannot read {str(target)!r}: {exc.strerror}")
+                    why = f"cannot read {str(target)!r}: {exc.strerror}"
+                    self.reader.error(f"{path}.file", why)
                     return None
             else:
-                assert var is not None  # noqa: S101  # narrowed by the check above
+                assert var is not None  # narrowed by the check above
                 env_value = self.reader.env.get(var)
                 if not env_value:
                     self.reader.error(f"{path}.env", f"environment variable {var} is not set")

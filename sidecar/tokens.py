@@ -131,7 +131,8 @@ class TokenCodec:
             raise MalformedToken("bad protected header")
         if header.get("alg") != "dir" or header.get("enc") != "A256GCM":
             raise MalformedToken("unsupported alg/enc")
-        key = self._keys.get(header["kid"]) if isinstance(header.get("kid"), str) else None
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None:
             raise UnknownKey("unknown kid")
         try:
@@ -186,9 +187,9 @@ def _claims(plaintext: bytes) -> Claims:
         one_time=doc["one_time"],
         kind=doc["kind"],
         params=params,
-        module=optional["module"],  # type: ignore[arg-type]  # checked by _is_str above
-        email=optional["email"],  # type: ignore[arg-type]
-        redirect_to=optional["redirect_to"],  # type: ignore[arg-type]
+        module=optional["module"],  # checked by _is_str above
+        email=optional["email"],
+        redirect_to=optional["redirect_to"],
     )
 
 

@@ -1,0 +1,213 @@
+"""Server-side sessions: the cookie holds only a random id; the record lives in the store.
+
+The store keys a session by the SHA-256 of the cookie value, so a copy of the database
+does not hand out live cookies. Lookups go through a small in-process cache (bounded LRU,
+``session.cache_ttl`` seconds, 2 s by default) because every proxied request needs one:
+
+* a logout or ``DELETE /sessions`` on *this* process drops the cache entry at once;
+* on other processes or replicas the entry expires within ``cache_ttl``, after which the
+  store (where the record is gone) is asked again — so revocation wins within seconds,
+  and that bound is a config value rather than an accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from aiohttp import hdrs, web
+
+from sidecar.config import RoleConfig
+from sidecar.services import Services
+from sidecar.store.base import SessionRecord
+
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
+# last_seen is written back at most this often; the idle check is early by at most this much.
+_MAX_TOUCH_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A live session and the identity headers its role renders for the upstream."""
+
+    key: str
+    record: SessionRecord
+    headers: tuple[tuple[str, str], ...]
+    cached_until: float
+
+
+def session_key(cookie_value: str) -> str:
+    return hashlib.sha256(cookie_value.encode("ascii")).hexdigest()
+
+
+def split_cookie_header(header: str, name: str) -> tuple[str | None, str]:
+    """Return (the value of cookie ``name``, the header without it).
+
+    Every other cookie is kept byte for byte, so the upstream sees exactly what the browser
+    sent for its own cookies. Every copy of ``name`` is removed; the first one wins."""
+    found: str | None = None
+    kept: list[str] = []
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            if found is None:
+                found = value.strip().strip('"')
+        elif part.strip():
+            kept.append(part.strip())
+    return found, "; ".join(kept)
+
+
+class SessionManager:
+    """Create, find and end sessions for one process."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        cfg = services.config.session
+        self.cookie_name = cfg.cookie_name
+        self._secure = cfg.cookie_secure
+        self._domain = cfg.cookie_domain
+        self._cache_ttl = cfg.cache_ttl
+        self._cache_size = cfg.cache_size
+        self._cache: OrderedDict[str, Session] = OrderedDict()
+
+    async def start(
+        self,
+        *,
+        user_id: str,
+        role: RoleConfig,
+        token_id: str,
+        params: dict[str, str] | None = None,
+        email: str | None = None,
+        module: str | None = None,
+    ) -> str:
+        """Store a new session and return the cookie value to send (once) to the browser."""
+        cookie_value = secrets.token_urlsafe(32)
+        now = self._services.clock()
+        record = SessionRecord(
+            key=session_key(cookie_value),
+            user_id=user_id,
+            role=role.name,
+            params=dict(params or {}),
+            created_at=now,
+            expires_at=now + role.session_lifetime,
+            idle_timeout=role.idle_timeout,
+            last_seen=now,
+            token_id=token_id,
+            email=email,
+            module=module,
+        )
+        await self._services.store.create_session(record)
+        return cookie_value
+
+    def set_cookie(self, response: web.StreamResponse, cookie_value: str, role: RoleConfig) -> None:
+        response.set_cookie(
+            self.cookie_name,
+            cookie_value,
+            max_age=int(role.session_lifetime),
+            path="/",
+            domain=self._domain,
+            secure=self._secure,
+            httponly=True,
+            samesite="Lax",
+        )
+
+    def clear_cookie(self, response: web.StreamResponse) -> None:
+        response.del_cookie(
+            self.cookie_name,
+            path="/",
+            domain=self._domain,
+            secure=self._secure,
+            httponly=True,
+            samesite="Lax",
+        )
+
+    def cookie_value(self, request: web.BaseRequest) -> str | None:
+        """The sidecar's cookie from the request, if it is well formed."""
+        for header in request.headers.getall(hdrs.COOKIE, ()):
+            value, _ = split_cookie_header(header, self.cookie_name)
+            if value is not None:
+                return value if _COOKIE_VALUE.fullmatch(value) else None
+        return None
+
+    async def lookup(self, request: web.BaseRequest) -> Session | None:
+        value = self.cookie_value(request)
+        return None if value is None else await self.lookup_value(value)
+
+    async def lookup_value(self, cookie_value: str) -> Session | None:
+        """The live session for ``cookie_value``, or None (unknown, expired or idle).
+
+        Raises :class:`~sidecar.store.base.StoreUnavailable` when the store is needed and
+        down: the caller fails closed."""
+        if not _COOKIE_VALUE.fullmatch(cookie_value):
+            return None
+        key = session_key(cookie_value)
+        now = self._services.clock()
+        session = self._cache.get(key)
+        if session is not None and session.cached_until <= now:
+            del self._cache[key]
+            session = None
+        if session is None:
+            record = await self._services.store.get_session(key)
+            if record is None or record.role not in self._services.config.roles:
+                # A role removed from the config ends its sessions.
+                return None
+            session = self._remember(key, record, now)
+        record = session.record
+        if not record.is_live(now):
+            self._cache.pop(key, None)
+            return None
+        if now - record.last_seen >= min(_MAX_TOUCH_INTERVAL, record.idle_timeout / 10):
+            await self._services.store.touch_session(key, now)
+            session = replace(session, record=replace(record, last_seen=now))
+            self._cache[key] = session
+        self._cache.move_to_end(key)
+        return session
+
+    async def end(self, request: web.BaseRequest) -> SessionRecord | None:
+        """End the request's session (logout); returns the record that ended, if any."""
+        value = self.cookie_value(request)
+        if value is None:
+            return None
+        key = session_key(value)
+        self._cache.pop(key, None)
+        record = await self._services.store.get_session(key)
+        await self._services.store.delete_session(key)
+        return record
+
+    async def end_user(self, user_id: str) -> int:
+        """End every session of ``user_id`` in the store and in this process's cache."""
+        for key in [k for k, s in self._cache.items() if s.record.user_id == user_id]:
+            del self._cache[key]
+        return await self._services.store.delete_user_sessions(user_id)
+
+    def _remember(self, key: str, record: SessionRecord, now: float) -> Session:
+        session = Session(
+            key=key,
+            record=record,
+            headers=self._render_headers(record),
+            cached_until=now + self._cache_ttl,
+        )
+        if self._cache_size:
+            self._cache[key] = session
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return session
+
+    def _render_headers(self, record: SessionRecord) -> tuple[tuple[str, str], ...]:
+        role = self._services.config.roles[record.role]
+        identity = {
+            "user_id": record.user_id,
+            "role": record.role,
+            "email": record.email or "",
+            "module": record.module or "",
+            "token_id": record.token_id,
+        }
+        identity.update({f"param.{k}": v for k, v in record.params.items()})
+        rendered = ((h.name, h.render(identity)) for h in role.headers)
+        return tuple((name, value) for name, value in rendered if value)
+
+
+SESSIONS = web.AppKey("sessions", SessionManager)

@@ -1,0 +1,358 @@
+"""SQLite backend: the embedded default, one file, nothing to install.
+
+Writes go through one connection owned by a :class:`GroupCommitWriter` (WAL,
+``synchronous=FULL``, group commit: see ``_groupcommit``); reads use a second connection,
+which WAL lets run while the writer commits. A background task purges expired rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import aiosqlite
+
+from sidecar.store import _codec
+from sidecar.store._groupcommit import (
+    SQLITE_ERRORS,
+    Conn,
+    GroupCommitWriter,
+    Params,
+    fetchall,
+    fetchone,
+    statement,
+)
+from sidecar.store.base import (
+    BurnResult,
+    PendingLink,
+    SessionRecord,
+    StoreUnavailable,
+    TokenState,
+    User,
+    UserExists,
+)
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_PURGE_CHUNK = 5000  # rows per purge transaction, so burns are never stalled for long
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY, user_id TEXT NOT NULL, role TEXT NOT NULL, params TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, idle_timeout REAL NOT NULL,
+    last_seen REAL NOT NULL, token_id TEXT NOT NULL, email TEXT, module TEXT,
+    dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
+CREATE INDEX IF NOT EXISTS sessions_dead_at ON sessions (dead_at);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY, email TEXT NOT NULL, email_key TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL, confirmed_at REAL, invited_at REAL, password_hash TEXT,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS links (
+    user_id TEXT NOT NULL, link_type TEXT NOT NULL, token_id TEXT NOT NULL,
+    hashed_token TEXT NOT NULL, otp_hash TEXT NOT NULL, expires_at REAL NOT NULL,
+    new_email TEXT, failed_attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, link_type)
+);
+CREATE INDEX IF NOT EXISTS links_hashed_token ON links (hashed_token);
+CREATE INDEX IF NOT EXISTS links_expires_at ON links (expires_at);
+CREATE TABLE IF NOT EXISTS ratelimits (
+    key TEXT PRIMARY KEY, count INTEGER NOT NULL, reset_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ratelimits_reset_at ON ratelimits (reset_at);
+PRAGMA user_version = 1;
+COMMIT;
+"""
+
+# Bounded deletes (see _PURGE_CHUNK); table and column names are constants.
+_PURGES = (
+    "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens WHERE expires_at < ? LIMIT ?)",
+    "DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions WHERE dead_at < ? LIMIT ?)",
+    "DELETE FROM links WHERE rowid IN (SELECT rowid FROM links WHERE expires_at < ? LIMIT ?)",
+    "DELETE FROM ratelimits WHERE rowid IN"
+    " (SELECT rowid FROM ratelimits WHERE reset_at < ? LIMIT ?)",
+)
+
+
+class SQLiteStore:
+    """A :class:`~sidecar.store.base.Store` in one SQLite file (created if missing).
+
+    Several processes may share the file: the check-and-write of every op runs in a
+    ``BEGIN IMMEDIATE`` transaction, so exactly-once burns hold across them too.
+    """
+
+    def __init__(self, path: str, *, purge_interval: float = 60.0) -> None:
+        if not purge_interval > 0:
+            raise ValueError(f"purge_interval must be > 0 seconds, got {purge_interval!r}")
+        self._path = path
+        self._purge_interval = purge_interval
+        self._conns: list[Conn] = []
+        self._writer: GroupCommitWriter | None = None
+        self._reader: Conn | None = None
+        self._purge_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r})"
+
+    # -- lifetime ---------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the file and schema if missing, start the writer and the purge task."""
+        try:
+            writer = await self._connect()
+            await writer.execute("PRAGMA synchronous = FULL")
+            row = await fetchone(writer, "PRAGMA journal_mode = WAL")
+            if row is None or str(row[0]).lower() != "wal":
+                raise sqlite3.OperationalError("the database refused WAL journal mode")
+            await writer.executescript(_SCHEMA)
+            reader = await self._connect()
+            await reader.execute("PRAGMA query_only = ON")
+        except SQLITE_ERRORS as exc:
+            await self._close_connections()
+            raise StoreUnavailable(f"cannot open SQLite store {self._path!r}: {exc}") from exc
+        self._reader = reader
+        self._writer = GroupCommitWriter(writer)
+        self._writer.start()
+        self._purge_task = asyncio.create_task(self._purge_loop(), name="sqlite-purge")
+
+    async def _connect(self) -> Conn:
+        conn = await aiosqlite.connect(self._path, isolation_level=None)
+        self._conns.append(conn)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    async def close(self) -> None:
+        """Finish queued writes, stop the tasks, close both connections."""
+        purge_task, self._purge_task = self._purge_task, None
+        if purge_task is not None:
+            purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge_task
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.stop()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        self._reader = None
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(*SQLITE_ERRORS):
+                await conn.close()
+
+    async def ping(self) -> None:
+        async def select_one(conn: Conn) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._read("SELECT 1")
+        await self._write(select_one)
+
+    async def _write(self, apply: Callable[[Conn], Awaitable[T]]) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return await self._writer.write(apply)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._purge_interval)
+            try:
+                removed = await self.purge_expired(time.time())
+            except StoreUnavailable as exc:
+                log.warning("purging expired records failed: %s", exc)
+            else:
+                log.debug("purged %d expired records", removed)
+
+    async def _read(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        if self._reader is None:
+            raise StoreUnavailable("SQLite store is not open")
+        try:
+            return await fetchall(self._reader, sql, params)
+        except SQLITE_ERRORS as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+
+    async def _read_one(self, sql: str, params: Params = ()) -> dict[str, object] | None:
+        rows = await self._read(sql, params)
+        return dict(rows[0]) if rows else None
+
+    # -- one-time tokens --------------------------------------------------------------
+    async def burn(self, token_id: str, expires_at: float) -> BurnResult:
+        if self._writer is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return await self._writer.burn(token_id, expires_at)
+
+    async def revoke(self, token_id: str, expires_at: float) -> TokenState:
+        async def apply(conn: Conn) -> TokenState:
+            row = await fetchone(conn, "SELECT state FROM tokens WHERE id = ?", (token_id,))
+            if row is not None:
+                return TokenState(row[0])
+            await conn.execute(
+                "INSERT INTO tokens (id, state, expires_at) VALUES (?, 'revoked', ?)",
+                (token_id, expires_at),
+            )
+            return TokenState.UNUSED
+
+        return await self._write(apply)
+
+    async def token_state(self, token_id: str) -> TokenState:
+        rows = await self._read("SELECT state FROM tokens WHERE id = ?", (token_id,))
+        return TokenState(rows[0][0]) if rows else TokenState.UNUSED
+
+    # -- sessions ---------------------------------------------------------------------
+    async def create_session(self, session: SessionRecord) -> None:
+        s = session
+        params = (
+            s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
+            s.idle_timeout, s.last_seen, s.token_id, s.email, s.module,
+            _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout),
+        )  # fmt: skip
+        await self._write(
+            statement("INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", params)
+        )
+
+    async def get_session(self, key: str) -> SessionRecord | None:
+        row = await self._read_one("SELECT * FROM sessions WHERE key = ?", (key,))
+        return None if row is None else _codec.session_from_fields(row)
+
+    async def touch_session(self, key: str, last_seen: float) -> None:
+        # SET expressions see the old last_seen, hence MAX twice.
+        sql = (
+            "UPDATE sessions SET last_seen = MAX(last_seen, ?1),"
+            " dead_at = MIN(expires_at, MAX(last_seen, ?1) + idle_timeout) WHERE key = ?2"
+        )
+        await self._write(statement(sql, (last_seen, key)))
+
+    async def delete_session(self, key: str) -> bool:
+        return await self._write(statement("DELETE FROM sessions WHERE key = ?", (key,))) > 0
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        return await self._write(statement("DELETE FROM sessions WHERE user_id = ?", (user_id,)))
+
+    # -- users ------------------------------------------------------------------------
+    async def create_user(self, user: User) -> None:
+        key = _codec.email_key(user.email)
+
+        async def apply(conn: Conn) -> None:
+            sql = "SELECT 1 FROM users WHERE id = ? OR email_key = ?"
+            if await fetchone(conn, sql, (user.id, key)) is not None:
+                raise UserExists(user.email)
+            await conn.execute(
+                "INSERT INTO users VALUES (?,?,?,?,?,?,?,?)",
+                (user.id, user.email, key, *_user_columns(user)),
+            )
+
+        await self._write(apply)
+
+    async def update_user(self, user: User) -> None:
+        key = _codec.email_key(user.email)
+
+        async def apply(conn: Conn) -> None:
+            sql = "SELECT 1 FROM users WHERE email_key = ? AND id != ?"
+            if await fetchone(conn, sql, (key, user.id)) is not None:
+                raise UserExists(user.email)
+            await conn.execute(
+                "UPDATE users SET email = ?, email_key = ?, created_at = ?, confirmed_at = ?,"
+                " invited_at = ?, password_hash = ?, metadata = ? WHERE id = ?",
+                (user.email, key, *_user_columns(user), user.id),
+            )
+
+        await self._write(apply)
+
+    async def get_user(self, user_id: str) -> User | None:
+        return _user(await self._read_one("SELECT * FROM users WHERE id = ?", (user_id,)))
+
+    async def get_user_by_email(self, email: str) -> User | None:
+        sql = "SELECT * FROM users WHERE email_key = ?"
+        return _user(await self._read_one(sql, (_codec.email_key(email),)))
+
+    # -- pending auth links -----------------------------------------------------------
+    async def put_link(self, link: PendingLink) -> None:
+        params = (
+            link.user_id, link.link_type, link.token_id, link.hashed_token, link.otp_hash,
+            link.expires_at, link.new_email, link.failed_attempts,
+        )  # fmt: skip
+        await self._write(
+            statement("INSERT OR REPLACE INTO links VALUES (?,?,?,?,?,?,?,?)", params)
+        )
+
+    async def get_link(self, user_id: str, link_type: str) -> PendingLink | None:
+        sql = "SELECT * FROM links WHERE user_id = ? AND link_type = ?"
+        row = await self._read_one(sql, (user_id, link_type))
+        return None if row is None else _codec.link_from_fields(row)
+
+    async def get_link_by_hash(self, hashed_token: str) -> PendingLink | None:
+        sql = "SELECT * FROM links WHERE hashed_token = ? ORDER BY expires_at DESC LIMIT 1"
+        row = await self._read_one(sql, (hashed_token,))
+        return None if row is None else _codec.link_from_fields(row)
+
+    async def record_failed_attempt(self, user_id: str, link_type: str) -> int:
+        async def apply(conn: Conn) -> int:
+            sql = (
+                "UPDATE links SET failed_attempts = failed_attempts + 1"
+                " WHERE user_id = ? AND link_type = ? RETURNING failed_attempts"
+            )
+            row = await fetchone(conn, sql, (user_id, link_type))
+            return 0 if row is None else int(row[0])
+
+        return await self._write(apply)
+
+    async def delete_link(self, user_id: str, link_type: str) -> None:
+        sql = "DELETE FROM links WHERE user_id = ? AND link_type = ?"
+        await self._write(statement(sql, (user_id, link_type)))
+
+    # -- rate limits ------------------------------------------------------------------
+    async def hit(self, key: str, window: float, now: float) -> tuple[int, float]:
+        reset = _codec.window_reset(window, now)
+
+        async def apply(conn: Conn) -> int:
+            sql = (
+                "INSERT INTO ratelimits (key, count, reset_at) VALUES (?1, 1, ?2)"
+                " ON CONFLICT (key) DO UPDATE SET reset_at = ?2,"
+                " count = CASE WHEN reset_at = ?2 THEN count + 1 ELSE 1 END RETURNING count"
+            )
+            row = await fetchone(conn, sql, (key, reset))
+            return 1 if row is None else int(row[0])
+
+        return await self._write(apply), reset
+
+    # -- housekeeping -----------------------------------------------------------------
+    async def purge_expired(self, now: float) -> int:
+        removed = 0
+        for sql in _PURGES:
+            while True:
+                count = await self._write(statement(sql, (now, _PURGE_CHUNK)))
+                removed += count
+                if count < _PURGE_CHUNK:
+                    break
+        return removed
+
+
+def _user_columns(user: User) -> Iterable[str | float | None]:
+    metadata = _codec.dump_json(user.metadata)
+    return (user.created_at, user.confirmed_at, user.invited_at, user.password_hash, metadata)
+
+
+def _user(row: dict[str, object] | None) -> User | None:
+    if row is None:
+        return None
+    return User(
+        id=_codec.get_str(row, "id"),
+        email=_codec.get_str(row, "email"),
+        created_at=_codec.get_float(row, "created_at"),
+        confirmed_at=_codec.get_opt_float(row, "confirmed_at"),
+        invited_at=_codec.get_opt_float(row, "invited_at"),
+        password_hash=_codec.get_opt_str(row, "password_hash"),
+        metadata=_codec.load_object(_codec.get_str(row, "metadata")),
+    )
