@@ -21,6 +21,7 @@ import yaml
 from sidecar.durations import format_duration, parse_duration, parse_size
 from sidecar.keys import KeySet, KeysetError, parse_keyset
 from sidecar.reader import Reader
+from sidecar.redirects import RedirectPatternError, compile_pattern
 from sidecar.templates import HeaderTemplate, TemplateError, compile_header
 from sidecar.values import HostPort, RateLimit, Secret
 
@@ -236,7 +237,7 @@ def _build(r: Reader) -> Config | None:
 
     lk = root.section("links")
     links_role = lk.string("role", default_role)
-    if roles and links_role not in roles:
+    if roles and links_role not in roles and links_role != default_role:  # reported once
         r.error("links.role", f"got {links_role!r}, expected one of {sorted(roles)}")
     links = LinksConfig(
         role=links_role,
@@ -248,6 +249,11 @@ def _build(r: Reader) -> Config | None:
         otp_rate=lk.rate("otp_rate", "5/15m"),
         create_user_on_magiclink=lk.boolean("create_user_on_magiclink", False),
     )
+    for i, pattern in enumerate(links.redirect_allow):
+        try:
+            compile_pattern(pattern)
+        except RedirectPatternError as exc:
+            lk.error(f"redirect_allow[{i}]", str(exc))
 
     metrics = root.section("metrics")
     metrics_listen = metrics.optional_hostport("listen")

@@ -91,7 +91,7 @@ def parse_keyset(text: str) -> KeySet:
             raise KeysetError(f"keys[{i}].k: expected base64url of exactly {KEY_BYTES} bytes")
         keys[kid] = raw
     active = doc.get("active")
-    if active not in keys:
+    if not isinstance(active, str) or active not in keys:
         raise KeysetError(f"active: expected the kid of one of the keys ({', '.join(keys)})")
     return KeySet(active_kid=active, keys=MappingProxyType(keys))
 

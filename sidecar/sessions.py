@@ -12,6 +12,7 @@ does not hand out live cookies. Lookups go through a small in-process cache (bou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -47,17 +48,23 @@ def split_cookie_header(header: str, name: str) -> tuple[str | None, str]:
     """Return (the value of cookie ``name``, the header without it).
 
     Every other cookie is kept byte for byte, so the upstream sees exactly what the browser
-    sent for its own cookies. Every copy of ``name`` is removed; the first one wins."""
+    sent for its own cookies. Every copy of ``name`` is removed; the first one wins. A pair
+    that hides ``name`` behind a ``,`` (RFC 2109 servers split there) is dropped whole."""
     found: str | None = None
     kept: list[str] = []
     for part in header.split(";"):
         key, sep, value = part.strip().partition("=")
-        if sep and key == name:
+        if sep and key.rstrip() == name:
             if found is None:
                 found = value.strip().strip('"')
-        elif part.strip():
+        elif part.strip() and not (name in part and _hidden_cookie(name).search(part)):
             kept.append(part.strip())
     return found, "; ".join(kept)
+
+
+@functools.lru_cache(maxsize=4)
+def _hidden_cookie(name: str) -> re.Pattern[str]:
+    return re.compile(r"[\s,]" + re.escape(name) + r"\s*=")
 
 
 class SessionManager:

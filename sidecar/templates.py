@@ -21,9 +21,10 @@ class TemplateError(ValueError):
 
 def canonical_header(name: str) -> str:
     """The spelling two headers share when a WSGI/PHP/CGI upstream would merge them:
-    lower case, ``_`` read as ``-`` (``X_Forwarded_User`` becomes ``HTTP_X_FORWARDED_USER``
-    there, exactly like ``X-Forwarded-User``)."""
-    return name.strip().lower().replace("_", "-")
+    lower case, ``_`` and ``.`` read as ``-`` (``X_Forwarded_User`` becomes
+    ``HTTP_X_FORWARDED_USER`` there, exactly like ``X-Forwarded-User``; PHP also turns the
+    ``.`` of ``HTTP_X.FORWARDED.USER``, which Caddy and Go's CGI pass on, into ``_``)."""
+    return name.strip().lower().replace("_", "-").replace(".", "-")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,3 +48,60 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class RedisServer:
+    """A private redis-server on a unix socket that a test may stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.socket = directory / "redis.sock"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            skip_or_fail("redis-server is not installed")
+            raise AssertionError("unreachable")
+        self.socket.unlink(missing_ok=True)  # a stale file would pass the readiness check
+        self._proc = proc = subprocess.Popen(
+            [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not self._accepts():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.01)
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private, started redis-server (for tests that stop it); stopped at teardown."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-private"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

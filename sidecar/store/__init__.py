@@ -1,0 +1,72 @@
+"""Storage: the :class:`Store` contract and its backends, picked by URL.
+
+sqlite:///relative/path.db      SQLite file relative to the working directory
+sqlite:////absolute/path.db     (SQLAlchemy's convention: four slashes = absolute)
+redis://[:password@]host:port/db, rediss://…, unix:///path/redis.sock?db=N
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from sidecar.store.base import (
+    BurnResult,
+    PendingLink,
+    SessionRecord,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TokenState,
+    User,
+    UserExists,
+)
+from sidecar.store.redis import RedisStore
+from sidecar.store.sqlite import SQLiteStore
+
+__all__ = [
+    "BurnResult",
+    "PendingLink",
+    "RedisStore",
+    "SQLiteStore",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenState",
+    "User",
+    "UserExists",
+    "open_store",
+]
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def open_store(url: str, *, prefix: str = "sidecar:", purge_interval: float = 60.0) -> Store:
+    """Build the backend for ``url``; the caller then awaits ``open()`` and ``close()``.
+
+    ``prefix`` namespaces Redis keys; ``purge_interval`` is how often SQLite deletes
+    expired rows (Redis expires keys itself). Raises ``ValueError`` for a URL that names
+    no backend.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        return SQLiteStore(_sqlite_path(url), purge_interval=purge_interval)
+    if scheme in _REDIS_SCHEMES:
+        return RedisStore(url, prefix=prefix)
+    shown = f"{scheme}://…" if scheme else repr(url)
+    raise ValueError(
+        f"store URL {shown}: unknown scheme; use sqlite:///relative.db, "
+        "sqlite:////absolute.db, redis://host:port/db, rediss://… or unix:///path.sock"
+    )
+
+
+def _sqlite_path(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"store URL {url!r}: a SQLite URL is sqlite:///relative.db or sqlite:////absolute.db"
+        )
+    path = unquote(parts.path[1:])
+    if path in ("", ":memory:"):
+        raise ValueError(f"store URL {url!r}: SQLite needs a file path (WAL, two connections)")
+    return path

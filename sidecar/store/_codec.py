@@ -23,7 +23,7 @@ def window_reset(window: float, now: float) -> float:
     """End of the fixed ``window``-second window containing ``now``."""
     if not window > 0:
         raise ValueError(f"rate-limit window must be > 0 seconds, got {window!r}")
-    return (math.floor(now / window) + 1) * window
+    return float((math.floor(now / window) + 1) * window)
 
 
 def session_dead_at(expires_at: float, last_seen: float, idle_timeout: float) -> float:

@@ -128,7 +128,8 @@ class Store(Protocol):
     async def get_session(self, key: str) -> SessionRecord | None:
         """The record, or None. Expiry is the caller's check (``is_live``)."""
 
-    async def touch_session(self, key: str, last_seen: float) -> None: ...
+    async def touch_session(self, key: str, last_seen: float) -> None:
+        """Record activity; ``last_seen`` never moves back, a missing session stays missing."""
 
     async def delete_session(self, key: str) -> bool: ...
 
@@ -137,15 +138,17 @@ class Store(Protocol):
 
     # -- users (auth links) -----------------------------------------------------------
     async def create_user(self, user: User) -> None:
-        """Insert a user; raise :class:`UserExists` if the email is taken."""
+        """Insert a user; raise :class:`UserExists` if the email (compared ignoring case)
+        or the id is taken."""
 
     async def update_user(self, user: User) -> None:
         """Replace the user with the same id; raise :class:`UserExists` if a changed
-        email is taken by another user."""
+        email is taken by another user. A user that does not exist is not created."""
 
     async def get_user(self, user_id: str) -> User | None: ...
 
-    async def get_user_by_email(self, email: str) -> User | None: ...
+    async def get_user_by_email(self, email: str) -> User | None:
+        """The user whose email equals ``email`` ignoring case, or None."""
 
     # -- pending auth links -----------------------------------------------------------
     async def put_link(self, link: PendingLink) -> None:

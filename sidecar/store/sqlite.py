@@ -1,8 +1,8 @@
 """SQLite backend: the embedded default, one file, nothing to install.
 
-Writes go through one connection owned by a :class:`GroupCommitWriter` (WAL,
-``synchronous=FULL``, group commit: see ``_groupcommit``); reads use a second connection,
-which WAL lets run while the writer commits. A background task purges expired rows.
+Writes go through a :class:`GroupCommitWriter` (WAL, ``synchronous=FULL``, group commit,
+its own thread; see ``_groupcommit``). Reads use a separate aiosqlite connection, which
+WAL lets run while the writer commits. A background task purges expired rows.
 """
 
 from __future__ import annotations
@@ -12,21 +12,13 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import aiosqlite
 
 from sidecar.store import _codec
-from sidecar.store._groupcommit import (
-    SQLITE_ERRORS,
-    Conn,
-    GroupCommitWriter,
-    Params,
-    fetchall,
-    fetchone,
-    statement,
-)
+from sidecar.store._groupcommit import GroupCommitWriter, Params, fetchone, statement
 from sidecar.store.base import (
     BurnResult,
     PendingLink,
@@ -39,6 +31,8 @@ from sidecar.store.base import (
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+Conn = sqlite3.Connection
+_SQLITE_ERRORS = (sqlite3.Error, ValueError, OSError)  # ValueError: aiosqlite's "closed"
 
 _PURGE_CHUNK = 5000  # rows per purge transaction, so burns are never stalled for long
 
@@ -99,9 +93,8 @@ class SQLiteStore:
             raise ValueError(f"purge_interval must be > 0 seconds, got {purge_interval!r}")
         self._path = path
         self._purge_interval = purge_interval
-        self._conns: list[Conn] = []
         self._writer: GroupCommitWriter | None = None
-        self._reader: Conn | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._purge_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -110,29 +103,24 @@ class SQLiteStore:
     # -- lifetime ---------------------------------------------------------------------
     async def open(self) -> None:
         """Create the file and schema if missing, start the writer and the purge task."""
+        writer = GroupCommitWriter(self._path)
+        reader: aiosqlite.Connection | None = None
         try:
-            writer = await self._connect()
-            await writer.execute("PRAGMA synchronous = FULL")
-            row = await fetchone(writer, "PRAGMA journal_mode = WAL")
-            if row is None or str(row[0]).lower() != "wal":
-                raise sqlite3.OperationalError("the database refused WAL journal mode")
-            await writer.executescript(_SCHEMA)
-            reader = await self._connect()
+            # Plain sqlite3 first: a file aiosqlite cannot open leaves its worker thread
+            # answering into a loop that may be gone.
+            await asyncio.to_thread(_prepare_file, self._path)
+            await writer.start()
+            reader = await aiosqlite.connect(self._path, isolation_level=None)
+            reader.row_factory = sqlite3.Row
+            await reader.execute("PRAGMA busy_timeout = 5000")
             await reader.execute("PRAGMA query_only = ON")
-        except SQLITE_ERRORS as exc:
-            await self._close_connections()
+        except _SQLITE_ERRORS as exc:
+            await writer.stop()
+            if reader is not None:
+                await reader.close()
             raise StoreUnavailable(f"cannot open SQLite store {self._path!r}: {exc}") from exc
-        self._reader = reader
-        self._writer = GroupCommitWriter(writer)
-        self._writer.start()
+        self._reader, self._writer = reader, writer
         self._purge_task = asyncio.create_task(self._purge_loop(), name="sqlite-purge")
-
-    async def _connect(self) -> Conn:
-        conn = await aiosqlite.connect(self._path, isolation_level=None)
-        self._conns.append(conn)
-        conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        return conn
 
     async def close(self) -> None:
         """Finish queued writes, stop the tasks, close both connections."""
@@ -144,23 +132,16 @@ class SQLiteStore:
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.stop()
-        await self._close_connections()
-
-    async def _close_connections(self) -> None:
-        self._reader = None
-        conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(*SQLITE_ERRORS):
-                await conn.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(*_SQLITE_ERRORS):
+                await reader.close()
 
     async def ping(self) -> None:
-        async def select_one(conn: Conn) -> None:
-            await conn.execute("SELECT 1")
-
         await self._read("SELECT 1")
-        await self._write(select_one)
+        await self._write(statement("SELECT 1", ()))
 
-    async def _write(self, apply: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _write(self, apply: Callable[[Conn], T]) -> T:
         if self._writer is None:
             raise StoreUnavailable("SQLite store is not open")
         return await self._writer.write(apply)
@@ -179,8 +160,8 @@ class SQLiteStore:
         if self._reader is None:
             raise StoreUnavailable("SQLite store is not open")
         try:
-            return await fetchall(self._reader, sql, params)
-        except SQLITE_ERRORS as exc:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except _SQLITE_ERRORS as exc:
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
     async def _read_one(self, sql: str, params: Params = ()) -> dict[str, object] | None:
@@ -194,11 +175,11 @@ class SQLiteStore:
         return await self._writer.burn(token_id, expires_at)
 
     async def revoke(self, token_id: str, expires_at: float) -> TokenState:
-        async def apply(conn: Conn) -> TokenState:
-            row = await fetchone(conn, "SELECT state FROM tokens WHERE id = ?", (token_id,))
+        def apply(conn: Conn) -> TokenState:
+            row = fetchone(conn, "SELECT state FROM tokens WHERE id = ?", (token_id,))
             if row is not None:
                 return TokenState(row[0])
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO tokens (id, state, expires_at) VALUES (?, 'revoked', ?)",
                 (token_id, expires_at),
             )
@@ -244,11 +225,11 @@ class SQLiteStore:
     async def create_user(self, user: User) -> None:
         key = _codec.email_key(user.email)
 
-        async def apply(conn: Conn) -> None:
+        def apply(conn: Conn) -> None:
             sql = "SELECT 1 FROM users WHERE id = ? OR email_key = ?"
-            if await fetchone(conn, sql, (user.id, key)) is not None:
-                raise UserExists(user.email)
-            await conn.execute(
+            if fetchone(conn, sql, (user.id, key)) is not None:
+                raise UserExists("a user with this email already exists")
+            conn.execute(
                 "INSERT INTO users VALUES (?,?,?,?,?,?,?,?)",
                 (user.id, user.email, key, *_user_columns(user)),
             )
@@ -258,11 +239,11 @@ class SQLiteStore:
     async def update_user(self, user: User) -> None:
         key = _codec.email_key(user.email)
 
-        async def apply(conn: Conn) -> None:
+        def apply(conn: Conn) -> None:
             sql = "SELECT 1 FROM users WHERE email_key = ? AND id != ?"
-            if await fetchone(conn, sql, (key, user.id)) is not None:
-                raise UserExists(user.email)
-            await conn.execute(
+            if fetchone(conn, sql, (key, user.id)) is not None:
+                raise UserExists("a user with this email already exists")
+            conn.execute(
                 "UPDATE users SET email = ?, email_key = ?, created_at = ?, confirmed_at = ?,"
                 " invited_at = ?, password_hash = ?, metadata = ? WHERE id = ?",
                 (user.email, key, *_user_columns(user), user.id),
@@ -298,12 +279,12 @@ class SQLiteStore:
         return None if row is None else _codec.link_from_fields(row)
 
     async def record_failed_attempt(self, user_id: str, link_type: str) -> int:
-        async def apply(conn: Conn) -> int:
+        def apply(conn: Conn) -> int:
             sql = (
                 "UPDATE links SET failed_attempts = failed_attempts + 1"
                 " WHERE user_id = ? AND link_type = ? RETURNING failed_attempts"
             )
-            row = await fetchone(conn, sql, (user_id, link_type))
+            row = fetchone(conn, sql, (user_id, link_type))
             return 0 if row is None else int(row[0])
 
         return await self._write(apply)
@@ -316,13 +297,13 @@ class SQLiteStore:
     async def hit(self, key: str, window: float, now: float) -> tuple[int, float]:
         reset = _codec.window_reset(window, now)
 
-        async def apply(conn: Conn) -> int:
+        def apply(conn: Conn) -> int:
             sql = (
                 "INSERT INTO ratelimits (key, count, reset_at) VALUES (?1, 1, ?2)"
                 " ON CONFLICT (key) DO UPDATE SET reset_at = ?2,"
                 " count = CASE WHEN reset_at = ?2 THEN count + 1 ELSE 1 END RETURNING count"
             )
-            row = await fetchone(conn, sql, (key, reset))
+            row = fetchone(conn, sql, (key, reset))
             return 1 if row is None else int(row[0])
 
         return await self._write(apply), reset
@@ -337,6 +318,18 @@ class SQLiteStore:
                 if count < _PURGE_CHUNK:
                     break
         return removed
+
+
+def _prepare_file(path: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        row = conn.execute("PRAGMA journal_mode = WAL").fetchone()  # persists in the file
+        if row is None or str(row[0]).lower() != "wal":
+            raise sqlite3.OperationalError("the database refused WAL journal mode")
+        conn.executescript(_SCHEMA)
+    finally:
+        conn.close()
 
 
 def _user_columns(user: User) -> Iterable[str | float | None]:

@@ -1,0 +1,64 @@
+"""What the figures were measured on: CPU, cores, interpreter and the versions that matter."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from bench.loadgen import loadgen_name
+from bench.servers import nginx_version, tool_version
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=5,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def describe() -> dict[str, str | int | None]:
+    wrk = tool_version(["wrk", "-v"])
+    redis = tool_version(["redis-server", "--version"])
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
+        "aiohttp": _version("aiohttp"),
+        "aiosqlite": _version("aiosqlite"),
+        "redis_py": _version("redis"),
+        "nginx": nginx_version(),
+        "wrk": wrk.split(" [")[0].removeprefix("wrk ") if wrk else None,
+        "redis_server": redis.split()[2].removeprefix("v=") if redis else None,
+        "loadgen": loadgen_name(),
+        "commit": _git_commit(),
+    }

@@ -1,0 +1,209 @@
+"""Child processes for the benchmark: started pinned to cores, measured through ``/proc``.
+
+CPU time comes from ``/proc/<pid>/stat`` (utime + stime, every thread included) summed over
+the process tree, so nginx's master + worker and the sidecar's SQLite thread all count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """This environment with the repo root first on ``PYTHONPATH``, so ``python -m sidecar``
+    and ``python -m bench.*`` work from any directory, installed or not."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+class BenchError(RuntimeError):
+    """A part of the benchmark could not start or answered wrongly."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pinner(cores: Sequence[int] | None) -> Callable[[], None] | None:
+    if cores is None:
+        return None
+    wanted = set(cores)
+
+    def pin() -> None:
+        os.sched_setaffinity(0, wanted)
+
+    return pin
+
+
+@dataclass
+class Child:
+    """A started child process; ``stop()`` terminates it (then kills it if it lingers)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    logdir: Path,
+    cores: Sequence[int] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Child:
+    """Start ``argv`` with its output in ``logdir/<name>.log``, pinned to ``cores``."""
+    log = logdir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env() if env is None else env,
+            cwd=cwd,
+            preexec_fn=_pinner(cores),  # no threads in the bench yet
+        )
+    return Child(name, proc, log)
+
+
+def wait_port(child: Child, port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    """Poll until ``port`` accepts connections; fail with the child's log if it died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited ({child.proc.returncode}):\n{child.tail()}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            child.stop()
+            raise BenchError(f"{child.name} did not listen on {port}:\n{child.tail()}")
+        time.sleep(0.02)
+
+
+def wait_path(child: Child, path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not child.alive() or time.monotonic() > deadline:
+            child.stop()
+            raise BenchError(f"{child.name} did not create {path}:\n{child.tail()}")
+        time.sleep(0.01)
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants that are still alive."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in _tasks(p):
+            with contextlib.suppress(OSError):
+                todo.extend(
+                    int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                )
+    return out
+
+
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its descendants, in seconds."""
+    ticks = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{p}/stat").read_text()
+            # Fields after the parenthesised command: state is index 0, utime 11, stime 12.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of ``pid`` (``VmRSS``, or ``VmHWM`` for the peak), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no {field} in /proc/{pid}/status")
+
+
+def pin(pids: Iterable[int], cores: Sequence[int]) -> None:
+    """Move every thread of every process in ``pids`` (and their children) to ``cores``."""
+    for pid in pids:
+        for p in tree(pid):
+            for task in _tasks(p):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), set(cores))
+
+
+def which(name: str, *extra_dirs: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in extra_dirs:
+        candidate = Path(d) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[Child]]:
+    """Collects started children and stops them all (newest first) on the way out."""
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            child.stop()
+
+
+def cores_available() -> list[int]:
+    return sorted(os.sched_getaffinity(0))

@@ -1,0 +1,169 @@
+"""The access log: one JSON line per request on logger ``sidecar.access``, and request metrics.
+
+:func:`access_middleware` wraps every handler of a listener. It writes, when the request
+is done (for streamed bodies: when the last byte is written)::
+
+    {"ts": …, "event": "access", "listener": "proxy", "method": "GET", "path": "/api/x",
+     "status": 200, "duration_ms": 3.1, "upstream_ms": 2.4, "user_id": "u-1",
+     "request_id": "…", "remote": "127.0.0.1"}
+
+* ``path`` is the raw path *without the query*: refer strings and verify tokens travel in
+  the query and must never reach a log.
+* ``request_id`` is the client's ``X-Request-Id`` when it looks like an id (1-128 of
+  ``A-Za-z0-9._:@/+=-``), otherwise a fresh random one. It is sent upstream (replacing any
+  other) and returned on responses that do not carry one.
+* ``upstream_ms`` is the time to the upstream's response headers, measured by
+  :func:`upstream_trace` on the forwarder's client session; ``user_id`` is what the
+  handler reported with :func:`set_user`.
+
+Handlers and the upstream client reach the current request's record through a context
+variable: the middleware sets it, and aiohttp runs the handler, and the client calls it
+makes, in the same task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from sidecar import metrics
+from sidecar.audit import ACCESS
+
+REQUEST_ID = "X-Request-Id"
+_SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_MAX_PATH = 2048
+# nginx's code for "the client closed the connection before the answer was complete".
+CLIENT_CLOSED = 499
+
+
+@dataclass(slots=True)
+class _Record:
+    request_id: str
+    user_id: str | None = None
+    upstream_s: float | None = None
+
+
+_CURRENT: ContextVar[_Record | None] = ContextVar("sidecar_access_record", default=None)
+
+
+def request_id_for(header: str | None) -> str:
+    """The client's request id when it is sane, else a new random one."""
+    if header is not None and _SANE_ID.fullmatch(header):
+        return header
+    return secrets.token_hex(16)
+
+
+def current_request_id() -> str | None:
+    record = _CURRENT.get()
+    return None if record is None else record.request_id
+
+
+def set_user(user_id: str) -> None:
+    """Name the user of the request being handled (for its access log line)."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.user_id = user_id
+
+
+def access_middleware(listener: str) -> Middleware:
+    """A middleware logging one JSON line and counting the request for ``listener``."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        record = _Record(request_id_for(request.headers.get(REQUEST_ID)))
+        token = _CURRENT.set(record)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            if not response.prepared and REQUEST_ID not in response.headers:
+                response.headers[REQUEST_ID] = record.request_id
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            _CURRENT.reset(token)
+            elapsed = time.perf_counter() - started
+            metrics.observe_request(status, elapsed, listener)
+            if ACCESS.isEnabledFor(logging.INFO):
+                ACCESS.info(_line(listener, request, status, elapsed, record))
+
+    return middleware
+
+
+def _line(listener: str, request: web.Request, status: int, elapsed: float, record: _Record) -> str:
+    path = request.rel_url.raw_path
+    return json.dumps(
+        {
+            "ts": round(time.time(), 3),
+            "event": "access",
+            "listener": listener,
+            "method": request.method,
+            "path": path if len(path) <= _MAX_PATH else path[:_MAX_PATH] + "…",
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "upstream_ms": None
+            if record.upstream_s is None
+            else round(record.upstream_s * 1000, 2),
+            "user_id": record.user_id,
+            "request_id": record.request_id,
+            "remote": request.remote,
+        }
+    )
+
+
+def upstream_trace() -> aiohttp.TraceConfig:
+    """Client tracing for the forwarder's session: stamps ``X-Request-Id`` on each upstream
+    request and times it to the response headers (``sidecar_upstream_seconds``)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(_on_request_start)
+    trace.on_request_end.append(_on_request_end)
+    trace.on_request_exception.append(_on_request_exception)
+    return trace
+
+
+async def _on_request_start(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+) -> None:
+    ctx.started = time.perf_counter()
+    record = _CURRENT.get()
+    if record is not None:
+        params.headers[REQUEST_ID] = record.request_id
+
+
+async def _on_request_end(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+) -> None:
+    elapsed = time.perf_counter() - ctx.started
+    metrics.observe_upstream(elapsed)
+    record = _CURRENT.get()
+    if record is not None:
+        record.upstream_s = elapsed
+
+
+async def _on_request_exception(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestExceptionParams,
+) -> None:
+    # A failed or timed-out upstream request shows its time in the log line (502/504),
+    # but stays out of the latency histogram, which describes answers.
+    record = _CURRENT.get()
+    if record is not None and hasattr(ctx, "started"):
+        record.upstream_s = time.perf_counter() - ctx.started

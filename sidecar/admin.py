@@ -1,0 +1,348 @@
+"""The admin listener: minting and management, for the backend only.
+
+Every request passes, in order: the access log, the error mapper, the peer check (loopback
+or ``admin.allowed_peers``), the ``Host`` check (DNS rebinding), the browser check (``Origin``
+/ ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size limit and, for mints
+(``/referstring`` and ``/admin/generate_link``), a rate limit counted in the store.
+Errors are JSON ``{"code": <status>, "message": "..."}`` (the auth-link routes of
+``sidecar.links_http`` answer their own ``{code, msg, details}``); nothing here answers 500
+with details, and no token text, admin key or traceback reaches a response or a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+from aiohttp import hdrs, web
+
+from sidecar import links_http, metrics
+from sidecar.accesslog import access_middleware
+from sidecar.audit import audit
+from sidecar.minting import MintError, iso_utc, mint_refer, parse_refer_request
+from sidecar.ratelimit import RateLimited, enforce
+from sidecar.services import SERVICES, Services
+from sidecar.sessions import SESSIONS
+from sidecar.store.base import StoreUnavailable
+from sidecar.tokens import TokenTooLong
+from sidecar.values import HostPort
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MINT_PATHS = frozenset({"/referstring", "/admin/generate_link"})
+# GoTrue-style routes answer errors as {code, msg, details}, like GoTrue itself.
+GOTRUE_PREFIX = "/admin/"
+_TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_LOG = logging.getLogger("sidecar.admin")
+
+
+class RequestError(Exception):
+    """A request the admin API refuses; turned into a JSON error at the edge."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def json_error(
+    status: int,
+    message: str,
+    *,
+    request: web.BaseRequest | None = None,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An error body: ``{code, message[, field]}``, or GoTrue's ``{code, msg, details}``
+    on the GoTrue-style routes under ``/admin/`` so their clients read every error alike."""
+    body: dict[str, object]
+    if request is not None and request.path.startswith(GOTRUE_PREFIX):
+        body = {"code": status, "msg": HTTPStatus(status).phrase, "details": message}
+    else:
+        body = {"code": status, "message": message}
+        if field is not None:
+            body["field"] = field
+    return web.json_response(body, status=status, headers=headers)
+
+
+def peer_allowed(remote: str | None, allowed: tuple[Network, ...]) -> bool:
+    """Loopback peers always; others only inside ``admin.allowed_peers``; non-IP peers never."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or any(address in net for net in allowed)
+
+
+def own_hosts(listen: HostPort, sockname: object) -> frozenset[str]:
+    """The ``Host`` values that name this listener: its configured and bound address and
+    the loopback names, each with the bound port. A page on an attacker's domain that
+    resolves to 127.0.0.1 (DNS rebinding) sends its own name and is refused."""
+    port = listen.port
+    names = {"localhost", "127.0.0.1", "[::1]", _host_name(listen.host)}
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        names.add(_host_name(str(sockname[0])))
+        port = int(sockname[1])
+    hosts = {f"{name}:{port}" for name in names}
+    return frozenset(hosts | names if port == 80 else hosts)
+
+
+def _host_name(host: str) -> str:
+    return f"[{host}]" if ":" in host else host.lower()
+
+
+# -- middlewares (outermost first) -------------------------------------------------------
+
+
+_ACCESS_LOG = access_middleware("admin")
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One JSON access line per request (``sidecar.accesslog``), never the query string."""
+    return await _ACCESS_LOG(request, handler)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return json_error(exc.status, exc.message, field=exc.field, request=request)
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.RETRY_AFTER)}
+        return json_error(exc.status, exc.reason, headers=headers, request=request)
+    except StoreUnavailable:
+        _LOG.warning("store unavailable during %s %s", request.method, request.path)
+        return json_error(503, "the store is unavailable; try again shortly", request=request)
+    except Exception:
+        _LOG.exception("unhandled error during %s %s", request.method, request.path)
+        return json_error(500, "internal error", request=request)
+
+
+@web.middleware
+async def peer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not peer_allowed(request.remote, request.app[SERVICES].config.admin.allowed_peers):
+        _LOG.warning("refused admin request from a peer outside admin.allowed_peers")
+        return json_error(403, "this peer may not use the admin API", request=request)
+    return await handler(request)
+
+
+@web.middleware
+async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    host = request.headers.get(hdrs.HOST, "").strip().lower()
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if host not in own_hosts(request.app[SERVICES].config.admin.listen, sockname):
+        return json_error(421, "the Host header does not name the admin listener", request=request)
+    return await handler(request)
+
+
+@web.middleware
+async def browser_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Backends never send Origin; browsers do on every cross-origin request, and
+    # Sec-Fetch-Site tells a page on another port of localhost ("same-site") from a backend.
+    fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
+    if hdrs.ORIGIN in request.headers or fetch_site not in ("none", "same-origin"):
+        return json_error(403, "browser requests are refused by the admin API", request=request)
+    return await handler(request)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is None:
+        return json_error(
+            401,
+            "missing admin key: send Authorization: Bearer <key>",
+            headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
+            request=request,
+        )
+    scheme, _, given = header.partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        return json_error(
+            401,
+            "malformed Authorization header: expected Bearer <key>",
+            headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_request"'},
+            request=request,
+        )
+    expected = request.app[SERVICES].config.admin.key.reveal()
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        return json_error(403, "wrong admin key", request=request)
+    return await handler(request)
+
+
+@web.middleware
+async def size_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    length = request.content_length
+    if length is not None and length > request.app[SERVICES].config.admin.max_body:
+        return _too_large(request)
+    return await handler(request)
+
+
+@web.middleware
+async def mint_rate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == hdrs.METH_POST and request.path in MINT_PATHS:
+        services = request.app[SERVICES]
+        admin = services.config.admin
+        # One admin key today; keyed by a hash so a rotated key starts a fresh window.
+        bucket = "admin-mint:" + hashlib.sha256(admin.key.reveal().encode()).hexdigest()[:16]
+        try:
+            await enforce(services.store, bucket, admin.mint_rate, services.clock())
+        except RateLimited as exc:
+            return json_error(
+                429,
+                f"too many mints; retry after {exc.retry_after}s",
+                headers={hdrs.RETRY_AFTER: str(exc.retry_after)},
+                request=request,
+            )
+    return await handler(request)
+
+
+def _too_large(request: web.Request) -> web.Response:
+    limit = request.app[SERVICES].config.admin.max_body
+    return json_error(
+        413, f"request body is larger than admin.max_body ({limit} bytes)", request=request
+    )
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+
+async def read_json_object(request: web.Request) -> dict[str, object]:
+    """The body as a JSON object; :class:`RequestError` 400 for anything else.
+
+    Duplicate keys and NaN/Infinity are refused: two parsers must never disagree about
+    what a mint asked for."""
+    if request.content_type != "application/json":
+        raise RequestError(400, "expected Content-Type: application/json")
+    raw = await request.read()
+    try:
+        doc = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+        )
+    except UnicodeDecodeError:
+        raise RequestError(400, "the body is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, _Refused) else "malformed JSON"
+        raise RequestError(400, f"the body is not valid JSON: {detail}") from None
+    if not isinstance(doc, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return doc
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise _Refused("duplicate keys")
+    return doc
+
+
+def _no_constants(name: str) -> object:
+    raise _Refused(f"{name} is not allowed")
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+
+async def referstring(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body = await read_json_object(request)
+    try:
+        mint = parse_refer_request(body, services.config)
+        link = mint_refer(
+            mint, services.codec, public_url=services.config.public_url, now=services.clock()
+        )
+    except MintError as exc:
+        raise RequestError(400, str(exc), field=exc.field) from None
+    except TokenTooLong as exc:
+        raise RequestError(400, str(exc), field="additionalParams") from None
+    claims = link.claims
+    metrics.mint(claims.kind)
+    audit(
+        "mint",
+        token_id=claims.token_id,
+        user_id=claims.subject,
+        role=claims.role,
+        kind=claims.kind,
+        one_time=claims.one_time,
+        expires_at=link.expires_at_iso,
+        module=claims.module,
+    )
+    return web.json_response(link.to_json(), headers={hdrs.CACHE_CONTROL: "no-store"})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke a token id. Mints are not stored, so any well-formed id is revocable; the
+    revocation is kept as long as the longest-lived token could be."""
+    token_id = request.match_info["id"]
+    if not _TOKEN_ID.fullmatch(token_id):
+        raise RequestError(400, "token id: expected 1-128 of A-Z a-z 0-9 _ -", field="id")
+    services = request.app[SERVICES]
+    now = services.clock()
+    previous = await services.store.revoke(token_id, now + services.config.max_expiry)
+    state = "used" if previous.value == "used" else "revoked"
+    audit("revoke", token_id=token_id, previous=previous.value, state=state)
+    return web.json_response({"id": token_id, "previous": previous.value, "state": state})
+
+
+async def end_sessions(request: web.Request) -> web.Response:
+    user_id = request.query.get("user_id", "")
+    if not user_id:
+        raise RequestError(400, "user_id: the query parameter is required", field="user_id")
+    sessions = request.app.get(SESSIONS)
+    if sessions is not None:  # also drop this process's session cache at once
+        ended = await sessions.end_user(user_id)
+    else:
+        ended = await request.app[SERVICES].store.delete_user_sessions(user_id)
+    audit("sessions_ended", user_id=user_id, count=ended)
+    return web.json_response({"user_id": user_id, "ended": ended})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    await request.app[SERVICES].store.ping()
+    return web.json_response({"status": "ok", "time": iso_utc(request.app[SERVICES].clock())})
+
+
+def build_admin_app(services: Services) -> web.Application:
+    """The admin application: middlewares, the refer-string routes and the auth-link routes."""
+    app = web.Application(
+        client_max_size=services.config.admin.max_body,
+        middlewares=[
+            access_log_middleware,
+            errors_middleware,
+            peer_middleware,
+            host_middleware,
+            browser_middleware,
+            auth_middleware,
+            size_middleware,
+            mint_rate_middleware,
+        ],
+    )
+    app[SERVICES] = services
+    app.router.add_post("/referstring", referstring)
+    app.router.add_post("/tokens/{id}/revoke", revoke_token)
+    app.router.add_delete("/sessions", end_sessions)
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    links_http.register_admin(app)
+    return app

@@ -1,0 +1,142 @@
+"""Wiring: open the store, start the admin and proxy listeners, shut down gracefully.
+
+On SIGTERM or SIGINT every listener stops accepting at once, requests in flight get up to
+``shutdown.grace_period`` to finish, then the store is closed and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from sidecar.admin import build_admin_app
+from sidecar.audit import configure_logging
+from sidecar.config import Config, ConfigError, load_config
+from sidecar.drain import Drain
+from sidecar.metrics import metrics_app
+from sidecar.services import Services
+from sidecar.sessions import SESSIONS
+from sidecar.store import StoreUnavailable, open_store
+from sidecar.timed_store import timed
+from sidecar.tokens import TokenCodec
+
+_LOG = logging.getLogger("sidecar.app")
+
+
+class ServeError(Exception):
+    """The sidecar cannot start (unsafe bind, address in use, store unreachable)."""
+
+
+def build_services(config: Config) -> Services:
+    """Services with a store that is built but not yet opened (:func:`serve` opens it).
+
+    Raises :class:`ServeError` for a store URL that names no backend."""
+    try:
+        store = open_store(
+            config.store.url,
+            prefix=config.store.key_prefix,
+            purge_interval=config.store.purge_interval,
+        )
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    return Services(config=config, store=timed(store), codec=TokenCodec(config.keyset))
+
+
+async def serve(
+    services: Services,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Open the store, serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down.
+
+    ``ready`` is set once every listener accepts connections. Raises :class:`ServeError`
+    when a listener cannot start; the store is closed on every path."""
+    from sidecar.gateway import build_proxy_app  # the proxy side imports the whole gateway
+
+    cfg = services.config
+    if not cfg.admin.listen.is_loopback and not cfg.admin.allow_non_loopback:
+        raise ServeError(
+            f"refusing to bind the admin port to {cfg.admin.listen}: not a loopback address "
+            "(set admin.allow_non_loopback: true to expose it deliberately)"
+        )
+    if stop is None:
+        stop = asyncio.Event()
+    try:
+        await services.store.open()
+    except StoreUnavailable as exc:
+        raise ServeError(f"cannot open the store: {exc}") from None
+    runners: list[web.AppRunner] = []
+    drain = Drain()
+    loop = asyncio.get_running_loop()
+    try:
+        proxy_app = build_proxy_app(services)
+        admin_app = build_admin_app(services)
+        if SESSIONS in proxy_app:
+            # DELETE /sessions then drops the proxy's session cache in this process at once.
+            admin_app[SESSIONS] = proxy_app[SESSIONS]
+        listeners = [("admin", admin_app, cfg.admin.listen), ("proxy", proxy_app, cfg.proxy.listen)]
+        if cfg.metrics_listen is not None:
+            listeners.append(("metrics", metrics_app(), cfg.metrics_listen))
+        for name, app, listen in listeners:
+            drain.attach(app)
+            # access_log=None: aiohttp's own access line would carry the query string (tokens);
+            # the apps log their own JSON lines (sidecar.accesslog) without it.
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                max_line_size=cfg.proxy.max_header_size,
+                max_field_size=cfg.proxy.max_header_size,
+                shutdown_timeout=min(cfg.grace_period, 2.0),  # after the drain below
+            )
+            await runner.setup()
+            runners.append(runner)
+            try:
+                await web.TCPSite(runner, listen.host, listen.port).start()
+            except OSError as exc:
+                raise ServeError(f"cannot listen on {listen} ({name}): {exc.strerror}") from None
+            for address in runner.addresses:
+                _LOG.info("listening: %s on %s", name, _show_address(address))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        _LOG.info("shutting down: waiting up to %ss for requests in flight", cfg.grace_period)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await drain.stop_accepting_and_wait(runners, cfg.grace_period)
+        await asyncio.gather(*(runner.cleanup() for runner in runners))
+        await services.store.close()
+    _LOG.info("stopped")
+
+
+def run(config_path: str | Path) -> int:
+    """Load the config and serve until a signal; returns the process exit code."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"{config_path}: invalid configuration", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    configure_logging(config.log_level)
+    try:
+        asyncio.run(serve(build_services(config)))
+    except ServeError as exc:
+        _LOG.error("%s", exc)
+        return 1
+    return 0
+
+
+def _show_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
+    return str(address)

@@ -1,0 +1,60 @@
+"""Graceful drain: stop accepting, then let the requests in flight finish.
+
+aiohttp's ``AppRunner.cleanup()`` marks every connection as closing before it waits for
+the handlers, and a closing connection drops the bytes it receives from then on
+(aio-libs/aiohttp#2298). A request whose body is still arriving — a slow upload — can then
+never complete and is cancelled when the shutdown timeout ends. So :func:`sidecar.app.serve`
+first closes the listening sockets, then waits here until no request is in flight (or the
+grace period is over), and only then calls ``cleanup()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+
+class Drain:
+    """Counts the requests in flight on every app it is attached to."""
+
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def attach(self, app: web.Application) -> None:
+        """Track ``app``'s requests (before the app is started; outermost middleware)."""
+        app.middlewares.insert(0, self._middleware)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def stop_accepting_and_wait(
+        self, runners: Iterable[web.BaseRunner], grace_period: float
+    ) -> bool:
+        """Close every listening socket, then wait up to ``grace_period`` seconds for the
+        requests in flight. True if they all finished."""
+        for runner in runners:
+            for site in list(runner.sites):
+                await site.stop()
+        try:
+            async with asyncio.timeout(grace_period):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,226 @@
+"""The proxy listener: redeem refer links, serve ``<prefix>/…``, forward everything else.
+
+Order of decisions for a request outside the prefix:
+
+1. the path is normalised (:mod:`sidecar.paths`); an ambiguous path is a 400;
+2. a ``refer`` query parameter makes it a redemption (:mod:`sidecar.redeem`), answered here
+   and never forwarded;
+3. ``public_paths`` are forwarded without identity, session or not;
+4. with a live session the role's path rules apply (403) and the request is forwarded with
+   the session's identity headers;
+5. without one, ``proxy.unauthenticated`` decides: ``deny`` (401 page), ``redirect`` (to
+   ``login_url`` with ``rd=<path>``; API clients asking for JSON get the 401) or ``pass``
+   (forwarded with no identity; spoofed identity headers are still stripped).
+
+WebSocket upgrades follow the same rules, except that ``redirect`` refuses them with 401.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+from sidecar import pages
+from sidecar.accesslog import access_middleware, set_user
+from sidecar.audit import audit
+from sidecar.forward import Forwarder
+from sidecar.paths import GlobSet, PathRules, UnsafePath, normalise
+from sidecar.redeem import Redeemer, has_refer
+from sidecar.services import SERVICES, Services
+from sidecar.sessions import SESSIONS, SessionManager
+from sidecar.store.base import StoreUnavailable
+
+FORWARDER = web.AppKey("forwarder", Forwarder)
+_SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
+_NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def build_proxy_app(services: Services) -> web.Application:
+    """The public-side application: sidecar routes under the prefix, the proxy elsewhere."""
+    app = web.Application(middlewares=[access_middleware("proxy")])
+    app[SERVICES] = services
+    sessions = SessionManager(services)
+    app[SESSIONS] = sessions
+    forwarder = Forwarder(services.config)
+    app[FORWARDER] = forwarder
+    app.cleanup_ctx.append(forwarder.cleanup_ctx)
+    gateway = Gateway(services, sessions, forwarder)
+    prefix = services.config.proxy.prefix
+    router = app.router
+    router.add_route("*", prefix + "/logout", gateway.logout)
+    router.add_route("*", prefix + "/session", gateway.session)
+    router.add_route("*", prefix + "/healthz", gateway.healthz)
+    router.add_route("*", prefix + "/readyz", gateway.readyz)
+    _register_verify(app)
+    router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
+    router.add_route("*", "/{tail:.*}", gateway.proxy)
+    return app
+
+
+class Gateway:
+    """The proxy's request handlers, with everything they need decided at start-up."""
+
+    def __init__(self, services: Services, sessions: SessionManager, forwarder: Forwarder) -> None:
+        cfg = services.config
+        self._services = services
+        self._sessions = sessions
+        self._forwarder = forwarder
+        self._redeemer = Redeemer(services, sessions, forwarder)
+        self._unauthenticated = cfg.proxy.unauthenticated
+        self._login_url = URL(cfg.proxy.login_url) if cfg.proxy.login_url else None
+        self._public = GlobSet(cfg.proxy.public_paths)
+        self._rules = {
+            name: PathRules.compile(role.allow, role.deny) for name, role in cfg.roles.items()
+        }
+
+    # -- the proxy -------------------------------------------------------------------
+    async def proxy(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.raw_path
+        cut = raw_path.find("?")
+        try:
+            path = normalise(raw_path if cut < 0 else raw_path[:cut])
+        except UnsafePath:
+            return pages.failure(request, 400, "bad_path")
+        if cut >= 0 and has_refer(request):
+            return await self._redeemer.redeem(request)
+        websocket = _is_websocket(request)
+        if self._public and self._public.matches(path.strict):
+            return await self._send(request, (), websocket)
+        try:
+            session = await self._sessions.lookup(request)
+        except StoreUnavailable:
+            return pages.failure(request, 503, "store_unavailable")
+        if session is not None:
+            set_user(session.record.user_id)
+            if not self._rules[session.record.role].permits(path):
+                return pages.failure(request, 403, "forbidden")
+            return await self._send(request, session.headers, websocket)
+        if self._unauthenticated == "pass":
+            return await self._send(request, (), websocket)
+        if (
+            self._unauthenticated == "redirect"
+            and self._login_url is not None
+            and not websocket
+            and not pages.wants_json(request)
+        ):
+            location = self._login_url.update_query(rd=request.raw_path)
+            status = 302 if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) else 303
+            return web.Response(status=status, headers={hdrs.LOCATION: str(location), **_NO_STORE})
+        return pages.failure(request, 401, "unauthenticated")
+
+    async def _send(
+        self, request: web.Request, identity: tuple[tuple[str, str], ...], websocket: bool
+    ) -> web.StreamResponse:
+        if websocket:
+            return await self._forwarder.forward_websocket(request, identity)
+        return await self._forwarder.forward(request, identity)
+
+    # -- <prefix>/… ------------------------------------------------------------------
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        """``POST`` ends the session, clears the cookie and 303s to a same-origin ``rd``/
+        ``next`` path (``/`` otherwise); ``GET`` shows the button (links must not log out)."""
+        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+            return pages.logout_page()
+        if request.method != hdrs.METH_POST:
+            return _method_not_allowed(request, "GET, HEAD, POST")
+        try:
+            record = await self._sessions.end(request)
+        except StoreUnavailable:
+            return pages.failure(request, 503, "store_unavailable")
+        if record is not None:
+            audit("logout", user_id=record.user_id, role=record.role, token_id=record.token_id)
+        response = web.Response(
+            status=303, headers={hdrs.LOCATION: safe_return_path(request), **_NO_STORE}
+        )
+        self._sessions.clear_cookie(response)
+        return response
+
+    async def session(self, request: web.Request) -> web.StreamResponse:
+        """The current identity as JSON, or a 401."""
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            return _method_not_allowed(request, "GET, HEAD")
+        try:
+            session = await self._sessions.lookup(request)
+        except StoreUnavailable:
+            return pages.failure(request, 503, "store_unavailable")
+        if session is None:
+            return _json(
+                401,
+                {
+                    "code": 401,
+                    "error": "unauthenticated",
+                    "message": pages.MESSAGES["unauthenticated"],
+                },
+            )
+        record = session.record
+        return _json(
+            200,
+            {
+                "user_id": record.user_id,
+                "role": record.role,
+                "email": record.email,
+                "module": record.module,
+                "params": record.params,
+                "created_at": record.created_at,
+                "expires_at": record.expires_at,
+                "idle_timeout": record.idle_timeout,
+            },
+        )
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """The process serves (liveness)."""
+        return _json(200, {"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """The store answers (readiness): 200, or 503 while it does not."""
+        try:
+            await self._services.store.ping()
+        except StoreUnavailable:
+            return _json(503, {"status": "unavailable", "store": "unreachable"})
+        return _json(200, {"status": "ok", "store": "ok"})
+
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        return pages.failure(request, 404, "not_found")
+
+
+def _register_verify(app: web.Application) -> None:
+    # <prefix>/verify belongs to the auth-links module, which may not be installed.
+    if importlib.util.find_spec("sidecar.links_http") is not None:
+        importlib.import_module("sidecar.links_http").register_verify(app)
+
+
+def safe_return_path(request: web.BaseRequest) -> str:
+    """``rd`` or ``next`` when it is a same-origin absolute path, else ``/``.
+
+    Never a URL with a scheme, a ``//host`` or ``/\\host`` (browsers read both as another
+    host), a backslash or a control character."""
+    for name in ("rd", "next"):
+        value = request.query.get(name)
+        if value is not None:
+            return value if _SAFE_RETURN.fullmatch(value) else "/"
+    return "/"
+
+
+def _is_websocket(request: web.BaseRequest) -> bool:
+    upgrade = request.headers.get(hdrs.UPGRADE)
+    return upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET"
+
+
+def _json(status: int, doc: object) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(doc),
+        content_type="application/json",
+        headers=_NO_STORE,
+    )
+
+
+def _method_not_allowed(request: web.BaseRequest, allow: str) -> web.Response:
+    response = pages.failure(request, 405, "method_not_allowed")
+    response.headers[hdrs.ALLOW] = allow
+    return response

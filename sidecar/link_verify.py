@@ -1,0 +1,209 @@
+"""Redeeming auth links: the token (``GET``), the OTP or the ``hashed_token`` (``POST``).
+
+No HTTP here (:mod:`sidecar.links_http` is the edge). Every path ends in :func:`_consume`:
+burn the link's token id exactly once (across replicas), apply the type's effect, delete
+the pending link. Effects: every type confirms an unconfirmed address (the user proved they
+hold the mailbox); ``email_change`` switches to the new address; ``recovery`` and
+``invite`` set a new password when one is sent with the ``POST``.
+
+A link is accepted only while it is the *current* one of its ``(user, type)``: a newer mint
+makes it "superseded". The token's ``redirect_to`` claim decides where the browser goes;
+the query's copy must agree, and the claim must still be allowed by today's config.
+
+Errors: :class:`VerifyFailed` with a ``reason`` the failure pages know (malformed,
+tampered, unknown_key, expired, used, revoked, superseded, invalid_otp, invalid_link,
+redirect_mismatch, email_exists, weak_password, bad_request);
+:class:`~sidecar.ratelimit.RateLimited` for OTP guesses; ``StoreUnavailable`` from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from dataclasses import dataclass, replace
+
+from sidecar.audit import audit
+from sidecar.config import LINK_TYPES, Config
+from sidecar.links import lookup_key, normalise_email, otp_matches
+from sidecar.passwords import PasswordPolicyError, check_policy, hash_password
+from sidecar.ratelimit import enforce
+from sidecar.redirects import RedirectRejected, allow_list, parse_url
+from sidecar.services import Services
+from sidecar.store.base import BurnResult, PendingLink, TokenState, User, UserExists
+from sidecar.tokens import Claims, ExpiredToken, TokenError
+
+_OTP = re.compile(r"[0-9]{6,10}")
+_TOKEN_HASH = re.compile(r"[0-9a-f]{64}")
+PASSWORD_TYPES = ("recovery", "invite")
+
+
+class VerifyFailed(Exception):
+    """Verification refused; ``reason`` is a short code (see the module docstring)."""
+
+    def __init__(self, reason: str, token_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.token_id = token_id
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    claims: Claims
+    link: PendingLink
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A redeemed link: the user after its effect, and where the browser goes next."""
+
+    user: User
+    link_type: str
+    token_id: str
+    redirect_to: str | None = None
+    password_changed: bool = False
+
+
+async def check_token(
+    services: Services, token: str, link_type: str, redirect_to: str | None
+) -> Checked:
+    """Open an ``action_link`` token and find its current link, consuming nothing (``HEAD``
+    and the confirm page stop here). Raise :class:`VerifyFailed`."""
+    try:
+        claims = services.codec.open(token, services.clock())
+    except ExpiredToken as exc:
+        raise VerifyFailed("expired", exc.claims.token_id) from None
+    except TokenError as exc:
+        raise VerifyFailed(exc.reason) from None
+    token_id = claims.token_id
+    if claims.kind not in LINK_TYPES or claims.kind != link_type or claims.redirect_to is None:
+        raise VerifyFailed("malformed", token_id)
+    if redirect_to is not None and not _same_url(redirect_to, claims.redirect_to):
+        raise VerifyFailed("redirect_mismatch", token_id)
+    if not _still_allowed(services.config, claims.redirect_to):
+        raise VerifyFailed("redirect_mismatch", token_id)
+    link = await services.store.get_link(claims.subject, claims.kind)
+    if link is None or link.token_id != token_id:
+        state = await services.store.token_state(token_id)
+        raise VerifyFailed("superseded" if state is TokenState.UNUSED else state.value, token_id)
+    return Checked(claims, link)
+
+
+async def redeem_token(
+    services: Services, token: str, link_type: str, redirect_to: str | None
+) -> Verified:
+    """``GET <prefix>/verify``: check, burn once, apply the effect; redirect per the claims."""
+    checked = await check_token(services, token, link_type, redirect_to)
+    verified = await _consume(services, checked.link, None)
+    return replace(verified, redirect_to=checked.claims.redirect_to)
+
+
+async def verify_otp(
+    services: Services,
+    link_type: str,
+    email: str,
+    otp: str,
+    *,
+    client: str,
+    password: str | None = None,
+) -> Verified:
+    """``POST <prefix>/verify {type, email, token}``. Every guess counts against
+    ``links.otp_rate`` per client address and per email (raise ``RateLimited``); each wrong
+    code counts against the link, which dies after ``links.max_otp_attempts``."""
+    address = normalise_email(email)
+    if link_type not in LINK_TYPES or address is None:
+        raise VerifyFailed("malformed")
+    store, links, now = services.store, services.config.links, services.clock()
+    await enforce(store, "otp-client:" + client, links.otp_rate, now)
+    await enforce(store, "otp-email:" + _digest(address), links.otp_rate, now)
+    user = await store.get_user_by_email(address)
+    link = None if user is None else await store.get_link(user.id, link_type)
+    if link is None:
+        raise VerifyFailed("invalid_otp")
+    if link.expires_at <= now:
+        raise VerifyFailed("expired", link.token_id)
+    if not (_OTP.fullmatch(otp) and otp_matches(services.config.keyset, link, otp)):
+        failures = await store.record_failed_attempt(link.user_id, link_type)
+        if failures >= links.max_otp_attempts:
+            await store.revoke(link.token_id, link.expires_at)
+            await store.delete_link(link.user_id, link_type)
+            audit("otp_locked", kind=link_type, token_id=link.token_id, user_id=link.user_id)
+        raise VerifyFailed("invalid_otp", link.token_id)
+    return await _consume(services, link, password)
+
+
+async def verify_token_hash(
+    services: Services, link_type: str, token_hash: str, *, password: str | None = None
+) -> Verified:
+    """``POST <prefix>/verify {type, token_hash}`` with a link's ``hashed_token``."""
+    if link_type not in LINK_TYPES or not _TOKEN_HASH.fullmatch(token_hash):
+        raise VerifyFailed("malformed")
+    link = await services.store.get_link_by_hash(lookup_key(token_hash))
+    if link is None or link.link_type != link_type:
+        raise VerifyFailed("invalid_link")
+    if link.expires_at <= services.clock():
+        raise VerifyFailed("expired", link.token_id)
+    return await _consume(services, link, password)
+
+
+async def _consume(services: Services, link: PendingLink, password: str | None) -> Verified:
+    """Burn the link once and apply its type's effect to the user."""
+    store, now, kind = services.store, services.clock(), link.link_type
+    if password is not None:
+        if kind not in PASSWORD_TYPES:
+            raise VerifyFailed("bad_request", link.token_id)
+        try:
+            check_policy(password)
+        except PasswordPolicyError:
+            raise VerifyFailed("weak_password", link.token_id) from None
+    # Checked before the burn so a taken address does not use the link up (the update
+    # below still catches a race).
+    if link.new_email is not None and await store.get_user_by_email(link.new_email) is not None:
+        raise VerifyFailed("email_exists", link.token_id)
+    result = await store.burn(link.token_id, link.expires_at)
+    if result is not BurnResult.BURNED:
+        raise VerifyFailed(
+            "used" if result is BurnResult.ALREADY_USED else "revoked", link.token_id
+        )
+    user = await store.get_user(link.user_id)
+    if user is None:
+        raise VerifyFailed("revoked", link.token_id)
+    updated = replace(user, confirmed_at=user.confirmed_at or now)
+    if kind == "email_change" and link.new_email is not None:
+        updated = replace(updated, email=link.new_email, confirmed_at=now)
+    if password is not None:
+        # scrypt costs tens of milliseconds of CPU: keep the event loop free meanwhile.
+        updated = replace(updated, password_hash=await asyncio.to_thread(hash_password, password))
+    if updated != user:
+        try:
+            await store.update_user(updated)
+        except UserExists:
+            raise VerifyFailed("email_exists", link.token_id) from None
+    current = await store.get_link(link.user_id, kind)
+    if current is not None and current.token_id == link.token_id:
+        await store.delete_link(link.user_id, kind)
+    audit("redeem", kind=kind, token_id=link.token_id, user_id=user.id)
+    return Verified(updated, kind, link.token_id, password_changed=password is not None)
+
+
+def _same_url(given: str, bound: str) -> bool:
+    if given == bound:
+        return True
+    try:
+        return str(parse_url(given)) == bound
+    except RedirectRejected:
+        return False
+
+
+def _still_allowed(config: Config, url: str) -> bool:
+    """The bound redirect must still be allowed now (the allow-list may have shrunk)."""
+    if url == config.links.default_redirect:
+        return True
+    try:
+        return allow_list(config.links.redirect_allow).check(url) == url
+    except RedirectRejected:
+        return False
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -1,0 +1,367 @@
+"""Auth links (GoTrue-style): ``POST /admin/generate_link`` checked, users saved, links minted.
+
+No HTTP here: :mod:`sidecar.links_http` is the edge, :mod:`sidecar.link_verify` redeems.
+A link is three credentials for one :class:`~sidecar.store.base.PendingLink`, the newest
+of its ``(user, type)`` — minting again makes the older link dead ("superseded"):
+
+* the **token** in ``action_link``: a JWE whose claims bind the user, the type and the
+  ``redirect_to``, so the URL's ``redirect_to`` parameter cannot be swapped;
+* the **OTP** (``email_otp``): digits from a CSPRNG. Six digits are brute-forceable
+  offline from a plain hash, so the store keeps an HMAC keyed by a key derived from the
+  active keyset key (``<kid>:<hex>``; old kids keep verifying after a rotation);
+* the **hashed_token**: SHA-256 of the token text. A backend that holds the link can
+  match it; ``POST /verify {type, token_hash}`` redeems it. The store holds only a
+  hash of it again, so a copy of the store redeems nothing.
+
+``email_change`` (the seed shows only ``email``; GoTrue sends ``email`` + ``new_email``):
+``email`` is always the account's *current* address. With ``new_email`` the change to that
+address is requested. Without it, the change already pending for the account (from an
+earlier mint with ``new_email``) gets a fresh link; with none pending it is a 422. Taking
+the seed's lone ``email`` as the *new* address cannot work safely: nothing would say whose
+account changes, and binding it to whoever clicks lets a mailbox owner attach their
+address to a victim's account and then recover it. The OTP for ``email_change`` is
+verified with the current address too.
+
+Errors (domain; the edge maps them to statuses)::
+
+    LinkRequestError (.msg, .details)   generate_link refused
+     ├── InvalidLinkRequest             400 bad type, field, email, redirect_to, data
+     ├── UserNotFound                   404 the type needs an existing user
+     └── UnprocessableLink              422 already registered, weak password, email taken
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlencode
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from sidecar import metrics
+from sidecar.audit import audit
+from sidecar.config import LINK_TYPES, Config
+from sidecar.keys import KeySet
+from sidecar.minting import iso_utc
+from sidecar.passwords import PasswordPolicyError, check_policy, hash_password
+from sidecar.redirects import RedirectRejected, allow_list
+from sidecar.services import Services
+from sidecar.store.base import PendingLink, User, UserExists
+from sidecar.tokens import Claims, TokenTooLong, new_token_id
+
+FIELDS = ("type", "email", "redirect_to", "data", "password", "new_email")
+MAX_EMAIL = 254
+MAX_DATA = 4096  # bytes of user metadata, as compact JSON
+INVALID_TYPE_DETAILS = "Link type must be one of: " + ", ".join(LINK_TYPES)
+# WHATWG's "valid email address" (what <input type=email> accepts), ASCII only.
+_EMAIL = re.compile(
+    r"[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+_OTP_INFO = b"sidecar auth-link otp v1"
+
+
+class LinkRequestError(Exception):
+    def __init__(self, msg: str, details: str) -> None:
+        super().__init__(f"{msg}: {details}")
+        self.msg = msg
+        self.details = details
+
+
+class InvalidLinkRequest(LinkRequestError):
+    pass
+
+
+class UserNotFound(LinkRequestError):
+    pass
+
+
+class UnprocessableLink(LinkRequestError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    """A checked ``generate_link`` body."""
+
+    link_type: str
+    email: str
+    redirect_to: str
+    data: dict[str, object] | None = None
+    password: str | None = field(default=None, repr=False)
+    new_email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedLink:
+    action_link: str = field(repr=False)
+    email_otp: str = field(repr=False)
+    hashed_token: str = field(repr=False)
+    verification_type: str
+    redirect_to: str
+    user: User
+    token_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "action_link": self.action_link,
+            "email_otp": self.email_otp,
+            "hashed_token": self.hashed_token,
+            "verification_type": self.verification_type,
+            "redirect_to": self.redirect_to,
+        }
+
+
+def normalise_email(value: object) -> str | None:
+    """Trimmed, lower-cased address if it is a sane one (RFC 5321 lengths), else None."""
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    local = email.partition("@")[0]
+    if len(email) > MAX_EMAIL or not _EMAIL.fullmatch(email):
+        return None
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        return None
+    return email
+
+
+def parse_link_request(body: Mapping[str, object], config: Config) -> LinkRequest:
+    """Check a decoded ``generate_link`` body; raise :class:`LinkRequestError`."""
+    link_type = body.get("type")
+    if not isinstance(link_type, str) or link_type not in LINK_TYPES:
+        raise InvalidLinkRequest("Invalid link type", INVALID_TYPE_DETAILS)
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise InvalidLinkRequest(
+            "Invalid request",
+            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(FIELDS)}",
+        )
+    if body.get("email") is None:
+        raise InvalidLinkRequest("Invalid email", "email is required")
+    email = normalise_email(body["email"])
+    if email is None:
+        raise InvalidLinkRequest(
+            "Invalid email", "Unable to validate email address: invalid format"
+        )
+    return LinkRequest(
+        link_type=link_type,
+        email=email,
+        redirect_to=_redirect(body.get("redirect_to"), config),
+        data=_data(body.get("data"), link_type),
+        password=_password(body.get("password"), link_type),
+        new_email=_new_email(body.get("new_email"), link_type, email),
+    )
+
+
+def _redirect(value: object, config: Config) -> str:
+    if value is None or value == "":
+        return config.links.default_redirect
+    if not isinstance(value, str):
+        raise InvalidLinkRequest("Invalid redirect_to", "redirect_to must be a string")
+    try:
+        return allow_list(config.links.redirect_allow).check(value)
+    except RedirectRejected as exc:
+        raise InvalidLinkRequest("Invalid redirect_to", str(exc)) from None
+
+
+def _data(value: object, link_type: str) -> dict[str, object] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidLinkRequest("Invalid data", "data must be a JSON object")
+    if link_type not in ("signup", "invite", "magiclink"):
+        raise InvalidLinkRequest(
+            "Invalid data", "data (user metadata) is used by signup, invite and magiclink links"
+        )
+    if len(json.dumps(value, separators=(",", ":")).encode()) > MAX_DATA:
+        raise InvalidLinkRequest("Invalid data", f"data is larger than {MAX_DATA} bytes as JSON")
+    return dict(value)
+
+
+def _password(value: object, link_type: str) -> str | None:
+    if value is None:
+        if link_type == "signup":
+            raise UnprocessableLink(
+                "Signup requires a valid password", "send password (at least 8 characters)"
+            )
+        return None
+    if link_type not in ("signup", "invite"):
+        raise InvalidLinkRequest(
+            "Invalid request",
+            "password is used by signup and invite links; a recovery sets the new password "
+            "when the link is verified (POST <prefix>/verify with password)",
+        )
+    if not isinstance(value, str):
+        raise InvalidLinkRequest("Invalid request", "password must be a string")
+    try:
+        check_policy(value)
+    except PasswordPolicyError as exc:
+        raise UnprocessableLink(str(exc), "weak_password: choose a longer password") from None
+    return value
+
+
+def _new_email(value: object, link_type: str, email: str) -> str | None:
+    if value is None:
+        return None
+    if link_type != "email_change":
+        raise InvalidLinkRequest("Invalid request", "new_email is used by email_change links only")
+    new_email = normalise_email(value)
+    if new_email is None:
+        raise InvalidLinkRequest(
+            "Invalid new_email", "Unable to validate email address: invalid format"
+        )
+    if new_email == email:
+        raise UnprocessableLink("Email address unchanged", "new_email is the current address")
+    return new_email
+
+
+async def generate(services: Services, request: LinkRequest) -> GeneratedLink:
+    """Create or find the user, mint the link and store it as the current one of its type.
+
+    Raises :class:`LinkRequestError`, or ``StoreUnavailable`` from the store."""
+    store, config, now = services.store, services.config, services.clock()
+    user = await store.get_user_by_email(request.email)
+    kind = request.link_type
+    new_email = request.new_email
+    if kind in ("signup", "invite"):
+        if user is not None and user.confirmed_at is not None:
+            raise UnprocessableLink("User already registered", "a confirmed user has this email")
+        user = await _save_user(services, user, request, now)
+    elif user is None and kind == "magiclink" and config.links.create_user_on_magiclink:
+        user = await _save_user(services, None, request, now)
+    elif user is None:
+        raise UserNotFound("User not found", f"no user has this email; {kind} needs one")
+    elif request.data is not None:
+        raise InvalidLinkRequest("Invalid data", "data is only used when the link creates a user")
+    elif kind == "email_change":
+        new_email = await _new_address(services, user, new_email, now)
+
+    role = config.roles[config.links.role]
+    lifetime = min(config.links.expiry, role.max_expiry)
+    claims = Claims(
+        token_id=new_token_id(),
+        subject=user.id,
+        role=role.name,
+        issued_at=int(now),
+        expires_at=int(now + lifetime),
+        one_time=True,
+        kind=kind,
+        email=user.email,
+        redirect_to=request.redirect_to,
+    )
+    try:
+        token = services.codec.seal(claims)
+    except TokenTooLong as exc:
+        raise InvalidLinkRequest("Invalid request", str(exc)) from None
+    otp = "".join(secrets.choice("0123456789") for _ in range(config.links.otp_length))
+    hashed_token = hashlib.sha256(token.encode()).hexdigest()
+    await store.put_link(
+        PendingLink(
+            user_id=user.id,
+            link_type=kind,
+            token_id=claims.token_id,
+            hashed_token=lookup_key(hashed_token),
+            otp_hash=otp_hash(config.keyset, claims.token_id, otp),
+            expires_at=claims.expires_at,
+            new_email=new_email,
+        )
+    )
+    query = urlencode({"token": token, "type": kind, "redirect_to": request.redirect_to})
+    audit(
+        "mint",
+        kind=kind,
+        token_id=claims.token_id,
+        user_id=user.id,
+        role=role.name,
+        expires_at=iso_utc(claims.expires_at),
+    )
+    metrics.mint(kind)
+    return GeneratedLink(
+        action_link=f"{config.public_url}{config.proxy.prefix}/verify?{query}",
+        email_otp=otp,
+        hashed_token=hashed_token,
+        verification_type=kind,
+        redirect_to=request.redirect_to,
+        user=user,
+        token_id=claims.token_id,
+    )
+
+
+async def _save_user(
+    services: Services, user: User | None, request: LinkRequest, now: float
+) -> User:
+    password_hash = None
+    if request.password is not None:
+        # scrypt costs tens of milliseconds of CPU: keep the event loop free meanwhile.
+        password_hash = await asyncio.to_thread(hash_password, request.password)
+    invited_at = now if request.link_type == "invite" else None
+    try:
+        if user is None:
+            user = User(
+                id=str(uuid.uuid4()),
+                email=request.email,
+                created_at=now,
+                invited_at=invited_at,
+                password_hash=password_hash,
+                metadata=request.data or {},
+            )
+            await services.store.create_user(user)
+            return user
+        user = replace(
+            user,
+            invited_at=invited_at or user.invited_at,
+            password_hash=password_hash or user.password_hash,
+            metadata={**user.metadata, **(request.data or {})},
+        )
+        await services.store.update_user(user)
+    except UserExists:
+        raise UnprocessableLink("User already registered", "a user has this email") from None
+    return user
+
+
+async def _new_address(services: Services, user: User, new_email: str | None, now: float) -> str:
+    if new_email is None:
+        pending = await services.store.get_link(user.id, "email_change")
+        if pending is None or pending.new_email is None or pending.expires_at <= now:
+            raise UnprocessableLink(
+                "No email change pending",
+                "send new_email with the new address (email is the current address)",
+            )
+        new_email = pending.new_email
+    if await services.store.get_user_by_email(new_email) is not None:
+        raise UnprocessableLink(
+            "Email address already registered", "A user with new_email already exists"
+        )
+    return new_email
+
+
+def lookup_key(hashed_token: str) -> str:
+    """What the store indexes a link by: a hash of the ``hashed_token`` credential."""
+    return hashlib.sha256(b"sidecar-link:" + hashed_token.encode()).hexdigest()
+
+
+def otp_hash(keyset: KeySet, token_id: str, otp: str, kid: str | None = None) -> str:
+    """``<kid>:<HMAC-SHA256(key derived from that keyset key, token_id:otp)>``."""
+    kid = kid or keyset.active_kid
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_OTP_INFO).derive(
+        keyset.keys[kid]
+    )
+    mac = hmac.new(key, f"{token_id}:{otp}".encode(), hashlib.sha256).hexdigest()
+    return f"{kid}:{mac}"
+
+
+def otp_matches(keyset: KeySet, link: PendingLink, otp: str) -> bool:
+    """Constant-time check of ``otp`` against the link's stored HMAC."""
+    kid, _, _ = link.otp_hash.partition(":")
+    if kid not in keyset.keys:
+        return False
+    expected = otp_hash(keyset, link.token_id, otp, kid)
+    return hmac.compare_digest(expected.encode(), link.otp_hash.encode())

@@ -1,0 +1,344 @@
+"""The HTTP edge of auth links: ``POST /admin/generate_link`` and ``<prefix>/verify``.
+
+Admin side (:func:`register_admin`, behind the admin app's peer/Host/Origin/bearer checks):
+every answer this handler gives itself is ``{"code", "msg", "details"}`` as in the seed —
+400 invalid type/field/email/redirect_to/data, 404 user not found, 422 already registered
+or weak password, 413 too large, 503 store down.
+
+Proxy side (:func:`register_verify`):
+
+* ``GET <prefix>/verify?token=&type=&redirect_to=`` redeems the link once, starts the
+  session (role ``links.role``), sets the cookie and 303s to the ``redirect_to`` bound in
+  the token. If ``links.role`` has ``redeem: confirm``, ``GET`` only checks and shows the
+  button page, whose ``POST`` (to the same URL) redeems. ``HEAD`` never consumes anything.
+* ``POST <prefix>/verify`` with JSON ``{type, email, token}`` (the OTP) or
+  ``{type, token_hash}`` (plus ``password`` for recovery/invite) answers the identity as
+  JSON and sets the cookie. ``gotrue_meta_security`` (sent by supabase-js) is accepted and
+  ignored.
+
+Failures are the shared failure pages (JSON ``{"code", "error", "message"}`` for the JSON
+API): 400 bad request, 401 malformed/tampered/unknown key/wrong code, 409 address taken,
+410 expired/used/revoked/superseded, 422 weak password, 429 too many attempts, 503 store down.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import hdrs, web
+from multidict import MultiMapping
+
+from sidecar import metrics, pages
+from sidecar.accesslog import set_user
+from sidecar.audit import audit
+from sidecar.config import RoleConfig
+from sidecar.forward import Forwarder
+from sidecar.link_verify import (
+    Verified,
+    VerifyFailed,
+    check_token,
+    redeem_token,
+    verify_otp,
+    verify_token_hash,
+)
+from sidecar.links import (
+    LinkRequestError,
+    UnprocessableLink,
+    UserNotFound,
+    generate,
+    parse_link_request,
+)
+from sidecar.minting import iso_utc
+from sidecar.ratelimit import RateLimited, enforce
+from sidecar.services import SERVICES
+from sidecar.sessions import SESSIONS
+from sidecar.store.base import StoreUnavailable, User
+
+VERIFY_FIELDS = ("type", "email", "token", "token_hash", "password", "gotrue_meta_security")
+VERIFY_STATUS = {
+    "malformed": 401,
+    "tampered": 401,
+    "unknown_key": 401,
+    "invalid_otp": 401,
+    "invalid_link": 401,
+    "expired": 410,
+    "used": 410,
+    "revoked": 410,
+    "superseded": 410,
+    "bad_request": 400,
+    "redirect_mismatch": 400,
+    "email_exists": 409,
+    "weak_password": 422,
+    "store_unavailable": 503,
+}
+_NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
+CLIENT_ADDRESS = web.AppKey("links_client_address", Forwarder)
+
+
+class BadBody(Exception):
+    """The request body is not the JSON object expected; the message is safe to show."""
+
+
+# -- admin: POST /admin/generate_link ----------------------------------------------------
+
+
+def register_admin(app: web.Application) -> None:
+    """Add ``POST /admin/generate_link`` to the admin app (which holds ``SERVICES``)."""
+    app.router.add_post("/admin/generate_link", generate_link)
+
+
+async def generate_link(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        body = await read_json_object(request)
+        link = await generate(services, parse_link_request(body, services.config))
+    except BadBody as exc:
+        return error_json(400, "Invalid request", str(exc))
+    except LinkRequestError as exc:
+        return error_json(_status(exc), exc.msg, exc.details)
+    except web.HTTPRequestEntityTooLarge:
+        limit = services.config.admin.max_body
+        return error_json(413, "Payload too large", f"the body is larger than {limit} bytes")
+    except StoreUnavailable:
+        return error_json(503, "Service unavailable", "the store is unavailable; try again")
+    return web.json_response(link.to_json(), headers={hdrs.CACHE_CONTROL: "no-store"})
+
+
+def error_json(status: int, msg: str, details: str) -> web.Response:
+    body = {"code": status, "msg": msg, "details": details}
+    return web.json_response(body, status=status, headers={hdrs.CACHE_CONTROL: "no-store"})
+
+
+def _status(exc: LinkRequestError) -> int:
+    if isinstance(exc, UserNotFound):
+        return 404
+    if isinstance(exc, UnprocessableLink):
+        return 422
+    return 400  # InvalidLinkRequest
+
+
+async def read_json_object(request: web.BaseRequest) -> dict[str, object]:
+    """The body as one JSON object: no duplicate keys, no NaN/Infinity. Raise :class:`BadBody`."""
+    if request.content_type != "application/json":
+        raise BadBody("expected Content-Type: application/json")
+    raw = await request.read()
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_constant)
+    except UnicodeDecodeError:
+        raise BadBody("the body is not UTF-8") from None
+    except BadBody:
+        raise
+    except (ValueError, RecursionError):
+        raise BadBody("the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise BadBody("the body must be a JSON object")
+    return doc
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise BadBody("the body has duplicate keys")
+    return doc
+
+
+def _constant(name: str) -> object:
+    raise BadBody(f"the body contains {name}, which is not JSON")
+
+
+# -- proxy: <prefix>/verify --------------------------------------------------------------
+
+
+def register_verify(app: web.Application) -> None:
+    """Add ``<prefix>/verify`` to the proxy app; ``app[SERVICES]`` and ``app[SESSIONS]``
+    must already be set."""
+    services = app[SERVICES]
+    app[CLIENT_ADDRESS] = Forwarder(services.config)  # used for its client_address() only
+    app.router.add_route("*", services.config.proxy.prefix + "/verify", verify)
+
+
+async def verify(request: web.Request) -> web.StreamResponse:
+    if request.method == hdrs.METH_HEAD:
+        # Link scanners and previews: answered without looking at the token.
+        return _no_store(pages.confirm_page())
+    if request.method == hdrs.METH_GET:
+        return await _verify_link(request)
+    if request.method == hdrs.METH_POST:
+        if "token" in request.query:  # the confirm page's button posts to the link itself
+            return await _verify_link(request)
+        return await _verify_api(request)
+    response = pages.failure(request, 405, "method_not_allowed")
+    response.headers[hdrs.ALLOW] = "GET, HEAD, POST"
+    return response
+
+
+async def _verify_link(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    role = _links_role(request)
+    query = request.query
+    token, link_type = _single(query, "token"), _single(query, "type")
+    redirect_to = _single(query, "redirect_to") if "redirect_to" in query else None
+    try:
+        if not token or not link_type or (redirect_to is None and "redirect_to" in query):
+            raise VerifyFailed("malformed")
+        if role.redeem == "confirm" and request.method == hdrs.METH_GET:
+            await check_token(services, token, link_type, redirect_to)
+            return _no_store(pages.confirm_page())
+        verified = await redeem_token(services, token, link_type, redirect_to)
+        cookie = await _start_session(request, verified, role)
+    except VerifyFailed as failed:
+        return await _failed(request, failed, count=True)
+    except StoreUnavailable:
+        return pages.failure(request, 503, "store_unavailable")
+    response = web.Response(
+        status=303, headers={hdrs.LOCATION: verified.redirect_to or "/", **_NO_STORE}
+    )
+    request.app[SESSIONS].set_cookie(response, cookie, role)
+    return response
+
+
+async def _verify_api(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    role = _links_role(request)
+    try:
+        body = await read_json_object(request)
+    except BadBody:
+        return _json_failure(400, "bad_request")
+    except web.HTTPRequestEntityTooLarge:
+        return _json_failure(413, "bad_request")
+    fields = {k: v for k, v in body.items() if k != "gotrue_meta_security"}
+    password = fields.get("password")
+    if (
+        set(fields) - set(VERIFY_FIELDS)
+        or not all(isinstance(v, str) for v in fields.values())
+        or not isinstance(link_type := fields.get("type"), str)
+        or (password is not None and not isinstance(password, str))
+    ):
+        return _json_failure(400, "bad_request")
+    token_hash, email, otp = fields.get("token_hash"), fields.get("email"), fields.get("token")
+    try:
+        if isinstance(token_hash, str) and email is None and otp is None:
+            verified = await verify_token_hash(
+                services, link_type, token_hash, password=_str(password)
+            )
+        elif isinstance(email, str) and isinstance(otp, str) and token_hash is None:
+            client = request.app[CLIENT_ADDRESS].client_address(request)
+            verified = await verify_otp(
+                services, link_type, email, otp, client=client, password=_str(password)
+            )
+        else:
+            return _json_failure(400, "bad_request")
+        cookie = await _start_session(request, verified, role)
+    except RateLimited as limited:
+        metrics.redemption("rate_limited")
+        audit("redeem_failed", reason="rate_limited", kind=link_type)
+        return _json_failure(429, "rate_limited", retry_after=limited.retry_after)
+    except VerifyFailed as failed:
+        return await _failed(request, failed, count=token_hash is not None, as_json=True)
+    except StoreUnavailable:
+        return _json_failure(503, "store_unavailable")
+    now = services.clock()
+    doc = {
+        "user": user_json(verified.user),
+        "verification_type": verified.link_type,
+        "session": {
+            "role": role.name,
+            "expires_at": iso_utc(now + role.session_lifetime),
+            "expires_in": int(role.session_lifetime),
+        },
+    }
+    response = web.json_response(doc, headers=_NO_STORE)
+    request.app[SESSIONS].set_cookie(response, cookie, role)
+    return response
+
+
+async def _start_session(request: web.Request, verified: Verified, role: RoleConfig) -> str:
+    sessions = request.app[SESSIONS]
+    metrics.redemption("success")
+    set_user(verified.user.id)
+    if verified.link_type == "email_change" or verified.password_changed:
+        # Other devices must not keep the old address or outlive the old password.
+        await sessions.end_user(verified.user.id)
+    else:
+        await sessions.end(request)  # a browser holding another session starts afresh
+    return await sessions.start(
+        user_id=verified.user.id,
+        role=role,
+        token_id=verified.token_id,
+        email=verified.user.email,
+    )
+
+
+async def _failed(
+    request: web.Request, failed: VerifyFailed, *, count: bool, as_json: bool = False
+) -> web.Response:
+    """The failure answer; link failures also count against ``proxy.failed_redeem_rate``
+    (the same per-client budget refer links use)."""
+    services = request.app[SERVICES]
+    client = request.app[CLIENT_ADDRESS].client_address(request)
+    metrics.redemption(failed.reason)
+    event = "replay" if failed.reason == "used" else "redeem_failed"
+    audit(event, reason=failed.reason, token_id=failed.token_id, client=client)
+    status = VERIFY_STATUS.get(failed.reason, 401)
+    if count:
+        try:
+            await enforce(
+                services.store,
+                "redeem-fail:" + client,
+                services.config.proxy.failed_redeem_rate,
+                services.clock(),
+            )
+        except RateLimited as limited:
+            if as_json:
+                return _json_failure(429, "rate_limited", retry_after=limited.retry_after)
+            return pages.failure(request, 429, "rate_limited", retry_after=limited.retry_after)
+        except StoreUnavailable:
+            status, failed = 503, VerifyFailed("store_unavailable")
+    if as_json:
+        return _json_failure(status, failed.reason)
+    return pages.failure(request, status, failed.reason)
+
+
+def user_json(user: User) -> dict[str, object]:
+    """The user as GoTrue spells it (a subset; no password hash, ever)."""
+
+    def when(epoch: float | None) -> str | None:
+        return None if epoch is None else iso_utc(epoch)
+
+    return {
+        "id": user.id,
+        "email": user.email,
+        "created_at": when(user.created_at),
+        "confirmed_at": when(user.confirmed_at),
+        "email_confirmed_at": when(user.confirmed_at),
+        "invited_at": when(user.invited_at),
+        "user_metadata": user.metadata,
+    }
+
+
+def _json_failure(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
+    headers = dict(pages.SECURITY_HEADERS)
+    if retry_after is not None:
+        headers[hdrs.RETRY_AFTER] = str(retry_after)
+    message = pages.MESSAGES.get(reason, "The request is not valid.")
+    body = {"code": status, "error": reason, "message": message}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _links_role(request: web.Request) -> RoleConfig:
+    config = request.app[SERVICES].config
+    return config.roles[config.links.role]
+
+
+def _single(query: MultiMapping[str], name: str) -> str | None:
+    values = query.getall(name, [])
+    return values[0] if len(values) == 1 else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _no_store(response: web.Response) -> web.Response:
+    response.headers.update(_NO_STORE)
+    return response

@@ -1,0 +1,124 @@
+"""Prometheus metrics, served as text on an optional separate listener (``metrics.listen``).
+
+The metrics live in one registry of their own (plus the process and GC collectors) rather
+than prometheus-client's global one, so importing a library that registers metrics does
+not leak them onto ``/metrics``. Call sites use the small functions below; every label
+value comes from the code (status codes, outcome words, store method names), never from
+the request, so the number of series is bounded.
+
+========================================== ============ ===================================
+metric                                     labels       observed by
+========================================== ============ ===================================
+``sidecar_requests_total``                 listener,    :func:`observe_request` (the access
+                                           status       log middleware)
+``sidecar_request_duration_seconds``       listener     :func:`observe_request`
+``sidecar_redemptions_total``              outcome      :func:`redemption` (``success`` or the
+                                                        failure reason: ``used``, ``expired``…)
+``sidecar_mints_total``                    kind         :func:`mint` (``refer``, ``magiclink``…)
+``sidecar_upstream_seconds``                            :func:`observe_upstream` (time to the
+                                                        upstream's response headers)
+``sidecar_store_seconds``                  op           :func:`observe_store` (per Store method)
+========================================== ============ ===================================
+"""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+REQUESTS = Counter(
+    "sidecar_requests",
+    "HTTP requests answered, by listener and status code.",
+    ("listener", "status"),
+    registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "sidecar_request_duration_seconds",
+    "Time from request start to the end of the response body, by listener.",
+    ("listener",),
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+REDEMPTIONS = Counter(
+    "sidecar_redemptions",
+    "Link redemptions, by outcome: success, or the failure reason (used, expired, tampered, ...).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+MINTS = Counter(
+    "sidecar_mints",
+    "Links minted, by kind: refer, or the auth link type (magiclink, signup, ...).",
+    ("kind",),
+    registry=REGISTRY,
+)
+UPSTREAM_SECONDS = Histogram(
+    "sidecar_upstream_seconds",
+    "Time from sending a request upstream to receiving its response headers.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+STORE_SECONDS = Histogram(
+    "sidecar_store_seconds",
+    "Latency of store operations, by Store method.",
+    ("op",),
+    buckets=_STORE_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+def observe_request(status: int, seconds: float, listener: str = "proxy") -> None:
+    REQUESTS.labels(listener, str(status)).inc()
+    REQUEST_SECONDS.labels(listener).observe(seconds)
+
+
+def redemption(outcome: str) -> None:
+    REDEMPTIONS.labels(outcome).inc()
+
+
+def mint(kind: str) -> None:
+    MINTS.labels(kind).inc()
+
+
+def observe_upstream(seconds: float) -> None:
+    UPSTREAM_SECONDS.observe(seconds)
+
+
+def observe_store(op: str, seconds: float) -> None:
+    STORE_SECONDS.labels(op).observe(seconds)
+
+
+def render(accept: str = "") -> tuple[bytes, str]:
+    """The registry as exposition text (OpenMetrics if ``accept`` asks for it) and its
+    content type."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(REGISTRY), content_type
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = render(request.headers.get(hdrs.ACCEPT, ""))
+    return web.Response(
+        body=body, headers={hdrs.CONTENT_TYPE: content_type, hdrs.CACHE_CONTROL: "no-store"}
+    )
+
+
+def metrics_app() -> web.Application:
+    """The app of the separate metrics listener: ``GET /metrics`` and nothing else."""
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics)
+    return app

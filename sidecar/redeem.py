@@ -1,0 +1,199 @@
+"""Redeeming a refer link: ``<any path>?refer=<token>`` becomes a session and a 303.
+
+The request is answered here and never forwarded. In order:
+
+* ``HEAD`` is answered without looking at the token: link scanners and previews must not
+  burn it (nor count as failures);
+* a client over ``proxy.failed_redeem_rate`` failures gets 429 (counted in the store, so
+  the limit holds across replicas; each process also remembers the block so a blocked
+  client costs no decryption);
+* the token is opened (401 malformed/tampered/unknown key, 410 expired), its role must still
+  be configured (401), and a ``redeem: confirm`` role answers ``GET`` with a button page;
+* one-time tokens are burned (exactly once, across replicas: 410 used/revoked); others are
+  checked for revocation; a store that does not answer is a 503 — never a session;
+* the session is created, the cookie set, and the browser sent to the same URL without
+  ``refer`` (other query parameters kept, ``#/display/<module>`` added when the token names
+  a module).
+
+Audit lines carry the token id and the reason, never the token text.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_plus
+
+from aiohttp import hdrs, web
+
+from sidecar import metrics, pages
+from sidecar.accesslog import set_user
+from sidecar.audit import audit
+from sidecar.forward import Forwarder
+from sidecar.ratelimit import RateLimited, enforce
+from sidecar.services import Services
+from sidecar.sessions import SessionManager
+from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
+from sidecar.tokens import Claims, ExpiredToken, TokenError
+
+_NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
+_MODULE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_BLOCK_MEMO_SIZE = 4096
+
+
+def has_refer(request: web.BaseRequest) -> bool:
+    """Whether the query has a ``refer`` parameter (in any percent-encoded spelling)."""
+    query = request.query_string
+    return ("refer" in query or "%" in query) and "refer" in request.query
+
+
+class RedeemFailed(Exception):
+    """The link cannot be redeemed; ``status`` and ``reason`` say why."""
+
+    def __init__(self, status: int, reason: str, token_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.token_id = token_id
+
+
+class Redeemer:
+    def __init__(self, services: Services, sessions: SessionManager, forwarder: Forwarder) -> None:
+        self._services = services
+        self._config = services.config
+        self._sessions = sessions
+        self._forwarder = forwarder
+        self._limit = services.config.proxy.failed_redeem_rate
+        # client address -> epoch second its failure window resets (this process's memo).
+        self._blocked: dict[str, float] = {}
+
+    async def redeem(self, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        if method == hdrs.METH_HEAD:
+            return _with_no_store(pages.confirm_page())
+        if method not in (hdrs.METH_GET, hdrs.METH_POST):
+            response = pages.failure(request, 405, "method_not_allowed")
+            response.headers[hdrs.ALLOW] = "GET, HEAD, POST"
+            return response
+        client = self._forwarder.client_address(request)
+        now = self._services.clock()
+        blocked_until = self._blocked.get(client)
+        if blocked_until is not None:
+            if now < blocked_until:
+                return pages.failure(
+                    request, 429, "rate_limited", retry_after=max(1, int(blocked_until - now))
+                )
+            del self._blocked[client]
+        try:
+            return await self._redeem(request)
+        except RedeemFailed as failed:
+            metrics.redemption(failed.reason)
+            audit(
+                "replay" if failed.reason == "used" else "redeem_failed",
+                reason=failed.reason,
+                token_id=failed.token_id,
+                client=client,
+            )
+            if failed.status == 503:
+                return pages.failure(request, 503, failed.reason)
+            try:
+                await enforce(self._services.store, "redeem-fail:" + client, self._limit, now)
+            except RateLimited as limited:
+                if len(self._blocked) < _BLOCK_MEMO_SIZE:
+                    self._blocked[client] = now + limited.retry_after
+                return pages.failure(request, 429, "rate_limited", retry_after=limited.retry_after)
+            except StoreUnavailable:
+                return pages.failure(request, 503, "store_unavailable")
+            return pages.failure(request, failed.status, failed.reason)
+
+    async def _redeem(self, request: web.Request) -> web.StreamResponse:
+        claims = self._open(request)
+        role = self._config.roles.get(claims.role)
+        if role is None:
+            raise RedeemFailed(401, "unknown_role", claims.token_id)
+        try:
+            if role.redeem == "confirm" and request.method == hdrs.METH_GET:
+                # Only the POST from the button burns; the GET checks without consuming.
+                state = await self._services.store.token_state(claims.token_id)
+                _check_state(state, claims)
+                return _with_no_store(pages.confirm_page())
+            if claims.one_time:
+                result = await self._services.store.burn(claims.token_id, claims.expires_at)
+                if result is BurnResult.ALREADY_USED:
+                    raise RedeemFailed(410, "used", claims.token_id)
+                if result is BurnResult.REVOKED:
+                    raise RedeemFailed(410, "revoked", claims.token_id)
+            else:
+                _check_state(await self._services.store.token_state(claims.token_id), claims)
+            # A browser that still holds another session starts afresh.
+            await self._sessions.end(request)
+            cookie = await self._sessions.start(
+                user_id=claims.subject,
+                role=role,
+                token_id=claims.token_id,
+                params=dict(claims.params),
+                email=claims.email,
+                module=claims.module,
+            )
+        except StoreUnavailable:
+            raise RedeemFailed(503, "store_unavailable", claims.token_id) from None
+        metrics.redemption("success")
+        set_user(claims.subject)
+        audit(
+            "redeem",
+            token_id=claims.token_id,
+            user_id=claims.subject,
+            role=role.name,
+            one_time=claims.one_time,
+        )
+        response = web.Response(
+            status=303, headers={hdrs.LOCATION: landing_url(request, claims), **_NO_STORE}
+        )
+        self._sessions.set_cookie(response, cookie, role)
+        return response
+
+    def _open(self, request: web.Request) -> Claims:
+        tokens = request.query.getall("refer")
+        token = tokens[0] if len(tokens) == 1 else ""
+        # The Unqork form "/?refer=<token>/#/display/<module>" leaves one "/" on the token.
+        if token.endswith("/"):
+            token = token[:-1]
+        try:
+            claims = self._services.codec.open(token, self._services.clock())
+        except ExpiredToken as exc:
+            raise RedeemFailed(410, "expired", exc.claims.token_id) from None
+        except TokenError as exc:
+            raise RedeemFailed(401, exc.reason) from None
+        if claims.kind != "refer":
+            raise RedeemFailed(401, "malformed", claims.token_id)
+        return claims
+
+
+def _check_state(state: TokenState, claims: Claims) -> None:
+    if state is TokenState.REVOKED:
+        raise RedeemFailed(410, "revoked", claims.token_id)
+    if state is TokenState.USED:
+        raise RedeemFailed(410, "used", claims.token_id)
+
+
+def landing_url(request: web.BaseRequest, claims: Claims) -> str:
+    """The same path and query without ``refer``, plus ``#/display/<module>`` if any.
+
+    Other query parameters keep their exact bytes. Leading ``//`` or ``/\\`` collapse to
+    one ``/`` so a crafted path cannot turn the redirect into another host."""
+    raw = request.raw_path
+    path, _, query = raw.partition("?")
+    path = "/" + path.lstrip("/\\")
+    kept = [
+        part
+        for part in query.split("&")
+        if part and unquote_plus(part.partition("=")[0]) != "refer"
+    ]
+    location = path + ("?" + "&".join(kept) if kept else "")
+    if claims.module is not None and _MODULE.fullmatch(claims.module):
+        location += "#/display/" + claims.module
+    return location
+
+
+def _with_no_store(response: web.Response) -> web.Response:
+    response.headers.update(_NO_STORE)
+    return response

@@ -1,0 +1,158 @@
+"""A real browser (Debian's Chromium, driven by Playwright) clicking the demo's links.
+
+No browser is ever downloaded: Playwright launches the system Chromium. Without it the
+tests skip on a laptop and fail in CI (``tests.conftest.skip_or_fail``). Screenshots go to
+``artifacts/browser/`` (git-ignored) for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import skip_or_fail
+from tests.demo_process import ROOT, Demo, running_demo
+
+CHROMIUM = Path(os.environ.get("SIDECAR_CHROMIUM", "/usr/lib/chromium/chromium"))
+ARTIFACTS = ROOT / "artifacts" / "browser"
+# Quiet, deterministic Chromium: nothing phones home or updates itself during a test.
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--metrics-recording-only",
+]
+TIMEOUT_MS = 15_000
+
+pytestmark = pytest.mark.browser
+
+# Playwright ships no type information mypy can use; the page objects are typed as Any here.
+Page = Any
+Browser = Any
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("Playwright for Python is not installed (pip install playwright)")
+        raise
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[Demo]:
+    # One demo for the module: each test opens a different one of its links.
+    with running_demo() as running:
+        yield running
+
+
+def fresh_page(browser: Browser) -> Page:
+    """A page in a new browser context: no cookies, no history (a fresh browser)."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
+    return path
+
+
+def session_cookies(page: Page) -> list[dict[str, Any]]:
+    return [c for c in page.context.cookies() if c["name"] == "sidecar_session"]
+
+
+def test_refer_link_lands_on_the_module_and_survives_a_reload(browser: Browser, demo: Demo) -> None:
+    page = fresh_page(browser)
+    try:
+        page.goto(demo.one_time)
+        page.locator("#user").filter(has_text="alice").wait_for()
+        assert page.url == demo.proxy + "/#/display/orders", "the token left the address bar"
+        assert "refer" not in page.url
+        assert page.locator("#view-title").inner_text() == "Module orders"
+        assert page.locator("#role").inner_text() == "Viewer"
+        assert page.locator("#tenant").inner_text() == "acme"
+        (cookie,) = session_cookies(page)
+        assert cookie["httpOnly"] is True
+        assert cookie["sameSite"] == "Lax"
+        assert page.evaluate("document.cookie") == "", "HttpOnly: scripts cannot read it"
+        screenshot(page, "refer-link-landed")
+
+        page.reload()
+        page.locator("#user").filter(has_text="alice").wait_for()
+        assert page.url.endswith("/#/display/orders")
+    finally:
+        page.context.close()
+
+    # The same one-time link in a fresh browser: the clear "already used" page, no session.
+    other = fresh_page(browser)
+    try:
+        response = other.goto(demo.one_time)
+        assert response is not None
+        assert response.status == 410
+        assert "already been used" in other.locator("body").inner_text()
+        assert session_cookies(other) == []
+        screenshot(other, "link-already-used")
+    finally:
+        other.context.close()
+
+
+def test_confirm_link_logs_in_only_on_the_click(browser: Browser, demo: Demo) -> None:
+    page = fresh_page(browser)
+    try:
+        page.goto(demo.confirm)
+        button = page.get_by_role("button", name="Continue")
+        button.wait_for()
+        assert session_cookies(page) == [], (
+            "the GET alone (what a mail scanner does) logs no one in"
+        )
+        screenshot(page, "confirm-button")
+
+        button.click()
+        page.locator("#user").filter(has_text="carol").wait_for()
+        assert page.url == demo.proxy + "/#/display/approvals"
+        assert page.locator("#role").inner_text() == "Approver"
+        assert len(session_cookies(page)) == 1
+    finally:
+        page.context.close()
+
+
+def test_logout_ends_the_session(browser: Browser, demo: Demo) -> None:
+    page = fresh_page(browser)
+    try:
+        page.goto(demo.reusable)
+        page.locator("#user").filter(has_text="bob").wait_for()
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url(demo.proxy + "/")
+        assert "sign in with a valid link" in page.locator("body").inner_text()
+        assert session_cookies(page) == []
+        response = page.goto(demo.proxy + "/api/whoami")
+        assert response is not None
+        assert response.status == 401, "after logout the app is out of reach"
+        screenshot(page, "after-logout")
+    finally:
+        page.context.close()

@@ -1,0 +1,1 @@
+"""The adversarial suite: the sidecar attacked from its proxy and admin ports' outside."""

@@ -1,0 +1,477 @@
+"""The admin port attacked from outside: binding, peers, Host, browsers, keys and bodies.
+
+Every refused attempt below carries an otherwise valid mint, so a refusal proves the check
+under test — not a missing key or a bad body — stopped it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.app import ServeError, serve
+from sidecar.config import ConfigError, parse_config
+from sidecar.values import HostPort
+from tests.conftest import skip_or_fail
+from tests.security import casebook
+from tests.security.fuzzing import fuzz
+from tests.security.stack import (
+    ADMIN_KEY,
+    Sidecar,
+    config_doc,
+    free_port,
+    raw_http,
+    running_sidecar,
+)
+
+MINT_BODY = json.dumps({"userId": "attacker"}).encode()
+
+
+def mint_request(
+    port: int, *, host: str | None = None, extra: str = "", key: str = ADMIN_KEY
+) -> bytes:
+    host_line = "" if host is None else f"Host: {host}\r\n"
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    return (
+        f"POST /referstring HTTP/1.1\r\n{host_line}{auth}{extra}"
+        f"Content-Type: application/json\r\nContent-Length: {len(MINT_BODY)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("latin-1") + MINT_BODY
+
+
+def refused(category_status: int, body: bytes) -> bool:
+    return category_status != 200 and b"referString" not in body
+
+
+# -- binding ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:9091", "[::]:9091", "192.0.2.2:9091", "10.0.0.1:9091", "example.com:9091"]
+)
+def test_config_refuses_a_non_loopback_admin_listen(listen: str, tmp_path: Path) -> None:
+    doc = config_doc(
+        upstream="http://127.0.0.1:1", store_url="sqlite:///x.db", admin_port=1, proxy_port=2
+    )
+    doc["admin"] = {**doc["admin"], "listen": listen}  # type: ignore[dict-item]
+    env = {"SIDECAR_KEYSET": _keyset_json(), "SIDECAR_ADMIN_KEY": ADMIN_KEY}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml.safe_dump(doc), env=env, base_dir=tmp_path)
+    casebook.record("admin")
+    assert any(e.startswith("admin.listen:") for e in caught.value.errors)
+
+
+def test_check_config_cli_refuses_a_non_loopback_admin_listen(tmp_path: Path) -> None:
+    doc = config_doc(
+        upstream="http://127.0.0.1:1", store_url="sqlite:///x.db", admin_port=1, proxy_port=2
+    )
+    doc["admin"] = {**doc["admin"], "listen": "0.0.0.0:9091"}  # type: ignore[dict-item]
+    (tmp_path / "sidecar.yaml").write_text(yaml.safe_dump(doc))
+    env = {"SIDECAR_KEYSET": _keyset_json(), "SIDECAR_ADMIN_KEY": ADMIN_KEY, "PATH": "/usr/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check-config", str(tmp_path / "sidecar.yaml")],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    casebook.record("admin")
+    assert done.returncode != 0
+    assert "admin.listen" in done.stdout + done.stderr
+
+
+async def test_serve_refuses_a_non_loopback_bind_even_when_the_config_is_built_by_hand(
+    sidecar: Sidecar,
+) -> None:
+    port = free_port()
+    admin = dataclasses.replace(sidecar.config.admin, listen=HostPort("0.0.0.0", port))
+    services = dataclasses.replace(
+        sidecar.services, config=dataclasses.replace(sidecar.config, admin=admin)
+    )
+    with pytest.raises(ServeError):
+        await serve(services)
+    casebook.record("admin")
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "something listens on the port"
+
+
+# -- peers ------------------------------------------------------------------------------
+
+
+def non_loopback_address() -> str:
+    """A local, non-loopback IPv4 address to connect *from*."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        address = str(info[4][0])
+        if not address.startswith("127."):
+            return address
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.connect(("192.0.2.1", 9))  # no packet is sent; picks the outgoing address
+            address = str(udp.getsockname()[0])
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        skip_or_fail("no non-loopback local address to act as a foreign peer")
+    return address
+
+
+SPOOFED_PEER_HEADERS = [
+    "",
+    "X-Forwarded-For: 127.0.0.1\r\n",
+    "X-Forwarded-For: 127.0.0.1, 127.0.0.1\r\n",
+    "Forwarded: for=127.0.0.1\r\n",
+    'Forwarded: for="[::1]"\r\n',
+    "X-Real-IP: 127.0.0.1\r\n",
+    "X-Client-IP: 127.0.0.1\r\n",
+    "True-Client-IP: ::1\r\n",
+]
+
+
+async def test_a_foreign_peer_is_refused_whatever_it_claims(sidecar: Sidecar) -> None:
+    source = non_loopback_address()
+    through = []
+    for extra in SPOOFED_PEER_HEADERS:
+        host = f"127.0.0.1:{sidecar.admin_port}"
+        data = mint_request(sidecar.admin_port, host=host, extra=extra)
+        resp = await raw_http(sidecar.admin_port, data, source=source)
+        if not refused(resp.status, resp.raw):
+            through.append(extra)
+        assert resp.status == 403
+    casebook.record("admin", tried=len(SPOOFED_PEER_HEADERS), through=len(through))
+    assert not through
+
+
+async def test_a_foreign_peer_in_the_allow_list_is_served(tmp_path: Path) -> None:
+    source = non_loopback_address()
+    overrides: dict[str, object] = {"admin": {"allowed_peers": [f"{source}/32"]}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        host = f"127.0.0.1:{sc.admin_port}"
+        resp = await raw_http(sc.admin_port, mint_request(sc.admin_port, host=host), source=source)
+    assert resp.status == 200, resp.raw[:300]
+
+
+# -- Host (DNS rebinding) -----------------------------------------------------------------
+
+
+def bad_hosts(port: int) -> list[str | None]:
+    return [
+        None, "", "evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}",
+        f"localhost.evil.example:{port}", f"localhost.:{port}", f"127.0.0.1:{port + 1}",
+        f"127.0.0.1:{port}.evil.example", f"127.1:{port}", f"2130706433:{port}",
+        f"0x7f000001:{port}", f"0.0.0.0:{port}", f"user@127.0.0.1:{port}",
+        f"127.0.0.1:{port}@evil.example", f"127.0.0.1:{port}/", f"[::ffff:127.0.0.1]:{port}",
+        f"127.0.0.1:0{port}", f"127.0.0.1 :{port}", f"evil.example, 127.0.0.1:{port}",
+        f"127.0.0.1:{port}\tevil", f"xn--80ak6aa92e.com:{port}", f"localhost:{port}#",
+    ]  # fmt: skip
+
+
+async def test_a_host_that_does_not_name_the_admin_listener_is_refused(sidecar: Sidecar) -> None:
+    port = sidecar.admin_port
+    through = []
+    cases = bad_hosts(port)
+    for host in cases:
+        resp = await raw_http(port, mint_request(port, host=host))
+        if not refused(resp.status, resp.raw):
+            through.append(host)
+    for host in [f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"]:
+        resp = await raw_http(port, mint_request(port, host=host))
+        assert resp.status == 200, (host, resp.raw[:300])
+    casebook.record("admin", tried=len(cases), through=len(through))
+    assert not through
+
+
+async def test_two_host_headers_are_refused(sidecar: Sidecar) -> None:
+    port = sidecar.admin_port
+    for extra in (f"Host: evil.example:{port}\r\n", f"Host: 127.0.0.1:{port}\r\n"):
+        resp = await raw_http(port, mint_request(port, host=f"127.0.0.1:{port}", extra=extra))
+        casebook.record("admin", through=int(resp.status == 200))
+        assert refused(resp.status, resp.raw), resp.raw[:300]
+
+
+# -- browsers (CSRF) ----------------------------------------------------------------------
+
+BROWSER_HEADERS = [
+    "Origin: null\r\n",
+    "Origin: https://evil.example\r\n",
+    "Origin: http://127.0.0.1:{port}\r\n",
+    "Origin: http://localhost:{port}\r\n",
+    "Origin: \r\n",
+    "origin: https://evil.example\r\n",
+    "Sec-Fetch-Site: cross-site\r\n",
+    "Sec-Fetch-Site: same-site\r\n",
+    "Sec-Fetch-Site: CROSS-SITE\r\n",
+    "Sec-Fetch-Site: none\r\nOrigin: https://evil.example\r\n",
+]
+
+
+async def test_requests_from_a_browser_are_refused(sidecar: Sidecar) -> None:
+    port = sidecar.admin_port
+    through = []
+    for extra in BROWSER_HEADERS:
+        data = mint_request(port, host=f"127.0.0.1:{port}", extra=extra.format(port=port))
+        resp = await raw_http(port, data)
+        if not refused(resp.status, resp.raw):
+            through.append(extra)
+        assert resp.header("Access-Control-Allow-Origin") is None
+    casebook.record("admin", tried=len(BROWSER_HEADERS), through=len(through))
+    assert not through
+
+
+async def test_a_cors_preflight_gets_no_permission(sidecar: Sidecar) -> None:
+    port = sidecar.admin_port
+    data = (
+        f"OPTIONS /referstring HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: https://evil.example\r\n"
+        "Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    resp = await raw_http(port, data)
+    casebook.record("admin", through=int(resp.status < 400))
+    assert resp.status >= 400
+    assert resp.header("Access-Control-Allow-Origin") is None
+
+
+# -- the admin key ------------------------------------------------------------------------
+
+
+def wrong_authorizations() -> list[tuple[str | None, int]]:
+    b64 = base64.b64encode(f"admin:{ADMIN_KEY}".encode()).decode()
+    return [
+        (None, 401), ("", 401), ("Bearer", 401), ("Bearer ", 401), (ADMIN_KEY, 401),
+        (f"Basic {b64}", 401), (f"Token {ADMIN_KEY}", 401), (f"Bearer{ADMIN_KEY}", 401),
+        ("Bearer wrong", 403), (f"Bearer {ADMIN_KEY[:-1]}", 403), (f"Bearer {ADMIN_KEY}x", 403),
+        (f"Bearer {ADMIN_KEY.upper()}", 403), (f"Bearer {ADMIN_KEY[1:]}", 403),
+        (f"Bearer {ADMIN_KEY} {ADMIN_KEY}", 403), (f"Bearer {ADMIN_KEY},{ADMIN_KEY}", 403),
+        (f"Bearer {base64.b64encode(ADMIN_KEY.encode()).decode()}", 403), ("Bearer \u00e9", 403),
+        ("Bearer " + "A" * 4000, 403), ("Bearer null", 403), ("Bearer undefined", 403),
+    ]  # fmt: skip
+
+
+async def test_missing_or_wrong_admin_keys_are_refused(sidecar: Sidecar) -> None:
+    cases = wrong_authorizations()
+    through = []
+    for header, expected in cases:
+        headers = {"Content-Type": "application/json"}
+        if header is not None:
+            headers["Authorization"] = header
+        async with sidecar.http.post(
+            sidecar.admin_url + "/referstring", data=MINT_BODY, headers=headers
+        ) as r:
+            body = await r.read()
+            if not refused(r.status, body):
+                through.append(header)
+            assert r.status == expected, (header, r.status, body)
+            assert ADMIN_KEY.encode() not in body
+    casebook.record("admin", tried=len(cases), through=len(through))
+    assert not through
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["query", "cookie", "x-admin-key", "x-api-key", "proxy-authorization"],
+)
+async def test_the_admin_key_is_accepted_only_in_authorization(
+    sidecar: Sidecar, where: str
+) -> None:
+    url = sidecar.admin_url + "/referstring"
+    headers = {"Content-Type": "application/json"}
+    params = {}
+    if where == "query":
+        params["key"] = ADMIN_KEY
+    elif where == "cookie":
+        headers["Cookie"] = f"key={ADMIN_KEY}; token={ADMIN_KEY}"
+    else:
+        headers[where] = f"Bearer {ADMIN_KEY}"
+    async with sidecar.http.post(url, data=MINT_BODY, headers=headers, params=params) as r:
+        casebook.record("admin", through=int(r.status == 200))
+        assert r.status == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/referstring"), ("POST", "/admin/generate_link"), ("POST", "/tokens/abc/revoke"),
+     ("DELETE", "/sessions?user_id=user-1"), ("GET", "/healthz"), ("GET", "/nope"),
+     ("GET", "/referstring"), ("POST", "//referstring"), ("POST", "/referstring/"),
+     ("POST", "/%72eferstring"), ("PUT", "/referstring"), ("TRACE", "/referstring")],
+)  # fmt: skip
+async def test_every_route_needs_the_key(sidecar: Sidecar, method: str, path: str) -> None:
+    async with sidecar.http.request(method, sidecar.admin_url + path, data=MINT_BODY) as r:
+        casebook.record("admin", through=int(r.status < 400))
+        assert r.status == 401
+        assert r.content_type == "application/json"
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+BAD_BODIES: list[tuple[str, bytes, str]] = [
+    ("text/plain", MINT_BODY, "content type"),
+    ("application/x-www-form-urlencoded", b"userId=attacker", "form body"),
+    ("application/json", b"", "empty"),
+    ("application/json", b"[]", "array"),
+    ("application/json", b"null", "null"),
+    ("application/json", b'"userId"', "string"),
+    ("application/json", b"{", "truncated"),
+    ("application/json", b'{"userId":"a"} {"userId":"b"}', "two documents"),
+    ("application/json", b'{"userId":"a","userId":"b"}', "duplicate key"),
+    ("application/json", b'{"userId":"a","expireOffset":NaN,"expireMeasure":"days"}', "NaN"),
+    ("application/json", b'{"userId":"a","expireOffset":Infinity,"expireMeasure":"days"}', "inf"),
+    ("application/json", b"[" * 100_00 + b"]" * 100_00, "deep nesting"),
+    ("application/json", b'{"userId":"\xff"}', "not UTF-8"),
+    ("application/json", b'\xef\xbb\xbf{"userId":"a"}', "BOM"),
+    ("application/json", '{"userId":"a"}'.encode("utf-16"), "UTF-16"),
+    ("application/json", b'{"userId":"\\ud800"}', "lone surrogate userId"),
+    ("application/json", b'{"userId":"a\\u0000b"}', "NUL in userId"),
+    ("application/json", b'{"userId":"a\\r\\nX-Forwarded-Role: Admin"}', "CRLF in userId"),
+    ("application/json", b'{"userId":"a\\u0085b"}', "NEL in userId"),
+    ("application/json", b'{"userId":"a","additionalParams":{"tenant":"\\ud83d"}}', "surrogate param"),
+    ("application/json", b'{"userId":"a","additionalParams":{"tenant":"x\\ny"}}', "LF in param"),
+    ("application/json", b'{"userId":"a","additionalParams":{"role":"Nope"}}', "unknown role"),
+    ("application/json", b'{"userId":"a","additionalParams":{"role":["Reusable"]}}', "role list"),
+    ("application/json", b'{"userId":"a","additionalParams":{"isAdmin":"true"}}', "param not allowed"),
+    ("application/json", b'{"userId":"a","additionalParams":{"tenant":{"a":1}}}', "object param"),
+    ("application/json", b'{"userId":"a","module":"../admin"}', "module traversal"),
+    ("application/json", b'{"userId":"a","module":"x#/display/y"}', "module fragment"),
+    ("application/json", b'{"userId":"a","expireMeasure":"years","expireOffset":1}', "years"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":31}', "too long"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":1e400}', "1e400"),
+    ("application/json", b'{"userId":"a","expireMeasure":"seconds","expireOffset":' + b"9" * 4000 + b"}", "huge int"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":1.5}', "float offset"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":true}', "bool offset"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":0}', "zero offset"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":-1}', "negative"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":"1"}', "string offset"),
+    ("application/json", b'{"userId":"a","expireMeasure":"days"}', "measure only"),
+    ("application/json", b'{"userId":"a","oneTimeUse":"false"}', "string bool"),
+    ("application/json", b'{"userId":"a","oneTimeUse":0}', "int bool"),
+    ("application/json", b'{"userId":"a","admin":true}', "unknown field"),
+    ("application/json", b'{"userId":""}', "empty userId"),
+    ("application/json", b'{"userId":1}', "int userId"),
+    ("application/json", b'{"userId":"' + b"u" * 5000 + b'"}', "long userId"),
+    ("application/json", b'{"userId":"a","additionalParams":{"tenant":"' + b"t" * 6000 + b'"}}', "long token"),
+]  # fmt: skip
+
+
+async def test_malformed_mint_bodies_are_a_precise_400(sidecar: Sidecar) -> None:
+    through = []
+    for content_type, body, name in BAD_BODIES:
+        headers = {**sidecar.admin_headers, "Content-Type": content_type}
+        async with sidecar.http.post(
+            sidecar.admin_url + "/referstring", data=body, headers=headers
+        ) as r:
+            answer = await r.json(content_type=None)
+            if r.status != 400 or "referString" in answer:
+                through.append((name, r.status, answer))
+            else:
+                assert isinstance(answer.get("message"), str) and answer["message"]
+    casebook.record("admin", tried=len(BAD_BODIES), through=len(through))
+    assert not through, through
+
+
+async def test_bodies_above_the_limit_are_413_whether_announced_or_chunked(
+    sidecar: Sidecar,
+) -> None:
+    big = b'{"userId":"' + b"u" * (sidecar.config.admin.max_body + 10) + b'"}'
+    url = sidecar.admin_url + "/referstring"
+    headers = {**sidecar.admin_headers, "Content-Type": "application/json"}
+    async with sidecar.http.post(url, data=big, headers=headers) as r:
+        assert r.status == 413
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(big), 4096):
+            yield big[i : i + 4096]
+
+    async with sidecar.http.post(url, data=chunks(), headers=headers) as r:
+        assert r.status == 413
+    casebook.record("admin", tried=2)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELD_VALUES = {
+    "userId": st.text(min_size=0, max_size=40) | JSON_VALUES,
+    "additionalParams": st.dictionaries(
+        st.sampled_from(["role", "tenant", "other", ""]),
+        st.sampled_from(["Authenticated", "Confirm", "Reusable", "Nope", "acme"]) | JSON_VALUES,
+        max_size=3,
+    ) | JSON_VALUES,
+    "expireMeasure": st.sampled_from(["seconds", "Minute", "HOURS", "day", "days ", "weeks", ""]) | JSON_VALUES,
+    "expireOffset": st.integers(-5, 10**7) | JSON_VALUES,
+    "oneTimeUse": st.booleans() | JSON_VALUES,
+    "module": st.text(max_size=20) | JSON_VALUES,
+    "extra": JSON_VALUES,
+}  # fmt: skip
+
+
+@st.composite
+def mint_bodies(draw: st.DrawFn) -> dict[str, object]:
+    names = draw(st.sets(st.sampled_from(sorted(FIELD_VALUES)), max_size=5))
+    return {name: draw(FIELD_VALUES[name]) for name in names}
+
+
+@fuzz(120)
+@given(body=mint_bodies())
+async def test_any_mint_body_is_minted_faithfully_or_refused_with_400(
+    sidecar: Sidecar, body: dict[str, object]
+) -> None:
+    url = sidecar.admin_url + "/referstring"
+    async with sidecar.http.post(url, json=body, headers=sidecar.admin_headers) as r:
+        answer = await r.json(content_type=None)
+        ok = r.status == 400 or (r.status == 200 and _faithful(sidecar, body, answer))
+        casebook.record("admin", through=int(not ok))
+        assert ok, (r.status, body, answer)
+
+
+def _faithful(sc: Sidecar, body: dict[str, object], answer: dict[str, str]) -> bool:
+    claims = sc.services.codec.open(answer["referString"], sc.clock())
+    params = body.get("additionalParams", {})
+    assert isinstance(params, dict)
+    role = params.get("role", sc.config.default_role)
+    return (
+        claims.subject == body["userId"]
+        and isinstance(body["userId"], str)
+        and str(body["userId"]).encode("utf-8", "strict") is not None
+        and claims.role == role
+        and set(claims.params) <= set(sc.config.roles[claims.role].params)
+        and claims.module == body.get("module")
+        and answer["id"] == claims.token_id
+        and claims.expires_at - claims.issued_at <= sc.config.roles[claims.role].max_expiry
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [("POST", "/tokens/..%2f..%2fsessions/revoke", 400), ("POST", "/tokens/" + "a" * 200 + "/revoke", 400),
+     ("POST", "/tokens/a%00b/revoke", 400), ("POST", "/tokens/%F0%9F%92%A9/revoke", 400),
+     ("DELETE", "/sessions", 400), ("DELETE", "/sessions?user_id=", 400),
+     ("GET", "/referstring", 405), ("GET", "/no-such-route", 404)],
+)  # fmt: skip
+async def test_other_admin_inputs_are_precise_4xx(
+    sidecar: Sidecar, method: str, path: str, expected: int
+) -> None:
+    url = aiohttp.client.URL(sidecar.admin_url + path, encoded=True)
+    async with sidecar.http.request(method, url, headers=sidecar.admin_headers) as r:
+        casebook.record("admin", through=int(r.status != expected))
+        assert r.status == expected, await r.text()
+        assert r.content_type == "application/json"
+
+
+def _keyset_json() -> str:
+    from sidecar.keys import generate_keyset
+
+    return generate_keyset("k-x").to_json()

@@ -1,0 +1,244 @@
+"""Replays and races: a one-time link makes exactly one session, whatever the attacker tries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.store.base import TokenState
+from tests.security import casebook
+from tests.security.stack import Sidecar, running_sidecar
+
+RACERS = 500
+
+
+async def fire(sc: Sidecar, http: aiohttp.ClientSession, token: str, method: str = "GET") -> int:
+    url = sc.proxy_url + "/race"
+    async with http.request(method, url, params={"refer": token}, allow_redirects=False) as r:
+        await r.read()
+        if r.status == 303:
+            assert r.cookies.get(sc.cookie_name) is not None
+        else:
+            assert sc.cookie_name not in r.cookies
+        return r.status
+
+
+async def race(sidecars: list[Sidecar], token: str, n: int) -> Counter[int]:
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
+        statuses = await asyncio.gather(
+            *(fire(sidecars[i % len(sidecars)], http, token) for i in range(n))
+        )
+    return Counter(statuses)
+
+
+def check_one_winner(statuses: Counter[int], n: int) -> None:
+    casebook.record("replay", tried=n, through=max(0, statuses[303] - 1))
+    assert statuses[303] == 1, statuses
+    assert statuses[410] == n - 1, statuses
+
+
+async def test_concurrent_redemptions_of_a_one_time_link_make_exactly_one_session(
+    sidecar: Sidecar,
+) -> None:
+    link = await sidecar.mint(userId="racer")
+    check_one_winner(await race([sidecar], link["referString"], RACERS), RACERS)
+    assert await sidecar.services.store.token_state(link["id"]) is TokenState.USED
+    assert await sidecar.services.store.delete_user_sessions("racer") == 1
+    assert sidecar.upstream.requests == []
+
+
+@pytest.mark.redis
+async def test_replicas_sharing_redis_let_exactly_one_redemption_through(
+    tmp_path: Path, redis_url: str
+) -> None:
+    overrides: dict[str, object] = {"store": {"key_prefix": f"race-{tmp_path.name}:"}}
+    async with (
+        running_sidecar(tmp_path / "a", store_url=redis_url, overrides=overrides) as a,
+        running_sidecar(
+            tmp_path / "b", store_url=redis_url, overrides=overrides, keyset=a.keyset
+        ) as b,
+    ):
+        link = await a.mint(userId="racer")
+        check_one_winner(await race([a, b], link["referString"], RACERS), RACERS)
+        assert await b.services.store.delete_user_sessions("racer") == 1
+
+
+@pytest.mark.parametrize("role", ["Authenticated", "Confirm"])
+async def test_head_and_other_methods_never_burn(sidecar: Sidecar, role: str) -> None:
+    link = await sidecar.mint(additionalParams={"role": role})
+    token = link["referString"]
+    url = sidecar.proxy_url + "/"
+    tried = 0
+    for method in ("HEAD", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH", "PROPFIND"):
+        async with sidecar.http.request(
+            method, url, params={"refer": token}, allow_redirects=False
+        ) as r:
+            tried += 1
+            assert r.status in (200, 405), (method, r.status)
+            assert sidecar.cookie_name not in r.cookies
+    if role == "Confirm":
+        for _ in range(3):  # mail scanners fetch the page; only the button's POST burns
+            async with sidecar.http.get(url, params={"refer": token}, allow_redirects=False) as r:
+                tried += 1
+                assert r.status == 200
+                assert sidecar.cookie_name not in r.cookies
+                assert token not in await r.text()
+    assert await sidecar.services.store.token_state(link["id"]) is TokenState.UNUSED
+    casebook.record("replay", tried=tried)
+    method = "POST" if role == "Confirm" else "GET"
+    async with sidecar.http.request(
+        method, url, params={"refer": token}, allow_redirects=False
+    ) as r:
+        assert r.status == 303
+    async with sidecar.http.request(
+        method, url, params={"refer": token}, allow_redirects=False
+    ) as r:
+        casebook.record("replay", through=int(r.status != 410))
+        assert r.status == 410
+
+
+async def replay_status(sc: Sidecar, token: str, path: str = "/", **params: str) -> int:
+    async with sc.http.get(
+        sc.proxy_url + path, params={"refer": token, **params}, allow_redirects=False
+    ) as r:
+        await r.read()
+        assert sc.cookie_name not in r.cookies or r.status == 303
+        return r.status
+
+
+async def test_a_used_link_is_refused_everywhere_and_in_every_spelling(sidecar: Sidecar) -> None:
+    link = await sidecar.mint()
+    token = link["referString"]
+    await sidecar.redeem(token)
+    spellings = [
+        ("/", {}),
+        ("/other/path", {}),
+        ("/", {"x": "1"}),
+        ("/static/app.js", {}),
+        ("/_sidecar/../", {}),
+    ]
+    through = []
+    for path, params in spellings:
+        status = await replay_status(sidecar, token, path, **params)
+        if status not in (400, 410):
+            through.append((path, status))
+    for raw in (f"?refer={token}/", f"?%72efer={token}", f"?refer={token}%2F", f"?x=1&refer={token}"):
+        async with sidecar.http.get(
+            aiohttp.client.URL(sidecar.proxy_url + "/" + raw, encoded=True), allow_redirects=False
+        ) as r:
+            if r.status != 410:
+                through.append((raw[:20], r.status))
+    casebook.record("replay", tried=len(spellings) + 4, through=len(through))
+    assert not through
+    assert sidecar.upstream.requests == []
+
+
+async def test_revoked_links_are_refused(sidecar: Sidecar) -> None:
+    one_time = await sidecar.mint(userId="rev-1")
+    reusable = await sidecar.mint(userId="rev-2", additionalParams={"role": "Reusable"})
+    for link in (one_time, reusable):
+        url = f"{sidecar.admin_url}/tokens/{link['id']}/revoke"
+        async with sidecar.http.post(url, headers=sidecar.admin_headers) as r:
+            assert r.status == 200
+        status = await replay_status(sidecar, link["referString"])
+        casebook.record("replay", through=int(status != 410))
+        assert status == 410
+    assert sidecar.upstream.requests == []
+
+
+async def test_a_reusable_link_stops_after_revocation_but_its_sessions_end_separately(
+    sidecar: Sidecar,
+) -> None:
+    link = await sidecar.mint(userId="multi", additionalParams={"role": "Reusable"})
+    first = await sidecar.redeem(link["referString"])
+    second = await sidecar.redeem(link["referString"])
+    assert first != second
+    async with sidecar.http.delete(
+        sidecar.admin_url + "/sessions", params={"user_id": "multi"}, headers=sidecar.admin_headers
+    ) as r:
+        assert (await r.json())["ended"] == 2
+    for cookie in (first, second):
+        async with sidecar.http.get(
+            sidecar.proxy_url + "/app", headers=sidecar.cookie_header(cookie)
+        ) as r:
+            casebook.record("replay", through=int(r.status != 401))
+            assert r.status == 401
+    assert sidecar.upstream.requests == []
+
+
+async def test_expired_links_are_refused_and_not_burned(sidecar: Sidecar) -> None:
+    link = await sidecar.mint(expireMeasure="seconds", expireOffset=30)
+    sidecar.clock.advance(30)
+    status = await replay_status(sidecar, link["referString"])
+    casebook.record("replay", through=int(status != 410))
+    assert status == 410
+    assert await sidecar.services.store.token_state(link["id"]) is TokenState.UNUSED
+
+
+async def test_a_logged_out_cookie_is_dead(sidecar: Sidecar) -> None:
+    cookie = await sidecar.login()
+    async with sidecar.http.post(
+        sidecar.proxy_url + "/_sidecar/logout",
+        headers=sidecar.cookie_header(cookie),
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 303
+    async with sidecar.http.get(
+        sidecar.proxy_url + "/app", headers=sidecar.cookie_header(cookie)
+    ) as r:
+        casebook.record("replay", through=int(r.status != 401))
+        assert r.status == 401
+
+
+async def test_a_get_on_logout_does_not_end_the_session(sidecar: Sidecar) -> None:
+    cookie = await sidecar.login()
+    async with sidecar.http.get(
+        sidecar.proxy_url + "/_sidecar/logout", headers=sidecar.cookie_header(cookie)
+    ) as r:
+        assert r.status == 200
+    async with sidecar.http.get(
+        sidecar.proxy_url + "/_sidecar/session", headers=sidecar.cookie_header(cookie)
+    ) as r:
+        assert r.status == 200
+
+
+async def test_sessions_expire_and_idle_out(sidecar: Sidecar) -> None:
+    role = sidecar.config.roles["Authenticated"]
+    idle = await sidecar.login()
+    sidecar.clock.advance(role.idle_timeout + 1)
+    lifetime = await sidecar.login()
+    for _ in range(int(role.session_lifetime // (role.idle_timeout / 2)) + 2):
+        sidecar.clock.advance(role.idle_timeout / 2)
+        async with sidecar.http.get(
+            sidecar.proxy_url + "/_sidecar/session", headers=sidecar.cookie_header(lifetime)
+        ) as r:
+            await r.read()
+    for cookie in (idle, lifetime):
+        async with sidecar.http.get(
+            sidecar.proxy_url + "/_sidecar/session", headers=sidecar.cookie_header(cookie)
+        ) as r:
+            casebook.record("replay", through=int(r.status != 401))
+            assert r.status == 401
+
+
+async def test_forged_cookies_are_not_sessions(sidecar: Sidecar) -> None:
+    real = await sidecar.login()
+    forged = [
+        "", "x", real[:-1], real + "A", real.upper(), real[::-1], "A" * 43, "../" + real,
+        f'"{real}"x', real.replace(real[0], "-"), "%" + real[1:],
+    ]  # fmt: skip
+    for value in forged:
+        if value == real:
+            continue
+        async with sidecar.http.get(
+            sidecar.proxy_url + "/_sidecar/session", headers=sidecar.cookie_header(value)
+        ) as r:
+            casebook.record("replay", through=int(r.status != 401))
+            assert r.status == 401, value

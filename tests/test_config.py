@@ -1,0 +1,268 @@
+"""Config: every error at once with its YAML path, durations, and secrets that never show.
+
+Also home of :func:`config_doc` / :func:`build_config` / :func:`write_config`, the small
+config builders the minting, admin and CLI tests share.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidecar.config import (
+    MAX_EXPIRY,
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+)
+from sidecar.durations import format_duration, parse_duration, parse_size
+from sidecar.keys import generate_keyset
+
+ADMIN_KEY = "test-admin-key-0123456789-abcdefghijklmnop"
+ENV = {"SIDECAR_ADMIN_KEY": ADMIN_KEY}
+
+
+def config_doc(**overrides: object) -> dict[str, object]:
+    """A valid config as a dict; top-level ``overrides`` replace whole sections."""
+    doc: dict[str, object] = {
+        "public_url": "https://app.example.test",
+        "keys": {"file": "keyset.json"},
+        "admin": {"key": {"env": "SIDECAR_ADMIN_KEY"}},
+        "proxy": {"upstream": "http://127.0.0.1:3000", "listen": "127.0.0.1:0"},
+        "default_role": "Authenticated",
+        "roles": {
+            "Authenticated": {
+                "max_expiry": "7d",
+                "params": ["tenant", "locale", "n"],
+                "modules": ["*"],
+            },
+            "Admin": {
+                "max_expiry": "1h",
+                "one_time": False,
+                "params": ["tenant"],
+                "modules": ["5e9f*", "admin-*"],
+            },
+        },
+    }
+    doc.update(copy.deepcopy(overrides))
+    return doc
+
+
+def write_config(directory: Path, doc: dict[str, object] | None = None) -> Path:
+    """Write ``doc`` (default :func:`config_doc`) and a keyset beside it; return the YAML path."""
+    keyset = directory / "keyset.json"
+    if not keyset.exists():
+        keyset.write_text(generate_keyset().to_json())
+    path = directory / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config_doc() if doc is None else doc))
+    return path
+
+
+def build_config(directory: Path, doc: dict[str, object] | None = None) -> Config:
+    return load_config(write_config(directory, doc), env=ENV)
+
+
+def errors_of(directory: Path, doc: dict[str, object], env: dict[str, str] = ENV) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(directory, doc), env=env)
+    return info.value.errors
+
+
+# -- valid configs -----------------------------------------------------------------------
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = build_config(tmp_path)
+    assert cfg.public_url == "https://app.example.test"
+    assert cfg.default_expiry == 3600
+    assert cfg.max_expiry == MAX_EXPIRY == 30 * 86400
+    assert str(cfg.admin.listen) == "127.0.0.1:9091"
+    assert cfg.admin.max_body == 65536
+    assert cfg.roles["Admin"].max_expiry == 3600
+    assert cfg.roles["Admin"].one_time is False
+    assert cfg.roles["Authenticated"].one_time is True
+    assert cfg.default_role == "Authenticated"
+    assert len(cfg.keyset.keys) == 1
+
+
+def test_example_config_in_repo_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "config" / "sidecar.yaml"
+    (tmp_path / "keyset.json").write_text(generate_keyset().to_json())
+    cfg = parse_config(example.read_text(), env=ENV, base_dir=tmp_path)
+    assert len(cfg.roles) >= 2
+    assert cfg.default_role in cfg.roles
+
+
+def test_keyset_from_env_and_admin_key_from_file(tmp_path: Path) -> None:
+    (tmp_path / "admin.key").write_text(ADMIN_KEY + "\n")
+    doc = config_doc(keys={"env": "KS"}, admin={"key": {"file": "admin.key"}})
+    ks = generate_keyset()
+    cfg = parse_config(yaml.safe_dump(doc), env={"KS": ks.to_json()}, base_dir=tmp_path)
+    assert cfg.keyset.active_kid == ks.active_kid
+    assert cfg.admin.key.reveal() == ADMIN_KEY
+
+
+# -- every error at once -----------------------------------------------------------------
+
+
+def test_every_error_is_reported_with_its_path(tmp_path: Path) -> None:
+    roles = config_doc()["roles"]
+    assert isinstance(roles, dict)
+    roles["Admin"]["max_expiry"] = "40d"
+    roles["Admin"]["idle_timout"] = "5m"
+    roles["Admin"]["redeem"] = "sometimes"
+    doc = config_doc(
+        roles=roles,
+        admin={"key": {"env": "SIDECAR_ADMIN_KEY"}, "listen": "0.0.0.0:9091", "max_body": "big"},
+        proxy={"listen": "nowhere", "upstream": "ftp://x"},
+        tokens={"default_expiry": "1 fortnight"},
+        store={"url": "postgres://db"},
+        default_role="Nobody",
+    )
+    errors = errors_of(tmp_path, doc)
+    expected = [
+        "roles.Admin.max_expiry: got '40d', at most 30d",
+        "roles.Admin.idle_timout: unknown key",
+        "roles.Admin.redeem: got 'sometimes', expected one of: direct, confirm",
+        "admin.listen: got 0.0.0.0:9091, which is not a loopback address",
+        "admin.max_body: got 'big'",
+        "proxy.listen: got 'nowhere'",
+        "proxy.upstream: got 'ftp://x', expected an absolute http(s) URL",
+        "tokens.default_expiry: got '1 fortnight'",
+        "store.url: got 'postgres://db'",
+        "default_role: got 'Nobody'",
+    ]
+    for fragment in expected:
+        assert any(e.startswith(fragment) for e in errors), (fragment, errors)
+    assert len(errors) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        (config_doc(public_url=None), "public_url: is required"),
+        (config_doc(keys=None), "keys: is required"),
+        (config_doc(keys={"file": "a", "env": "B"}), "keys: give exactly one of file: or env:"),
+        (config_doc(keys={"file": "missing.json"}), "keys.file: cannot read"),
+        (config_doc(keys={"env": "UNSET_VAR"}), "keys.env: environment variable UNSET_VAR"),
+        (config_doc(roles={}), "roles: at least one role is required"),
+        (config_doc(roles={"bad name!": {}}), "roles.bad name!: role names are"),
+        (
+            config_doc(proxy={"upstream": "http://u", "unauthenticated": "redirect"}),
+            "proxy.login_url: is required",
+        ),
+        (config_doc(proxy={"upstream": "http://u", "prefix": "x"}), "proxy.prefix: got 'x'"),
+        (
+            config_doc(admin={"key": {"env": "SIDECAR_ADMIN_KEY"}, "allowed_peers": ["x"]}),
+            "admin.allowed_peers[0]: got 'x'",
+        ),
+        (
+            config_doc(admin={"key": {"env": "SIDECAR_ADMIN_KEY"}, "mint_rate": "lots"}),
+            "admin.mint_rate: got 'lots', expected a rate like 5/15m",
+        ),
+        (config_doc(session={"cache_ttl": "2h"}), "session.cache_ttl: got '2h', at most 1m"),
+        (config_doc(surprise=1), "surprise: unknown key"),
+        (config_doc(tokens={"max_expiry": "31d"}), "tokens.max_expiry: got '31d', at most 30d"),
+    ],
+)
+def test_single_errors(tmp_path: Path, doc: dict[str, object], fragment: str) -> None:
+    errors = errors_of(tmp_path, doc)
+    assert any(e.startswith(fragment) for e in errors), errors
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("public_url: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=ENV)
+    assert "line" in info.value.errors[0]
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("- a\n- b\n", env=ENV, base_dir=tmp_path)
+    assert info.value.errors[0].startswith("(file): expected a mapping")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml", env=ENV)
+    assert "cannot read" in info.value.errors[0]
+
+
+# -- durations and sizes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("8h", 28800), ("7d", 604800), ("250ms", 0.25), (45, 45)],
+)
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "1w", "-5s", "0s", 0, True, 1.5, "5", "s", None, "1h30m"])
+def test_parse_duration_rejects(bad: object) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(2592000, "30d"), (5400, "90m"), (3600, "1h"), (61, "61s"), (0.5, "500ms")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("65536", 65536), ("64KiB", 65536), ("1MB", 10**6)])
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "1TB", "-1", "0", True, "lots"])
+def test_parse_size_rejects(bad: object) -> None:
+    with pytest.raises(ValueError, match="expected a size"):
+        parse_size(bad)
+
+
+# -- secrets never show ------------------------------------------------------------------
+
+
+def test_secrets_are_masked_in_repr_and_str(tmp_path: Path) -> None:
+    cfg = build_config(tmp_path)
+    keyset_text = (tmp_path / "keyset.json").read_text()
+    key_material = [k["k"] for k in yaml.safe_load(keyset_text)["keys"]]
+    for shown in (repr(cfg), str(cfg), repr(cfg.admin), str(cfg.admin.key), repr(cfg.keyset)):
+        assert ADMIN_KEY not in shown
+        for k in key_material:
+            assert k not in shown
+    assert "**" in repr(cfg.admin.key)
+
+
+def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
+    inline = "inline-admin-key-which-must-not-be-echoed-0123456789"
+    short = "short-secret-xyz"
+    doc = config_doc(admin={"key": {"env": "SIDECAR_ADMIN_KEY"}}, keys={"env": "KS"})
+    broken_keyset = '{"active": "a", "keys": [{"kty": "oct", "kid": "a", "k": "c2VjcmV0LXRleHQ"}]}'
+    errors = errors_of(tmp_path, doc, env={"SIDECAR_ADMIN_KEY": short, "KS": broken_keyset})
+    text = "\n".join(errors)
+    assert "admin.key: the admin key is too short" in text
+    assert "keys: keys[0].k: expected base64url of exactly 32 bytes" in text
+    assert short not in text
+    assert "c2VjcmV0LXRleHQ" not in text
+
+    errors = errors_of(tmp_path, config_doc(admin={"key": inline}))
+    assert any(
+        e.startswith("admin.key: the admin key is never written in the YAML") for e in errors
+    )
+    assert inline not in "\n".join(errors)
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, config_doc(admin={"key": inline})), env=ENV)
+    assert inline not in str(info.value)
+    assert inline not in repr(info.value)

@@ -1,0 +1,120 @@
+"""Graceful shutdown of a real ``sidecar serve`` process.
+
+A slow upload is in flight through the proxy when SIGTERM arrives. The listener closes at
+once (new connections are refused), the upload — whose second half is only sent after
+that — still completes with 200 within ``shutdown.grace_period``, the process exits 0, and
+the SQLite store was closed cleanly (WAL checkpointed and removed, integrity ok, the
+session written before the signal is there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+
+from tests.serve_process import Served, running_serve
+from tests.upstream import running_upstream
+
+CHUNK = b"u" * 64 * 1024
+CHUNKS = 32  # 2 MiB, half before SIGTERM and half after
+POLL_TIMEOUT = 10.0
+
+
+async def refused(url: str) -> bool:
+    """True once a new TCP connection to ``url``'s port is refused."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        _, writer = await asyncio.open_connection(host, int(port))
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``check`` (a process or socket we do not control) until it holds."""
+    async with asyncio.timeout(POLL_TIMEOUT):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.01)
+
+
+def assert_store_closed_cleanly(db: Path, user: str) -> None:
+    assert not Path(f"{db}-wal").exists(), "a clean close checkpoints and removes the WAL"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        users = [row[0] for row in conn.execute("SELECT user_id FROM sessions")]
+    assert users == [user], "the session written before SIGTERM is durable"
+
+
+async def login(http: aiohttp.ClientSession, served: Served) -> str:
+    async with http.post(
+        served.admin + "/referstring", json={"userId": "u-upload"}, headers=served.admin_headers()
+    ) as response:
+        assert response.status == 200
+        url = (await response.json())["url"]
+    async with http.get(url, allow_redirects=False) as response:
+        assert response.status == 303
+        return f"sidecar_session={response.cookies['sidecar_session'].value}"
+
+
+async def test_sigterm_lets_a_slow_upload_finish_then_exits_cleanly(tmp_path: Path) -> None:
+    second_half = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(CHUNKS):
+            if i == CHUNKS // 2:
+                await second_half.wait()
+            yield CHUNK
+
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, shutdown={"grace_period": "20s"}) as served,
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+    ):
+        cookie = await login(http, served)
+        upload = asyncio.create_task(
+            http.post(
+                served.proxy + "/_up/upload",
+                data=body(),
+                headers={"Cookie": cookie, "Content-Type": "application/octet-stream"},
+            )
+        )
+
+        async def upload_started() -> bool:
+            return bool(upstream.requests) and upstream.last.raw_path == "/_up/upload"
+
+        await eventually(upload_started)
+
+        served.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: refused(served.proxy))
+        assert await refused(served.admin)
+        assert served.proc.returncode is None, "still running: the upload is in flight"
+        assert not upload.done()
+
+        second_half.set()
+        async with asyncio.timeout(20):
+            response = await upload
+            assert response.status == 200
+            answer = await response.json()
+            response.release()
+            code = await served.proc.wait()
+
+    assert answer == {
+        "size": CHUNKS * len(CHUNK),
+        "sha256": hashlib.sha256(CHUNK * CHUNKS).hexdigest(),
+    }
+    assert code == 0
+    logs = "\n".join(served.logs())
+    assert "shutting down" in logs
+    assert '"msg": "stopped"' in logs
+    assert_store_closed_cleanly(served.db, "u-upload")

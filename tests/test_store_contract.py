@@ -1,0 +1,413 @@
+"""The store contract: one suite, run against SQLite and a real Redis.
+
+Time is injected: ``now`` is the real clock rounded down, because Redis expires keys
+by its own clock, and the tests move ``now`` forward instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from sidecar.store import (
+    BurnResult,
+    PendingLink,
+    RedisStore,
+    SessionRecord,
+    SQLiteStore,
+    Store,
+    StoreUnavailable,
+    TokenState,
+    User,
+    UserExists,
+    open_store,
+)
+from tests.conftest import RedisServer
+
+HOUR = 3600.0
+
+
+@dataclass
+class Backend:
+    name: str
+    store: Store
+    path: Path | None = None  # SQLite file
+    redis: Redis | None = None  # raw client on the store's Redis
+    prefix: str = ""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "store.db"
+        b = Backend("sqlite", SQLiteStore(str(path)), path=path)
+    else:
+        url: str = request.getfixturevalue("redis_url")
+        prefix = f"t{uuid.uuid4().hex[:12]}:"  # one shared server, one namespace per test
+        raw = Redis.from_url(url, decode_responses=True)
+        b = Backend("redis", RedisStore(url, prefix=prefix), redis=raw, prefix=prefix)
+    await b.store.open()
+    try:
+        yield b
+    finally:
+        await b.store.close()
+        if b.redis is not None:
+            await b.redis.aclose()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.store
+
+
+@pytest.fixture
+def now() -> float:
+    return float(int(time.time()))
+
+
+def session(key: str, now: float, *, user: str = "u1", expires: float = HOUR) -> SessionRecord:
+    return SessionRecord(
+        key=key, user_id=user, role="Viewer", params={"module": "m1", "tenant": "ä"},
+        created_at=now, expires_at=now + expires, idle_timeout=600.0, last_seen=now,
+        token_id=f"tok-{key}", email="a@example.org",
+    )  # fmt: skip
+
+
+def link(now: float, *, ident: str = "t1", expires: float = HOUR) -> PendingLink:
+    return PendingLink(
+        user_id="u:1", link_type="recovery", token_id=ident, hashed_token=f"hash-{ident}",
+        otp_hash=f"otp-{ident}", expires_at=now + expires,
+    )  # fmt: skip
+
+
+# -- one-time tokens ----------------------------------------------------------------------
+async def test_burn_once_then_already_used(store: Store, now: float) -> None:
+    assert await store.token_state("t1") is TokenState.UNUSED
+    assert await store.burn("t1", now + HOUR) is BurnResult.BURNED
+    assert await store.burn("t1", now + HOUR) is BurnResult.ALREADY_USED
+    assert await store.token_state("t1") is TokenState.USED
+    assert await store.token_state("t2") is TokenState.UNUSED
+
+
+async def test_revoke(store: Store, now: float) -> None:
+    assert await store.revoke("r1", now + HOUR) is TokenState.UNUSED
+    assert await store.token_state("r1") is TokenState.REVOKED
+    assert await store.revoke("r1", now + HOUR) is TokenState.REVOKED
+    assert await store.burn("r1", now + HOUR) is BurnResult.REVOKED
+    assert await store.burn("u1", now + HOUR) is BurnResult.BURNED
+    assert await store.revoke("u1", now + HOUR) is TokenState.USED
+    assert await store.token_state("u1") is TokenState.USED
+
+
+async def test_500_concurrent_burns_of_one_id_give_one_burned(store: Store, now: float) -> None:
+    results = await asyncio.gather(*(store.burn("hot", now + HOUR) for _ in range(500)))
+    assert results.count(BurnResult.BURNED) == 1
+    assert results.count(BurnResult.ALREADY_USED) == 499
+
+
+async def test_concurrent_burns_of_many_ids(store: Store, now: float) -> None:
+    ids = [f"id-{i}" for i in range(200)] * 3
+    results = await asyncio.gather(*(store.burn(i, now + HOUR) for i in ids))
+    burned = {i for i, r in zip(ids, results, strict=True) if r is BurnResult.BURNED}
+    assert burned == set(ids)
+    assert results.count(BurnResult.ALREADY_USED) == 400
+
+
+# -- sessions -----------------------------------------------------------------------------
+async def test_session_round_trip_and_expiry_by_injected_now(store: Store, now: float) -> None:
+    record = session("s1", now)
+    bare = dataclasses.replace(session("s2", now), email=None, params={})
+    await store.create_session(record)
+    await store.create_session(bare)
+    assert await store.get_session("s1") == record
+    assert await store.get_session("s2") == bare
+    assert await store.get_session("nope") is None
+    got = await store.get_session("s1")
+    assert got is not None
+    assert got.is_live(now + 599)
+    assert not got.is_live(now + 600)  # idle
+    assert not got.is_live(now + HOUR)
+
+
+async def test_touch_session_moves_last_seen_forward_only(store: Store, now: float) -> None:
+    await store.create_session(session("s1", now))
+    await store.touch_session("s1", now + 500)
+    await store.touch_session("s1", now + 100)  # a late, out-of-order touch
+    got = await store.get_session("s1")
+    assert got is not None
+    assert got.last_seen == now + 500
+    assert got.is_live(now + 1000)
+    await store.touch_session("missing", now)
+    assert await store.get_session("missing") is None
+
+
+async def test_delete_sessions(store: Store, now: float) -> None:
+    for key, user in [("a1", "ann"), ("a2", "ann"), ("a3", "ann"), ("b1", "bob")]:
+        await store.create_session(session(key, now, user=user))
+    assert await store.delete_session("a1") is True
+    assert await store.delete_session("a1") is False
+    assert await store.delete_user_sessions("ann") == 2
+    assert await store.get_session("a2") is None
+    assert await store.get_session("a3") is None
+    assert await store.get_session("b1") is not None
+    assert await store.delete_user_sessions("ann") == 0
+
+
+# -- users --------------------------------------------------------------------------------
+async def test_users(store: Store, now: float) -> None:
+    ann = User(id="u1", email="Ann@Example.org", created_at=now, metadata={"n": 1, "l": ["x"]})
+    await store.create_user(ann)
+    assert await store.get_user("u1") == ann
+    assert await store.get_user_by_email("ann@example.org") == ann
+    assert await store.get_user("u2") is None
+    assert await store.get_user_by_email("bob@example.org") is None
+    with pytest.raises(UserExists):
+        await store.create_user(User(id="u2", email="ann@EXAMPLE.org", created_at=now))
+    assert await store.get_user("u2") is None
+
+
+async def test_update_user(store: Store, now: float) -> None:
+    await store.create_user(User(id="u1", email="ann@example.org", created_at=now))
+    await store.create_user(User(id="u2", email="bob@example.org", created_at=now))
+    moved = User(id="u1", email="ann@new.org", created_at=now, confirmed_at=now + 1)
+    await store.update_user(moved)
+    assert await store.get_user("u1") == moved
+    assert await store.get_user_by_email("ann@new.org") == moved
+    assert await store.get_user_by_email("ann@example.org") is None
+    with pytest.raises(UserExists):
+        await store.update_user(dataclasses.replace(moved, email="Bob@example.org"))
+    assert await store.get_user("u1") == moved
+    await store.update_user(dataclasses.replace(moved, email="ann@example.org"))  # free again
+    await store.update_user(User(id="ghost", email="g@example.org", created_at=now))
+    assert await store.get_user("ghost") is None
+
+
+async def test_refusal_does_not_fail_concurrent_writes(store: Store, now: float) -> None:
+    """On SQLite these land in one group transaction; the refusal must stay local."""
+    await store.create_user(User(id="u1", email="ann@example.org", created_at=now))
+    ops = [store.burn(f"g{i}", now + HOUR) for i in range(50)]
+    dup = store.create_user(User(id="u2", email="ann@example.org", created_at=now))
+    new_session = store.create_session(session("s", now))
+    results = await asyncio.gather(*ops, dup, new_session, return_exceptions=True)
+    assert isinstance(results[50], UserExists)
+    assert results[:50] == [BurnResult.BURNED] * 50
+    assert await store.get_session("s") is not None
+
+
+# -- pending links ------------------------------------------------------------------------
+async def test_links(store: Store, now: float) -> None:
+    first = link(now, ident="t1")
+    await store.put_link(first)
+    assert await store.get_link("u:1", "recovery") == first
+    assert await store.get_link_by_hash("hash-t1") == first
+    assert await store.get_link("u:1", "invite") is None
+    assert await store.get_link("u", "1:recovery") is None
+    newer = dataclasses.replace(link(now, ident="t2"), new_email="new@example.org")
+    await store.put_link(newer)
+    assert await store.get_link("u:1", "recovery") == newer
+    assert await store.get_link_by_hash("hash-t1") is None
+    assert await store.get_link_by_hash("hash-t2") == newer
+    await store.delete_link("u:1", "recovery")
+    assert await store.get_link("u:1", "recovery") is None
+    assert await store.get_link_by_hash("hash-t2") is None
+
+
+async def test_failed_attempts(store: Store, now: float) -> None:
+    assert await store.record_failed_attempt("u:1", "recovery") == 0
+    await store.put_link(link(now))
+    assert await store.record_failed_attempt("u:1", "recovery") == 1
+    assert await store.record_failed_attempt("u:1", "recovery") == 2
+    got = await store.get_link("u:1", "recovery")
+    assert got is not None
+    assert got.failed_attempts == 2
+    await store.put_link(link(now, ident="t2"))  # a new link starts from zero
+    assert await store.record_failed_attempt("u:1", "recovery") == 1
+
+
+# -- rate limits --------------------------------------------------------------------------
+async def test_hit_counts_in_fixed_windows(store: Store, now: float) -> None:
+    start = (now // 60 + 1) * 60  # a window boundary in the future
+    assert await store.hit("ip:1", 60, start) == (1, start + 60)
+    assert await store.hit("ip:1", 60, start + 30) == (2, start + 60)
+    assert await store.hit("ip:1", 60, start + 59.9) == (3, start + 60)
+    assert await store.hit("ip:2", 60, start + 1) == (1, start + 60)
+    assert await store.hit("ip:1", 60, start + 60) == (1, start + 120)
+    assert await store.hit("ip:1", 60, start + 61) == (2, start + 120)
+    assert await store.hit("ip:1", 3600, start) == (1, (start // 3600 + 1) * 3600)
+    with pytest.raises(ValueError, match="window"):
+        await store.hit("ip:1", 0, now)
+
+
+# -- purging ------------------------------------------------------------------------------
+async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
+    store = backend.store
+    await store.burn("short", now + 10)
+    await store.burn("long", now + HOUR)
+    await store.create_session(session("short", now, expires=10))
+    await store.create_session(session("long", now))
+    await store.put_link(link(now, expires=10))
+    await store.hit("ip", 10, now)
+    await store.create_user(User(id="u1", email="a@example.org", created_at=now))
+    if backend.name == "sqlite":
+        assert await store.purge_expired(now + 11) == 4  # token, session, link, counter
+        assert backend.path is not None
+        with sqlite3.connect(backend.path) as db:
+            counts = [db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
+                      for t in ("tokens", "sessions", "links", "ratelimits", "users")]  # fmt: skip
+        db.close()
+        assert counts == [1, 1, 0, 0, 1]
+        assert await store.token_state("long") is TokenState.USED
+        assert await store.get_session("short") is None
+        assert await store.get_session("long") is not None
+        assert await store.get_user("u1") is not None
+    else:
+        assert await store.purge_expired(now + 11) == 0  # Redis expires keys itself
+        ttls = await redis_ttls(backend)
+        assert ttls.pop("user:u1") == ttls.pop("email:a@example.org") == -1  # users stay
+        reset = (now // 10 + 1) * 10
+        floor = 300_000  # burns outlive their token (clock skew between replicas)
+        expected = {
+            "tok:short": floor, "tok:long": HOUR * 1000, "sess:short": 10_000,
+            "sess:long": 600_000, "usess:u1": 600_000, "link:3:u:1:recovery": 10_000,
+            "linkhash:hash-t1": 10_000, f"rl:{reset!r}:ip": (reset - now) * 1000,
+        }  # fmt: skip
+        assert set(ttls) == set(expected)
+        for key, ttl in ttls.items():
+            assert expected[key] - 5_000 < ttl <= expected[key], key
+
+
+async def redis_ttls(backend: Backend) -> dict[str, int]:
+    assert backend.redis is not None
+    ttls = {}
+    async for key in backend.redis.scan_iter(match=f"{backend.prefix}*"):
+        ttls[key.removeprefix(backend.prefix)] = await backend.redis.pttl(key)
+    return ttls
+
+
+async def test_touch_extends_session_expiry(backend: Backend, now: float) -> None:
+    store = backend.store
+    await store.create_session(session("s", now))
+    await store.touch_session("s", now + 300)
+    if backend.name == "sqlite":
+        assert await store.purge_expired(now + 601) == 0
+        assert await store.purge_expired(now + 901) == 1
+    else:
+        ttl = (await redis_ttls(backend))["sess:s"]
+        assert 900_000 - 5_000 < ttl <= 900_000
+
+
+# -- the backend is down ------------------------------------------------------------------
+async def test_closed_store_is_unavailable(store: Store, now: float) -> None:
+    await store.close()
+    calls: list[Callable[[], Awaitable[object]]] = [
+        store.ping, lambda: store.burn("t", now + HOUR), lambda: store.token_state("t"),
+        lambda: store.get_session("s"), lambda: store.hit("k", 60, now),
+        lambda: store.create_user(User(id="u", email="e", created_at=now)),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(StoreUnavailable):
+            await call()
+
+
+@pytest.mark.parametrize("kind", ["missing-dir", "directory", "not-a-database"])
+async def test_sqlite_unusable_path(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "missing" / "x.db"
+    if kind == "directory":
+        path = tmp_path
+    elif kind == "not-a-database":
+        path = tmp_path / "junk.db"
+        path.write_bytes(b"this is not SQLite" * 512)
+    store = SQLiteStore(str(path))
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    await store.close()
+
+
+async def test_sqlite_failed_write_fails_alone_and_writes_nothing(
+    tmp_path: Path, now: float
+) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        with sqlite3.connect(path) as db:  # a fault the writer cannot foresee
+            db.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON tokens WHEN NEW.id LIKE 'bad%'"
+                " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+        db.close()
+        ids = [f"ok{i}" for i in range(100)] + ["bad"] + [f"ok{i}" for i in range(100, 200)]
+        results = await asyncio.gather(
+            *(store.burn(i, now + HOUR) for i in ids), return_exceptions=True
+        )
+        assert isinstance(results[100], StoreUnavailable)
+        assert results[:100] + results[101:] == [BurnResult.BURNED] * 200
+        assert await store.token_state("bad") is TokenState.UNUSED
+        assert await store.burn("ok0", now + HOUR) is BurnResult.ALREADY_USED
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_down_then_back(redis_server: RedisServer, now: float) -> None:
+    store = RedisStore(redis_server.url, prefix="down:")
+    await store.open()
+    try:
+        assert await store.burn("before", now + HOUR) is BurnResult.BURNED
+        redis_server.stop()
+        calls: list[Callable[[], Awaitable[object]]] = [
+            store.ping,
+            lambda: store.burn("during", now + HOUR),
+            lambda: store.get_user("u"),
+        ]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await call()
+            assert time.monotonic() - started < 5  # fails closed, and fast
+        redis_server.start()  # an empty Redis, as after a restart without persistence
+        await store.ping()
+        assert await store.burn("after", now + HOUR) is BurnResult.BURNED
+        assert await store.burn("after", now + HOUR) is BurnResult.ALREADY_USED
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_store_opens_while_redis_is_down(redis_server: RedisServer) -> None:
+    redis_server.stop()
+    store = RedisStore(redis_server.url)
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        redis_server.start()
+        await store.ping()
+    finally:
+        await store.close()
+
+
+# -- open_store ---------------------------------------------------------------------------
+def test_open_store_picks_backend_by_url() -> None:
+    assert repr(open_store("sqlite:///rel/x.db")) == "SQLiteStore('rel/x.db')"
+    assert repr(open_store("sqlite:////abs/x%20y.db")) == "SQLiteStore('/abs/x y.db')"
+    for url in ("redis://localhost:6379/0", "rediss://h:6380", "unix:///run/r.sock?db=2"):
+        assert isinstance(open_store(url, prefix="p:"), RedisStore)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://db/x", "/var/lib/x.db", "sqlite://host/x.db", "sqlite:///", "sqlite:///:memory:"],
+)
+def test_open_store_rejects_unusable_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="store URL"):
+        open_store(url)

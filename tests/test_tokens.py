@@ -1,0 +1,259 @@
+"""Tokens: round trip, tampering, expiry, header variants, the 4,096 limit, and interop
+with jwcrypto (a JOSE library other than the joserfc the code uses)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jwcrypto import jwe as jc_jwe
+from jwcrypto import jwk as jc_jwk
+
+from sidecar.keys import KeySet, generate_keyset
+from sidecar.tokens import (
+    MAX_TOKEN_LENGTH,
+    Claims,
+    ExpiredToken,
+    MalformedToken,
+    TamperedToken,
+    TokenCodec,
+    TokenError,
+    TokenTooLong,
+    UnknownKey,
+    new_token_id,
+)
+
+NOW = 1_800_000_000
+KEYSET = generate_keyset("k1")
+CODEC = TokenCodec(KEYSET)
+
+
+def claims(**changes: object) -> Claims:
+    fields: dict[str, object] = {
+        "token_id": new_token_id(),
+        "subject": "0000000abc",
+        "role": "Authenticated",
+        "issued_at": NOW,
+        "expires_at": NOW + 3600,
+        "one_time": True,
+        "kind": "refer",
+        "params": {"tenant": "acme"},
+        "module": "5e9f83275349fc020f8db299",
+    }
+    fields.update(changes)
+    return Claims(**fields)  # type: ignore[arg-type]  # the table above has the right types
+
+
+def jwcrypto_key(keyset: KeySet, kid: str = "k1") -> jc_jwk.JWK:
+    jwks = json.loads(keyset.to_json())["keys"]
+    return jc_jwk.JWK(**next(k for k in jwks if k["kid"] == kid))
+
+
+def jwcrypto_token(header: dict[str, object], payload: dict[str, object] | bytes) -> str:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    token = jc_jwe.JWE(raw, protected=json.dumps(header))
+    token.add_recipient(jwcrypto_key(KEYSET))
+    return str(token.serialize(compact=True))
+
+
+def b64(doc: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+
+def test_round_trip() -> None:
+    original = claims(email="a@example.test", redirect_to="https://app.example.test/x")
+    token = CODEC.seal(original)
+    assert CODEC.open(token, NOW) == original
+    assert len(token) < MAX_TOKEN_LENGTH
+    assert token.count(".") == 4
+
+
+def test_the_token_is_encrypted() -> None:
+    token = CODEC.seal(claims(subject="visible-user-name"))
+    assert "visible-user-name" not in token
+    assert b"visible-user-name" not in base64.urlsafe_b64decode(token.split(".")[3] + "===")
+
+
+def test_every_token_differs() -> None:
+    same = claims()
+    assert CODEC.seal(same) != CODEC.seal(same)
+
+
+@pytest.mark.parametrize("part", [0, 2, 3, 4])
+def test_tampering_is_detected(part: int) -> None:
+    token = CODEC.seal(claims())
+    parts = token.split(".")
+    segment = parts[part]
+    # Flip a bit in the middle of the segment (the last character may only carry padding bits).
+    i = len(segment) // 2
+    parts[part] = segment[:i] + ("A" if segment[i] != "A" else "B") + segment[i + 1 :]
+    with pytest.raises((TamperedToken, MalformedToken, UnknownKey)):
+        CODEC.open(".".join(parts), NOW)
+
+
+def test_header_swapped_for_another_valid_one_fails() -> None:
+    # The protected header is authenticated (it is the AAD): typ added → tag mismatch.
+    token = CODEC.seal(claims())
+    parts = token.split(".")
+    parts[0] = b64({"alg": "dir", "enc": "A256GCM", "kid": "k1", "typ": "JWT"})
+    with pytest.raises(TamperedToken):
+        CODEC.open(".".join(parts), NOW)
+
+
+def test_expiry_uses_the_injected_now() -> None:
+    token = CODEC.seal(claims(expires_at=NOW + 60))
+    assert CODEC.open(token, NOW + 59).subject == "0000000abc"
+    with pytest.raises(ExpiredToken) as info:
+        CODEC.open(token, NOW + 60)
+    assert info.value.reason == "expired"
+    assert info.value.claims.expires_at == NOW + 60
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        ({"alg": "dir", "enc": "A256GCM"}, UnknownKey),
+        ({"alg": "dir", "enc": "A256GCM", "kid": "other"}, UnknownKey),
+        ({"alg": "dir", "enc": "A256GCM", "kid": 1}, UnknownKey),
+        ({"alg": "dir", "enc": "A256GCM", "kid": "k1", "zip": "DEF"}, MalformedToken),
+        ({"alg": "dir", "enc": "A256GCM", "kid": "k1", "crit": ["exp"], "exp": 1}, MalformedToken),
+        ({"alg": "dir", "enc": "A256GCM", "kid": "k1", "jku": "https://x"}, MalformedToken),
+    ],
+)
+def test_header_variants_made_by_jwcrypto(
+    header: dict[str, object], error: type[Exception]
+) -> None:
+    token = jwcrypto_token(header, claims().to_json())
+    with pytest.raises(error):
+        CODEC.open(token, NOW)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "none", "enc": "A256GCM", "kid": "k1"},
+        {"alg": "dir", "enc": "A128GCM", "kid": "k1"},
+        {"alg": "dir", "enc": "A256CBC-HS512", "kid": "k1"},
+        {"alg": "A256KW", "enc": "A256GCM", "kid": "k1"},
+        {"alg": "dir", "kid": "k1"},
+    ],
+)
+def test_other_algorithms_are_refused_before_decryption(header: dict[str, object]) -> None:
+    parts = CODEC.seal(claims()).split(".")
+    parts[0] = b64(header)
+    with pytest.raises(MalformedToken, match="unsupported alg/enc"):
+        CODEC.open(".".join(parts), NOW)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "abc",
+        "a.b.c.d",
+        "a.b.c.d.e",  # an encrypted key is never present with alg dir
+        "a..c.d.e.f",
+        "....",
+        "@@@..a.b.c",
+        "W10..a.b.c",  # header is a JSON array
+        "x" * MAX_TOKEN_LENGTH,
+    ],
+)
+def test_malformed(token: str) -> None:
+    with pytest.raises(MalformedToken):
+        CODEC.open(token, NOW)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[]",
+        {"sub": "x"},
+        {**claims().to_json(), "iat": "yesterday"},
+        {**claims().to_json(), "one_time": "yes"},
+        {**claims().to_json(), "params": {"a": 1}},
+        {**claims().to_json(), "module": 5},
+        {**claims().to_json(), "exp": True},
+    ],
+)
+def test_claims_with_the_wrong_shape(payload: dict[str, object] | bytes) -> None:
+    token = jwcrypto_token({"alg": "dir", "enc": "A256GCM", "kid": "k1"}, payload)
+    with pytest.raises(MalformedToken):
+        CODEC.open(token, NOW)
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_text_only_raises_token_errors(text: str) -> None:
+    with pytest.raises(TokenError):
+        CODEC.open(text, NOW)
+
+
+@given(st.binary(min_size=1, max_size=64), st.integers(min_value=0, max_value=3))
+def test_arbitrary_segments_only_raise_token_errors(junk: bytes, part: int) -> None:
+    parts = CODEC.seal(claims()).split(".")
+    index = (0, 2, 3, 4)[part]
+    parts[index] = base64.urlsafe_b64encode(junk).rstrip(b"=").decode()
+    with pytest.raises(TokenError):
+        CODEC.open(".".join(parts), NOW)
+
+
+def test_too_long_to_mint() -> None:
+    big = claims(params={f"p{i}": "x" * 100 for i in range(30)})
+    with pytest.raises(TokenTooLong) as info:
+        CODEC.seal(big)
+    assert info.value.length >= MAX_TOKEN_LENGTH
+    assert "4096" in str(info.value)
+
+
+def test_just_under_the_limit_mints() -> None:
+    low, high = 0, 4000
+    while low < high:  # the largest subject whose token still fits
+        mid = (low + high + 1) // 2
+        try:
+            CODEC.seal(claims(subject="u" * mid))
+            low = mid
+        except TokenTooLong:
+            high = mid - 1
+    token = CODEC.seal(claims(subject="u" * low))
+    assert MAX_TOKEN_LENGTH - 60 < len(token) < MAX_TOKEN_LENGTH
+    with pytest.raises(TokenTooLong):
+        CODEC.seal(claims(subject="u" * (low + 1)))
+
+
+# -- interop with jwcrypto ---------------------------------------------------------------
+
+
+def test_jwcrypto_opens_our_token() -> None:
+    original = claims()
+    token = CODEC.seal(original)
+    opened = jc_jwe.JWE()
+    opened.deserialize(token, key=jwcrypto_key(KEYSET))
+    assert opened.jose_header == {"alg": "dir", "enc": "A256GCM", "kid": "k1"}
+    doc = json.loads(opened.payload)
+    assert doc["jti"] == original.token_id
+    assert doc["sub"] == "0000000abc"
+    assert doc["role"] == "Authenticated"
+    assert doc["params"] == {"tenant": "acme"}
+    assert doc["module"] == "5e9f83275349fc020f8db299"
+    assert doc["iat"] == NOW
+    assert doc["exp"] == NOW + 3600
+    assert doc["one_time"] is True
+    assert doc["kind"] == "refer"
+
+
+def test_we_open_a_jwcrypto_token() -> None:
+    original = claims(kind="magiclink", email="a@example.test", module=None)
+    token = jwcrypto_token({"alg": "dir", "enc": "A256GCM", "kid": "k1"}, original.to_json())
+    assert CODEC.open(token, NOW) == original
+
+
+def test_jwcrypto_with_the_wrong_key_fails() -> None:
+    token = CODEC.seal(claims())
+    other = jwcrypto_key(generate_keyset("k1"))
+    opened = jc_jwe.JWE()
+    with pytest.raises(jc_jwe.InvalidJWEData):
+        opened.deserialize(token, key=other)
