@@ -214,7 +214,9 @@ def markdown(r: Results, chart: str | None) -> str:
             f"RSS of the sidecar process: {mem.idle_mib:.1f} MiB idle; "
             f"{mem.after_mib:.1f} MiB with {mem.connections_open:,} of {mem.connections:,} "
             f"connections open at once (each sent one authenticated request, all in flight "
-            f"together, then held idle); peak {mem.peak_mib:.1f} MiB.",
+            f"together, then held idle); peak {mem.peak_mib:.1f} MiB. For reference, the "
+            f"bare aiohttp upstream goes from {mem.upstream_idle_mib:.1f} to "
+            f"{mem.upstream_after_mib:.1f} MiB under the same {mem.connections:,} connections.",
         ]
     if chart:
         out += ["", f"![Benchmark chart]({chart})"]

@@ -117,15 +117,14 @@ def run(settings: Settings, note: str, log: Log) -> Results:
 
         sc = sidecar("sidecar-sqlite", sqlite_url(work / "sidecar.db"))
         cookie = session_cookie(sc)
-        log(f"memory: idle, then {settings.connections} connections")
-        results.memory = memory(sc, cookie, settings.connections)
-
         targets = [
             ProxyTarget("direct", upstream.port, upstream.pid),
             ProxyTarget("sidecar", sc.proxy_port, sc.pid),
         ]
         if nginx is not None:
             targets.append(ProxyTarget("nginx", nginx.port, nginx.pid))
+        log(f"memory: idle, then {settings.connections} connections")
+        results.memory = memory(sc, targets[0], cookie, settings.connections)
         for layout, upstream_core in (("A", c0), ("C", c1)):
             pin([upstream.pid], [upstream_core])
             log(f"proxied, layout {layout}: {settings.trials} x {len(targets)} runs")

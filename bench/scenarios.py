@@ -176,6 +176,8 @@ class Memory:
     connections_open: int
     after_mib: float
     peak_mib: float
+    upstream_idle_mib: float  # the bare aiohttp upstream, for reference
+    upstream_after_mib: float
 
 
 async def _hold_connections(port: int, cookie: str, count: int, measure: Callable[[], None]) -> int:
@@ -212,22 +214,29 @@ async def _hold_connections(port: int, cookie: str, count: int, measure: Callabl
     return len(opened)
 
 
-def memory(sc: Sidecar, cookie: str, connections: int) -> Memory:
-    """RSS idle, then with ``connections`` concurrent connections open (and the peak)."""
-    idle = rss_bytes(sc.pid)
-    seen: dict[str, int] = {}
+def _rss_with_connections(pid: int, port: int, cookie: str, count: int) -> tuple[int, int, int]:
+    """(RSS before, RSS with ``count`` connections open, how many opened) of ``pid``."""
+    before = rss_bytes(pid)
+    seen: list[int] = []
+    opened = asyncio.run(
+        _hold_connections(port, cookie, count, lambda: seen.append(rss_bytes(pid)))
+    )
+    return before, seen[0], opened
 
-    def measure() -> None:
-        seen["after"] = rss_bytes(sc.pid)
-        seen["peak"] = rss_bytes(sc.pid, "VmHWM")
 
-    opened = asyncio.run(_hold_connections(sc.proxy_port, cookie, connections, measure))
+def memory(sc: Sidecar, upstream: ProxyTarget, cookie: str, connections: int) -> Memory:
+    """RSS idle, then with ``connections`` concurrent connections open (and the peak); the
+    same for the bare upstream, which shows what aiohttp itself spends per connection."""
+    up_idle, up_after, _ = _rss_with_connections(upstream.pid, upstream.port, cookie, connections)
+    idle, after, opened = _rss_with_connections(sc.pid, sc.proxy_port, cookie, connections)
     return Memory(
         idle_mib=idle / MIB,
         connections=connections,
         connections_open=opened,
-        after_mib=seen["after"] / MIB,
-        peak_mib=seen["peak"] / MIB,
+        after_mib=after / MIB,
+        peak_mib=rss_bytes(sc.pid, "VmHWM") / MIB,
+        upstream_idle_mib=up_idle / MIB,
+        upstream_after_mib=up_after / MIB,
     )
 
 

@@ -11,7 +11,8 @@ is done (for streamed bodies: when the last byte is written)::
   the query and must never reach a log.
 * ``request_id`` is the client's ``X-Request-Id`` when it looks like an id (1-128 of
   ``A-Za-z0-9._:@/+=-``), otherwise a fresh random one. It is sent upstream (replacing any
-  other) and returned on responses that do not carry one.
+  other) and added to the sidecar's own responses and to buffered upstream responses that
+  carry none (a streamed response keeps the upstream's headers as they were).
 * ``upstream_ms`` is the time to the upstream's response headers, measured by
   :func:`upstream_trace` on the forwarder's client session; ``user_id`` is what the
   handler reported with :func:`set_user`.

@@ -22,6 +22,7 @@ from sidecar.durations import format_duration, parse_duration, parse_size
 from sidecar.keys import KeySet, KeysetError, parse_keyset
 from sidecar.reader import Reader
 from sidecar.redirects import RedirectPatternError, compile_pattern
+from sidecar.store import check_store_url
 from sidecar.templates import HeaderTemplate, TemplateError, compile_header
 from sidecar.values import HostPort, RateLimit, Secret
 
@@ -224,8 +225,13 @@ def _build(r: Reader) -> Config | None:
     )
 
     st = root.section("store")
+    store_url = st.string("url", "sqlite:///sidecar.db")
+    try:
+        check_store_url(store_url)
+    except ValueError as exc:
+        st.error("url", str(exc))
     store = StoreConfig(
-        url=st.string("url", "sqlite:///sidecar.db", pattern=r"(sqlite|redis|rediss|unix)://.+"),
+        url=store_url,
         key_prefix=st.string("key_prefix", "sidecar:"),
         purge_interval=st.duration("purge_interval", 60.0),
     )
@@ -236,13 +242,14 @@ def _build(r: Reader) -> Config | None:
         r.error("default_role", f"got {default_role!r}, expected one of {sorted(roles)}")
 
     lk = root.section("links")
+    site = (public_url or "").rstrip("/")
     links_role = lk.string("role", default_role)
     if roles and links_role not in roles and links_role != default_role:  # reported once
         r.error("links.role", f"got {links_role!r}, expected one of {sorted(roles)}")
     links = LinksConfig(
         role=links_role,
-        default_redirect=lk.url("default_redirect", required=False) or (public_url or "") + "/",
-        redirect_allow=lk.strings("redirect_allow", ((public_url or "") + "/**",)),
+        default_redirect=lk.url("default_redirect", required=False) or f"{site}/",
+        redirect_allow=lk.strings("redirect_allow", (f"{site}/**",) if public_url else ()),
         expiry=lk.duration("expiry", DEFAULT_EXPIRY, at_most=max_expiry),
         otp_length=lk.integer("otp_length", 6, low=6, high=10),
         max_otp_attempts=lk.integer("max_otp_attempts", 5, low=1, high=100),

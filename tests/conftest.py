@@ -22,39 +22,12 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a unix socket in a temp dir (no port race)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        skip_or_fail("redis-server is not installed")
-        raise AssertionError("unreachable")
-    tmp: Path = tmp_path_factory.mktemp("redis")
-    sock = tmp / "redis.sock"
-    proc = subprocess.Popen(
-        [exe, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp), "--databases", "64"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 class RedisServer:
     """A private redis-server on a unix socket that a test may stop and start again."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, databases: int = 16) -> None:
         self.directory = directory
+        self.databases = databases
         self.socket = directory / "redis.sock"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -70,7 +43,8 @@ class RedisServer:
         self.socket.unlink(missing_ok=True)  # a stale file would pass the readiness check
         self._proc = proc = subprocess.Popen(
             [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             "--databases", str(self.databases)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -94,6 +68,17 @@ class RedisServer:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server shared by the session, on a unix socket (no port race)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), databases=64)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ def test_every_error_is_reported_with_its_path(tmp_path: Path) -> None:
         "proxy.listen: got 'nowhere'",
         "proxy.upstream: got 'ftp://x', expected an absolute http(s) URL",
         "tokens.default_expiry: got '1 fortnight'",
-        "store.url: got 'postgres://db'",
+        "store.url: store URL postgres://…: unknown scheme",
         "default_role: got 'Nobody'",
     ]
     for fragment in expected:

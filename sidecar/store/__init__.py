@@ -35,6 +35,7 @@ __all__ = [
     "TokenState",
     "User",
     "UserExists",
+    "check_store_url",
     "open_store",
 ]
 
@@ -48,11 +49,19 @@ def open_store(url: str, *, prefix: str = "sidecar:", purge_interval: float = 60
     expired rows (Redis expires keys itself). Raises ``ValueError`` for a URL that names
     no backend.
     """
+    if check_store_url(url) == "sqlite":
+        return SQLiteStore(_sqlite_path(url), purge_interval=purge_interval)
+    return RedisStore(url, prefix=prefix)
+
+
+def check_store_url(url: str) -> str:
+    """The backend ``url`` names (``"sqlite"`` or ``"redis"``); ``ValueError`` if none."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "sqlite":
-        return SQLiteStore(_sqlite_path(url), purge_interval=purge_interval)
+        _sqlite_path(url)
+        return "sqlite"
     if scheme in _REDIS_SCHEMES:
-        return RedisStore(url, prefix=prefix)
+        return "redis"
     shown = f"{scheme}://…" if scheme else repr(url)
     raise ValueError(
         f"store URL {shown}: unknown scheme; use sqlite:///relative.db, "

@@ -1,0 +1,83 @@
+"""Prometheus metrics: a real ``sidecar serve`` with ``metrics.listen``, scraped over HTTP.
+
+After a mint, a redemption, a replay, proxied requests and a store-backed readiness probe,
+``/metrics`` on the separate listener shows each of them; the proxy port does not serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar import metrics
+from tests.serve_process import free_port, running_serve
+from tests.upstream import running_upstream
+
+Labels = Mapping[str, str]
+
+
+def sample(text: str, name: str, labels: Labels | None = None) -> float:
+    """The value of sample ``name`` with (at least) ``labels``; 0 when absent."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                return float(s.value)
+    return 0.0
+
+
+async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
+    port = free_port()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, metrics={"listen": f"127.0.0.1:{port}"}) as served,
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+    ):
+        async with http.post(
+            served.admin + "/referstring", json={"userId": "m1"}, headers=served.admin_headers()
+        ) as response:
+            url = (await response.json())["url"]
+        async with http.get(url, allow_redirects=False) as response:
+            assert response.status == 303
+            cookie = f"sidecar_session={response.cookies['sidecar_session'].value}"
+        async with http.get(url, allow_redirects=False) as response:
+            assert response.status == 410
+        for _ in range(3):
+            async with http.get(served.proxy + "/page", headers={"Cookie": cookie}) as response:
+                assert response.status == 200
+        async with http.get(served.proxy + "/metrics") as response:
+            assert response.status == 401, "the proxy port does not serve metrics"
+
+        async with http.get(metrics_url) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = await response.text()
+        async with http.get(
+            metrics_url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        ) as response:
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert (await response.text()).rstrip().endswith("# EOF")
+
+    assert sample(text, "sidecar_mints_total", {"kind": "refer"}) == 1
+    assert sample(text, "sidecar_redemptions_total", {"outcome": "success"}) == 1
+    assert sample(text, "sidecar_redemptions_total", {"outcome": "used"}) == 1
+    proxy_200 = {"listener": "proxy", "status": "200"}
+    assert sample(text, "sidecar_requests_total", proxy_200) >= 3  # + the readiness polls
+    assert sample(text, "sidecar_requests_total", {"listener": "proxy", "status": "303"}) == 1
+    assert sample(text, "sidecar_requests_total", {"listener": "admin", "status": "200"}) == 1
+    assert sample(text, "sidecar_upstream_seconds_count") == 3
+    assert sample(text, "sidecar_upstream_seconds_bucket", {"le": "+Inf"}) == 3
+    assert sample(text, "sidecar_store_seconds_count", {"op": "burn"}) == 2
+    assert sample(text, "sidecar_store_seconds_count", {"op": "ping"}) >= 1
+    assert sample(text, "sidecar_request_duration_seconds_count", {"listener": "proxy"}) >= 5
+    assert sample(text, "process_cpu_seconds_total") > 0
+
+
+def test_render_in_process() -> None:
+    metrics.mint("magiclink")
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    assert sample(body.decode(), "sidecar_mints_total", {"kind": "magiclink"}) >= 1
