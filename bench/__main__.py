@@ -1,7 +1,7 @@
 """``python -m bench``: one run of every scenario, then the JSON, the doc and the chart.
 
 python -m bench                  # the full run (a few minutes on 2 cores)
-python -m bench --smoke --json /tmp/x.json --no-doc   # ~1 s per scenario (the test)
+python -m bench --smoke --json /tmp/x.json --docs /tmp   # ~1 s per scenario (the test)
 BENCH_LOADGEN=python python -m bench   # force the built-in load generator
 """
 
@@ -20,8 +20,7 @@ from bench.report import targets, write_json, write_markdown
 from bench.run import Settings, run
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
-CHART = ROOT / "docs" / "benchmarks.png"
+DOCS = ROOT / "docs"
 JSON = ROOT / "bench" / "results" / "latest.json"
 
 
@@ -37,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--burned", type=int, help="burned tokens for the latency scenario")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
     p.add_argument("--json", type=Path, default=JSON, help=f"default {JSON.relative_to(ROOT)}")
+    p.add_argument("--docs", type=Path, default=DOCS, help="where benchmarks.md/.png go")
     p.add_argument("--no-doc", action="store_true", help="write the JSON only")
     p.add_argument("--note", default="", help="a caveat quoted at the top of the doc")
     return p
@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(results, args.json)
     _log(f"wrote {args.json}")
     if not args.no_doc:
+        doc, png = args.docs / "benchmarks.md", args.docs / "benchmarks.png"
         drawn = chart.available()
         if drawn:
-            chart.draw(results, CHART)
-        write_markdown(results, DOC, CHART.name if drawn else None)
-        _log(f"wrote {DOC}" + (f" and {CHART}" if drawn else " (no matplotlib: no chart)"))
+            chart.draw(results, png)
+        write_markdown(results, doc, png.name if drawn else None)
+        _log(f"wrote {doc}" + (f" and {png}" if drawn else " (no matplotlib: no chart)"))
     for t in targets(results):
         state = "not measured" if t.met is None else ("met" if t.met else "MISSED")
         _log(

@@ -40,7 +40,8 @@ def draw(r: Results, path: Path) -> None:
         ax.set_xticks(range(len(layouts)), [f"layout {k}" for k in layouts])
         ax.axhline(goal, color="red", linestyle="--", linewidth=1, label=f"target {goal:g}")
         ax.set_title(title)
-        ax.legend()
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend above the bars
+        ax.legend(loc="upper center", ncols=3, fontsize="small")
 
     ops = [(f"redeem {k}", v.per_s) for k, v in r.redemptions.items()]
     if r.mints:
@@ -61,7 +62,8 @@ def draw(r: Results, path: Path) -> None:
     lat_ax.set_xticks(list(xs2), labels)
     lat_ax.set_ylabel("ms")
     lat_ax.set_title("Redemption latency (4 connections)")
-    lat_ax.legend()
+    lat_ax.set_ylim(top=lat_ax.get_ylim()[1] * 1.2)
+    lat_ax.legend(loc="upper center", ncols=2, fontsize="small")
 
     fig.suptitle(f"sidecar benchmarks — {r.meta.get('cpu')}, {r.meta.get('cores')} cores")
     fig.tight_layout()

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.procs import PYTHON, BenchError, child_env, which
+from bench.procs import PYTHON, BenchError, child_env, pinned, which
 
 MARK = "BENCHJSON "
 
@@ -37,6 +37,7 @@ class LoadSpec:
     connections: int = 64
     duration: int = 3
     ok_status: int | None = None  # None: every answer below 400 counts
+    ok_header: str | None = None  # an answer counts only if it carries this header too
     paths: Sequence[str] = ()  # one-time paths, each sent once
 
     def to_json(self) -> dict[str, object]:
@@ -81,10 +82,8 @@ def run_load(spec: LoadSpec, cores: Sequence[int] | None) -> LoadResult:
             spec_file = Path(tmp) / "spec.json"
             spec_file.write_text(json.dumps(spec.to_json()))
             argv = [PYTHON, "-m", "bench.pyload", str(spec_file)]
-        if cores is not None:
-            argv = ["taskset", "-c", ",".join(map(str, cores)), *argv]
         proc = subprocess.run(
-            argv,
+            pinned(argv, cores),
             capture_output=True,
             text=True,
             timeout=spec.duration + 60,
@@ -123,6 +122,8 @@ def _wrk_argv(spec: LoadSpec, tmp: Path) -> list[str]:
         paths.write_text("\n".join(spec.paths) + "\n")
         paths_file = str(paths)
     ok_check = f"status == {spec.ok_status}" if spec.ok_status else "status < 400"
+    if spec.ok_header:
+        ok_check += f" and has_header(headers, {_lua_str(spec.ok_header.lower())})"
     lines.append(_LUA.replace("@PATHS@", _lua_str(paths_file)).replace("@OK@", ok_check))
     script = tmp / "load.lua"
     script.write_text("\n".join(lines))
@@ -197,6 +198,13 @@ if paths_file ~= "" then
     if index > #queue then exhausted = 1 end
     return req
   end
+end
+
+local function has_header(headers, wanted)
+  for name, _ in pairs(headers) do
+    if string.lower(name) == wanted then return true end
+  end
+  return false
 end
 
 function response(status, headers, body)

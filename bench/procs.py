@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,15 +42,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pinner(cores: Sequence[int] | None) -> Callable[[], None] | None:
+def pinned(argv: Sequence[str], cores: Sequence[int] | None) -> list[str]:
+    """``argv`` run under ``taskset -c`` (which execs it: the pid stays the same)."""
     if cores is None:
-        return None
-    wanted = set(cores)
-
-    def pin() -> None:
-        os.sched_setaffinity(0, wanted)
-
-    return pin
+        return list(argv)
+    if which("taskset") is None:
+        raise BenchError("taskset (util-linux) is needed to pin processes to cores")
+    return ["taskset", "-c", ",".join(map(str, cores)), *argv]
 
 
 @dataclass
@@ -98,13 +96,12 @@ def spawn(
     log = logdir / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            list(argv),
+            pinned(argv, cores),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=child_env() if env is None else env,
             cwd=cwd,
-            preexec_fn=_pinner(cores),  # no threads in the bench yet
         )
     return Child(name, proc, log)
 

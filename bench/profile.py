@@ -76,9 +76,10 @@ def _package(frame: str) -> str:
 
 
 def _in_callbacks(frames: list[str]) -> list[str]:
-    """The frames below the event loop's callback runner (drops start-up plumbing)."""
+    """The frames below the event loop (drops ``main``/``run`` start-up plumbing, which
+    every complete stack has and which says nothing about the cost)."""
     for i, f in enumerate(frames):
-        if f.startswith("asyncio/events.py:Handle._run"):
+        if f.startswith("asyncio/"):
             return frames[i + 1 :]
     return frames
 

@@ -46,13 +46,14 @@ async def _worker(
             ) as resp:
                 await resp.read()
                 status = resp.status
+                has_header = spec.ok_header is None or spec.ok_header in resp.headers
         except (aiohttp.ClientError, TimeoutError):
             out["socket_errors"] += 1
             continue
         end = time.monotonic()
         latencies.append(end - start)
         out["requests"] += 1
-        good = status == spec.ok_status if spec.ok_status else status < 400
+        good = (status == spec.ok_status if spec.ok_status else status < 400) and has_header
         if good:
             out["ok"] += 1
             out["last"] = max(out["last"], end)

@@ -153,25 +153,20 @@ def markdown(r: Results, chart: str | None) -> str:
         "64 keep-alive connections, `GET /api/items` with a valid session cookie, 100-byte "
         "answers from a plain aiohttp upstream. The ratio is taken pair by pair (direct, "
         "then via the sidecar and via nginx, back to back) before the median. CPU is "
-        "utime + stime of the proxy's whole process tree from `/proc/<pid>/stat` ÷ "
-        "answered requests (for *direct*: the upstream's own).",
+        "utime + stime of the process tree from `/proc/<pid>/stat` ÷ answered requests, for "
+        "the proxy and for the upstream behind it.",
         "",
     ]
     rows = []
     for layout, by_target in r.proxied.items():
         for name, pm in by_target.items():
-            rows.append(
-                [
-                    layout,
-                    name,
-                    _n(pm.per_s),
-                    _n(pm.ratio, ".2f"),
-                    _n(pm.p50_ms, ".2f"),
-                    _n(pm.p99_ms, ".2f"),
-                    _n(pm.cpu_us),
-                ]
-            )
-    out += _table(["Layout", "Path", "req/s", "ratio", "p50 ms", "p99 ms", "CPU µs/req"], rows)
+            upstream = pm.cpu_us if name == "direct" else pm.upstream_cpu_us
+            proxy = None if name == "direct" else pm.cpu_us
+            cells = [pm.per_s, pm.ratio, pm.p50_ms, pm.p99_ms, proxy, upstream]
+            fmts = [",.0f", ".2f", ".2f", ".2f", ",.0f", ",.0f"]
+            rows.append([layout, name, *(_n(v, f) for v, f in zip(cells, fmts, strict=True))])
+    head = ["Layout", "Path", "req/s", "ratio", "p50 ms", "p99 ms", "proxy CPU µs/req"]
+    out += _table([*head, "upstream CPU µs/req"], rows)
     out += [""] + [f"- **{k}**: {v}." for k, v in r.layouts.items()]
     out += [
         "",

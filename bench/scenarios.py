@@ -28,6 +28,7 @@ class Sample:
     requests: int
     socket_errors: int = 0
     cpu_us: float | None = None  # CPU per answered request of the measured process
+    upstream_cpu_us: float | None = None  # the upstream's, in proxied runs
     ratio: float | None = None  # to direct-to-upstream, within the same pair
 
 
@@ -39,6 +40,7 @@ class Measure:
     p50_ms: float
     p99_ms: float
     cpu_us: float | None
+    upstream_cpu_us: float | None
     ratio: float | None
     samples: list[Sample] = field(repr=False)
 
@@ -53,25 +55,35 @@ def median_of(samples: Sequence[Sample]) -> Measure:
         p50_ms=statistics.median(s.p50_ms for s in samples),
         p99_ms=statistics.median(s.p99_ms for s in samples),
         cpu_us=med([s.cpu_us for s in samples]),
+        upstream_cpu_us=med([s.upstream_cpu_us for s in samples]),
         ratio=med([s.ratio for s in samples]),
         samples=list(samples),
     )
 
 
-def sample(spec: LoadSpec, load_cores: Sequence[int], pid: int | None = None) -> Sample:
-    """One load run; with ``pid``, also the CPU that process (tree) spent per answer."""
-    before = cpu_seconds(pid) if pid is not None else 0.0
+def sample(
+    spec: LoadSpec,
+    load_cores: Sequence[int],
+    pid: int | None = None,
+    upstream_pid: int | None = None,
+) -> Sample:
+    """One load run; with ``pid`` (and ``upstream_pid``), also the CPU that process tree
+    (and the upstream's) spent per answered request."""
+    pids = [p for p in (pid, upstream_pid) if p is not None]
+    before = [cpu_seconds(p) for p in pids]
     result = run_load(spec, load_cores)
-    cpu = None
-    if pid is not None and result.ok:
-        cpu = (cpu_seconds(pid) - before) / result.ok * 1e6
+    per_request = [
+        (cpu_seconds(p) - b) / result.ok * 1e6 if result.ok else None
+        for p, b in zip(pids, before, strict=True)
+    ]
     return Sample(
         per_s=result.ok_per_s,
         p50_ms=result.p50_ms,
         p99_ms=result.p99_ms,
         requests=result.ok,
         socket_errors=result.socket_errors,
-        cpu_us=cpu,
+        cpu_us=per_request[0] if pid is not None else None,
+        upstream_cpu_us=per_request[-1] if upstream_pid is not None else None,
     )
 
 
@@ -111,7 +123,8 @@ def proxied(
     for _ in range(trials):
         direct: Sample | None = None
         for t in targets:
-            s = sample(spec(t.port, duration), load_cores, t.pid)
+            upstream_pid = targets[0].pid if t is not targets[0] else None
+            s = sample(spec(t.port, duration), load_cores, t.pid, upstream_pid)
             if direct is None:
                 direct = s
             elif direct.per_s > 0:
@@ -139,6 +152,7 @@ def redemptions(
             connections=connections,
             duration=duration,
             ok_status=303,
+            ok_header="Set-Cookie",
         )
         samples.append(sample(spec, load_cores, sc.pid))
     return median_of(samples)
@@ -257,7 +271,12 @@ def redemption_latency(
         for name, sc in stores.items():
             paths = [f"/?refer={t}" for t in mint_tokens(sc, tokens)]
             spec = LoadSpec(
-                port=sc.proxy_port, paths=paths, connections=4, duration=duration, ok_status=303
+                port=sc.proxy_port,
+                paths=paths,
+                connections=4,
+                duration=duration,
+                ok_status=303,
+                ok_header="Set-Cookie",
             )
             s = sample(spec, load_cores, sc.pid)
             if base is None:

@@ -17,10 +17,14 @@ Request headers sent upstream:
   ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``, ``Transfer-Encoding``,
   ``Upgrade``) and ``Expect`` (the sidecar already answered ``100 Continue``) are dropped;
 * ``X-Forwarded-For/Proto/Host``: appended to when the peer is a trusted proxy, otherwise
-  replaced (and ``Forwarded``/``X-Real-IP`` from an untrusted peer are dropped).
+  replaced (and ``Forwarded``/``X-Real-IP`` and the path overrides ``X-Original-URL``,
+  ``X-Rewrite-URL``, ``X-Original-URI``, ``X-Forwarded-Uri`` from an untrusted peer are
+  dropped).
 
-The client session adds nothing of its own: no ``User-Agent``/``Accept``/``Accept-Encoding``,
-no decompression (``Content-Encoding`` passes through), no cookie jar, no redirects.
+The request head is built from the client's raw header bytes and sent as is through
+:class:`~sidecar.upstream_pool.UpstreamPool`: nothing is added (no ``User-Agent``, no
+``Accept-Encoding``), nothing is decompressed (``Content-Encoding`` passes through), no
+cookie jar, no redirects followed. The path and query reach the upstream byte for byte.
 """
 
 from __future__ import annotations
@@ -28,19 +32,23 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Final
 
 import aiohttp
 from aiohttp import StreamReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar import pages
-from sidecar.accesslog import upstream_trace
+from sidecar import metrics, pages
+from sidecar.accesslog import REQUEST_ID, current_request_id, set_upstream_time
 from sidecar.config import Config, Network
 from sidecar.sessions import split_cookie_header
 from sidecar.templates import canonical_header
+from sidecar.upstream_pool import UpstreamPool, UpstreamResponse
+from sidecar.ws_relay import relay_websocket
 
 LOG = logging.getLogger("sidecar.forward")
 
@@ -49,23 +57,23 @@ LOG = logging.getLogger("sidecar.forward")
 SMALL_BODY: Final = 64 * 1024
 
 HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade"}
+)  # fmt: skip
 _FORWARDING: Final = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
-)
-# Request-header actions, decided once per header name.
-_KEEP, _DROP, _COOKIE, _CONNECTION, _FORWARDED = range(5)
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip",
+     # Path overrides (IIS, Symfony, Zend, nginx auth_request): an upstream that honours
+     # them would serve a path the role rules never judged.
+     "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri"}
+)  # fmt: skip
+# Request-header actions, decided once per header name as received.
+_KEEP, _DROP, _COOKIE, _CONNECTION, _FORWARDED, _HOST, _LENGTH = range(7)
 _NAME_CACHE_SIZE: Final = 2048
 _NO_BODY: Final = frozenset({204, 304})
+_QUIET_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+_UPSTREAM_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError)
+
+Header = tuple[bytes, bytes]
 
 
 class Forwarder:
@@ -74,46 +82,48 @@ class Forwarder:
     def __init__(self, config: Config) -> None:
         px = config.proxy
         upstream = URL(px.upstream)
-        self._origin = str(upstream.origin())
-        self._base_path = upstream.raw_path.rstrip("/")
+        self._origin = upstream.origin()
+        self._base_path = upstream.raw_path.rstrip("/").encode()
+        self._default_host = (upstream.raw_authority or "").encode("idna")
         self._cookie_name = config.session.cookie_name
+        self._own_cookie = self._cookie_name.lower() + "="
         self._identity = config.identity_header_names
         self._trusted: tuple[Network, ...] = px.trusted_proxies
         self._trust_cache: dict[str, bool] = {}
-        self._actions: dict[str, int] = {}
+        self._actions: dict[bytes, int] = {}
+        self._response_drops: dict[str, bool] = {}
         self._header_timeout = px.upstream_timeout
         self._connect_timeout = px.connect_timeout
         self._max_connections = px.max_connections
         self._max_field_size = max(8190, px.max_header_size)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Open the upstream pool for the app's lifetime (``app.cleanup_ctx.append``)."""
-        connector = aiohttp.TCPConnector(
+        self._pool = UpstreamPool(
+            self._origin,
             limit=self._max_connections,
-            limit_per_host=0,
-            keepalive_timeout=30.0,
-            ttl_dns_cache=60,
+            connect_timeout=self._connect_timeout,
+            max_field_size=self._max_field_size,
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
+        # WebSocket handshakes are rare and long-lived: aiohttp's client does them.
+        self._ws_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=self._connect_timeout, sock_read=None
-            ),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
             max_field_size=self._max_field_size,
             max_line_size=self._max_field_size,
-            requote_redirect_url=False,
             trust_env=False,
-            trace_configs=[upstream_trace()],
         )
         try:
             yield
         finally:
-            await self._session.close()
-            self._session = None
+            await self._pool.close()
+            await self._ws_session.close()
+            self._pool = self._ws_session = None
 
     # -- trust -----------------------------------------------------------------------
     def peer_is_trusted(self, peer: str | None) -> bool:
@@ -149,82 +159,138 @@ class Forwarder:
         return peer
 
     # -- headers ---------------------------------------------------------------------
-    def _action(self, name: str) -> int:
-        action = self._actions.get(name)
-        if action is None:
-            canonical = canonical_header(name)
-            if canonical in self._identity or canonical in HOP_BY_HOP or canonical == "expect":
-                action = _CONNECTION if canonical == "connection" else _DROP
-            elif canonical == "cookie":
-                action = _COOKIE
-            elif canonical in _FORWARDING:
-                action = _FORWARDED
-            else:
-                action = _KEEP
-            if len(self._actions) < _NAME_CACHE_SIZE:
-                self._actions[name] = action
+    def _classify(self, name: bytes) -> int:
+        canonical = canonical_header(name.decode("latin-1"))
+        if canonical == "connection":
+            action = _CONNECTION
+        elif (
+            canonical in self._identity
+            or canonical in HOP_BY_HOP
+            or canonical in ("expect", REQUEST_ID.lower())
+            or canonical.startswith("sec-websocket-")
+        ):
+            action = _DROP
+        elif canonical == "cookie":
+            action = _COOKIE
+        elif canonical in _FORWARDING:
+            action = _FORWARDED
+        elif canonical == "host":
+            action = _HOST
+        elif canonical == "content-length":
+            action = _LENGTH
+        else:
+            action = _KEEP
+        if len(self._actions) < _NAME_CACHE_SIZE:
+            self._actions[name] = action
         return action
 
     def upstream_headers(
-        self,
-        request: web.BaseRequest,
-        identity: Iterable[tuple[str, str]],
-        *,
-        websocket: bool = False,
-    ) -> CIMultiDict[str]:
-        """The headers to send upstream for ``request`` with the given identity headers."""
-        out: CIMultiDict[str] = CIMultiDict()
-        named: list[str] | None = None
+        self, request: web.BaseRequest, identity: Iterable[tuple[str, str]]
+    ) -> tuple[list[Header], bool]:
+        """The headers to send upstream, and whether the client gave a Content-Length."""
+        actions = self._actions
+        out: list[Header] = []
+        named: set[bytes] | None = None
         trusted = self.peer_is_trusted(request.remote)
-        xff: list[str] = []
-        proto = host = None
-        for name, value in request.headers.items():
-            action = self._action(name)
-            if action == _KEEP:
-                if websocket and name.lower().startswith("sec-websocket-"):
-                    continue
-                out.add(name, value)
-            elif action == _COOKIE:
-                _, rest = split_cookie_header(value, self._cookie_name)
+        xff: list[bytes] = []
+        proto = forwarded_host = host = None
+        has_length = False
+        for name, value in request.raw_headers:
+            action = actions.get(name)
+            if action is None:
+                action = self._classify(name)
+            if action is _KEEP:
+                out.append((name, value))
+            elif action is _HOST:
+                host = value
+                out.append((name, value))
+            elif action is _LENGTH:
+                has_length = True
+                out.append((name, value))
+            elif action is _COOKIE:
+                _, rest = split_cookie_header(value.decode("latin-1"), self._cookie_name)
                 if rest:
-                    out.add(name, rest)
-            elif action == _CONNECTION:
-                named = (named or []) + [t.strip().lower() for t in value.split(",")]
-            elif action == _FORWARDED and trusted:
+                    out.append((name, rest.encode("latin-1")))
+            elif action is _CONNECTION:
+                tokens = {t.strip().lower() for t in value.split(b",")} - _QUIET_TOKENS
+                if tokens:
+                    named = (named or set()) | tokens
+            elif action is _FORWARDED and trusted:
                 lower = name.lower()
-                if lower == "x-forwarded-for":
+                if lower == b"x-forwarded-for":
                     xff.append(value)
-                elif lower == "x-forwarded-proto":
+                elif lower == b"x-forwarded-proto":
                     proto = proto or value
-                elif lower == "x-forwarded-host":
-                    host = host or value
+                elif lower == b"x-forwarded-host":
+                    forwarded_host = forwarded_host or value
                 else:
-                    out.add(name, value)
+                    out.append((name, value))
         if named:
-            for token in named:
-                # Connection may not remove what the sidecar itself sets below.
-                if token and token not in self._identity:
-                    out.popall(token, None)
-        xff.append(request.remote or "")
-        out[hdrs.X_FORWARDED_FOR] = ", ".join(xff)
-        out[hdrs.X_FORWARDED_PROTO] = proto or request.scheme
-        out[hdrs.X_FORWARDED_HOST] = host or request.host
-        for name, value in identity:
-            out.add(name, value)
-        return out
+            # Headers the client's Connection names are hop-by-hop too (never Host, and
+            # never what the sidecar adds below).
+            named.discard(b"host")
+            out = [(n, v) for n, v in out if n.lower() not in named]
+        if host is None:
+            host = self._default_host
+            out.append((b"Host", host))
+        xff.append((request.remote or "").encode())
+        out.append((b"X-Forwarded-For", b", ".join(xff)))
+        out.append((b"X-Forwarded-Proto", proto or request.scheme.encode()))
+        out.append((b"X-Forwarded-Host", forwarded_host or host))
+        request_id = current_request_id()
+        if request_id is not None:
+            out.append((b"X-Request-Id", request_id.encode()))
+        for label, text in identity:
+            out.append((label.encode(), text.encode()))
+        return out, has_length
 
-    def _url(self, request: web.BaseRequest) -> URL:
-        return URL(self._origin + self._base_path + request.raw_path, encoded=True)
+    def _response_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Upstream response headers minus hop-by-hop ones (and any attempt by the upstream
+        to set the sidecar's own session cookie)."""
+        drops = self._response_drops
+        out: list[tuple[str, str]] = []
+        named: set[str] | None = None
+        for name, value in headers:
+            drop = drops.get(name)
+            if drop is None:
+                drop = name.lower() in HOP_BY_HOP
+                if len(drops) < _NAME_CACHE_SIZE:
+                    drops[name] = drop
+            if drop:
+                if name.lower() == "connection":
+                    named = (named or set()) | {t.strip().lower() for t in value.split(",")}
+                continue
+            if name.lower() == "set-cookie" and value.lstrip().lower().startswith(self._own_cookie):
+                continue
+            out.append((name, value))
+        if named:
+            out = [(n, v) for n, v in out if n.lower() not in named]
+        return out
 
     # -- HTTP ------------------------------------------------------------------------
     async def forward(
         self, request: web.Request, identity: Iterable[tuple[str, str]]
     ) -> web.StreamResponse:
         """Send ``request`` upstream and stream the answer back (502/504 pages on failure)."""
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("Forwarder used outside its cleanup_ctx")
-        headers = self.upstream_headers(request, identity)
+        headers, has_length = self.upstream_headers(request, identity)
+        chunked = request.body_exists and not has_length
+        if chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        head = b"".join(
+            [
+                request.method.encode(),
+                b" ",
+                self._base_path,
+                request.raw_path.encode("utf-8", "surrogateescape"),
+                b" HTTP/1.1\r\n",
+                *[name + b": " + value + b"\r\n" for name, value in headers],
+                b"\r\n",
+            ]
+        )
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._header_timeout) as timer:
                 body = (
@@ -232,38 +298,35 @@ class Forwarder:
                     if request.body_exists
                     else None
                 )
-                upstream = await session.request(
-                    request.method,
-                    self._url(request),
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                )
+                upstream = await pool.request(request.method, head, body, chunked=chunked)
         except TimeoutError:
+            set_upstream_time(time.perf_counter() - started)
             LOG.warning("upstream did not answer within %ss", self._header_timeout)
             return pages.failure(request, 504, "gateway_timeout")
-        except (aiohttp.ClientError, OSError) as exc:
+        except _UPSTREAM_ERRORS as exc:
+            set_upstream_time(time.perf_counter() - started)
             LOG.warning("upstream request failed: %s", type(exc).__name__)
             return pages.failure(request, 502, "bad_gateway")
-        try:
-            out_headers = _response_headers(upstream.raw_headers, self._cookie_name)
-            length = upstream.content_length
-            if (
-                (length is not None and length <= SMALL_BODY)
-                or request.method == hdrs.METH_HEAD
-                or upstream.status in _NO_BODY
-            ):
+        elapsed = time.perf_counter() - started
+        set_upstream_time(elapsed)
+        metrics.observe_upstream(elapsed)
+        out_headers = self._response_headers(upstream.headers.items())
+        length = upstream.content_length
+        if (
+            (length is not None and length <= SMALL_BODY)
+            or request.method == hdrs.METH_HEAD
+            or upstream.status in _NO_BODY
+        ):
+            try:
                 payload = await upstream.read()
-                return web.Response(
-                    status=upstream.status,
-                    reason=upstream.reason,
-                    headers=out_headers,
-                    body=payload,
-                )
-        except (aiohttp.ClientError, OSError) as exc:
-            upstream.release()
-            LOG.warning("upstream response failed: %s", type(exc).__name__)
-            return pages.failure(request, 502, "bad_gateway")
+            except _UPSTREAM_ERRORS as exc:
+                LOG.warning("upstream response failed: %s", type(exc).__name__)
+                return pages.failure(request, 502, "bad_gateway")
+            finally:
+                upstream.release()
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=out_headers, body=payload
+            )
         return await _stream(request, upstream, out_headers)
 
     # -- WebSocket -------------------------------------------------------------------
@@ -271,44 +334,15 @@ class Forwarder:
         self, request: web.Request, identity: Iterable[tuple[str, str]]
     ) -> web.StreamResponse:
         """Open the same WebSocket upstream (with identity headers) and relay messages."""
-        session = self._session
+        session = self._ws_session
         if session is None:
             raise RuntimeError("Forwarder used outside its cleanup_ctx")
-        headers = self.upstream_headers(request, identity, websocket=True)
-        protocols = [
-            p.strip()
-            for v in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
-            for p in v.split(",")
-            if p.strip()
-        ]
-        try:
-            async with asyncio.timeout(self._header_timeout):
-                upstream = await session.ws_connect(
-                    self._url(request),
-                    headers=headers,
-                    protocols=protocols,
-                    autoping=True,
-                    compress=0,
-                    max_msg_size=0,
-                )
-        except TimeoutError:
-            LOG.warning("upstream did not answer within %ss", self._header_timeout)
-            return pages.failure(request, 504, "gateway_timeout")
-        except (aiohttp.ClientError, OSError) as exc:
-            LOG.warning("upstream websocket failed: %s", type(exc).__name__)
-            return pages.failure(request, 502, "bad_gateway")
-        try:
-            client = web.WebSocketResponse(
-                protocols=(upstream.protocol,) if upstream.protocol else (),
-                autoping=True,
-                compress=False,
-                max_msg_size=0,
-            )
-            await client.prepare(request)
-            await _relay(client, upstream)
-            return client
-        finally:
-            await upstream.close()
+        pairs, _ = self.upstream_headers(request, identity)
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("latin-1"), value.decode("utf-8", "replace")) for name, value in pairs
+        )
+        url = URL(str(self._origin) + self._base_path.decode() + request.raw_path, encoded=True)
+        return await relay_websocket(session, url, request, headers, self._header_timeout)
 
 
 async def _body(
@@ -323,14 +357,14 @@ async def _body(
 
 
 async def _stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+    request: web.Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
-    except (aiohttp.ClientError, OSError) as exc:
+    except _UPSTREAM_ERRORS as exc:
         # The upstream broke off, or the client left. Either way a truncated body must not
         # look complete: drop the client connection instead of ending the response.
         LOG.info("stream interrupted: %s", type(exc).__name__)
@@ -339,53 +373,3 @@ async def _stream(
     finally:
         upstream.release()
     return response
-
-
-async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    async def pump(
-        src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    ) -> None:
-        async for msg in src:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-        code = src.close_code if src.close_code and src.close_code != 1006 else 1000
-        await dst.close(code=code)
-
-    tasks = [
-        asyncio.create_task(pump(client, upstream)),
-        asyncio.create_task(pump(upstream, client)),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-
-
-def _response_headers(raw: Iterable[tuple[bytes, bytes]], cookie_name: str) -> CIMultiDict[str]:
-    """Upstream response headers minus hop-by-hop ones (and any attempt by the upstream
-    to set the sidecar's own session cookie)."""
-    out: CIMultiDict[str] = CIMultiDict()
-    named: list[str] | None = None
-    own_cookie = cookie_name.lower() + "="
-    for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1")
-        value = raw_value.decode("latin-1")
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == "connection":
-                named = (named or []) + [t.strip().lower() for t in value.split(",")]
-            continue
-        if lower == "set-cookie" and value.lstrip().lower().startswith(own_cookie):
-            continue
-        out.add(name, value)
-    if named:
-        for token in named:
-            if token:
-                out.popall(token, None)
-    return out

@@ -17,15 +17,13 @@ WebSocket upgrades follow the same rules, except that ``redirect`` refuses them 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import re
 
 from aiohttp import hdrs, web
 from yarl import URL
 
-from sidecar import pages
+from sidecar import links_http, pages
 from sidecar.accesslog import access_middleware, set_user
 from sidecar.audit import audit
 from sidecar.forward import Forwarder
@@ -56,7 +54,7 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_route("*", prefix + "/session", gateway.session)
     router.add_route("*", prefix + "/healthz", gateway.healthz)
     router.add_route("*", prefix + "/readyz", gateway.readyz)
-    _register_verify(app)
+    links_http.register_verify(app)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
     router.add_route("*", "/{tail:.*}", gateway.proxy)
     return app
@@ -108,7 +106,8 @@ class Gateway:
             and not websocket
             and not pages.wants_json(request)
         ):
-            location = self._login_url.update_query(rd=request.raw_path)
+            # "//evil" or "/\\evil" as rd would send the user off-site after logging in.
+            location = self._login_url.update_query(rd="/" + request.raw_path.lstrip("/\\"))
             status = 302 if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) else 303
             return web.Response(status=status, headers={hdrs.LOCATION: str(location), **_NO_STORE})
         return pages.failure(request, 401, "unauthenticated")
@@ -186,12 +185,6 @@ class Gateway:
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
         return pages.failure(request, 404, "not_found")
-
-
-def _register_verify(app: web.Application) -> None:
-    # <prefix>/verify belongs to the auth-links module, which may not be installed.
-    if importlib.util.find_spec("sidecar.links_http") is not None:
-        importlib.import_module("sidecar.links_http").register_verify(app)
 
 
 def safe_return_path(request: web.BaseRequest) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from fnmatch import fnmatchcase
 
 from sidecar.config import Config, RoleConfig
 from sidecar.durations import format_duration
-from sidecar.tokens import Claims, TokenCodec, new_token_id
+from sidecar.tokens import Claims, TokenCodec, has_control, new_token_id
 
 FIELDS = ("userId", "additionalParams", "expireMeasure", "expireOffset", "oneTimeUse", "module")
 MAX_USER_ID = 256
@@ -122,7 +121,7 @@ def _user_id(value: object) -> str:
         raise MintError("userId", f"expected a non-empty string, got {_kind(value)}")
     if len(value) > MAX_USER_ID:
         raise MintError("userId", f"is {len(value)} characters long; at most {MAX_USER_ID}")
-    if _has_control(value):
+    if has_control(value):
         raise MintError("userId", "must not contain control characters or lone surrogates")
     return value
 
@@ -163,7 +162,7 @@ def _param_value(field: str, value: object) -> str:
             raise MintError(field, "expected a finite number")
         return repr(value)
     if isinstance(value, str):
-        if _has_control(value):
+        if has_control(value):
             raise MintError(field, "must not contain control characters or lone surrogates")
         return value
     raise MintError(field, f"expected a string, number or boolean, got {_kind(value)}")
@@ -207,13 +206,8 @@ def _lifetime(body: Mapping[str, object], role: RoleConfig, config: Config) -> i
     return lifetime
 
 
-def _has_control(text: str) -> bool:
-    """Control characters, or lone surrogates (valid JSON escapes, but not Unicode text)."""
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
-
-
 def _printable(text: str) -> str:
-    return "".join("?" if _has_control(c) else c for c in text)[:120]
+    return "".join("?" if has_control(c) else c for c in text)[:120]
 
 
 def _kind(value: object) -> str:

@@ -10,7 +10,7 @@ the upstream as something the rules did not check:
   whether it is a dot segment (Tomcat says yes, most others no);
 * ``..`` in a path that also has ``%2f``, ``%5c`` or ``\\``: whether ``..`` climbs over
   them depends on whether the server reads them as separators;
-* ``..`` above the root, NUL or any control character, malformed ``%`` escapes.
+* ``..`` above the root, NUL or any control character, malformed ``%`` escapes, a raw ``#``.
 
 What remains is read as generously as any upstream might: ``\\`` and ``%5c`` are
 separators, ``%2f`` is a separator, ``//`` collapses, ``.``/``..`` resolve. ``deny`` globs
@@ -51,6 +51,10 @@ def normalise(raw_path: str) -> NormalPath:
     """Normalise the raw request path (no query, no fragment); raise :class:`UnsafePath`."""
     if not raw_path.startswith("/"):
         raise UnsafePath("the path must start with /")
+    if "#" in raw_path:
+        # Browsers never send a fragment; the upstream URL would drop everything after it,
+        # so "/admin#/ok" is judged as one path and fetched as another.
+        raise UnsafePath("a raw '#' in the path")
     decoded = raw_path
     if "%" in raw_path:
         if _BAD_PERCENT.search(raw_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from sidecar.keys import KeySet
 MAX_TOKEN_LENGTH = 4096
 _HEADER_FIELDS = frozenset({"alg", "enc", "kid", "typ", "cty"})
 _ALGORITHMS = ["dir", "A256GCM"]
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class TokenError(Exception):
@@ -174,7 +176,9 @@ def _claims(plaintext: bytes) -> Claims:
         and _is_int(doc.get("exp"))
         and isinstance(doc.get("one_time"), bool)
         and isinstance(params, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in params.items())
+        and all(
+            _is_str(k) and isinstance(v, str) and (v == "" or _is_str(v)) for k, v in params.items()
+        )
         and all(v is None or _is_str(v) for v in optional.values())
     ):
         raise MalformedToken("claims have the wrong shape")
@@ -193,8 +197,14 @@ def _claims(plaintext: bytes) -> Claims:
     )
 
 
+def has_control(text: str) -> bool:
+    """Control characters (C0, DEL, C1: header and log injection) or lone surrogates (valid
+    JSON escapes that no store or header can encode). Mint and open share this rule."""
+    return _CONTROL.search(text) is not None
+
+
 def _is_str(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 2048
+    return isinstance(value, str) and 0 < len(value) <= 2048 and not has_control(value)
 
 
 def _is_int(value: object) -> bool:

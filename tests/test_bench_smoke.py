@@ -17,8 +17,6 @@ from tests.conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(240)]
-
 
 def _numbers(doc: dict[str, object], *keys: str) -> list[float]:
     return [float(doc[k]) for k in keys]  # type: ignore[arg-type]  # JSON numbers
@@ -33,12 +31,15 @@ def _measure_ok(doc: object, *, cpu: bool = True) -> None:
     assert doc["samples"], doc
 
 
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.timeout(240)
 def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         skip_or_fail("redis-server is not installed")
     out = tmp_path / "latest.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--no-doc", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out), "--docs", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -64,7 +65,31 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         _measure_ok(measure)
     memory = doc["memory"]
     assert memory["connections_open"] == memory["connections"] > 0
-    assert all(v > 0 for v in _numbers(memory, "idle_mib", "after_mib", "peak_mib"))
-    assert {t["name"] for t in doc["targets"]} and all(
-        t["value"] is not None for t in doc["targets"]
-    )
+    mib = ("idle_mib", "after_mib", "peak_mib", "upstream_idle_mib", "upstream_after_mib")
+    assert all(v > 0 for v in _numbers(memory, *mib))
+    assert len(doc["targets"]) == 7
+    assert all(t["value"] is not None for t in doc["targets"]), doc["targets"]
+
+    markdown = (tmp_path / "benchmarks.md").read_text()
+    for target in doc["targets"]:
+        assert target["name"] in markdown
+    assert doc["meta"]["python"] in markdown
+
+
+def test_profile_ranks_self_time_and_the_sidecars_own_functions() -> None:
+    from bench.profile import parse_collapsed
+
+    stacks = [
+        "main (sidecar/app.py:10);run (asyncio/runners.py:1);handle (sidecar/gateway.py:5);"
+        "send (aiohttp/client_reqrep.py:7) 3",
+        "main (sidecar/app.py:10);run (asyncio/runners.py:1);handle (sidecar/gateway.py:5) 1",
+        "not a stack line",
+    ]
+    profile = parse_collapsed(stacks)
+    assert profile.samples == 4
+    assert [(h.where, h.percent) for h in profile.self_time] == [
+        ("aiohttp/client_reqrep.py:send", 75.0),
+        ("sidecar/gateway.py:handle", 25.0),
+    ]
+    assert [h.where for h in profile.sidecar_inclusive] == ["sidecar/gateway.py:handle"]
+    assert profile.by_package[0].where == "aiohttp client"

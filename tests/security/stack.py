@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +66,7 @@ class Seen:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
-Responder = Callable[[web.BaseRequest], web.StreamResponse]
+Responder = Callable[[web.BaseRequest], web.StreamResponse | Awaitable[web.StreamResponse]]
 
 
 def _echo(request: web.BaseRequest) -> web.StreamResponse:
@@ -88,7 +90,8 @@ class Upstream:
         body = await request.read()
         headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
         self.requests.append(Seen(request.method, request.raw_path, headers, body))
-        return self.respond(request)
+        answer = self.respond(request)
+        return await answer if inspect.isawaitable(answer) else answer
 
     async def start(self) -> None:
         runner = web.ServerRunner(web.Server(self._handle), handle_signals=False)
@@ -229,7 +232,8 @@ class Sidecar:
         ) as resp:
             assert resp.status == 303, (resp.status, await resp.text())
             morsel = resp.cookies.get(self.cookie_name)
-            assert morsel is not None and morsel.value
+            assert morsel is not None
+            assert morsel.value
             return morsel.value
 
     async def login(self, **body: object) -> str:
@@ -252,7 +256,7 @@ async def running_sidecar(
     upstream = upstream or Upstream()
     if upstream._runner is None:
         await upstream.start()
-    tmp_path.mkdir(parents=True, exist_ok=True)
+    tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  # a local temp dir
     keyset = keyset or generate_keyset("k-sec-1")
     env = {"SIDECAR_KEYSET": keyset.to_json(), "SIDECAR_ADMIN_KEY": ADMIN_KEY}
     store_url = store_url or f"sqlite:///{tmp_path}/sidecar.db"
@@ -310,10 +314,16 @@ class RawResponse:
 
 
 async def raw_http(
-    port: int, data: bytes, *, timeout: float = 3.0, source: str | None = None
+    port: int,
+    data: bytes,
+    *,
+    quiet: float = 3.0,
+    source: str | None = None,
+    first_only: bool = False,
 ) -> RawResponse:
     """Send ``data`` as-is on a fresh connection (from ``source``, if given); read until
-    the server closes or goes quiet for ``timeout`` seconds."""
+    the server closes or sends nothing for ``quiet`` seconds — or, with ``first_only``,
+    until one response with a ``Content-Length`` is complete."""
     local = (source, 0) if source else None
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
     chunks: list[bytes] = []
@@ -322,15 +332,23 @@ async def raw_http(
         await writer.drain()
         with contextlib.suppress(TimeoutError, ConnectionError):
             while True:
-                chunk = await asyncio.wait_for(reader.read(65536), timeout)
+                chunk = await asyncio.wait_for(reader.read(65536), quiet)
                 if not chunk:
                     break
                 chunks.append(chunk)
+                if first_only and _complete(b"".join(chunks)):
+                    break
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
     return parse_raw(b"".join(chunks))
+
+
+def _complete(raw: bytes) -> bool:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return bool(sep) and length is not None and len(body) >= int(length.group(1))
 
 
 def parse_raw(raw: bytes) -> RawResponse:

@@ -14,18 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
-from hypothesis import given
-from hypothesis import strategies as st
 
 from sidecar.app import ServeError, serve
 from sidecar.config import ConfigError, parse_config
 from sidecar.values import HostPort
 from tests.conftest import skip_or_fail
 from tests.security import casebook
-from tests.security.fuzzing import fuzz
 from tests.security.stack import (
     ADMIN_KEY,
     Sidecar,
@@ -92,7 +88,7 @@ async def test_serve_refuses_a_non_loopback_bind_even_when_the_config_is_built_b
     sidecar: Sidecar,
 ) -> None:
     port = free_port()
-    admin = dataclasses.replace(sidecar.config.admin, listen=HostPort("0.0.0.0", port))
+    admin = dataclasses.replace(sidecar.config.admin, listen=HostPort("0.0.0.0", port))  # noqa: S104  # never bound
     services = dataclasses.replace(
         sidecar.services, config=dataclasses.replace(sidecar.config, admin=admin)
     )
@@ -309,165 +305,6 @@ async def test_every_route_needs_the_key(sidecar: Sidecar, method: str, path: st
     async with sidecar.http.request(method, sidecar.admin_url + path, data=MINT_BODY) as r:
         casebook.record("admin", through=int(r.status < 400))
         assert r.status == 401
-        assert r.content_type == "application/json"
-
-
-# -- bodies --------------------------------------------------------------------------------
-
-BAD_BODIES: list[tuple[str, bytes, str]] = [
-    ("text/plain", MINT_BODY, "content type"),
-    ("application/x-www-form-urlencoded", b"userId=attacker", "form body"),
-    ("application/json", b"", "empty"),
-    ("application/json", b"[]", "array"),
-    ("application/json", b"null", "null"),
-    ("application/json", b'"userId"', "string"),
-    ("application/json", b"{", "truncated"),
-    ("application/json", b'{"userId":"a"} {"userId":"b"}', "two documents"),
-    ("application/json", b'{"userId":"a","userId":"b"}', "duplicate key"),
-    ("application/json", b'{"userId":"a","expireOffset":NaN,"expireMeasure":"days"}', "NaN"),
-    ("application/json", b'{"userId":"a","expireOffset":Infinity,"expireMeasure":"days"}', "inf"),
-    ("application/json", b"[" * 100_00 + b"]" * 100_00, "deep nesting"),
-    ("application/json", b'{"userId":"\xff"}', "not UTF-8"),
-    ("application/json", b'\xef\xbb\xbf{"userId":"a"}', "BOM"),
-    ("application/json", '{"userId":"a"}'.encode("utf-16"), "UTF-16"),
-    ("application/json", b'{"userId":"\\ud800"}', "lone surrogate userId"),
-    ("application/json", b'{"userId":"a\\u0000b"}', "NUL in userId"),
-    ("application/json", b'{"userId":"a\\r\\nX-Forwarded-Role: Admin"}', "CRLF in userId"),
-    ("application/json", b'{"userId":"a\\u0085b"}', "NEL in userId"),
-    ("application/json", b'{"userId":"a","additionalParams":{"tenant":"\\ud83d"}}', "surrogate param"),
-    ("application/json", b'{"userId":"a","additionalParams":{"tenant":"x\\ny"}}', "LF in param"),
-    ("application/json", b'{"userId":"a","additionalParams":{"role":"Nope"}}', "unknown role"),
-    ("application/json", b'{"userId":"a","additionalParams":{"role":["Reusable"]}}', "role list"),
-    ("application/json", b'{"userId":"a","additionalParams":{"isAdmin":"true"}}', "param not allowed"),
-    ("application/json", b'{"userId":"a","additionalParams":{"tenant":{"a":1}}}', "object param"),
-    ("application/json", b'{"userId":"a","module":"../admin"}', "module traversal"),
-    ("application/json", b'{"userId":"a","module":"x#/display/y"}', "module fragment"),
-    ("application/json", b'{"userId":"a","expireMeasure":"years","expireOffset":1}', "years"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":31}', "too long"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":1e400}', "1e400"),
-    ("application/json", b'{"userId":"a","expireMeasure":"seconds","expireOffset":' + b"9" * 4000 + b"}", "huge int"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":1.5}', "float offset"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":true}', "bool offset"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":0}', "zero offset"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":-1}', "negative"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days","expireOffset":"1"}', "string offset"),
-    ("application/json", b'{"userId":"a","expireMeasure":"days"}', "measure only"),
-    ("application/json", b'{"userId":"a","oneTimeUse":"false"}', "string bool"),
-    ("application/json", b'{"userId":"a","oneTimeUse":0}', "int bool"),
-    ("application/json", b'{"userId":"a","admin":true}', "unknown field"),
-    ("application/json", b'{"userId":""}', "empty userId"),
-    ("application/json", b'{"userId":1}', "int userId"),
-    ("application/json", b'{"userId":"' + b"u" * 5000 + b'"}', "long userId"),
-    ("application/json", b'{"userId":"a","additionalParams":{"tenant":"' + b"t" * 6000 + b'"}}', "long token"),
-]  # fmt: skip
-
-
-async def test_malformed_mint_bodies_are_a_precise_400(sidecar: Sidecar) -> None:
-    through = []
-    for content_type, body, name in BAD_BODIES:
-        headers = {**sidecar.admin_headers, "Content-Type": content_type}
-        async with sidecar.http.post(
-            sidecar.admin_url + "/referstring", data=body, headers=headers
-        ) as r:
-            answer = await r.json(content_type=None)
-            if r.status != 400 or "referString" in answer:
-                through.append((name, r.status, answer))
-            else:
-                assert isinstance(answer.get("message"), str) and answer["message"]
-    casebook.record("admin", tried=len(BAD_BODIES), through=len(through))
-    assert not through, through
-
-
-async def test_bodies_above_the_limit_are_413_whether_announced_or_chunked(
-    sidecar: Sidecar,
-) -> None:
-    big = b'{"userId":"' + b"u" * (sidecar.config.admin.max_body + 10) + b'"}'
-    url = sidecar.admin_url + "/referstring"
-    headers = {**sidecar.admin_headers, "Content-Type": "application/json"}
-    async with sidecar.http.post(url, data=big, headers=headers) as r:
-        assert r.status == 413
-
-    async def chunks():  # type: ignore[no-untyped-def]
-        for i in range(0, len(big), 4096):
-            yield big[i : i + 4096]
-
-    async with sidecar.http.post(url, data=chunks(), headers=headers) as r:
-        assert r.status == 413
-    casebook.record("admin", tried=2)
-
-
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-FIELD_VALUES = {
-    "userId": st.text(min_size=0, max_size=40) | JSON_VALUES,
-    "additionalParams": st.dictionaries(
-        st.sampled_from(["role", "tenant", "other", ""]),
-        st.sampled_from(["Authenticated", "Confirm", "Reusable", "Nope", "acme"]) | JSON_VALUES,
-        max_size=3,
-    ) | JSON_VALUES,
-    "expireMeasure": st.sampled_from(["seconds", "Minute", "HOURS", "day", "days ", "weeks", ""]) | JSON_VALUES,
-    "expireOffset": st.integers(-5, 10**7) | JSON_VALUES,
-    "oneTimeUse": st.booleans() | JSON_VALUES,
-    "module": st.text(max_size=20) | JSON_VALUES,
-    "extra": JSON_VALUES,
-}  # fmt: skip
-
-
-@st.composite
-def mint_bodies(draw: st.DrawFn) -> dict[str, object]:
-    names = draw(st.sets(st.sampled_from(sorted(FIELD_VALUES)), max_size=5))
-    return {name: draw(FIELD_VALUES[name]) for name in names}
-
-
-@fuzz(120)
-@given(body=mint_bodies())
-async def test_any_mint_body_is_minted_faithfully_or_refused_with_400(
-    sidecar: Sidecar, body: dict[str, object]
-) -> None:
-    url = sidecar.admin_url + "/referstring"
-    async with sidecar.http.post(url, json=body, headers=sidecar.admin_headers) as r:
-        answer = await r.json(content_type=None)
-        ok = r.status == 400 or (r.status == 200 and _faithful(sidecar, body, answer))
-        casebook.record("admin", through=int(not ok))
-        assert ok, (r.status, body, answer)
-
-
-def _faithful(sc: Sidecar, body: dict[str, object], answer: dict[str, str]) -> bool:
-    claims = sc.services.codec.open(answer["referString"], sc.clock())
-    params = body.get("additionalParams", {})
-    assert isinstance(params, dict)
-    role = params.get("role", sc.config.default_role)
-    return (
-        claims.subject == body["userId"]
-        and isinstance(body["userId"], str)
-        and str(body["userId"]).encode("utf-8", "strict") is not None
-        and claims.role == role
-        and set(claims.params) <= set(sc.config.roles[claims.role].params)
-        and claims.module == body.get("module")
-        and answer["id"] == claims.token_id
-        and claims.expires_at - claims.issued_at <= sc.config.roles[claims.role].max_expiry
-    )
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "expected"),
-    [("POST", "/tokens/..%2f..%2fsessions/revoke", 400), ("POST", "/tokens/" + "a" * 200 + "/revoke", 400),
-     ("POST", "/tokens/a%00b/revoke", 400), ("POST", "/tokens/%F0%9F%92%A9/revoke", 400),
-     ("DELETE", "/sessions", 400), ("DELETE", "/sessions?user_id=", 400),
-     ("GET", "/referstring", 405), ("GET", "/no-such-route", 404)],
-)  # fmt: skip
-async def test_other_admin_inputs_are_precise_4xx(
-    sidecar: Sidecar, method: str, path: str, expected: int
-) -> None:
-    url = aiohttp.client.URL(sidecar.admin_url + path, encoded=True)
-    async with sidecar.http.request(method, url, headers=sidecar.admin_headers) as r:
-        casebook.record("admin", through=int(r.status != expected))
-        assert r.status == expected, await r.text()
         assert r.content_type == "application/json"
 
 

@@ -5,69 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from aiohttp import web
 
-from tests.conftest import skip_or_fail
+from tests.conftest import RedisServer
 from tests.security import casebook
 from tests.security.stack import Sidecar, Upstream, raw_http, running_sidecar
 
 
-class RedisProcess:
-    """A redis-server of this test's own, on a unix socket, that can die and come back."""
-
-    def __init__(self, directory: Path) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            skip_or_fail("redis-server is not installed")
-        self.exe = exe or ""
-        self.dir = directory
-        self.sock = directory / "redis.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.sock}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not self.sock.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.01)  # waiting for a child process, not for the clock
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-        self.sock.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    redis = RedisProcess(directory)
-    redis.start()
+async def freeze(server: RedisServer) -> int:
+    """SIGSTOP the server (it keeps its sockets and data but answers nothing); its pid."""
+    client = redis.asyncio.Redis.from_url(server.url)
     try:
-        yield redis
+        pid = int((await client.info("server"))["process_id"])
     finally:
-        if redis.proc is not None:
-            os.kill(redis.proc.pid, signal.SIGCONT)
-        redis.kill()
+        await client.aclose()
+    os.kill(pid, signal.SIGSTOP)
+    return pid
 
 
 async def status_of(sc: Sidecar, method: str, url: str, **kwargs: object) -> int:
@@ -80,30 +38,32 @@ async def status_of(sc: Sidecar, method: str, url: str, **kwargs: object) -> int
 
 async def store_down_statuses(sc: Sidecar, cookie: str, token: str) -> dict[str, int]:
     proxy, admin = sc.proxy_url, sc.admin_url
+    session, key = sc.cookie_header(cookie), sc.admin_headers
+    otp = {"type": "magiclink", "email": "a@example.org", "token": "123456"}
+    token_hash = {"type": "magiclink", "token_hash": "a" * 43}
+    mint = {"userId": "u"}
     return {
-        "session request": await status_of(sc, "GET", proxy + "/app/x", headers=sc.cookie_header(cookie)),
+        "session request": await status_of(sc, "GET", proxy + "/app/x", headers=session),
         "redeem": await status_of(sc, "GET", proxy + "/", params={"refer": token}),
-        "session json": await status_of(sc, "GET", proxy + "/_sidecar/session", headers=sc.cookie_header(cookie)),
-        "logout": await status_of(sc, "POST", proxy + "/_sidecar/logout", headers=sc.cookie_header(cookie)),
-        "otp": await status_of(sc, "POST", proxy + "/_sidecar/verify",
-                               json={"type": "magiclink", "email": "a@example.org", "token": "123456"}),
-        "token hash": await status_of(sc, "POST", proxy + "/_sidecar/verify",
-                                      json={"type": "magiclink", "token_hash": "a" * 43}),
+        "session json": await status_of(sc, "GET", proxy + "/_sidecar/session", headers=session),
+        "logout": await status_of(sc, "POST", proxy + "/_sidecar/logout", headers=session),
+        "otp": await status_of(sc, "POST", proxy + "/_sidecar/verify", json=otp),
+        "token hash": await status_of(sc, "POST", proxy + "/_sidecar/verify", json=token_hash),
         "readyz": await status_of(sc, "GET", proxy + "/_sidecar/readyz"),
-        "mint": await status_of(sc, "POST", admin + "/referstring", json={"userId": "u"}, headers=sc.admin_headers),
-        "revoke": await status_of(sc, "POST", admin + "/tokens/abc/revoke", headers=sc.admin_headers),
-        "admin healthz": await status_of(sc, "GET", admin + "/healthz", headers=sc.admin_headers),
-    }  # fmt: skip
+        "mint": await status_of(sc, "POST", admin + "/referstring", json=mint, headers=key),
+        "revoke": await status_of(sc, "POST", admin + "/tokens/abc/revoke", headers=key),
+        "admin healthz": await status_of(sc, "GET", admin + "/healthz", headers=key),
+    }
 
 
 @pytest.mark.redis
 async def test_a_dead_store_fails_closed_and_recovers_without_a_restart(
-    tmp_path: Path, redis_process: RedisProcess
+    tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    async with running_sidecar(tmp_path, store_url=redis_process.url) as sc:
+    async with running_sidecar(tmp_path, store_url=redis_server.url) as sc:
         cookie = await sc.login(userId="alive")
         pending = await sc.mint(userId="pending")
-        redis_process.kill()
+        redis_server.stop()
         sc.clock.advance(sc.config.session.cache_ttl + 1)  # past the in-process session cache
         statuses = await store_down_statuses(sc, cookie, pending["referString"])
         async with sc.http.get(sc.proxy_url + "/_sidecar/healthz") as r:
@@ -113,34 +73,43 @@ async def test_a_dead_store_fails_closed_and_recovers_without_a_restart(
         assert not through, statuses
         assert sc.upstream.requests == []
 
-        redis_process.start()  # empty: the data died with it; the sidecar must reconnect
+        redis_server.start()  # empty: the data died with it; the sidecar must reconnect
         assert await status_of(sc, "GET", sc.proxy_url + "/_sidecar/readyz") == 200
         fresh = await sc.login(userId="after")
-        assert await status_of(sc, "GET", sc.proxy_url + "/app/y", headers=sc.cookie_header(fresh)) == 200
+        assert (
+            await status_of(sc, "GET", sc.proxy_url + "/app/y", headers=sc.cookie_header(fresh))
+            == 200
+        )
         casebook.record("failure")
 
 
 @pytest.mark.redis
 @pytest.mark.slow
 async def test_a_frozen_store_fails_closed_and_recovers_with_its_data(
-    tmp_path: Path, redis_process: RedisProcess
+    tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    async with running_sidecar(tmp_path, store_url=redis_process.url) as sc:
+    async with running_sidecar(tmp_path, store_url=redis_server.url) as sc:
         cookie = await sc.login(userId="alive")
         pending = await sc.mint(userId="pending")
-        assert redis_process.proc is not None
-        os.kill(redis_process.proc.pid, signal.SIGSTOP)
+        pid = await freeze(redis_server)
         sc.clock.advance(sc.config.session.cache_ttl + 1)
         try:
-            session = await status_of(sc, "GET", sc.proxy_url + "/app/x", headers=sc.cookie_header(cookie))
-            redeem = await status_of(sc, "GET", sc.proxy_url + "/", params={"refer": pending["referString"]})
+            session = await status_of(
+                sc, "GET", sc.proxy_url + "/app/x", headers=sc.cookie_header(cookie)
+            )
+            redeem = await status_of(
+                sc, "GET", sc.proxy_url + "/", params={"refer": pending["referString"]}
+            )
         finally:
-            os.kill(redis_process.proc.pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
         casebook.record("failure", tried=2, through=int(session != 503) + int(redeem != 503))
         assert (session, redeem) == (503, 503)
         assert sc.upstream.requests == []
         # the same session and the same (unburned) link work once the store answers again
-        assert await status_of(sc, "GET", sc.proxy_url + "/app/x", headers=sc.cookie_header(cookie)) == 200
+        assert (
+            await status_of(sc, "GET", sc.proxy_url + "/app/x", headers=sc.cookie_header(cookie))
+            == 200
+        )
         assert await sc.redeem(pending["referString"])
 
 

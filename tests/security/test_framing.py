@@ -129,7 +129,7 @@ async def test_smuggling_shapes_never_reach_the_upstream_as_two_requests(
     attacks = shapes(host, cookie)
     for n, (name, text) in enumerate(attacks.items()):
         before = len(sidecar.upstream.requests)
-        resp = await raw_http(sidecar.proxy_port, text.encode("latin-1"), timeout=1.5)
+        resp = await raw_http(sidecar.proxy_port, text.encode("latin-1"), quiet=1.5)
         seen = [s.raw_path for s in sidecar.upstream.requests[before:]]
         if "/smuggled" in seen or len(seen) > 1:
             through.append((name, f"upstream saw {seen}"))
@@ -149,7 +149,8 @@ async def test_a_legitimately_pipelined_request_is_still_served_in_order(
     cookie = f"{sidecar.cookie_name}={await sidecar.login()}"
     host = f"127.0.0.1:{sidecar.proxy_port}"
     data = (
-        f"POST /app/one HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nContent-Length: 5\r\n\r\nhello"
+        f"POST /app/one HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        "Content-Length: 5\r\n\r\nhello"
         f"GET /app/two HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
     ).encode()
     resp = await raw_http(sidecar.proxy_port, data)
@@ -173,7 +174,7 @@ async def test_a_chunked_body_reaches_the_upstream_intact(sidecar: Sidecar) -> N
 def header_limit_cases(sc: Sidecar, cookie: str) -> dict[str, bytes]:
     limit = sc.config.proxy.max_header_size
     host = f"127.0.0.1:{sc.proxy_port}"
-    base = f"GET /app/big HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+    base = f"GET /app/big HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n"
     many = "".join(f"X-Filler-{i}: {'v' * 100}\r\n" for i in range(limit // 100 + 10))
     return {
         "one-long-header": f"{base}X-Big: {'a' * (limit + 100)}\r\n\r\n".encode(),

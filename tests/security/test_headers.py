@@ -30,10 +30,15 @@ def spoof_lines() -> list[str]:
     for canonical in IDENTITY:
         title = "-".join(p.capitalize() for p in canonical.split("-"))
         for name in {
-            title, canonical, canonical.upper(), title.replace("-", "_"), canonical.replace("-", "_"),
-            title.replace("-", "_", 1), title.replace("-", "_", 2)[::-1][::-1], title.replace("-", "."),
+            title,
+            canonical,
+            canonical.upper(),
+            title.replace("-", "_"),
+            canonical.replace("-", "_"),
+            title.replace("-", "_", 1),
+            title.replace("-", "."),
             canonical.upper().replace("-", "_"),
-        }:  # fmt: skip
+        }:
             lines.append(f"{name}: {SPOOF}")
     user = "X-Forwarded-User"
     lines += [
@@ -64,7 +69,9 @@ def spoof_lines() -> list[str]:
 
 def request_bytes(path: str, host: str, lines: str, cookie: str | None) -> bytes:
     cookie_line = f"Cookie: {cookie}\r\n" if cookie else ""
-    text = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{cookie_line}{lines}\r\nConnection: close\r\n\r\n"
+    text = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{cookie_line}{lines}\r\nConnection: close\r\n\r\n"
+    )
     return text.encode("utf-8")
 
 
@@ -151,7 +158,7 @@ def cookie_spellings(name: str, value: str) -> list[list[str]]:
 
 async def test_the_sidecars_cookie_never_reaches_the_upstream(sidecar: Sidecar) -> None:
     cookie = await sidecar.login()
-    through = []
+    through: list[tuple[list[str], object]] = []
     cases = cookie_spellings(sidecar.cookie_name, cookie)
     for n, headers in enumerate(cases):
         lines = "".join(f"Cookie: {h}\r\n" for h in headers)
@@ -271,3 +278,29 @@ def test_spoof_table_covers_every_identity_header() -> None:
     names = {lenient_name(line.split(":", 1)[0]) for line in spoof_lines()}
     assert set(IDENTITY) <= names
     assert len(list(itertools.chain(spoof_lines()))) >= 40
+
+
+async def test_spoofed_identity_never_reaches_the_upstream_on_a_websocket(
+    sidecar: Sidecar,
+) -> None:
+    cookie = await sidecar.login(userId="ws-user")
+    expected = {"x-forwarded-user": "ws-user", "x-forwarded-role": "Authenticated"}
+    through: list[tuple[str, object]] = []
+    spoofs = [line for line in spoof_lines() if "\r\n" not in line and ":" in line][:20]
+    for n, lines in enumerate(spoofs):
+        path = f"/ws/case-{n}"
+        data = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{sidecar.proxy_port}\r\n"
+            f"Cookie: {sidecar.cookie_name}={cookie}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{lines}\r\n\r\n"
+        ).encode()
+        resp = await raw_http(sidecar.proxy_port, data, first_only=True)
+        for seen in sidecar.upstream.requests:
+            if seen.raw_path == path and leaks(seen, expected):
+                through.append((lines, leaks(seen, expected)))
+        if resp.status >= 500 and resp.status != 502:
+            through.append((lines, resp.status))
+    casebook.record("headers", tried=len(spoofs), through=len(through))
+    assert not through, through
+    assert any(s.raw_path.startswith("/ws/") for s in sidecar.upstream.requests)

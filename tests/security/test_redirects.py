@@ -33,7 +33,9 @@ def payloads() -> list[str]:
     out = []
     for line in CORPUS.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
-            out.append(_ESCAPE.sub(_unescape, line.replace("{app}", APP_HOST).replace("{evil}", EVIL)))
+            out.append(
+                _ESCAPE.sub(_unescape, line.replace("{app}", APP_HOST).replace("{evil}", EVIL))
+            )
     return out
 
 
@@ -58,7 +60,7 @@ def same_origin(url: URL) -> bool:
 
 
 def allowed_by_links(url: URL) -> bool:
-    """``links.redirect_allow``: the public origin, or ``https://<one label>.example.com/welcome``."""
+    """``links.redirect_allow``: the public origin or ``https://<label>.example.com/welcome``."""
     if same_origin(url):
         return True
     return (
@@ -68,9 +70,7 @@ def allowed_by_links(url: URL) -> bool:
     )  # fmt: skip
 
 
-def judge(
-    location: str | None, base: str, allowed: Callable[[URL], bool]
-) -> str | None:
+def judge(location: str | None, base: str, allowed: Callable[[URL], bool]) -> str | None:
     """None when the redirect is safe (or absent); else where it went."""
     if location is None:
         return None
@@ -92,7 +92,7 @@ def as_target(payload: str) -> str:
 async def test_the_refer_landing_never_leaves_the_origin(sidecar: Sidecar) -> None:
     token = (await sidecar.mint(additionalParams={"role": "Reusable"}))["referString"]
     host = f"127.0.0.1:{sidecar.proxy_port}"
-    through = []
+    through: list[tuple[str, object]] = []
     for payload in payloads():
         target = as_target(payload)
         target += ("&" if "?" in target.split("#")[0] else "?") + f"refer={token}"
@@ -111,7 +111,7 @@ async def test_the_refer_landing_never_leaves_the_origin(sidecar: Sidecar) -> No
 
 
 async def test_the_logout_redirect_never_leaves_the_origin(sidecar: Sidecar) -> None:
-    through = []
+    through: list[tuple[str, str, object]] = []
     url = sidecar.proxy_url + "/_sidecar/logout"
     for payload in payloads():
         for name in ("rd", "next"):
@@ -129,7 +129,7 @@ async def test_the_logout_redirect_never_leaves_the_origin(sidecar: Sidecar) -> 
 async def test_generate_link_never_binds_a_redirect_outside_the_allow_list(
     sidecar: Sidecar,
 ) -> None:
-    through = []
+    through: list[tuple[str, object]] = []
     for n, payload in enumerate(payloads()):
         body = {"type": "magiclink", "email": f"r{n}@example.org", "redirect_to": payload}
         async with sidecar.http.post(
@@ -157,7 +157,7 @@ async def test_generate_link_never_binds_a_redirect_outside_the_allow_list(
 
 
 async def test_verify_never_follows_a_swapped_redirect_to(sidecar: Sidecar) -> None:
-    through = []
+    through: list[tuple[str, object]] = []
     for payload in payloads():
         link = await sidecar.generate_link(type="magiclink", email="swap@example.org")
         action = urlsplit(link["action_link"])
@@ -181,7 +181,7 @@ async def test_the_login_redirect_goes_to_the_login_url_with_a_same_origin_rd(
 ) -> None:
     login = "https://sso.example.com/login"
     overrides: dict[str, object] = {"proxy": {"unauthenticated": "redirect", "login_url": login}}
-    through = []
+    through: list[tuple[str, object]] = []
     async with running_sidecar(tmp_path, overrides=overrides) as sc:
         host = f"127.0.0.1:{sc.proxy_port}"
         for payload in payloads():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from sidecar.store.base import TokenState
 from tests.security import casebook
@@ -129,9 +130,14 @@ async def test_a_used_link_is_refused_everywhere_and_in_every_spelling(sidecar: 
         status = await replay_status(sidecar, token, path, **params)
         if status not in (400, 410):
             through.append((path, status))
-    for raw in (f"?refer={token}/", f"?%72efer={token}", f"?refer={token}%2F", f"?x=1&refer={token}"):
+    for raw in (
+        f"?refer={token}/",
+        f"?%72efer={token}",
+        f"?refer={token}%2F",
+        f"?x=1&refer={token}",
+    ):
         async with sidecar.http.get(
-            aiohttp.client.URL(sidecar.proxy_url + "/" + raw, encoded=True), allow_redirects=False
+            URL(sidecar.proxy_url + "/" + raw, encoded=True), allow_redirects=False
         ) as r:
             if r.status != 410:
                 through.append((raw[:20], r.status))
@@ -242,3 +248,48 @@ async def test_forged_cookies_are_not_sessions(sidecar: Sidecar) -> None:
         ) as r:
             casebook.record("replay", through=int(r.status != 401))
             assert r.status == 401, value
+
+
+async def test_concurrent_verifications_of_one_auth_link_make_exactly_one_session(
+    sidecar: Sidecar,
+) -> None:
+    link = await sidecar.generate_link(type="magiclink", email="race@example.org")
+    url = URL(link["action_link"])
+    target = sidecar.proxy_url + url.raw_path_qs
+    for _ in range(3):  # link scanners and previews
+        async with sidecar.http.head(target, allow_redirects=False) as r:
+            assert sidecar.cookie_name not in r.cookies
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
+
+        async def one() -> int:
+            async with http.get(target, allow_redirects=False) as r:
+                await r.read()
+                return r.status
+
+        statuses = Counter(await asyncio.gather(*(one() for _ in range(100))))
+    casebook.record("replay", tried=103, through=max(0, statuses[303] - 1))
+    assert statuses[303] == 1, statuses
+    assert statuses[410] == 99, statuses
+
+
+async def test_a_token_is_only_accepted_where_its_kind_belongs(sidecar: Sidecar) -> None:
+    refer = (await sidecar.mint(userId="kind"))["referString"]
+    link = await sidecar.generate_link(type="magiclink", email="kind@example.org")
+    link_token = URL(link["action_link"]).query["token"]
+    attempts = [
+        (sidecar.proxy_url + "/", {"refer": link_token}),
+        (sidecar.proxy_url + "/_sidecar/verify", {"token": refer, "type": "magiclink"}),
+        (sidecar.proxy_url + "/_sidecar/verify", {"token": link_token, "type": "recovery"}),
+        (sidecar.proxy_url + "/_sidecar/verify", {"token": link_token, "type": "signup"}),
+    ]
+    through = []
+    for url, params in attempts:
+        async with sidecar.http.get(url, params=params, allow_redirects=False) as r:
+            if r.status < 400 or sidecar.cookie_name in r.cookies:
+                through.append((url, r.status))
+    casebook.record("replay", tried=len(attempts), through=len(through))
+    assert not through, through
+    assert await sidecar.redeem(refer)  # neither was burned by the misuse

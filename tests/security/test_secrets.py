@@ -101,11 +101,13 @@ async def full_flow(sc: Sidecar, pages: Transcript) -> dict[str, str]:
     secrets["recovery hash"] = recovery["hashed_token"]
     secrets["recovery otp"] = recovery["email_otp"]
     async with http.post(
-        proxy + "/_sidecar/verify", json={"type": "recovery", "token_hash": recovery["hashed_token"]}
+        proxy + "/_sidecar/verify",
+        json={"type": "recovery", "token_hash": recovery["hashed_token"]},
     ) as r:
         assert r.status == 200
     async with http.post(
-        proxy + "/_sidecar/verify", json={"type": "recovery", "token_hash": recovery["hashed_token"]}
+        proxy + "/_sidecar/verify",
+        json={"type": "recovery", "token_hash": recovery["hashed_token"]},
     ) as r:
         pages.add(r.status, dict(r.headers), await r.text())
     async with http.delete(
@@ -155,7 +157,9 @@ def test_config_errors_never_show_key_material(tmp_path: Path) -> None:
     with pytest.raises(KeysetError) as caught:
         parse_keyset(keyset)
     assert raw not in str(caught.value)
-    doc = config_doc(upstream="http://127.0.0.1:1", store_url="sqlite:///x.db", admin_port=1, proxy_port=2)
+    doc = config_doc(
+        upstream="http://127.0.0.1:1", store_url="sqlite:///x.db", admin_port=1, proxy_port=2
+    )
     env = {"SIDECAR_KEYSET": keyset, "SIDECAR_ADMIN_KEY": "short-admin-key"}
     with pytest.raises(ConfigError) as config_error:
         parse_config(yaml.safe_dump(doc), env=env, base_dir=tmp_path)
@@ -201,11 +205,17 @@ def test_no_revealed_secret_is_compared_with_eq() -> None:
             if not any(isinstance(op, ast.Eq | ast.NotEq | ast.In | ast.NotIn) for op in node.ops):
                 continue
             for operand in (node.left, *node.comparators):
-                name = operand.attr if isinstance(operand, ast.Attribute) else (
-                    operand.id if isinstance(operand, ast.Name) else ""
-                )  # fmt: skip
-                reveals = isinstance(operand, ast.Call) and isinstance(operand.func, ast.Attribute) and operand.func.attr == "reveal"  # fmt: skip
-                if reveals or suspicious.search(name):
+                if isinstance(operand, ast.Call):
+                    operand = operand.func
+                    if isinstance(operand, ast.Attribute) and operand.attr == "reveal":
+                        findings.append(f"{path.relative_to(SOURCE)}:{node.lineno}")
+                        continue
+                name = ""
+                if isinstance(operand, ast.Attribute):
+                    name = operand.attr
+                elif isinstance(operand, ast.Name):
+                    name = operand.id
+                if suspicious.search(name):
                     findings.append(f"{path.relative_to(SOURCE)}:{node.lineno}")
     casebook.record("secrets", through=len(findings))
     assert not findings, findings
@@ -219,9 +229,10 @@ async def test_refer_answers_are_no_store_and_no_referrer(sidecar: Sidecar) -> N
         async with sidecar.http.get(
             sidecar.proxy_url + "/", params=params, allow_redirects=False
         ) as r:
-            if r.headers.get("Cache-Control") != "no-store" or r.headers.get(
-                "Referrer-Policy"
-            ) != "no-referrer":
+            if (
+                r.headers.get("Cache-Control") != "no-store"
+                or r.headers.get("Referrer-Policy") != "no-referrer"
+            ):
                 bad.append((r.status, dict(r.headers)))
     casebook.record("secrets", tried=4, through=len(bad))
     assert not bad, bad
@@ -235,7 +246,11 @@ async def test_the_session_cookie_is_httponly_lax_and_secure_by_default(tmp_path
         ) as r:
             header = r.headers["Set-Cookie"]
     flags = {part.strip().split("=")[0].lower(): part for part in header.split(";")}
-    ok = "httponly" in flags and "secure" in flags and flags.get("samesite", "").lower().endswith("lax")
+    ok = (
+        "httponly" in flags
+        and "secure" in flags
+        and flags.get("samesite", "").lower().endswith("lax")
+    )
     casebook.record("secrets", through=int(not ok))
     assert ok, header
     assert flags.get("path", "").strip().lower() == "path=/"

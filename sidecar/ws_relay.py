@@ -1,0 +1,92 @@
+"""WebSockets: open the same socket upstream (with the identity headers) and relay messages.
+
+Each side keeps its own handshake, pings and compression; the relay copies text and binary
+messages and carries a close from either side to the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from sidecar import pages
+
+LOG = logging.getLogger("sidecar.forward")
+_ABNORMAL = 1006
+
+Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def relay_websocket(
+    session: aiohttp.ClientSession,
+    url: URL,
+    request: web.Request,
+    headers: CIMultiDict[str],
+    handshake_timeout: float,
+) -> web.StreamResponse:
+    """Connect upstream, then accept the client's upgrade and relay until either closes.
+
+    Without an upstream socket there is no upgrade: the client gets the 502/504 page."""
+    protocols = [
+        p.strip()
+        for v in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
+        for p in v.split(",")
+        if p.strip()
+    ]
+    try:
+        async with asyncio.timeout(handshake_timeout):
+            upstream = await session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                autoping=True,
+                compress=0,
+                max_msg_size=0,
+            )
+    except TimeoutError:
+        LOG.warning("upstream websocket did not answer within %ss", handshake_timeout)
+        return pages.failure(request, 504, "gateway_timeout")
+    except (aiohttp.ClientError, OSError) as exc:
+        LOG.warning("upstream websocket failed: %s", type(exc).__name__)
+        return pages.failure(request, 502, "bad_gateway")
+    try:
+        client = web.WebSocketResponse(
+            protocols=(upstream.protocol,) if upstream.protocol else (),
+            autoping=True,
+            compress=False,
+            max_msg_size=0,
+        )
+        await client.prepare(request)
+        await _relay(client, upstream)
+        return client
+    finally:
+        await upstream.close()
+
+
+async def _pump(src: Socket, dst: Socket) -> None:
+    async for msg in src:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+    code = src.close_code if src.close_code and src.close_code != _ABNORMAL else 1000
+    await dst.close(code=code)
+
+
+async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    tasks = [
+        asyncio.create_task(_pump(client, upstream)),
+        asyncio.create_task(_pump(upstream, client)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
