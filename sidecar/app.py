@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 from aiohttp import web
 
@@ -26,6 +27,12 @@ from sidecar.timed_store import timed
 from sidecar.tokens import TokenCodec
 
 _LOG = logging.getLogger("sidecar.app")
+
+
+class ListenerOptions(TypedDict):
+    access_log: logging.Logger | None
+    max_line_size: int
+    max_field_size: int
 
 
 class ServeError(Exception):
@@ -89,9 +96,7 @@ async def serve(
             # the apps log their own JSON lines (sidecar.accesslog) without it.
             runner = web.AppRunner(
                 app,
-                access_log=None,
-                max_line_size=cfg.proxy.max_header_size,
-                max_field_size=cfg.proxy.max_header_size,
+                **listener_options(cfg),
                 shutdown_timeout=min(cfg.grace_period, 2.0),  # after the drain below
             )
             await runner.setup()
@@ -115,6 +120,19 @@ async def serve(
         await asyncio.gather(*(runner.cleanup() for runner in runners))
         await services.store.close()
     _LOG.info("stopped")
+
+
+def listener_options(cfg: Config) -> ListenerOptions:
+    """Server options every listener (and every test server) runs with.
+
+    ``access_log=None``: aiohttp's own access line would carry the query string (refer
+    tokens); the apps log their own JSON lines (sidecar.accesslog) without it.
+    The parser's per-line limits sit well above ``proxy.max_header_size`` so that the
+    proxy's own check (:func:`sidecar.gateway.header_limits`) sees oversized requests and
+    answers 431/414 instead of the parser's bare 400; beyond the ceiling the parser refuses.
+    """
+    ceiling = max(4 * cfg.proxy.max_header_size, 16384)
+    return {"access_log": None, "max_line_size": ceiling, "max_field_size": ceiling}
 
 
 def run(config_path: str | Path) -> int:

@@ -21,6 +21,7 @@ import json
 import re
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
 from sidecar import links_http, pages
@@ -40,7 +41,8 @@ _NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
 
 def build_proxy_app(services: Services) -> web.Application:
     """The public-side application: sidecar routes under the prefix, the proxy elsewhere."""
-    app = web.Application(middlewares=[access_middleware("proxy")])
+    limit = services.config.proxy.max_header_size
+    app = web.Application(middlewares=[access_middleware("proxy"), header_limits(limit)])
     app[SERVICES] = services
     sessions = SessionManager(services)
     app[SESSIONS] = sessions
@@ -78,6 +80,12 @@ class Gateway:
 
     # -- the proxy -------------------------------------------------------------------
     async def proxy(self, request: web.Request) -> web.StreamResponse:
+        if hdrs.TRANSFER_ENCODING in request.headers and not _plain_chunked(request):
+            # "identity, chunked" and friends: aiohttp reads them as chunked, a proxy in
+            # front may not. Refuse, and close: what follows on this connection is suspect.
+            refused = pages.failure(request, 400, "bad_request")
+            refused.force_close()
+            return refused
         raw_path = request.raw_path
         cut = raw_path.find("?")
         try:
@@ -197,6 +205,29 @@ def safe_return_path(request: web.BaseRequest) -> str:
         if value is not None:
             return value if _SAFE_RETURN.fullmatch(value) else "/"
     return "/"
+
+
+def header_limits(limit: int) -> Middleware:
+    """``proxy.max_header_size`` bounds the whole request head, not just one line: a target
+    over it is a 414, a head over it a 431 (RFC 6585); nothing reaches the upstream."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        size = len(request.method) + len(request.raw_path) + 12  # "GET  HTTP/1.1\r\n"
+        if size > limit:
+            return pages.failure(request, 414, "uri_too_long")
+        for name, value in request.raw_headers:
+            size += len(name) + len(value) + 4
+        if size > limit:
+            return pages.failure(request, 431, "headers_too_large")
+        return await handler(request)
+
+    return middleware
+
+
+def _plain_chunked(request: web.BaseRequest) -> bool:
+    codings = request.headers.getall(hdrs.TRANSFER_ENCODING)
+    return len(codings) == 1 and codings[0].strip().lower() == "chunked"
 
 
 def _is_websocket(request: web.BaseRequest) -> bool:

@@ -40,6 +40,8 @@ MESSAGES = {
     "unauthenticated": "You need to sign in with a valid link to see this page.",
     "bad_path": "This address is not valid.",
     "bad_request": "The request is not valid.",
+    "uri_too_long": "This address is too long.",
+    "headers_too_large": "The request carries too much header data (often: too many cookies).",
     "bad_gateway": "The application is not reachable right now. Try again in a moment.",
     "gateway_timeout": "The application took too long to answer. Try again in a moment.",
     "not_found": "There is nothing here.",

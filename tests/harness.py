@@ -13,6 +13,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from sidecar.app import listener_options
 from sidecar.config import Config, parse_config
 from sidecar.gateway import build_proxy_app
 from sidecar.keys import generate_keyset
@@ -136,13 +137,20 @@ class RawResponse:
 
 async def raw_http(sc: Sidecar, method: str, target: str, *headers: str) -> RawResponse:
     """Send a request line exactly as written (no client-side URL normalisation)."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: app.test", "Connection: close", *headers]
+    return await raw_bytes(sc, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+
+async def raw_bytes(sc: Sidecar, data: bytes) -> RawResponse:
+    """Send ``data`` as is; read until the sidecar closes the connection (at most 5 s).
+    ``body`` then holds everything after the first response head."""
     server = sc.client.server
     assert server.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    lines = [f"{method} {target} HTTP/1.1", "Host: app.test", "Connection: close", *headers]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    writer.write(data)
     await writer.drain()
-    data = await reader.read()
+    async with asyncio.timeout(5):
+        data = await reader.read()
     writer.close()
     await writer.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
@@ -158,8 +166,7 @@ async def running_sidecar(config: Config, store: Store | None = None) -> AsyncIt
     await store.open()
     services = Services(config=config, store=store, codec=TokenCodec(config.keyset), clock=clock)
     server = TestServer(build_proxy_app(services), host="127.0.0.1")
-    # As in production: aiohttp's own access line would carry the query (refer tokens).
-    await server.start_server(access_log=None)
+    await server.start_server(**listener_options(config))
     client: TestClient[web.Request, web.Application] = TestClient(server)
     try:
         yield Sidecar(services, client, clock)
