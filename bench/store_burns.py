@@ -15,12 +15,12 @@ import random
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from bench.servers import Redis, start_redis
 from sidecar.store import RedisStore, SQLiteStore, Store
 
 HOUR = 3600.0
@@ -74,43 +74,10 @@ def prefill(path: Path, rows: int) -> list[str]:
     return ids
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed; pass --redis-url")
-    sock = directory / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("redis-server did not start")
-        time.sleep(0.01)
-    return proc, f"unix://{sock}"
-
-
 async def main(args: argparse.Namespace) -> None:
     directory = Path(tempfile.mkdtemp(prefix="store-bench-", dir=args.dir))
     rows: list[tuple[str, str]] = []
-    redis_proc = None
+    redis_server: Redis | None = None
     try:
         sqlite = SQLiteStore(str(directory / "burns.db"))
         await sqlite.open()
@@ -126,7 +93,10 @@ async def main(args: argparse.Namespace) -> None:
 
         url = args.redis_url
         if url is None:
-            redis_proc, url = start_redis(directory)
+            redis_server = start_redis(directory, cores=None)
+            if redis_server is None:
+                raise SystemExit("redis-server is not installed; pass --redis-url")
+            url = redis_server.url
         redis = RedisStore(url, prefix=f"bench-{uuid.uuid4().hex[:8]}:")
         await redis.open()
         try:
@@ -162,9 +132,8 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await store.close()
     finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(timeout=10)
+        if redis_server is not None:
+            redis_server.child.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
     width = max(len(name) for name, _ in rows)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from http import HTTPStatus
 
 from aiohttp import hdrs, web
 
-from sidecar import links_http, metrics
+from sidecar import jsonbody, links_http, metrics
 from sidecar.accesslog import access_middleware
 from sidecar.audit import audit
 from sidecar.minting import MintError, iso_utc, mint_refer, parse_refer_request
@@ -224,42 +223,11 @@ def _too_large(request: web.Request) -> web.Response:
 
 
 async def read_json_object(request: web.Request) -> dict[str, object]:
-    """The body as a JSON object; :class:`RequestError` 400 for anything else.
-
-    Duplicate keys and NaN/Infinity are refused: two parsers must never disagree about
-    what a mint asked for."""
-    if request.content_type != "application/json":
-        raise RequestError(400, "expected Content-Type: application/json")
-    raw = await request.read()
+    """The body as a JSON object; :class:`RequestError` 400 for anything else."""
     try:
-        doc = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-        )
-    except UnicodeDecodeError:
-        raise RequestError(400, "the body is not UTF-8") from None
-    except (ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, _Refused) else "malformed JSON"
-        raise RequestError(400, f"the body is not valid JSON: {detail}") from None
-    if not isinstance(doc, dict):
-        raise RequestError(400, "the body must be a JSON object")
-    return doc
-
-
-class _Refused(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    doc = dict(pairs)
-    if len(doc) != len(pairs):
-        raise _Refused("duplicate keys")
-    return doc
-
-
-def _no_constants(name: str) -> object:
-    raise _Refused(f"{name} is not allowed")
+        return await jsonbody.read_json_object(request)
+    except jsonbody.BadBody as exc:
+        raise RequestError(400, str(exc)) from None
 
 
 # -- handlers ----------------------------------------------------------------------------

@@ -23,8 +23,6 @@ API): 400 bad request, 401 malformed/tampered/unknown key/wrong code, 409 addres
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
@@ -33,6 +31,7 @@ from sidecar.accesslog import set_user
 from sidecar.audit import audit
 from sidecar.config import RoleConfig
 from sidecar.forward import Forwarder
+from sidecar.jsonbody import BadBody, read_json_object
 from sidecar.link_verify import (
     Verified,
     VerifyFailed,
@@ -75,10 +74,6 @@ _NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
 CLIENT_ADDRESS = web.AppKey("links_client_address", Forwarder)
 
 
-class BadBody(Exception):
-    """The request body is not the JSON object expected; the message is safe to show."""
-
-
 # -- admin: POST /admin/generate_link ----------------------------------------------------
 
 
@@ -115,35 +110,6 @@ def _status(exc: LinkRequestError) -> int:
     if isinstance(exc, UnprocessableLink):
         return 422
     return 400  # InvalidLinkRequest
-
-
-async def read_json_object(request: web.BaseRequest) -> dict[str, object]:
-    """The body as one JSON object: no duplicate keys, no NaN/Infinity. Raise :class:`BadBody`."""
-    if request.content_type != "application/json":
-        raise BadBody("expected Content-Type: application/json")
-    raw = await request.read()
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_constant)
-    except UnicodeDecodeError:
-        raise BadBody("the body is not UTF-8") from None
-    except BadBody:
-        raise
-    except (ValueError, RecursionError):
-        raise BadBody("the body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise BadBody("the body must be a JSON object")
-    return doc
-
-
-def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    doc = dict(pairs)
-    if len(doc) != len(pairs):
-        raise BadBody("the body has duplicate keys")
-    return doc
-
-
-def _constant(name: str) -> object:
-    raise BadBody(f"the body contains {name}, which is not JSON")
 
 
 # -- proxy: <prefix>/verify --------------------------------------------------------------

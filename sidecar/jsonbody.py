@@ -1,0 +1,44 @@
+"""Strict JSON request bodies for the admin routes and ``<prefix>/verify``.
+
+Duplicate keys and NaN/Infinity are refused: two parsers (ours and whatever sits in front
+or behind) must never disagree about what a request asked for.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+
+class BadBody(ValueError):
+    """The body is not the JSON object expected; the message is safe to show."""
+
+
+async def read_json_object(request: web.BaseRequest) -> dict[str, object]:
+    """The body as one JSON object; raise :class:`BadBody` for anything else."""
+    if request.content_type != "application/json":
+        raise BadBody("expected Content-Type: application/json")
+    raw = await request.read()
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_constant)
+    except UnicodeDecodeError:
+        raise BadBody("the body is not UTF-8") from None
+    except BadBody:
+        raise
+    except (ValueError, RecursionError):
+        raise BadBody("the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise BadBody("the body must be a JSON object")
+    return doc
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise BadBody("the body has duplicate keys")
+    return doc
+
+
+def _constant(name: str) -> object:
+    raise BadBody(f"the body contains {name}, which is not JSON")
