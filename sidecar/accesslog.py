@@ -13,9 +13,13 @@ is done (for streamed bodies: when the last byte is written)::
   ``A-Za-z0-9._:@/+=-``), otherwise a fresh random one. It is sent upstream (replacing any
   other) and added to the sidecar's own responses and to buffered upstream responses that
   carry none (a streamed response keeps the upstream's headers as they were).
-* ``upstream_ms`` is the time to the upstream's response headers, measured by
-  :func:`upstream_trace` on the forwarder's client session; ``user_id`` is what the
-  handler reported with :func:`set_user`.
+* ``upstream_ms`` is the time to the upstream's response headers, reported by the
+  forwarder with :func:`set_upstream_time`; ``user_id`` is what the handler reported with
+  :func:`set_user`.
+
+The line is built with an f-string and the C string escaper of :mod:`json` (the same text
+``json.dumps`` gives, at half the cost), and handed to the logger as a ready record: the
+caller lookup ``Logger.info`` does for every line is of no use to a JSON line.
 
 Handlers and the upstream client reach the current request's record through a context
 variable: the middleware sets it, and aiohttp runs the handler, and the client calls it
@@ -25,16 +29,15 @@ makes, in the same task.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import random
 import re
 import secrets
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from types import SimpleNamespace
+from json.encoder import encode_basestring_ascii as _json_str
 
-import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -46,6 +49,8 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _MAX_PATH = 2048
 # nginx's code for "the client closed the connection before the answer was complete".
 CLIENT_CLOSED = 499
+# Request ids need to be unique, not secret: no system call per request for them.
+_IDS = random.Random(secrets.randbits(128))  # noqa: S311
 
 
 @dataclass(slots=True)
@@ -62,7 +67,7 @@ def request_id_for(header: str | None) -> str:
     """The client's request id when it is sane, else a new random one."""
     if header is not None and _SANE_ID.fullmatch(header):
         return header
-    return secrets.token_hex(16)
+    return f"{_IDS.getrandbits(128):032x}"
 
 
 def current_request_id() -> str | None:
@@ -87,6 +92,7 @@ def set_upstream_time(seconds: float) -> None:
 
 def access_middleware(listener: str) -> Middleware:
     """A middleware logging one JSON line and counting the request for ``listener``."""
+    prefix = f'"event": "access", "listener": {_json_str(listener)}, "method": '
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -111,68 +117,24 @@ def access_middleware(listener: str) -> Middleware:
             elapsed = time.perf_counter() - started
             metrics.observe_request(status, elapsed, listener)
             if ACCESS.isEnabledFor(logging.INFO):
-                ACCESS.info(_line(listener, request, status, elapsed, record))
+                line = _line(prefix, request, status, elapsed, record)
+                ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None))
 
     return middleware
 
 
-def _line(listener: str, request: web.Request, status: int, elapsed: float, record: _Record) -> str:
+def _line(prefix: str, request: web.Request, status: int, elapsed: float, record: _Record) -> str:
+    """The JSON object ``json.dumps`` would write for the fields in the module docstring."""
     path = request.rel_url.raw_path
-    return json.dumps(
-        {
-            "ts": round(time.time(), 3),
-            "event": "access",
-            "listener": listener,
-            "method": request.method,
-            "path": path if len(path) <= _MAX_PATH else path[:_MAX_PATH] + "…",
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 2),
-            "upstream_ms": None
-            if record.upstream_s is None
-            else round(record.upstream_s * 1000, 2),
-            "user_id": record.user_id,
-            "request_id": record.request_id,
-            "remote": request.remote,
-        }
+    if len(path) > _MAX_PATH:
+        path = path[:_MAX_PATH] + "…"
+    upstream = "null" if record.upstream_s is None else round(record.upstream_s * 1000, 2)
+    user = "null" if record.user_id is None else _json_str(record.user_id)
+    remote = request.remote
+    return (
+        f'{{"ts": {round(time.time(), 3)}, {prefix}{_json_str(request.method)}, '
+        f'"path": {_json_str(path)}, "status": {status}, '
+        f'"duration_ms": {round(elapsed * 1000, 2)}, "upstream_ms": {upstream}, '
+        f'"user_id": {user}, "request_id": {_json_str(record.request_id)}, '
+        f'"remote": {"null" if remote is None else _json_str(remote)}}}'
     )
-
-
-def upstream_trace() -> aiohttp.TraceConfig:
-    """Client tracing for the forwarder's session: stamps ``X-Request-Id`` on each upstream
-    request and times it to the response headers (``sidecar_upstream_seconds``)."""
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(_on_request_start)
-    trace.on_request_end.append(_on_request_end)
-    trace.on_request_exception.append(_on_request_exception)
-    return trace
-
-
-async def _on_request_start(
-    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
-) -> None:
-    ctx.started = time.perf_counter()
-    record = _CURRENT.get()
-    if record is not None:
-        params.headers[REQUEST_ID] = record.request_id
-
-
-async def _on_request_end(
-    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams
-) -> None:
-    elapsed = time.perf_counter() - ctx.started
-    metrics.observe_upstream(elapsed)
-    record = _CURRENT.get()
-    if record is not None:
-        record.upstream_s = elapsed
-
-
-async def _on_request_exception(
-    session: aiohttp.ClientSession,
-    ctx: SimpleNamespace,
-    params: aiohttp.TraceRequestExceptionParams,
-) -> None:
-    # A failed or timed-out upstream request shows its time in the log line (502/504),
-    # but stays out of the latency histogram, which describes answers.
-    record = _CURRENT.get()
-    if record is not None and hasattr(ctx, "started"):
-        record.upstream_s = time.perf_counter() - ctx.started

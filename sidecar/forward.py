@@ -3,9 +3,10 @@
 Everything that can be decided once is decided in :class:`Forwarder`'s constructor: the
 upstream origin, the timeouts, what to do with each request header name (a bounded cache
 keyed by the name as received). Per request there is one pass over the headers, one
-pooled upstream request, and either one plain :class:`web.Response` (small bodies with a
-``Content-Length``) or a :class:`web.StreamResponse` fed chunk by chunk as the upstream
-sends them (large bodies, chunked bodies, server-sent events) — nothing is buffered whole.
+pooled upstream request, and either one plain :class:`web.Response` (bodies already received
+whole, or with a small ``Content-Length``) or a :class:`web.StreamResponse` fed chunk by
+chunk as the upstream sends them (large bodies, server-sent events) — nothing is buffered
+whole. The upstream's headers go back as sent: aiohttp adds no ``Content-Type``.
 
 Request headers sent upstream:
 
@@ -22,14 +23,13 @@ Request headers sent upstream:
   dropped).
 
 The request head is built from the client's raw header bytes and sent as is through
-:class:`~sidecar.upstream_pool.UpstreamPool`: nothing is added (no ``User-Agent``, no
+:class:`~sidecar.upstream.UpstreamPool`: nothing is added (no ``User-Agent``, no
 ``Accept-Encoding``), nothing is decompressed (``Content-Encoding`` passes through), no
 cookie jar, no redirects followed. The path and query reach the upstream byte for byte.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import time
@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Final
 
 import aiohttp
-from aiohttp import StreamReader, hdrs, web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
@@ -47,7 +47,7 @@ from sidecar.accesslog import REQUEST_ID, current_request_id, set_upstream_time
 from sidecar.config import Config, Network
 from sidecar.sessions import split_cookie_header
 from sidecar.templates import canonical_header
-from sidecar.upstream_pool import UpstreamPool, UpstreamResponse
+from sidecar.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 from sidecar.ws_relay import relay_websocket
 
 LOG = logging.getLogger("sidecar.forward")
@@ -69,9 +69,8 @@ _FORWARDING: Final = frozenset(
 # Request-header actions, decided once per header name as received.
 _KEEP, _DROP, _COOKIE, _CONNECTION, _FORWARDED, _HOST, _LENGTH = range(7)
 _NAME_CACHE_SIZE: Final = 2048
-_NO_BODY: Final = frozenset({204, 304})
 _QUIET_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
-_UPSTREAM_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError)
+_UPSTREAM_ERRORS = (UpstreamError, aiohttp.ClientError, HttpProcessingError, OSError)
 
 Header = tuple[bytes, bytes]
 
@@ -91,7 +90,7 @@ class Forwarder:
         self._trusted: tuple[Network, ...] = px.trusted_proxies
         self._trust_cache: dict[str, bool] = {}
         self._actions: dict[bytes, int] = {}
-        self._response_drops: dict[str, bool] = {}
+        self._response_actions: dict[str, int] = {}
         self._header_timeout = px.upstream_timeout
         self._connect_timeout = px.connect_timeout
         self._max_connections = px.max_connections
@@ -102,10 +101,13 @@ class Forwarder:
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Open the upstream pool for the app's lifetime (``app.cleanup_ctx.append``)."""
         self._pool = UpstreamPool(
-            self._origin,
+            self._origin.host or "127.0.0.1",
+            self._origin.port or 80,
+            tls=self._origin.scheme == "https",
             limit=self._max_connections,
             connect_timeout=self._connect_timeout,
-            max_field_size=self._max_field_size,
+            response_timeout=self._header_timeout,
+            max_head_size=max(64 * 1024, self._max_field_size),
         )
         # WebSocket handshakes are rare and long-lived: aiohttp's client does them.
         self._ws_session = aiohttp.ClientSession(
@@ -247,22 +249,22 @@ class Forwarder:
     def _response_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Upstream response headers minus hop-by-hop ones (and any attempt by the upstream
         to set the sidecar's own session cookie)."""
-        drops = self._response_drops
+        actions = self._response_actions
         out: list[tuple[str, str]] = []
         named: set[str] | None = None
         for name, value in headers:
-            drop = drops.get(name)
-            if drop is None:
-                drop = name.lower() in HOP_BY_HOP
-                if len(drops) < _NAME_CACHE_SIZE:
-                    drops[name] = drop
-            if drop:
-                if name.lower() == "connection":
-                    named = (named or set()) | {t.strip().lower() for t in value.split(",")}
-                continue
-            if name.lower() == "set-cookie" and value.lstrip().lower().startswith(self._own_cookie):
-                continue
-            out.append((name, value))
+            action = actions.get(name)
+            if action is None:
+                action = _response_action(name.lower())
+                if len(actions) < _NAME_CACHE_SIZE:
+                    actions[name] = action
+            if action is _KEEP:
+                out.append((name, value))
+            elif action is _COOKIE:
+                if not value.lstrip().lower().startswith(self._own_cookie):
+                    out.append((name, value))
+            elif action is _CONNECTION:
+                named = (named or set()) | {t.strip().lower() for t in value.split(",")}
         if named:
             out = [(n, v) for n, v in out if n.lower() not in named]
         return out
@@ -290,44 +292,37 @@ class Forwarder:
                 b"\r\n",
             ]
         )
+        body = request.content.iter_any() if request.body_exists else None
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._header_timeout) as timer:
-                body = (
-                    _body(request.content, timer, self._header_timeout)
-                    if request.body_exists
-                    else None
-                )
-                upstream = await pool.request(request.method, head, body, chunked=chunked)
-        except TimeoutError:
+            # The pool's deadline for the response head counts from the last body byte sent.
+            upstream = await pool.request(request.method, head, body, chunked=chunked)
+        except UpstreamTimeout:
             set_upstream_time(time.perf_counter() - started)
             LOG.warning("upstream did not answer within %ss", self._header_timeout)
             return pages.failure(request, 504, "gateway_timeout")
-        except _UPSTREAM_ERRORS as exc:
+        except UpstreamError as exc:
             set_upstream_time(time.perf_counter() - started)
-            LOG.warning("upstream request failed: %s", type(exc).__name__)
+            LOG.warning("upstream request failed: %s", exc)
             return pages.failure(request, 502, "bad_gateway")
         elapsed = time.perf_counter() - started
         set_upstream_time(elapsed)
         metrics.observe_upstream(elapsed)
-        out_headers = self._response_headers(upstream.headers.items())
-        length = upstream.content_length
-        if (
-            (length is not None and length <= SMALL_BODY)
-            or request.method == hdrs.METH_HEAD
-            or upstream.status in _NO_BODY
-        ):
-            try:
-                payload = await upstream.read()
-            except _UPSTREAM_ERRORS as exc:
-                LOG.warning("upstream response failed: %s", type(exc).__name__)
-                return pages.failure(request, 502, "bad_gateway")
-            finally:
-                upstream.release()
-            return web.Response(
-                status=upstream.status, reason=upstream.reason, headers=out_headers, body=payload
-            )
-        return await _stream(request, upstream, out_headers)
+        out_headers = self._response_headers(upstream.headers)
+        if not upstream.complete:
+            length = upstream.content_length
+            if length is None or length > SMALL_BODY:
+                return await _stream(request, upstream, out_headers)
+        try:
+            payload = await upstream.read()
+        except UpstreamError as exc:
+            LOG.warning("upstream response failed: %s", exc)
+            return pages.failure(request, 502, "bad_gateway")
+        finally:
+            upstream.release()
+        return _Relayed(
+            status=upstream.status, reason=upstream.reason, headers=out_headers, body=payload
+        )
 
     # -- WebSocket -------------------------------------------------------------------
     async def forward_websocket(
@@ -345,24 +340,37 @@ class Forwarder:
         return await relay_websocket(session, url, request, headers, self._header_timeout)
 
 
-async def _body(
-    content: StreamReader, timer: asyncio.Timeout, seconds: float
-) -> AsyncIterator[bytes]:
-    """The request body as it arrives. The upstream's time to answer counts from the last
-    byte sent, so a long upload is not a slow upstream: each chunk pushes the deadline."""
-    loop = asyncio.get_running_loop()
-    async for chunk in content.iter_any():
-        timer.reschedule(loop.time() + seconds)
-        yield chunk
+def _response_action(lower: str) -> int:
+    if lower == "connection":
+        return _CONNECTION
+    if lower in HOP_BY_HOP:
+        return _DROP
+    return _COOKIE if lower == "set-cookie" else _KEEP
+
+
+class _RelayedStream(web.StreamResponse):
+    """An upstream answer as is: aiohttp adds ``Content-Type: application/octet-stream``
+    to a body without one, which would make browsers download what they would sniff.
+    (``_prepare_headers`` is aiohttp's hook; tests/test_upstream.py pins the behaviour.)"""
+
+    async def _prepare_headers(self) -> None:
+        typed = hdrs.CONTENT_TYPE in self.headers
+        await super()._prepare_headers()
+        if not typed:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
+
+
+class _Relayed(_RelayedStream, web.Response):
+    __doc__ = _RelayedStream.__doc__
 
 
 async def _stream(
     request: web.Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = _RelayedStream(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             await response.write(chunk)
     except _UPSTREAM_ERRORS as exc:
         # The upstream broke off, or the client left. Either way a truncated body must not

@@ -82,9 +82,18 @@ STORE_SECONDS = Histogram(
 )
 
 
+# (listener, status) -> its two series. ``labels()`` checks, formats and locks on every
+# call; the hot path looks each series up once (at most 3 listeners x 900 status codes).
+_REQUEST_SERIES: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+
 def observe_request(status: int, seconds: float, listener: str = "proxy") -> None:
-    REQUESTS.labels(listener, str(status)).inc()
-    REQUEST_SECONDS.labels(listener).observe(seconds)
+    series = _REQUEST_SERIES.get((listener, status))
+    if series is None:
+        series = (REQUESTS.labels(listener, str(status)), REQUEST_SECONDS.labels(listener))
+        _REQUEST_SERIES[listener, status] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def redemption(outcome: str) -> None:

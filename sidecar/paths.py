@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+# Segments of unreserved characters, dots only inside a segment: already normal.
+_PLAIN = re.compile(r"(?=/)(?:/[A-Za-z0-9_~-]+(?:\.+[A-Za-z0-9_~-]+)*)*/?")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -49,6 +51,12 @@ class NormalPath:
 
 def normalise(raw_path: str) -> NormalPath:
     """Normalise the raw request path (no query, no fragment); raise :class:`UnsafePath`."""
+    if _PLAIN.fullmatch(raw_path):
+        # Nothing to decode, resolve or collapse (the common case, kept cheap).
+        lowered = raw_path.lower()
+        if len(lowered) > 1 and lowered[-1] == "/":
+            lowered = lowered[:-1]
+        return NormalPath(strict=raw_path, loose=lowered)
     if not raw_path.startswith("/"):
         raise UnsafePath("the path must start with /")
     if "#" in raw_path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import Sidecar, make_config, raw_http, running_sidecar
+from tests.harness import Sidecar, make_config, raw_bytes, raw_http, running_sidecar
 from tests.upstream import CHUNK, GZIP_TEXT, Upstream, running_upstream
 
 MiB = 1024 * 1024
@@ -238,3 +238,37 @@ async def test_head_keeps_content_length(sidecar: Sidecar) -> None:
     assert response.status == 200
     assert response.header("Content-Length") == str(5 * MiB)
     assert response.body == b""
+
+
+async def test_unusual_transfer_coding_is_refused_and_the_connection_closed(
+    sidecar: Sidecar, upstream: Upstream
+) -> None:
+    cookie = sidecar.client.session.cookie_jar.filter_cookies(sidecar.client.make_url("/"))
+    value = cookie["sidecar_session"].value
+    smuggled = f"GET /smuggled HTTP/1.1\r\nHost: app.test\r\nCookie: sidecar_session={value}\r\n"
+    response = await raw_bytes(
+        sidecar,
+        (
+            f"POST /p HTTP/1.1\r\nHost: app.test\r\nCookie: sidecar_session={value}\r\n"
+            f"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n{smuggled}\r\n"
+        ).encode(),
+    )
+    assert response.status == 400
+    assert b"HTTP/1.1" not in response.body  # one answer only: the connection closed
+    assert upstream.requests == []
+
+
+async def test_upstream_answering_before_the_upload_ends(sidecar: Sidecar) -> None:
+    block = b"u" * CHUNK
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(128):
+            yield block
+
+    try:
+        response = await sidecar.client.post("/_up/reject", data=body())
+    except aiohttp.ClientError:
+        pass  # the sidecar may close the connection while the client still sends
+    else:
+        assert response.status == 413
+    assert (await sidecar.client.get("/after")).status == 200

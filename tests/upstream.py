@@ -13,6 +13,7 @@ and answered with ``ok``. Special endpoints exercise the proxy's streaming and f
 ``/_up/hop``           answers with hop-by-hop headers and a Connection-named header
 ``/_up/gzip``          a gzip body with ``Content-Encoding: gzip``
 ``/_up/truncated``     promises 1 MiB, sends 10 bytes, drops the connection
+``/_up/reject``        answers 413 at once, without reading the body
 =====================  ==================================================================
 """
 
@@ -71,6 +72,7 @@ class Upstream:
         app.router.add_get("/_up/hop", self.hop)
         app.router.add_get("/_up/gzip", self.gzip)
         app.router.add_get("/_up/truncated", self.truncated)
+        app.router.add_post("/_up/reject", self.reject)
         app.router.add_route("*", "/{tail:.*}", self.record)
         return app
 
@@ -165,6 +167,9 @@ class Upstream:
             body=gzip.compress(GZIP_TEXT, mtime=0),
             headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"},
         )
+
+    async def reject(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=413, text="too big")
 
     async def truncated(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()

@@ -1,0 +1,251 @@
+"""The hot path's upstream client: a pool of HTTP/1.1 keep-alive connections to one origin
+(:class:`~sidecar.upstream_conn.Connection`: an asyncio Protocol parsing with httptools),
+without the per-request machinery of ``aiohttp.ClientSession``.
+
+The forwarder knows the exact bytes of the request head it wants to send, so a request is:
+take the most recently idle connection (or open one; at most ``limit`` are busy at once),
+write the head in one ``write``, stream the body if there is one, and wait for the response
+head. The body then arrives chunk by chunk (:meth:`UpstreamResponse.chunks`), or whole
+(:meth:`UpstreamResponse.read`) when it is known to be small.
+
+* Idle connections are reused last-in first-out; one the upstream closed is dropped when
+  its close arrives, and one idle longer than ``idle_timeout`` is not trusted.
+* A reused connection that the upstream closed before answering (its keep-alive timer
+  fired as the request left) is retried once on a fresh connection, but only for an
+  idempotent request without a body: one with a body cannot be sent twice.
+* Deadlines: ``connect_timeout`` to connect; ``response_timeout`` for the response head,
+  counted from the last request byte sent. One timer per pool checks the connections
+  waiting for a head, instead of one timer per request.
+
+Errors: :class:`UpstreamTimeout` (no response head in time) and :class:`UpstreamError`
+(everything else: refused, closed, malformed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Final
+
+from sidecar.upstream_conn import (
+    HIGH_WATER,
+    Connection,
+    StaleConnection,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+__all__ = ["HIGH_WATER", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
+
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class UpstreamResponse:
+    """A final response head; read the body with :meth:`read` or :meth:`chunks`, then call
+    :meth:`release` exactly once."""
+
+    __slots__ = ("_conn", "_pool", "headers", "reason", "status")
+
+    def __init__(self, pool: UpstreamPool, conn: Connection) -> None:
+        self._pool = pool
+        self._conn: Connection | None = conn
+        self.status = conn.status
+        reason = conn.reason.decode("latin-1")
+        # aiohttp refuses control characters in a status line; the standard phrase will do.
+        self.reason = reason if reason and reason.isprintable() else None
+        self.headers = conn.headers  # (name, value) in the upstream's order, duplicates kept
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived (reading it will not wait)."""
+        return self._conn is not None and self._conn.complete
+
+    @property
+    def content_length(self) -> int | None:
+        for name, value in self.headers:
+            if len(name) == 14 and name.lower() == "content-length":
+                return int(value) if value.isascii() and value.isdigit() else None
+        return None
+
+    async def read(self) -> bytes:
+        """The whole body; for bodies known to be small."""
+        if self._conn is None:
+            raise UpstreamError("the response was released")
+        return await self._conn.read()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises :class:`UpstreamError` if it is cut short."""
+        conn = self._conn
+        if conn is None:
+            raise UpstreamError("the response was released")
+        while chunk := await conn.next_chunk():
+            yield chunk
+
+    def release(self) -> None:
+        """Give the connection back, or close it if it cannot carry another request."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool._release(conn)
+
+
+class UpstreamPool:
+    """Keep-alive connections to ``host:port`` (TLS when ``tls``), for the app's lifetime."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = False,
+        limit: int,
+        connect_timeout: float,
+        response_timeout: float,
+        max_head_size: int = 64 * 1024,
+        idle_timeout: float = 15.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._ssl = ssl.create_default_context() if tls else None
+        self._limit = limit
+        self._connect_timeout = connect_timeout
+        self._response_timeout = response_timeout
+        self._max_head = max_head_size
+        self._idle_timeout = idle_timeout
+        # A late 504 by a tenth of the timeout (at most a second) is no harm.
+        self._tick = max(0.005, min(1.0, response_timeout / 10))
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._busy: set[Connection] = set()
+        self._slots_taken = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._idle: list[Connection] = []
+        self._closed = False
+        self.opened = 0  # connections opened so far
+
+    async def request(
+        self,
+        method: str,
+        head: bytes,
+        body: AsyncIterable[bytes] | None = None,
+        *,
+        chunked: bool = False,
+    ) -> UpstreamResponse:
+        """Send ``head`` (request line and headers, ending in the blank line) and ``body``
+        (re-chunked when ``chunked``); return the final response head."""
+        if self._slots_taken < self._limit and not self._slot_waiters:
+            self._slots_taken += 1
+        else:
+            await self._wait_for_slot()
+        conn: Connection | None = None
+        try:
+            conn = self._pop_idle() or await self._connect()
+            try:
+                await self._exchange(conn, method, head, body, chunked)
+            except StaleConnection:
+                if body is not None or method not in IDEMPOTENT:
+                    raise UpstreamError("the upstream closed the idle connection") from None
+                conn = await self._connect()
+                await self._exchange(conn, method, head, body, chunked)
+        except BaseException:
+            if conn is not None:
+                conn.abort()
+            self._free_slot()
+            raise
+        return UpstreamResponse(self, conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def _exchange(
+        self,
+        conn: Connection,
+        method: str,
+        head: bytes,
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+    ) -> None:
+        busy = self._busy
+        busy.add(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+        try:
+            await conn.exchange(method, head, body, chunked)
+        finally:
+            busy.discard(conn)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._busy):
+            conn.check_deadline(now)
+        self._sweeper = loop.call_at(now + self._tick, self._sweep) if self._busy else None
+
+    def _pop_idle(self) -> Connection | None:
+        idle = self._idle
+        if not idle:
+            return None
+        oldest = asyncio.get_running_loop().time() - self._idle_timeout
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.idle_since > oldest:
+                return conn
+            conn.abort()
+        return None
+
+    async def _connect(self) -> Connection:
+        if self._closed:
+            raise UpstreamError("the upstream pool is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop, self._max_head, self._response_timeout),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+        except TimeoutError:
+            raise UpstreamError(f"no connection within {self._connect_timeout}s") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect: {exc.strerror or exc}") from None
+        self.opened += 1
+        return conn
+
+    def _release(self, conn: Connection) -> None:
+        try:
+            if conn.finish() and not self._closed:
+                conn.reused = True
+                conn.idle_since = asyncio.get_running_loop().time()
+                self._idle.append(conn)
+            else:
+                conn.abort()
+        finally:
+            self._free_slot()
+
+    async def _wait_for_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def _free_slot(self) -> None:
+        """Hand the slot to the first live waiter, or give it back."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._slots_taken -= 1

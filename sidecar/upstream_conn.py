@@ -1,0 +1,351 @@
+"""One HTTP/1.1 connection to the upstream: an :class:`asyncio.Protocol` that writes a request
+and parses the answer with httptools (llhttp, in C). :mod:`sidecar.upstream` pools them.
+
+Framing decisions, per RFC 9112:
+
+* interim ``1xx`` answers are skipped (``101`` is an error: no request asks to upgrade);
+* ``204``/``304`` and answers to ``HEAD`` have no body, whatever ``Content-Length`` says;
+  llhttp cannot be told a request was ``HEAD``, so that connection is not reused;
+* an answer with neither ``Content-Length`` nor chunked coding ends when the upstream
+  closes; any other answer cut short by a close is an error, never a shorter body;
+* a connection can carry another request only when its answer was read to the end, the
+  request body was sent whole, and neither side asked to close (``Connection: close``,
+  HTTP/1.0), and no stray bytes followed the answer.
+
+Flow control both ways: the request body waits for ``resume_writing``; the socket stops
+being read while more than :data:`HIGH_WATER` bytes of response body wait for the reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterable
+from typing import Final, cast
+
+import httptools
+from aiohttp import ClientError
+from aiohttp.http_exceptions import HttpProcessingError
+
+HIGH_WATER: Final = 256 * 1024  # response body bytes buffered before reading pauses
+LOW_WATER: Final = 64 * 1024
+# What reading the client's request body raises when the client goes away mid-body.
+_BODY_SOURCE_ERRORS = (OSError, ClientError, HttpProcessingError)
+
+# The state of a connection's current exchange.
+_IDLE, _HEAD, _BODY, _DONE = range(4)
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, broke off, or did not answer in HTTP/1.1."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """No response head within the response-header timeout."""
+
+
+class StaleConnection(UpstreamError):
+    """A reused connection closed before any byte of the answer arrived."""
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; at most one exchange at a time.
+
+    The final response head is in :attr:`status`, :attr:`reason` and :attr:`headers` once
+    :meth:`exchange` returns; the body is read with :meth:`next_chunk` or :meth:`read`, and
+    :meth:`finish` ends the exchange."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_head: int, timeout: float) -> None:
+        self._loop = loop
+        self._max_head = max_head
+        self.timeout = timeout
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.deadline = 0.0  # for the response head; the pool enforces it
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[str, str]] = []
+        self._state = _IDLE
+        self._head_only = False
+        self._interim = False
+        self._received = False
+        self._head_size = 0
+        self._reason = b""
+        self._headers: list[tuple[str, str]] = []
+        self._keep_alive = False
+        self._until_eof = False
+        self._error: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is one without subclassing asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == _HEAD:
+            self._received = True
+            self._head_size += len(data)
+        elif state != _BODY:
+            # Bytes nobody asked for: the connection cannot be trusted with another request.
+            self._keep_alive = False
+            if state == _IDLE:
+                self.abort()
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self._state != _DONE:
+                self._fail(UpstreamError(f"malformed response from the upstream: {exc}"))
+            # After a complete answer, trailing bytes only cost the connection its reuse.
+            self.abort()
+            return
+        if state == _HEAD and self._head_size > self._max_head and self._head_too_large():
+            self._fail(UpstreamError("the upstream's response head is too large"))
+            self.abort()
+
+    def _head_too_large(self) -> bool:
+        # The bytes counted may include body bytes that came in the same packets.
+        if self._state == _HEAD:
+            return True
+        return sum(len(n) + len(v) + 4 for n, v in self.headers) > self._max_head
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._state == _HEAD:
+            if self.reused and not self._received:
+                self._fail(StaleConnection("the idle connection was closed by the upstream"))
+            else:
+                self._fail(UpstreamError("the upstream closed the connection before answering"))
+        elif self._state == _BODY:
+            if self._until_eof and exc is None:
+                self._state = _DONE
+                self._wake()
+            else:
+                self._fail(UpstreamError("the upstream closed the connection mid-body"))
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode(), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        if self._state != _HEAD:
+            raise UpstreamError("an answer to no request")
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise UpstreamError("the upstream switched protocols unasked")
+            # 100 Continue, 103 Early Hints: the final answer follows on this connection.
+            self._interim = True
+            self._headers = []
+            self._reason = b""
+            return
+        self.status = status
+        self.reason = self._reason
+        self.headers = headers = self._headers
+        self._headers = []
+        keep_alive = self._parser.should_keep_alive()
+        self._until_eof = not keep_alive and _delimited_by_close(headers)
+        if self._head_only:
+            self._state = _DONE
+            keep_alive = False
+        else:
+            self._state = _BODY
+        self._keep_alive = keep_alive
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._state == _BODY:
+            self._chunks.append(body)
+            self._buffered += len(body)
+            if self._buffered > HIGH_WATER and not self._reading_paused:
+                self._reading_paused = True
+                if self._transport is not None:
+                    self._transport.pause_reading()
+            self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif self._state == _BODY:
+            self._state = _DONE
+            self._wake()
+
+    # -- the exchange ----------------------------------------------------------------
+    async def exchange(
+        self, method: str, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool
+    ) -> None:
+        """Send the request (``chunked``: re-chunk ``body``) and wait for the final response
+        head, or raise :class:`UpstreamError`. The caller enforces :attr:`deadline`."""
+        transport = self._transport
+        if transport is None or self.closed:
+            raise StaleConnection("the idle connection was closed by the upstream")
+        loop = self._loop
+        self._state = _HEAD
+        self._head_only = method == "HEAD"
+        self._received = False
+        self._head_size = 0
+        self._reason = b""
+        self._headers = []
+        self.deadline = loop.time() + self.timeout
+        waiter = self._waiter = loop.create_future()
+        transport.write(head)
+        if body is not None:
+            # Sent alongside: an upstream may answer (413, 401) before reading it all.
+            self._sender = asyncio.create_task(self._send_body(transport, body, chunked))
+        try:
+            await waiter
+        except BaseException:
+            self._stop()
+            raise
+        if self._error is not None:
+            self._stop()
+            raise self._error
+
+    async def _send_body(
+        self, transport: asyncio.Transport, body: AsyncIterable[bytes], chunked: bool
+    ) -> None:
+        loop = self._loop
+        try:
+            async for chunk in body:
+                if self.closed:
+                    return
+                # The upstream's time to answer counts from the last byte sent: a long
+                # upload is not a slow upstream.
+                self.deadline = loop.time() + self.timeout
+                if not chunk:
+                    continue
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self._writing_paused:
+                    self._drain = loop.create_future()
+                    await self._drain
+            if chunked and not self.closed:
+                transport.write(b"0\r\n\r\n")
+        except _BODY_SOURCE_ERRORS:
+            # The client went away mid-body: the upstream must not take a truncated body
+            # for a whole one.
+            self.abort()
+
+    def check_deadline(self, now: float) -> None:
+        """Fail the exchange if it is still waiting for the response head at ``now``."""
+        if self._state == _HEAD and self.deadline <= now:
+            self._fail(UpstreamTimeout(f"no response head within {self.timeout}s"))
+            self.abort()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body is buffered (and not so much that reading was paused)."""
+        return self._state == _DONE and self._error is None and not self._reading_paused
+
+    async def next_chunk(self) -> bytes:
+        """The next piece of the response body; ``b""`` at its end."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._reading_paused and self._buffered <= LOW_WATER:
+                    self._reading_paused = False
+                    if self._transport is not None and not self.closed:
+                        self._transport.resume_reading()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._state == _DONE:
+                return b""
+            self._waiter = self._loop.create_future()
+            await self._waiter
+
+    async def read(self) -> bytes:
+        """The whole response body (for bodies known to be small)."""
+        if self.complete:
+            chunks = self._chunks
+            body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            return body
+        parts = []
+        while chunk := await self.next_chunk():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def finish(self) -> bool:
+        """End the exchange; whether the connection can carry another request."""
+        sender, self._sender = self._sender, None
+        reusable = (
+            self._state == _DONE
+            and self._error is None
+            and self._keep_alive
+            and not self.closed
+            and (sender is None or sender.done())
+        )
+        if sender is not None and not sender.done():
+            sender.cancel()
+        self._state = _IDLE
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            if reusable and self._transport is not None:
+                self._transport.resume_reading()
+        return reusable
+
+    def abort(self) -> None:
+        self._keep_alive = False
+        if self._transport is not None and not self.closed:
+            self._transport.abort()
+
+    def _stop(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None and not sender.done():
+            sender.cancel()
+        self.abort()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _delimited_by_close(headers: list[tuple[str, str]]) -> bool:
+    """Whether a response without keep-alive has its body end at the connection's close."""
+    length = chunked = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "content-length":
+            length = True
+        elif lower == "transfer-encoding":
+            chunked = value.rsplit(",", 1)[-1].strip().lower() == "chunked"
+    return not chunked and not length
