@@ -6,10 +6,13 @@ pass plain fields; this module adds the timestamp and event name and writes one 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 AUDIT = logging.getLogger("sidecar.audit")
 ACCESS = logging.getLogger("sidecar.access")
@@ -41,8 +44,52 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+class LoopBatchedHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes the lines of one event-loop iteration in one ``write``.
+
+    The access log is one line per request; a ``write`` system call per line was about a
+    tenth of the proxy's CPU per request. Lines logged inside a running loop are queued and
+    flushed by a callback at the end of the iteration; anywhere else (threads, start-up,
+    shutdown) they are written at once. A hard kill loses at most one iteration's lines."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # logging's contract: a bad record must not break the caller
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self.lock or contextlib.nullcontext():
+            self._pending.append(line)
+            if loop is None:
+                self._write()
+            elif not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._scheduled = False
+            self._write()
+
+    def _write(self) -> None:
+        if self._pending:
+            text = "\n".join(self._pending) + "\n"
+            self._pending.clear()
+            self.stream.write(text)
+        self.stream.flush()
+
+
 def configure_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LoopBatchedHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
