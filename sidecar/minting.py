@@ -219,5 +219,5 @@ def _kind(value: object) -> str:
     if isinstance(value, int | float):
         return repr(value) if len(repr(value)) <= 20 else "a number"
     if isinstance(value, str):
-        return "a string"
+        return "a string" if value else "an empty string"
     return "an array" if isinstance(value, list) else "an object"

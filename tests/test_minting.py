@@ -74,7 +74,7 @@ def test_valid_requests(
 
 BAD: list[tuple[dict[str, object], str, str]] = [
     ({}, "userId", "is required"),
-    ({"userId": ""}, "userId", "expected a non-empty string"),
+    ({"userId": ""}, "userId", "expected a non-empty string, got an empty string"),
     ({"userId": 5}, "userId", "expected a non-empty string, got 5"),
     ({"userId": None}, "userId", "is required"),
     ({"userId": ["a"]}, "userId", "got an array"),
