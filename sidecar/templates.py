@@ -1,6 +1,6 @@
 """Identity header templates: ``X-Forwarded-User: "{user_id}"``, compiled once at start-up.
 
-Placeholders: ``{user_id}``, ``{role}``, ``{email}``, ``{module}``, ``{token_id}`` and
+Fields: ``{user_id}``, ``{role}``, ``{email}``, ``{module}``, ``{token_id}`` and
 ``{param.NAME}`` for an ``additionalParams`` entry. Anything else is a config error.
 """
 
@@ -35,7 +35,7 @@ class HeaderTemplate:
     parts: tuple[str, ...]
 
     def render(self, identity: Mapping[str, str]) -> str:
-        """Fill the placeholders; a value with a control character renders as empty
+        """Fill in the fields; a value with a control character renders as empty
         (the caller omits empty headers), so no input can split or fold a header."""
         out: list[str] = []
         for i, part in enumerate(self.parts):
@@ -56,7 +56,7 @@ def compile_header(name: str, template: str) -> HeaderTemplate:
         if field not in FIELDS and not re.fullmatch(r"param\.[A-Za-z0-9_.-]+", field):
             allowed = ", ".join("{" + f + "}" for f in sorted(FIELDS))
             raise TemplateError(
-                f"unknown placeholder {{{field}}}; allowed: {allowed}, {{param.NAME}}"
+                f"unknown field {{{field}}}; allowed: {allowed}, {{param.NAME}}"
             )
         parts += [template[pos : match.start()], field]
         pos = match.end()
