@@ -55,9 +55,7 @@ def compile_header(name: str, template: str) -> HeaderTemplate:
         field = match.group(1)
         if field not in FIELDS and not re.fullmatch(r"param\.[A-Za-z0-9_.-]+", field):
             allowed = ", ".join("{" + f + "}" for f in sorted(FIELDS))
-            raise TemplateError(
-                f"unknown field {{{field}}}; allowed: {allowed}, {{param.NAME}}"
-            )
+            raise TemplateError(f"unknown field {{{field}}}; allowed: {allowed}, {{param.NAME}}")
         parts += [template[pos : match.start()], field]
         pos = match.end()
     rest = template[pos:]
