@@ -64,7 +64,11 @@ _FORWARDING: Final = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip",
      # Path overrides (IIS, Symfony, Zend, nginx auth_request): an upstream that honours
      # them would serve a path the role rules never judged.
-     "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri"}
+     "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri",
+     # Prefix, port and scheme hints (Spring, Symfony, Rails, Werkzeug's ProxyFix): an
+     # upstream that honours them builds absolute URLs and redirects from them.
+     "x-forwarded-prefix", "x-forwarded-port", "x-forwarded-server", "x-forwarded-scheme",
+     "x-forwarded-ssl", "x-url-scheme", "front-end-https"}
 )  # fmt: skip
 # Request-header actions, decided once per header name as received.
 _KEEP, _DROP, _COOKIE, _CONNECTION, _FORWARDED, _HOST, _LENGTH = range(7)

@@ -441,6 +441,17 @@ async def test_own_cookie_removed_other_cookies_kept(sidecar: Sidecar, upstream:
     assert upstream.last.values("X-Forwarded-User") == ["u1"]
 
 
+PROXY_HINTS = (
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Port",
+    "X-Forwarded-Server",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Ssl",
+    "X-Url-Scheme",
+    "Front-End-Https",
+)
+
+
 async def test_forwarded_headers_replaced_for_untrusted_peers(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
@@ -453,6 +464,7 @@ async def test_forwarded_headers_replaced_for_untrusted_peers(
             "X-Forwarded-Host": "evil",
             "Forwarded": "for=6.6.6.6",
             "X-Real-IP": "6.6.6.6",
+            **dict.fromkeys(PROXY_HINTS, "evil"),
         },
     )
     seen = upstream.last
@@ -461,6 +473,8 @@ async def test_forwarded_headers_replaced_for_untrusted_peers(
     assert seen.values("X-Forwarded-Host")[0].startswith("127.0.0.1:")
     assert "forwarded" not in seen.header_names()
     assert "x-real-ip" not in seen.header_names()
+    for name in PROXY_HINTS:
+        assert name.lower() not in seen.header_names(), name
 
 
 async def test_forwarded_headers_appended_for_trusted_proxies(
@@ -477,9 +491,11 @@ async def test_forwarded_headers_appended_for_trusted_proxies(
                 "X-Forwarded-For": "203.0.113.7",
                 "X-Forwarded-Proto": "https",
                 "X-Forwarded-Host": "app.example.com",
+                "X-Forwarded-Prefix": "/app",
             },
         )
         seen = upstream.last
+        assert seen.values("X-Forwarded-Prefix") == ["/app"]
         assert seen.values("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
         assert seen.values("X-Forwarded-Proto") == ["https"]
         assert seen.values("X-Forwarded-Host") == ["app.example.com"]
