@@ -30,8 +30,7 @@ RUN pip install . \
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="sidecar" \
-      org.opencontainers.image.description="Auth proxy turning one-time refer links into sessions" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="Auth proxy turning one-time refer links into sessions"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
