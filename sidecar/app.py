@@ -97,6 +97,10 @@ async def serve(
             runner = web.AppRunner(
                 app,
                 **listener_options(cfg),
+                # A client that leaves cancels its handler, so an idle stream (SSE,
+                # long poll) gives its upstream connection back at once. (aiohttp's test
+                # server sets the same, so the suite runs as production does.)
+                handler_cancellation=True,
                 shutdown_timeout=min(cfg.grace_period, 2.0),  # after the drain below
             )
             await runner.setup()

@@ -73,6 +73,7 @@ _FORWARDING: Final = frozenset(
 # Request-header actions, decided once per header name as received.
 _KEEP, _DROP, _COOKIE, _CONNECTION, _FORWARDED, _HOST, _LENGTH = range(7)
 _NAME_CACHE_SIZE: Final = 2048
+_FRAMING: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 _QUIET_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
 _UPSTREAM_ERRORS = (UpstreamError, aiohttp.ClientError, HttpProcessingError, OSError)
 
@@ -89,7 +90,7 @@ class Forwarder:
         self._base_path = upstream.raw_path.rstrip("/").encode()
         self._default_host = (upstream.raw_authority or "").encode("idna")
         self._cookie_name = config.session.cookie_name
-        self._own_cookie = self._cookie_name.lower() + "="
+        self._own_cookie = self._cookie_name.lower()
         self._identity = config.identity_header_names
         self._trusted: tuple[Network, ...] = px.trusted_proxies
         self._trust_cache: dict[str, bool] = {}
@@ -232,9 +233,10 @@ class Forwarder:
                 else:
                     out.append((name, value))
         if named:
-            # Headers the client's Connection names are hop-by-hop too (never Host, and
-            # never what the sidecar adds below).
-            named.discard(b"host")
+            # Headers the client's Connection names are hop-by-hop too — but never Host
+            # or the body's framing ("Connection: Content-Length" would send the body
+            # unframed: a second, smuggled request), nor what the sidecar adds below.
+            named -= _FRAMING
             out = [(n, v) for n, v in out if n.lower() not in named]
         if host is None:
             host = self._default_host
@@ -265,7 +267,8 @@ class Forwarder:
             if action is _KEEP:
                 out.append((name, value))
             elif action is _COOKIE:
-                if not value.lstrip().lower().startswith(self._own_cookie):
+                # Browsers trim the name: "sidecar_session =x" would still set ours.
+                if value.partition("=")[0].strip().lower() != self._own_cookie:
                     out.append((name, value))
             elif action is _CONNECTION:
                 named = (named or set()) | {t.strip().lower() for t in value.split(",")}

@@ -169,8 +169,10 @@ class SessionManager:
         if now - record.last_seen >= min(_MAX_TOUCH_INTERVAL, record.idle_timeout / 10):
             await self._services.store.touch_session(key, now)
             session = replace(session, record=replace(record, last_seen=now))
-            self._cache[key] = session
-        self._cache.move_to_end(key)
+            if key in self._cache:  # not if evicted meanwhile, nor with cache_size 0
+                self._cache[key] = session
+        if key in self._cache:
+            self._cache.move_to_end(key)
         return session
 
     async def end(self, request: web.BaseRequest) -> SessionRecord | None:

@@ -231,13 +231,18 @@ class UpstreamPool:
             self._free_slot()
 
     async def _wait_for_slot(self) -> None:
+        """Wait for one of the ``limit`` slots; as long as the upstream itself may take to
+        answer, no longer (all slots held by streams or slow readers is a 504, not a hang)."""
         waiter = asyncio.get_running_loop().create_future()
         self._slot_waiters.append(waiter)
         try:
-            await waiter
-        except BaseException:
+            async with asyncio.timeout(self._response_timeout):
+                await waiter
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 self._free_slot()  # handed a slot just as it was cancelled: pass it on
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"all {self._limit} upstream connections are busy") from None
             raise
 
     def _free_slot(self) -> None:

@@ -17,6 +17,9 @@ from yarl import URL
 from sidecar import pages
 
 LOG = logging.getLogger("sidecar.forward")
+# aiohttp assembles each message whole: without a cap one frame could fill the memory.
+# 4 MiB is aiohttp's own default; a bigger message closes the socket with 1009.
+MAX_MESSAGE = 4 * 1024 * 1024
 _ABNORMAL = 1006
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -46,7 +49,7 @@ async def relay_websocket(
                 protocols=protocols,
                 autoping=True,
                 compress=0,
-                max_msg_size=0,
+                max_msg_size=MAX_MESSAGE,
             )
     except TimeoutError:
         LOG.warning("upstream websocket did not answer within %ss", handshake_timeout)
@@ -59,7 +62,7 @@ async def relay_websocket(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoping=True,
             compress=False,
-            max_msg_size=0,
+            max_msg_size=MAX_MESSAGE,
         )
         await client.prepare(request)
         await _relay(client, upstream)

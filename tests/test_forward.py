@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from sidecar.ws_relay import MAX_MESSAGE
 from tests.harness import Sidecar, make_config, raw_bytes, raw_http, running_sidecar
 from tests.upstream import CHUNK, GZIP_TEXT, Upstream, running_upstream
 
@@ -136,6 +138,26 @@ async def test_websocket_round_trip_with_identity(sidecar: Sidecar, upstream: Up
         await ws.send_bytes(b"\x01\x02\x03")
         assert (await ws.receive()).data == b"\x03\x02\x01"
     assert len(upstream.ws_headers) == 1
+
+
+async def test_websocket_messages_over_the_cap_close_the_socket(sidecar: Sidecar) -> None:
+    async with sidecar.client.ws_connect("/_up/ws", max_msg_size=0) as ws:
+        await ws.receive()  # the upstream's handshake echo
+        with contextlib.suppress(ConnectionError):  # the sidecar may cut us off mid-send
+            await ws.send_bytes(b"x" * (MAX_MESSAGE + 1))
+        answer = await ws.receive()
+        # Relayed, the upstream would echo it back as a BINARY message.
+        assert answer.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        )
+        # 1009 when the close frame arrives before the reset, 1006 when it does not.
+        assert ws.close_code in (
+            aiohttp.WSCloseCode.MESSAGE_TOO_BIG,
+            aiohttp.WSCloseCode.ABNORMAL_CLOSURE,
+            None,
+        )
 
 
 async def test_websocket_refused_without_session(sidecar: Sidecar, upstream: Upstream) -> None:

@@ -501,6 +501,22 @@ async def test_a_cancelled_request_gives_its_slot_back() -> None:
         assert (await fetch(pool))[2] == b"ok"
 
 
+async def test_waiting_for_a_busy_pool_is_bounded_by_the_response_timeout() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # an open stream holds its connection (and slot)
+
+    async with raw_upstream(script) as up, pool_for(up.port, limit=1, response_timeout=0.2) as pool:
+        stream = await pool.request("GET", head())
+        try:
+            with pytest.raises(UpstreamTimeout, match="busy"):
+                await fetch(pool)  # a 504, not a request parked forever
+        finally:
+            stream.release()
+
+
 # -- through the sidecar: what the client gets ------------------------------------------
 @asynccontextmanager
 async def sidecar_before(tmp_path: Path, answer: bytes) -> AsyncIterator[Sidecar]:

@@ -127,7 +127,8 @@ class Upstream:
         return response
 
     async def ws(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(protocols=("chat.v1",))
+        # No size cap here: the sidecar must be the one that enforces it.
+        ws = web.WebSocketResponse(protocols=("chat.v1",), max_msg_size=0)
         await ws.prepare(request)
         headers = self._raw_headers(request)
         self.ws_headers.append(headers)
@@ -146,6 +147,7 @@ class Upstream:
     async def cookie(self, request: web.Request) -> web.StreamResponse:
         response = web.Response(text="cookies")
         response.headers.add("Set-Cookie", "sidecar_session=evil; Path=/")
+        response.headers.add("Set-Cookie", " Sidecar_Session =evil; Path=/")  # browsers trim
         response.headers.add("Set-Cookie", "app=1; Path=/")
         return response
 

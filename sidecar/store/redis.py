@@ -54,16 +54,18 @@ local at = math.max(tonumber(ARGV[2]), floor)
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', at, 'GET')
 """
 
-# KEYS: session, user index. ARGV: dead_at (ms), user index prefix, field, value, ...
+# KEYS: session, user index. ARGV: dead_at (ms), expires_at (ms), user index prefix,
+# field, value, ... The index lives until the last session's *absolute* expiry: touches
+# push a session's own expiry forward, and the index must still find it then.
 _CREATE_SESSION = """
 local old = redis.call('HGET', KEYS[1], 'user_id')
-if old then redis.call('SREM', ARGV[2] .. old, KEYS[1]) end
+if old then redis.call('SREM', ARGV[3] .. old, KEYS[1]) end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], KEYS[1])
-if redis.call('PEXPIRETIME', KEYS[2]) < tonumber(ARGV[1]) then
-  redis.call('PEXPIREAT', KEYS[2], ARGV[1])
+if redis.call('PEXPIRETIME', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIREAT', KEYS[2], ARGV[2])
 end
 """
 
@@ -207,7 +209,10 @@ class RedisStore:
             socket_connect_timeout=_CALL_TIMEOUT,
             socket_timeout=_CALL_TIMEOUT,
             health_check_interval=15,
-            retry=Retry(NoBackoff(), retries=1),  # one reconnect after Redis restarted
+            # No automatic resend: a burn whose reply was lost must not run twice (the
+            # first click would come back "used"). A broken connection fails this call
+            # (503, fail closed) and the pool reconnects for the next one.
+            retry=Retry(NoBackoff(), retries=0),
             decode_responses=True,
         )
         self._redis = Redis.from_pool(pool)
@@ -272,7 +277,12 @@ class RedisStore:
         s = session
         dead_at = _ms(_codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout))
         keys = [self._key("sess", s.key), self._key("usess", s.user_id)]
-        args: list[str | int] = [dead_at, self._key("usess", ""), *_flat(_codec.session_fields(s))]
+        args: list[str | int] = [
+            dead_at,
+            _ms(s.expires_at),
+            self._key("usess", ""),
+            *_flat(_codec.session_fields(s)),
+        ]
         await self._eval(_CREATE_SESSION, keys, args)
 
     async def get_session(self, key: str) -> SessionRecord | None:

@@ -80,6 +80,18 @@ def shapes(host: str, cookie: str) -> dict[str, str]:
             f"GET /app/frame HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
             f"Content-Length: {len(s)}\r\n\r\n{s}"
         ),
+        # Hop-by-hop by nomination: the body's framing must survive "Connection: …".
+        "connection-names-cl": (
+            f"{head}Connection: keep-alive, Content-Length\r\nContent-Length: {len(s)}"
+            f"\r\n\r\n{s}"
+        ),
+        "connection-names-cl-close": (
+            f"{head}Connection: close, content-length\r\nContent-Length: {len(s)}\r\n\r\n{s}"
+        ),
+        "connection-names-te": (
+            f"{head}Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
+            f"{len(s):x}\r\n{s}\r\n0\r\n\r\n"
+        ),
         "http10-te": (
             f"POST /app/frame HTTP/1.0\r\nHost: {host}\r\nCookie: {cookie}\r\n"
             f"Transfer-Encoding: chunked\r\n\r\n{chunked_body}"
