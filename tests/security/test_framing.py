@@ -82,8 +82,7 @@ def shapes(host: str, cookie: str) -> dict[str, str]:
         ),
         # Hop-by-hop by nomination: the body's framing must survive "Connection: …".
         "connection-names-cl": (
-            f"{head}Connection: keep-alive, Content-Length\r\nContent-Length: {len(s)}"
-            f"\r\n\r\n{s}"
+            f"{head}Connection: keep-alive, Content-Length\r\nContent-Length: {len(s)}\r\n\r\n{s}"
         ),
         "connection-names-cl-close": (
             f"{head}Connection: close, content-length\r\nContent-Length: {len(s)}\r\n\r\n{s}"
