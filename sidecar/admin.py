@@ -24,6 +24,7 @@ from aiohttp import hdrs, web
 from sidecar import jsonbody, links_http, metrics
 from sidecar.accesslog import access_middleware
 from sidecar.audit import audit
+from sidecar.config import MAX_EXPIRY
 from sidecar.minting import MintError, iso_utc, mint_refer, parse_refer_request
 from sidecar.ratelimit import RateLimited, enforce
 from sidecar.services import SERVICES, Services
@@ -180,7 +181,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             request=request,
         )
     expected = request.app[SERVICES].config.admin.key.reveal()
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+    # surrogateescape: aiohttp hands undecodable header bytes over as lone surrogates.
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    if not expected or not hmac.compare_digest(given_bytes, expected.encode()):
         return json_error(403, "wrong admin key", request=request)
     return await handler(request)
 
@@ -268,7 +271,9 @@ async def revoke_token(request: web.Request) -> web.Response:
         raise RequestError(400, "token id: expected 1-128 of A-Z a-z 0-9 _ -", field="id")
     services = request.app[SERVICES]
     now = services.clock()
-    previous = await services.store.revoke(token_id, now + services.config.max_expiry)
+    # Kept for the hard cap, not tokens.max_expiry: lowering that setting later must not
+    # let the record go while a link minted under the old one still lives.
+    previous = await services.store.revoke(token_id, now + MAX_EXPIRY)
     state = "used" if previous.value == "used" else "revoked"
     audit("revoke", token_id=token_id, previous=previous.value, state=state)
     return web.json_response({"id": token_id, "previous": previous.value, "state": state})

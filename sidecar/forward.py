@@ -230,7 +230,9 @@ class Forwarder:
                     proto = proto or value
                 elif lower == b"x-forwarded-host":
                     forwarded_host = forwarded_host or value
-                else:
+                elif b"_" not in lower and b"." not in lower:
+                    # Only the canonical spelling: a CGI/WSGI upstream would merge
+                    # "X_Forwarded_For" with what the sidecar sets into one variable.
                     out.append((name, value))
         if named:
             # Headers the client's Connection names are hop-by-hop too — but never Host

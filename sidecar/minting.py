@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
@@ -48,8 +48,9 @@ class ReferRequest:
 
 @dataclass(frozen=True, slots=True)
 class MintedLink:
-    token: str
-    url: str
+    # Bearer credentials until used: never in a repr (logs, tracebacks).
+    token: str = field(repr=False)
+    url: str = field(repr=False)
     claims: Claims
 
     @property

@@ -492,10 +492,14 @@ async def test_forwarded_headers_appended_for_trusted_proxies(
                 "X-Forwarded-Proto": "https",
                 "X-Forwarded-Host": "app.example.com",
                 "X-Forwarded-Prefix": "/app",
+                "X_Forwarded_For": "6.6.6.6",
+                "X.Forwarded.Prefix": "/evil",
             },
         )
         seen = upstream.last
         assert seen.values("X-Forwarded-Prefix") == ["/app"]
+        assert "x_forwarded_for" not in seen.header_names()
+        assert "x.forwarded.prefix" not in seen.header_names()
         assert seen.values("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
         assert seen.values("X-Forwarded-Proto") == ["https"]
         assert seen.values("X-Forwarded-Host") == ["app.example.com"]

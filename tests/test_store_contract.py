@@ -258,7 +258,9 @@ async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
     await store.hit("ip", 10, now)
     await store.create_user(User(id="u1", email="a@example.org", created_at=now))
     if backend.name == "sqlite":
-        assert await store.purge_expired(now + 11) == 4  # token, session, link, counter
+        assert await store.purge_expired(now + 11) == 3  # session, link, counter
+        assert await store.token_state("short") is TokenState.USED  # burns outlive tokens
+        assert await store.purge_expired(now + 311) == 1  # ... by 5 minutes
         assert backend.path is not None
         with sqlite3.connect(backend.path) as db:
             counts = [db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
@@ -277,7 +279,8 @@ async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
         floor = 300_000  # burns outlive their token (clock skew between replicas)
         expected = {
             "tok:short": floor, "tok:long": HOUR * 1000, "sess:short": 10_000,
-            "sess:long": 600_000, "usess:u1": 600_000, "link:3:u:1:recovery": 10_000,
+            # The user index lives to the last session's absolute expiry, not its idle one.
+            "sess:long": 600_000, "usess:u1": HOUR * 1000, "link:3:u:1:recovery": 10_000,
             "linkhash:hash-t1": 10_000, f"rl:{reset!r}:ip": (reset - now) * 1000,
         }  # fmt: skip
         assert set(ttls) == set(expected)
@@ -301,8 +304,11 @@ async def test_touch_extends_session_expiry(backend: Backend, now: float) -> Non
         assert await store.purge_expired(now + 601) == 0
         assert await store.purge_expired(now + 901) == 1
     else:
-        ttl = (await redis_ttls(backend))["sess:s"]
-        assert 900_000 - 5_000 < ttl <= 900_000
+        ttls = await redis_ttls(backend)
+        assert 900_000 - 5_000 < ttls["sess:s"] <= 900_000
+        # Touched sessions stay findable by user: DELETE /sessions must still reach them.
+        assert ttls["usess:u1"] > ttls["sess:s"]
+        assert await store.delete_user_sessions("u1") == 1
 
 
 # -- the backend is down ------------------------------------------------------------------
@@ -316,6 +322,29 @@ async def test_closed_store_is_unavailable(store: Store, now: float) -> None:
     for call in calls:
         with pytest.raises(StoreUnavailable):
             await call()
+
+
+async def test_a_locked_sqlite_file_fails_the_batch_once(tmp_path: Path, now: float) -> None:
+    """BEGIN failing is nobody's op: the queued writes fail together after one busy
+    timeout (5 s), instead of being replayed one by one, 5 s each."""
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(store.burn(f"t{i}", now + HOUR) for i in range(6)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert elapsed < 12, elapsed  # op by op it took six timeouts (30 s)
+        locker.execute("ROLLBACK")
+        assert await store.burn("t0", now + HOUR) is BurnResult.BURNED  # and it recovers
+    finally:
+        locker.close()
+        await store.close()
 
 
 @pytest.mark.parametrize("kind", ["missing-dir", "directory", "not-a-database"])

@@ -111,10 +111,18 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
     return answers
 
 
+class WholeBatchFailed(Exception):
+    """BEGIN or COMMIT failed (a locked or broken file): no op is to blame, so the batch
+    fails as one instead of being replayed op by op, each waiting out the busy timeout."""
+
+
 def _transaction(conn: sqlite3.Connection, batch: list[_Op | _Burn]) -> list[Answer]:
     """Run in the writer thread: the whole batch in one transaction, one commit."""
     answers: list[Answer] = []
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise WholeBatchFailed(exc) from exc
     try:
         burns: list[_Burn] = []
         for op in batch:
@@ -129,7 +137,10 @@ def _transaction(conn: sqlite3.Connection, batch: list[_Op | _Burn]) -> list[Ans
                 answers.append(op.run(conn))
         if burns:
             answers += _burn_chunk(conn, burns)
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise WholeBatchFailed(exc) from exc
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.rollback()
@@ -224,6 +235,12 @@ class GroupCommitWriter:
             for op in batch:
                 op.fail(StoreUnavailable("SQLite store closed mid-write"))
             raise
+        except WholeBatchFailed as exc:
+            for op in batch:
+                error = StoreUnavailable(f"SQLite write failed: {exc.__cause__}")
+                error.__cause__ = exc.__cause__
+                op.fail(error)
+            return
         except Exception as exc:  # every failure, even a bug, must reach the callers
             if len(batch) > 1:
                 for op in batch:  # isolate the op that broke the batch

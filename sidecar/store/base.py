@@ -75,7 +75,7 @@ class User:
     created_at: float
     confirmed_at: float | None = None
     invited_at: float | None = None
-    password_hash: str | None = None
+    password_hash: str | None = field(default=None, repr=False)
     metadata: dict[str, object] = field(default_factory=dict)
 
 

@@ -273,6 +273,15 @@ async def test_missing_or_wrong_admin_keys_are_refused(sidecar: Sidecar) -> None
     assert not through
 
 
+async def test_a_key_that_is_not_utf8_is_refused_not_a_500(sidecar: Sidecar) -> None:
+    port = sidecar.admin_port
+    data = mint_request(port, host=f"127.0.0.1:{port}", key="")
+    data = data.replace(b"Content-Type:", b"Authorization: Bearer \xff\xfeabc\r\nContent-Type:", 1)
+    resp = await raw_http(port, data)
+    casebook.record("admin", through=int(resp.status != 403))
+    assert resp.status == 403
+
+
 @pytest.mark.parametrize(
     "where",
     ["query", "cookie", "x-admin-key", "x-api-key", "proxy-authorization"],
