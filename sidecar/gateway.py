@@ -36,7 +36,6 @@ from sidecar.store.base import StoreUnavailable
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 _SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
-_NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
 
 
 def build_proxy_app(services: Services) -> web.Application:
@@ -117,7 +116,9 @@ class Gateway:
             # "//evil" or "/\\evil" as rd would send the user off-site after logging in.
             location = self._login_url.update_query(rd="/" + request.raw_path.lstrip("/\\"))
             status = 302 if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) else 303
-            return web.Response(status=status, headers={hdrs.LOCATION: str(location), **_NO_STORE})
+            return web.Response(
+                status=status, headers={hdrs.LOCATION: str(location), **pages.NO_STORE}
+            )
         return pages.failure(request, 401, "unauthenticated")
 
     async def _send(
@@ -142,7 +143,7 @@ class Gateway:
         if record is not None:
             audit("logout", user_id=record.user_id, role=record.role, token_id=record.token_id)
         response = web.Response(
-            status=303, headers={hdrs.LOCATION: safe_return_path(request), **_NO_STORE}
+            status=303, headers={hdrs.LOCATION: safe_return_path(request), **pages.NO_STORE}
         )
         self._sessions.clear_cookie(response)
         return response
@@ -240,7 +241,7 @@ def _json(status: int, doc: object) -> web.Response:
         status=status,
         text=json.dumps(doc),
         content_type="application/json",
-        headers=_NO_STORE,
+        headers=pages.NO_STORE,
     )
 
 

@@ -70,7 +70,6 @@ VERIFY_STATUS = {
     "weak_password": 422,
     "store_unavailable": 503,
 }
-_NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
 CLIENT_ADDRESS = web.AppKey("links_client_address", Forwarder)
 
 
@@ -157,7 +156,7 @@ async def _verify_link(request: web.Request) -> web.StreamResponse:
     except StoreUnavailable:
         return pages.failure(request, 503, "store_unavailable")
     response = web.Response(
-        status=303, headers={hdrs.LOCATION: verified.redirect_to or "/", **_NO_STORE}
+        status=303, headers={hdrs.LOCATION: verified.redirect_to or "/", **pages.NO_STORE}
     )
     request.app[SESSIONS].set_cookie(response, cookie, role)
     return response
@@ -213,7 +212,7 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
             "expires_in": int(role.session_lifetime),
         },
     }
-    response = web.json_response(doc, headers=_NO_STORE)
+    response = web.json_response(doc, headers=pages.NO_STORE)
     request.app[SESSIONS].set_cookie(response, cookie, role)
     return response
 
@@ -306,5 +305,5 @@ def _str(value: object) -> str | None:
 
 
 def _no_store(response: web.Response) -> web.Response:
-    response.headers.update(_NO_STORE)
+    response.headers.update(pages.NO_STORE)
     return response

@@ -14,6 +14,9 @@ from http import HTTPStatus
 
 from aiohttp import hdrs, web
 
+# Every answer the sidecar makes itself about a link or a session: never cached, and the
+# URL (it may carry a token) never sent on as a Referer.
+NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
 SECURITY_HEADERS = {
     hdrs.CACHE_CONTROL: "no-store",
     "Referrer-Policy": "no-referrer",

@@ -280,11 +280,6 @@ class Reader:
             return Secret(text)
 
 
-RateLimitSpec = tuple[int, float]
-HostPortSpec = tuple[str, int]
-SecretText = "Secret"
-
-
 def _hostport(value: object) -> HostPort | None:
     if not isinstance(value, str):
         return None

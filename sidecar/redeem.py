@@ -35,7 +35,6 @@ from sidecar.sessions import SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
 from sidecar.tokens import Claims, ExpiredToken, TokenError
 
-_NO_STORE = {hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"}
 _MODULE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _BLOCK_MEMO_SIZE = 4096
 
@@ -69,7 +68,7 @@ class Redeemer:
     async def redeem(self, request: web.Request) -> web.StreamResponse:
         method = request.method
         if method == hdrs.METH_HEAD:
-            return _with_no_store(pages.confirm_page())
+            return pages.confirm_page()
         if method not in (hdrs.METH_GET, hdrs.METH_POST):
             response = pages.failure(request, 405, "method_not_allowed")
             response.headers[hdrs.ALLOW] = "GET, HEAD, POST"
@@ -115,7 +114,7 @@ class Redeemer:
                 # Only the POST from the button burns; the GET checks without consuming.
                 state = await self._services.store.token_state(claims.token_id)
                 _check_state(state, claims)
-                return _with_no_store(pages.confirm_page())
+                return pages.confirm_page()
             if claims.one_time:
                 result = await self._services.store.burn(claims.token_id, claims.expires_at)
                 if result is BurnResult.ALREADY_USED:
@@ -146,7 +145,7 @@ class Redeemer:
             one_time=claims.one_time,
         )
         response = web.Response(
-            status=303, headers={hdrs.LOCATION: landing_url(request, claims), **_NO_STORE}
+            status=303, headers={hdrs.LOCATION: landing_url(request, claims), **pages.NO_STORE}
         )
         self._sessions.set_cookie(response, cookie, role)
         return response
@@ -192,8 +191,3 @@ def landing_url(request: web.BaseRequest, claims: Claims) -> str:
     if claims.module is not None and _MODULE.fullmatch(claims.module):
         location += "#/display/" + claims.module
     return location
-
-
-def _with_no_store(response: web.Response) -> web.Response:
-    response.headers.update(_NO_STORE)
-    return response

@@ -41,6 +41,10 @@ async def relay_websocket(
         for p in v.split(",")
         if p.strip()
     ]
+    # The client's handshake is checked first: a malformed one must not open an
+    # authenticated upstream socket (with identity headers) just to be refused after.
+    if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
+        return pages.failure(request, 400, "bad_request")
     try:
         async with asyncio.timeout(handshake_timeout):
             upstream = await session.ws_connect(

@@ -160,6 +160,21 @@ async def test_websocket_messages_over_the_cap_close_the_socket(sidecar: Sidecar
         )
 
 
+async def test_a_malformed_websocket_handshake_opens_nothing_upstream(
+    sidecar: Sidecar, upstream: Upstream
+) -> None:
+    cookie = sidecar.client.session.cookie_jar.filter_cookies(sidecar.client.make_url("/"))
+    response = await raw_http(
+        sidecar,
+        "GET",
+        "/_up/ws",
+        f"Cookie: sidecar_session={cookie['sidecar_session'].value}\r\n"
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13",  # no key
+    )
+    assert response.status == 400
+    assert upstream.ws_headers == []
+
+
 async def test_websocket_refused_without_session(sidecar: Sidecar, upstream: Upstream) -> None:
     sidecar.client.session.cookie_jar.clear()
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
