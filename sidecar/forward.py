@@ -48,7 +48,7 @@ from sidecar.config import Config, Network
 from sidecar.sessions import split_cookie_header
 from sidecar.templates import canonical_header
 from sidecar.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
-from sidecar.ws_relay import relay_websocket
+from sidecar.ws_relay import Alive, relay_websocket
 
 LOG = logging.getLogger("sidecar.forward")
 
@@ -90,6 +90,7 @@ class Forwarder:
         self._base_path = upstream.raw_path.rstrip("/").encode()
         self._default_host = (upstream.raw_authority or "").encode("idna")
         self._cookie_name = config.session.cookie_name
+        self._session_check = config.session.cache_ttl
         self._own_cookie = self._cookie_name.lower()
         self._identity = config.identity_header_names
         self._trusted: tuple[Network, ...] = px.trusted_proxies
@@ -335,9 +336,13 @@ class Forwarder:
 
     # -- WebSocket -------------------------------------------------------------------
     async def forward_websocket(
-        self, request: web.Request, identity: Iterable[tuple[str, str]]
+        self,
+        request: web.Request,
+        identity: Iterable[tuple[str, str]],
+        alive: Alive | None = None,
     ) -> web.StreamResponse:
-        """Open the same WebSocket upstream (with identity headers) and relay messages."""
+        """Open the same WebSocket upstream (with identity headers) and relay messages;
+        ``alive`` (checked every ``session.cache_ttl``) ends the relay with the session."""
         session = self._ws_session
         if session is None:
             raise RuntimeError("Forwarder used outside its cleanup_ctx")
@@ -346,7 +351,15 @@ class Forwarder:
             (name.decode("latin-1"), value.decode("utf-8", "replace")) for name, value in pairs
         )
         url = URL(str(self._origin) + self._base_path.decode() + request.raw_path, encoded=True)
-        return await relay_websocket(session, url, request, headers, self._header_timeout)
+        return await relay_websocket(
+            session,
+            url,
+            request,
+            headers,
+            self._header_timeout,
+            alive=alive,
+            check_every=self._session_check,
+        )
 
 
 def _response_action(lower: str) -> int:

@@ -33,6 +33,7 @@ from sidecar.redeem import Redeemer, has_refer
 from sidecar.services import SERVICES, Services
 from sidecar.sessions import SESSIONS, SessionManager
 from sidecar.store.base import StoreUnavailable
+from sidecar.ws_relay import Alive
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 _SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
@@ -104,7 +105,11 @@ class Gateway:
             set_user(session.record.user_id)
             if not self._rules[session.record.role].permits(path):
                 return pages.failure(request, 403, "forbidden")
-            return await self._send(request, session.headers, websocket)
+            if websocket:
+                return await self._forwarder.forward_websocket(
+                    request, session.headers, alive=self._still_signed_in(request)
+                )
+            return await self._forwarder.forward(request, session.headers)
         if self._unauthenticated == "pass":
             return await self._send(request, (), websocket)
         if (
@@ -120,6 +125,15 @@ class Gateway:
                 status=status, headers={hdrs.LOCATION: str(location), **pages.NO_STORE}
             )
         return pages.failure(request, 401, "unauthenticated")
+
+    def _still_signed_in(self, request: web.Request) -> Alive:
+        async def alive() -> bool:
+            try:
+                return await self._sessions.lookup(request) is not None
+            except StoreUnavailable:
+                return False  # fail closed, as every other session check does
+
+        return alive
 
     async def _send(
         self, request: web.Request, identity: tuple[tuple[str, str], ...], websocket: bool

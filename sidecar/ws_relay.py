@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -23,6 +24,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 _ABNORMAL = 1006
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+Alive = Callable[[], Awaitable[bool]]
 
 
 async def relay_websocket(
@@ -31,6 +33,9 @@ async def relay_websocket(
     request: web.Request,
     headers: CIMultiDict[str],
     handshake_timeout: float,
+    *,
+    alive: Alive | None = None,
+    check_every: float = 2.0,
 ) -> web.StreamResponse:
     """Connect upstream, then accept the client's upgrade and relay until either closes.
 
@@ -69,7 +74,7 @@ async def relay_websocket(
             max_msg_size=MAX_MESSAGE,
         )
         await client.prepare(request)
-        await _relay(client, upstream)
+        await _relay(client, upstream, alive, check_every)
         return client
     finally:
         await upstream.close()
@@ -85,15 +90,35 @@ async def _pump(src: Socket, dst: Socket) -> None:
     await dst.close(code=code)
 
 
-async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+async def _watch(alive: Alive, every: float) -> None:
+    """Return once the session behind the socket has ended (logout, DELETE /sessions,
+    expiry, idle timeout): a socket must not outlive the identity it was opened with."""
+    while True:
+        await asyncio.sleep(every)
+        if not await alive():
+            return
+
+
+async def _relay(
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    alive: Alive | None,
+    check_every: float,
+) -> None:
     tasks = [
         asyncio.create_task(_pump(client, upstream)),
         asyncio.create_task(_pump(upstream, client)),
     ]
+    watcher = asyncio.create_task(_watch(alive, check_every)) if alive is not None else None
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [*tasks, watcher] if watcher else tasks, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
-        for task in tasks:
+        ended = watcher is not None and watcher.done() and not watcher.cancelled()
+        for task in [*tasks, watcher] if watcher else tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *([watcher] if watcher else []), return_exceptions=True)
+        if ended:
+            await client.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"session ended")
         await client.close()

@@ -175,6 +175,24 @@ async def test_a_malformed_websocket_handshake_opens_nothing_upstream(
     assert upstream.ws_headers == []
 
 
+async def test_a_websocket_ends_with_its_session(tmp_path: Path, upstream: Upstream) -> None:
+    config = make_config(
+        tmp_path, upstream.url, session={"cookie_secure": False, "cache_ttl": "100ms"}
+    )
+    async with running_sidecar(config) as sc:
+        await sc.login()
+        async with sc.client.ws_connect("/_up/ws") as ws:
+            await ws.receive()  # the upstream's handshake echo
+            await ws.send_str("still here")
+            assert (await ws.receive()).data == "echo:still here"
+            logout = await sc.client.post("/_sidecar/logout", allow_redirects=False)
+            assert logout.status == 303
+            async with asyncio.timeout(5):  # checked every cache_ttl (100 ms here)
+                closed = await ws.receive()
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+
 async def test_websocket_refused_without_session(sidecar: Sidecar, upstream: Upstream) -> None:
     sidecar.client.session.cookie_jar.clear()
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
