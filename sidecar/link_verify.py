@@ -120,15 +120,19 @@ async def verify_otp(
     link = None if user is None else await store.get_link(user.id, link_type)
     if link is None:
         raise VerifyFailed("invalid_otp")
-    if link.expires_at <= now:
-        raise VerifyFailed("expired", link.token_id)
+    live = link.expires_at > now
     if not (_OTP.fullmatch(otp) and otp_matches(services.config.keyset, link, otp)):
-        failures = await store.record_failed_attempt(link.user_id, link_type)
-        if failures >= links.max_otp_attempts:
-            await store.revoke(link.token_id, link.expires_at)
-            await store.delete_link(link.user_id, link_type)
-            audit("otp_locked", kind=link_type, token_id=link.token_id, user_id=link.user_id)
+        if live:
+            failures = await store.record_failed_attempt(link.user_id, link_type)
+            if failures >= links.max_otp_attempts:
+                await store.revoke(link.token_id, link.expires_at)
+                await store.delete_link(link.user_id, link_type)
+                audit("otp_locked", kind=link_type, token_id=link.token_id, user_id=link.user_id)
+        # The same answer as for an address with no link: a wrong code must not tell
+        # whether the address has a (now expired) pending link.
         raise VerifyFailed("invalid_otp", link.token_id)
+    if not live:
+        raise VerifyFailed("expired", link.token_id)
     return await _consume(services, link, password)
 
 

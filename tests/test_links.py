@@ -446,6 +446,12 @@ async def test_expiry(services: Services) -> None:
         await verify_otp(services, "magiclink", "a@b.co", link.email_otp, client="c")
     with pytest.raises(VerifyFailed, match="expired"):
         await verify_token_hash(services, "magiclink", link.hashed_token)
+    # A wrong code gets the answer an address without any link gets: no enumeration.
+    wrong = "0" * len(link.email_otp) if link.email_otp != "0" * len(link.email_otp) else "1" * 6
+    with pytest.raises(VerifyFailed, match="invalid_otp"):
+        await verify_otp(services, "magiclink", "a@b.co", wrong, client="c")
+    with pytest.raises(VerifyFailed, match="invalid_otp"):
+        await verify_otp(services, "magiclink", "nobody@b.co", wrong, client="c")
 
 
 async def test_redirect_removed_from_the_allow_list_is_refused(
