@@ -149,7 +149,7 @@ class Gateway:
         if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
             return pages.logout_page()
         if request.method != hdrs.METH_POST:
-            return _method_not_allowed(request, "GET, HEAD, POST")
+            return pages.method_not_allowed(request, "GET, HEAD, POST")
         try:
             record = await self._sessions.end(request)
         except StoreUnavailable:
@@ -165,7 +165,7 @@ class Gateway:
     async def session(self, request: web.Request) -> web.StreamResponse:
         """The current identity as JSON, or a 401."""
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-            return _method_not_allowed(request, "GET, HEAD")
+            return pages.method_not_allowed(request, "GET, HEAD")
         try:
             session = await self._sessions.lookup(request)
         except StoreUnavailable:
@@ -257,9 +257,3 @@ def _json(status: int, doc: object) -> web.Response:
         content_type="application/json",
         headers=pages.NO_STORE,
     )
-
-
-def _method_not_allowed(request: web.BaseRequest, allow: str) -> web.Response:
-    response = pages.failure(request, 405, "method_not_allowed")
-    response.headers[hdrs.ALLOW] = allow
-    return response

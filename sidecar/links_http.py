@@ -132,9 +132,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
         if "token" in request.query:  # the confirm page's button posts to the link itself
             return await _verify_link(request)
         return await _verify_api(request)
-    response = pages.failure(request, 405, "method_not_allowed")
-    response.headers[hdrs.ALLOW] = "GET, HEAD, POST"
-    return response
+    return pages.method_not_allowed(request, "GET, HEAD, POST")
 
 
 async def _verify_link(request: web.Request) -> web.StreamResponse:

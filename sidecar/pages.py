@@ -112,6 +112,13 @@ def failure(
     return _html(status, headers, f"{status} {phrase}", f"<p>{html.escape(message)}</p>")
 
 
+def method_not_allowed(request: web.BaseRequest, allow: str) -> web.Response:
+    """The 405 page, with the ``Allow`` header RFC 9110 requires."""
+    response = failure(request, 405, "method_not_allowed")
+    response.headers[hdrs.ALLOW] = allow
+    return response
+
+
 def confirm_page() -> web.Response:
     """The button that turns a scanned-safe ``GET`` into the ``POST`` that redeems.
 

@@ -70,9 +70,7 @@ class Redeemer:
         if method == hdrs.METH_HEAD:
             return pages.confirm_page()
         if method not in (hdrs.METH_GET, hdrs.METH_POST):
-            response = pages.failure(request, 405, "method_not_allowed")
-            response.headers[hdrs.ALLOW] = "GET, HEAD, POST"
-            return response
+            return pages.method_not_allowed(request, "GET, HEAD, POST")
         client = self._forwarder.client_address(request)
         now = self._services.clock()
         blocked_until = self._blocked.get(client)
