@@ -13,7 +13,6 @@ import inspect
 import re
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from sidecar.keys import KeySet, generate_keyset
 from sidecar.services import Services
 from sidecar.store import open_store
 from sidecar.tokens import TokenCodec
+from tests.harness import Clock
 
 ADMIN_KEY = "adm-" + secrets.token_urlsafe(32)
 PUBLIC_URL = "https://app.example.com"
@@ -38,19 +38,6 @@ IDENTITY_HEADERS = (
     "X-Forwarded-Tenant",
     "X-Forwarded-Email",
 )
-
-
-class FakeClock:
-    """``Services.clock``: starts at the real time and moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +170,7 @@ class Sidecar:
 
     config: Config
     services: Services
-    clock: FakeClock
+    clock: Clock
     upstream: Upstream
     keyset: KeySet
     http: aiohttp.ClientSession
@@ -260,7 +247,7 @@ async def running_sidecar(
     keyset = keyset or generate_keyset("k-sec-1")
     env = {"SIDECAR_KEYSET": keyset.to_json(), "SIDECAR_ADMIN_KEY": ADMIN_KEY}
     store_url = store_url or f"sqlite:///{tmp_path}/sidecar.db"
-    clock = FakeClock()
+    clock = Clock()
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         for _attempt in range(5):
             admin_port, proxy_port = free_port(), free_port()
