@@ -26,7 +26,7 @@ async def _create_schema(path: Path) -> None:
 
 
 def _ids(count: int) -> list[str]:
-    # The same shape as sidecar.tokens.new_token_id(): 16 random bytes, base64url.
+    # The same shape as sidecar.tokens.codec.new_token_id(): 16 random bytes, base64url.
     raw = os.urandom(16 * count)
     return sorted(
         base64.urlsafe_b64encode(raw[i : i + 16]).rstrip(b"=").decode()

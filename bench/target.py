@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.procs import PYTHON, BenchError, Child, free_port, spawn, wait_port
-from sidecar.keys import generate_keyset
+from sidecar.tokens.keys import generate_keyset
 
 COOKIE = "sidecar_session"
 MINT_CONCURRENCY = 32

@@ -15,16 +15,16 @@ from typing import TypedDict
 
 from aiohttp import web
 
-from sidecar.admin import build_admin_app
-from sidecar.audit import configure_logging
+from sidecar.admin.api import build_admin_app
 from sidecar.config import Config, ConfigError, load_config
-from sidecar.drain import Drain
-from sidecar.metrics import metrics_app
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
 from sidecar.store import StoreUnavailable, open_store
-from sidecar.timed_store import timed
-from sidecar.tokens import TokenCodec
+from sidecar.store.timed import timed
+from sidecar.telemetry.audit import configure_logging
+from sidecar.tokens.codec import TokenCodec
+from sidecar.web.drain import Drain
+from sidecar.web.metrics import metrics_app
 
 _LOG = logging.getLogger("sidecar.app")
 
@@ -64,7 +64,7 @@ async def serve(
 
     ``ready`` is set once every listener accepts connections. Raises :class:`ServeError`
     when a listener cannot start; the store is closed on every path."""
-    from sidecar.gateway import build_proxy_app  # the proxy side imports the whole gateway
+    from sidecar.proxy.gateway import build_proxy_app  # the proxy side imports the whole gateway
 
     cfg = services.config
     if not cfg.admin.listen.is_loopback and not cfg.admin.allow_non_loopback:
@@ -93,7 +93,7 @@ async def serve(
         for name, app, listen in listeners:
             drain.attach(app)
             # access_log=None: aiohttp's own access line would carry the query string (tokens);
-            # the apps log their own JSON lines (sidecar.accesslog) without it.
+            # the apps log their own JSON lines (sidecar.web.accesslog) without it.
             runner = web.AppRunner(
                 app,
                 **listener_options(cfg),
@@ -130,9 +130,9 @@ def listener_options(cfg: Config) -> ListenerOptions:
     """Server options every listener (and every test server) runs with.
 
     ``access_log=None``: aiohttp's own access line would carry the query string (refer
-    tokens); the apps log their own JSON lines (sidecar.accesslog) without it.
+    tokens); the apps log their own JSON lines (sidecar.web.accesslog) without it.
     The parser's per-line limits sit well above ``proxy.max_header_size`` so that the
-    proxy's own check (:func:`sidecar.gateway.header_limits`) sees oversized requests and
+    proxy's own check (:func:`sidecar.proxy.gateway.header_limits`) sees oversized requests and
     answers 431/414 instead of the parser's bare 400; beyond the ceiling the parser refuses.
     """
     ceiling = max(4 * cfg.proxy.max_header_size, 16384)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from sidecar import demo
 from sidecar.config import LINK_TYPES, Config, ConfigError, load_config
-from sidecar.keys import KeySet, KeysetError, generate_keyset, parse_keyset
+from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
 
 class CliError(Exception):

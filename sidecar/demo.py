@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import yaml
 
-from sidecar.keys import generate_keyset
+from sidecar.tokens.keys import generate_keyset
 
 if TYPE_CHECKING:  # aiohttp is imported when the demo runs, not whenever the CLI starts
     from aiohttp import web
@@ -171,8 +171,8 @@ async def demo(proxy_port: int, admin_port: int, app_port: int, out: TextIO = sy
 async def _run_sidecar(state: Path, ports: Ports, stop: asyncio.Event, out: TextIO) -> None:
     """Serve the sidecar from a config written into ``state`` until ``stop`` is set."""
     from sidecar.app import ServeError, build_services, serve
-    from sidecar.audit import configure_logging
     from sidecar.config import ConfigError, load_config
+    from sidecar.telemetry.audit import configure_logging
 
     config_path, admin_key = write_state(state, ports)
     try:

@@ -6,11 +6,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from sidecar.config import Config
 from sidecar.store.base import Store
-from sidecar.tokens import TokenCodec
+from sidecar.tokens.codec import TokenCodec
 
 Clock = Callable[[], float]
 
@@ -23,6 +21,3 @@ class Services:
     store: Store
     codec: TokenCodec
     clock: Clock = field(default=time.time)
-
-
-SERVICES = web.AppKey("services", Services)

@@ -15,12 +15,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import listener_options
 from sidecar.config import Config, parse_config
-from sidecar.gateway import build_proxy_app
-from sidecar.keys import generate_keyset
+from sidecar.proxy.gateway import build_proxy_app
 from sidecar.services import Services
 from sidecar.store.base import Store
 from sidecar.store.sqlite import SQLiteStore
-from sidecar.tokens import Claims, TokenCodec, new_token_id
+from sidecar.tokens.codec import Claims, TokenCodec, new_token_id
+from sidecar.tokens.keys import generate_keyset
 
 ADMIN_KEY = "k" * 40
 ROLES: dict[str, object] = {

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 
-from sidecar.keys import KeySet, generate_keyset
+from sidecar.tokens.keys import KeySet, generate_keyset
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0

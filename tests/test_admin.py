@@ -14,13 +14,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from sidecar.admin import build_admin_app, own_hosts, peer_allowed
+from sidecar.admin.api import build_admin_app, own_hosts, peer_allowed
 from sidecar.config import Config
-from sidecar.services import SERVICES, Services
+from sidecar.config.values import HostPort
+from sidecar.services import Services
 from sidecar.sessions import SESSIONS, SessionManager
 from sidecar.store import BurnResult, SessionRecord, TokenState, open_store
-from sidecar.tokens import TokenCodec
-from sidecar.values import HostPort
+from sidecar.tokens.codec import TokenCodec
+from sidecar.web.appkeys import SERVICES
 from tests.test_config import ADMIN_KEY, build_config, config_doc
 
 NOW = 1_800_000_000.0

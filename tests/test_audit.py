@@ -7,7 +7,7 @@ import io
 import json
 import logging
 
-from sidecar.audit import JsonLineFormatter, LoopBatchedHandler
+from sidecar.telemetry.audit import JsonLineFormatter, LoopBatchedHandler
 
 
 class CountingStream(io.StringIO):

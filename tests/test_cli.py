@@ -20,14 +20,14 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.admin import build_admin_app
+from sidecar.admin.api import build_admin_app
 from sidecar.app import ServeError, build_services, serve
 from sidecar.cli import COMMANDS, build_parser
-from sidecar.keys import parse_keyset
+from sidecar.config.values import HostPort
 from sidecar.services import Services
 from sidecar.store import open_store
-from sidecar.tokens import TokenCodec
-from sidecar.values import HostPort
+from sidecar.tokens.codec import TokenCodec
+from sidecar.tokens.keys import parse_keyset
 from tests.test_config import ADMIN_KEY, build_config, config_doc, write_config
 
 ROOT = Path(__file__).resolve().parent.parent

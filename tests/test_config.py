@@ -19,8 +19,8 @@ from sidecar.config import (
     load_config,
     parse_config,
 )
-from sidecar.durations import format_duration, parse_duration, parse_size
-from sidecar.keys import generate_keyset
+from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.tokens.keys import generate_keyset
 
 ADMIN_KEY = "test-admin-key-0123456789-abcdefghijklmnop"
 ENV = {"SIDECAR_ADMIN_KEY": ADMIN_KEY}

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.ws_relay import MAX_MESSAGE
+from sidecar.proxy.websocket import MAX_MESSAGE
 from tests.harness import Sidecar, make_config, raw_bytes, raw_http, running_sidecar
 from tests.upstream import CHUNK, GZIP_TEXT, Upstream, running_upstream
 

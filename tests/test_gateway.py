@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.keys import generate_keyset
 from sidecar.store.base import TokenState
-from sidecar.tokens import Claims, TokenCodec
+from sidecar.tokens.codec import Claims, TokenCodec
+from sidecar.tokens.keys import generate_keyset
 from tests.harness import Sidecar, make_config, raw_http, running_sidecar
 from tests.upstream import Upstream, running_upstream
 

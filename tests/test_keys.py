@@ -8,8 +8,8 @@ from types import MappingProxyType
 
 import pytest
 
-from sidecar.keys import KeySet, KeysetError, generate_keyset, parse_keyset
-from sidecar.tokens import Claims, TokenCodec, UnknownKey, new_token_id
+from sidecar.tokens.codec import Claims, TokenCodec, UnknownKey, new_token_id
+from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
 NOW = 1_800_000_000
 

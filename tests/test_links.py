@@ -16,14 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from sidecar.config import Config
-from sidecar.link_verify import (
-    VerifyFailed,
-    check_token,
-    redeem_token,
-    verify_otp,
-    verify_token_hash,
-)
-from sidecar.links import (
+from sidecar.links.generate import (
     INVALID_TYPE_DETAILS,
     GeneratedLink,
     InvalidLinkRequest,
@@ -37,12 +30,19 @@ from sidecar.links import (
     otp_matches,
     parse_link_request,
 )
-from sidecar.passwords import verify_password
-from sidecar.ratelimit import RateLimited
+from sidecar.links.passwords import verify_password
+from sidecar.links.verify import (
+    VerifyFailed,
+    check_token,
+    redeem_token,
+    verify_otp,
+    verify_token_hash,
+)
 from sidecar.services import Services
 from sidecar.store.base import TokenState, User
+from sidecar.store.ratelimit import RateLimited
 from sidecar.store.sqlite import SQLiteStore
-from sidecar.tokens import TokenCodec
+from sidecar.tokens.codec import TokenCodec
 from tests.harness import Clock, make_config
 
 LINKS = {

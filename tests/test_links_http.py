@@ -19,8 +19,8 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.admin import build_admin_app
-from sidecar.passwords import verify_password
+from sidecar.admin.api import build_admin_app
+from sidecar.links.passwords import verify_password
 from sidecar.store.base import User
 from tests.harness import ADMIN_KEY, Sidecar, make_config, running_sidecar
 from tests.upstream import Upstream, running_upstream

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from sidecar.config import Config, ConfigError, parse_config
-from sidecar.keys import generate_keyset
+from sidecar.tokens.keys import generate_keyset
 
 K8S_VERSION = "1.30.0"
 ROOT = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar import metrics
+from sidecar.telemetry import metrics
 from tests.serve_process import free_port, running_serve
 from tests.upstream import running_upstream
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Config
-from sidecar.minting import MintError, iso_utc, mint_refer, parse_refer_request, refer_url
-from sidecar.tokens import TokenCodec, TokenTooLong
+from sidecar.refer.minting import MintError, iso_utc, mint_refer, parse_refer_request, refer_url
+from sidecar.tokens.codec import TokenCodec, TokenTooLong
 from tests.test_config import build_config, config_doc
 
 NOW = 1_800_000_000.5

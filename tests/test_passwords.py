@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sidecar.passwords import (
+from sidecar.links.passwords import (
     BadPasswordHash,
     PasswordPolicyError,
     ScryptParams,

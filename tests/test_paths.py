@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.paths import GlobSet, NormalPath, PathRules, UnsafePath, glob_regex, normalise
+from sidecar.proxy.paths import GlobSet, NormalPath, PathRules, UnsafePath, glob_regex, normalise
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from sidecar.redirects import (
+from sidecar.links.redirects import (
     AllowList,
     RedirectPatternError,
     RedirectRejected,

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
-from sidecar.keys import generate_keyset
+from sidecar.tokens.keys import generate_keyset
 from tests.upstream import Upstream, running_upstream
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

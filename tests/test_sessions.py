@@ -11,7 +11,7 @@ from sidecar.services import Services
 from sidecar.sessions import SessionManager, session_key, split_cookie_header
 from sidecar.store.base import SessionRecord, Store
 from sidecar.store.sqlite import SQLiteStore
-from sidecar.tokens import TokenCodec
+from sidecar.tokens.codec import TokenCodec
 from tests.harness import Clock, make_config
 
 

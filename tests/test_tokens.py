@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from jwcrypto import jwe as jc_jwe
 from jwcrypto import jwk as jc_jwk
 
-from sidecar.keys import KeySet, generate_keyset
-from sidecar.tokens import (
+from sidecar.tokens.codec import (
     MAX_TOKEN_LENGTH,
     Claims,
     ExpiredToken,
@@ -25,6 +24,7 @@ from sidecar.tokens import (
     UnknownKey,
     new_token_id,
 )
+from sidecar.tokens.keys import KeySet, generate_keyset
 
 NOW = 1_800_000_000
 KEYSET = generate_keyset("k1")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from sidecar.upstream import (
+from sidecar.proxy.pool import (
     HIGH_WATER,
     UpstreamError,
     UpstreamPool,

@@ -24,10 +24,10 @@ from aiohttp import web
 
 from sidecar.app import ServeError, serve
 from sidecar.config import Config, parse_config
-from sidecar.keys import KeySet, generate_keyset
 from sidecar.services import Services
 from sidecar.store import open_store
-from sidecar.tokens import TokenCodec
+from sidecar.tokens.codec import TokenCodec
+from sidecar.tokens.keys import KeySet, generate_keyset
 from tests.harness import Clock
 
 ADMIN_KEY = "adm-" + secrets.token_urlsafe(32)

@@ -19,7 +19,7 @@ import yaml
 
 from sidecar.app import ServeError, serve
 from sidecar.config import ConfigError, parse_config
-from sidecar.values import HostPort
+from sidecar.config.values import HostPort
 from tests.conftest import skip_or_fail
 from tests.security import casebook
 from tests.security.stack import (
@@ -318,6 +318,6 @@ async def test_every_route_needs_the_key(sidecar: Sidecar, method: str, path: st
 
 
 def _keyset_json() -> str:
-    from sidecar.keys import generate_keyset
+    from sidecar.tokens.keys import generate_keyset
 
     return generate_keyset("k-x").to_json()

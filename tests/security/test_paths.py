@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.paths import GlobSet
+from sidecar.proxy.paths import GlobSet
 from tests.security import casebook
 from tests.security.fuzzing import fuzz
 from tests.security.stack import Sidecar, raw_http

@@ -18,7 +18,7 @@ import yaml
 
 import sidecar
 from sidecar.config import ConfigError, parse_config
-from sidecar.keys import KeysetError, parse_keyset
+from sidecar.tokens.keys import KeysetError, parse_keyset
 from tests.security import casebook
 from tests.security.stack import ADMIN_KEY, Sidecar, config_doc, running_sidecar
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sidecar.keys import KeySet
 from sidecar.store.base import TokenState
+from sidecar.tokens.keys import KeySet
 from tests.security import casebook
 from tests.security.fuzzing import B64URL, SEGMENTS, b64, fuzz, unb64
 from tests.security.stack import Sidecar, running_sidecar

@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sidecar.keys import KeySet, generate_keyset
-from sidecar.tokens import (
+from sidecar.tokens.codec import (
     MAX_TOKEN_LENGTH,
     Claims,
     ExpiredToken,
@@ -29,6 +28,7 @@ from sidecar.tokens import (
     UnknownKey,
     new_token_id,
 )
+from sidecar.tokens.keys import KeySet, generate_keyset
 from tests.security import casebook
 from tests.security.fuzzing import B64URL, SEGMENTS, b64, fuzz, unb64
 

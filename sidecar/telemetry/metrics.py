@@ -23,7 +23,6 @@ metric                                     labels       observed by
 
 from __future__ import annotations
 
-from aiohttp import hdrs, web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -117,17 +116,3 @@ def render(accept: str = "") -> tuple[bytes, str]:
     content type."""
     encoder, content_type = choose_encoder(accept)
     return encoder(REGISTRY), content_type
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = render(request.headers.get(hdrs.ACCEPT, ""))
-    return web.Response(
-        body=body, headers={hdrs.CONTENT_TYPE: content_type, hdrs.CACHE_CONTROL: "no-store"}
-    )
-
-
-def metrics_app() -> web.Application:
-    """The app of the separate metrics listener: ``GET /metrics`` and nothing else."""
-    app = web.Application()
-    app.router.add_get("/metrics", _metrics)
-    return app

@@ -5,7 +5,7 @@ or ``admin.allowed_peers``), the ``Host`` check (DNS rebinding), the browser che
 / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size limit and, for mints
 (``/referstring`` and ``/admin/generate_link``), a rate limit counted in the store.
 Errors are JSON ``{"code": <status>, "message": "..."}`` (the auth-link routes of
-``sidecar.links_http`` answer their own ``{code, msg, details}``); nothing here answers 500
+``sidecar.links.http`` answer their own ``{code, msg, details}``); nothing here answers 500
 with details, and no token text, admin key or traceback reaches a response or a log line.
 """
 
@@ -21,17 +21,20 @@ from http import HTTPStatus
 
 from aiohttp import hdrs, web
 
-from sidecar import jsonbody, links_http, metrics
-from sidecar.accesslog import access_middleware
-from sidecar.audit import audit
 from sidecar.config import MAX_EXPIRY
-from sidecar.minting import MintError, iso_utc, mint_refer, parse_refer_request
-from sidecar.ratelimit import RateLimited, enforce
-from sidecar.services import SERVICES, Services
+from sidecar.config.values import HostPort
+from sidecar.links import http as links_http
+from sidecar.refer.minting import MintError, iso_utc, mint_refer, parse_refer_request
+from sidecar.services import Services
 from sidecar.sessions import SESSIONS
 from sidecar.store.base import StoreUnavailable
-from sidecar.tokens import TokenTooLong
-from sidecar.values import HostPort
+from sidecar.store.ratelimit import RateLimited, enforce
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import audit
+from sidecar.tokens.codec import TokenTooLong
+from sidecar.web import jsonbody
+from sidecar.web.accesslog import access_middleware
+from sidecar.web.appkeys import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,7 +112,7 @@ _ACCESS_LOG = access_middleware("admin")
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One JSON access line per request (``sidecar.accesslog``), never the query string."""
+    """One JSON access line per request (``sidecar.web.accesslog``), never the query string."""
     return await _ACCESS_LOG(request, handler)
 
 

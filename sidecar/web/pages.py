@@ -49,7 +49,7 @@ MESSAGES = {
     "gateway_timeout": "The application took too long to answer. Try again in a moment.",
     "not_found": "There is nothing here.",
     "method_not_allowed": "This method is not allowed here.",
-    # auth links (sidecar.link_verify)
+    # auth links (sidecar.links.verify)
     "invalid_otp": "The code is wrong or has expired. Check it, or ask for a new one.",
     "invalid_link": "This link is not valid or has expired. Ask for a new one.",
     "redirect_mismatch": "This link is not valid. Check that it was copied completely.",

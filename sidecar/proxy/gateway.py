@@ -2,8 +2,8 @@
 
 Order of decisions for a request outside the prefix:
 
-1. the path is normalised (:mod:`sidecar.paths`); an ambiguous path is a 400;
-2. a ``refer`` query parameter makes it a redemption (:mod:`sidecar.redeem`), answered here
+1. the path is normalised (:mod:`sidecar.proxy.paths`); an ambiguous path is a 400;
+2. a ``refer`` query parameter makes it a redemption (:mod:`sidecar.refer.redeem`), answered here
    and never forwarded;
 3. ``public_paths`` are forwarded without identity, session or not;
 4. with a live session the role's path rules apply (403) and the request is forwarded with
@@ -24,16 +24,18 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
-from sidecar import links_http, pages
-from sidecar.accesslog import access_middleware, set_user
-from sidecar.audit import audit
-from sidecar.forward import Forwarder
-from sidecar.paths import GlobSet, PathRules, UnsafePath, normalise
-from sidecar.redeem import Redeemer, has_refer
-from sidecar.services import SERVICES, Services
+from sidecar.links import http as links_http
+from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
+from sidecar.proxy.websocket import Alive
+from sidecar.refer.redeem import Redeemer, has_refer
+from sidecar.services import Services
 from sidecar.sessions import SESSIONS, SessionManager
 from sidecar.store.base import StoreUnavailable
-from sidecar.ws_relay import Alive
+from sidecar.telemetry.audit import audit
+from sidecar.web import pages
+from sidecar.web.accesslog import access_middleware, set_user
+from sidecar.web.appkeys import SERVICES
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 _SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")

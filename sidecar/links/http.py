@@ -26,13 +26,15 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
-from sidecar import metrics, pages
-from sidecar.accesslog import set_user
-from sidecar.audit import audit
 from sidecar.config import RoleConfig
-from sidecar.forward import Forwarder
-from sidecar.jsonbody import BadBody, read_json_object
-from sidecar.link_verify import (
+from sidecar.links.generate import (
+    LinkRequestError,
+    UnprocessableLink,
+    UserNotFound,
+    generate,
+    parse_link_request,
+)
+from sidecar.links.verify import (
     Verified,
     VerifyFailed,
     check_token,
@@ -40,18 +42,17 @@ from sidecar.link_verify import (
     verify_otp,
     verify_token_hash,
 )
-from sidecar.links import (
-    LinkRequestError,
-    UnprocessableLink,
-    UserNotFound,
-    generate,
-    parse_link_request,
-)
-from sidecar.minting import iso_utc
-from sidecar.ratelimit import RateLimited, enforce
-from sidecar.services import SERVICES
+from sidecar.proxy.forward import Forwarder
+from sidecar.refer.minting import iso_utc
 from sidecar.sessions import SESSIONS
 from sidecar.store.base import StoreUnavailable, User
+from sidecar.store.ratelimit import RateLimited, enforce
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import audit
+from sidecar.web import pages
+from sidecar.web.accesslog import set_user
+from sidecar.web.appkeys import SERVICES
+from sidecar.web.jsonbody import BadBody, read_json_object
 
 VERIFY_FIELDS = ("type", "email", "token", "token_hash", "password", "gotrue_meta_security")
 VERIFY_STATUS = {

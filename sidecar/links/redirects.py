@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
-from sidecar.paths import glob_regex
+from sidecar.proxy.paths import glob_regex
 
 MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -15,7 +15,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar import pages
+from sidecar.web import pages
 
 LOG = logging.getLogger("sidecar.forward")
 # aiohttp assembles each message whole: without a cap one frame could fill the memory.

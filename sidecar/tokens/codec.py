@@ -29,7 +29,7 @@ from joserfc import jwe
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
-from sidecar.keys import KeySet
+from sidecar.tokens.keys import KeySet
 
 MAX_TOKEN_LENGTH = 4096
 _HEADER_FIELDS = frozenset({"alg", "enc", "kid", "typ", "cty"})

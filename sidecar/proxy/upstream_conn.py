@@ -1,5 +1,5 @@
 """One HTTP/1.1 connection to the upstream: an :class:`asyncio.Protocol` that writes a request
-and parses the answer with httptools (llhttp, in C). :mod:`sidecar.upstream` pools them.
+and parses the answer with httptools (llhttp, in C). :mod:`sidecar.proxy.pool` pools them.
 
 Framing decisions, per RFC 9112:
 

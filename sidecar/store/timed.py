@@ -11,7 +11,6 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from sidecar.metrics import observe_store
 from sidecar.store.base import (
     BurnResult,
     PendingLink,
@@ -20,6 +19,7 @@ from sidecar.store.base import (
     TokenState,
     User,
 )
+from sidecar.telemetry.metrics import observe_store
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+from sidecar.config.values import RateLimit
 from sidecar.store.base import Store
-from sidecar.values import RateLimit
 
 
 class RateLimited(Exception):

@@ -1,6 +1,6 @@
 """Redeeming auth links: the token (``GET``), the OTP or the ``hashed_token`` (``POST``).
 
-No HTTP here (:mod:`sidecar.links_http` is the edge). Every path ends in :func:`_consume`:
+No HTTP here (:mod:`sidecar.links.http` is the edge). Every path ends in :func:`_consume`:
 burn the link's token id exactly once (across replicas), apply the type's effect, delete
 the pending link. Effects: every type confirms an unconfirmed address (the user proved they
 hold the mailbox); ``email_change`` switches to the new address; ``recovery`` and
@@ -13,7 +13,7 @@ the query's copy must agree, and the claim must still be allowed by today's conf
 Errors: :class:`VerifyFailed` with a ``reason`` the failure pages know (malformed,
 tampered, unknown_key, expired, used, revoked, superseded, invalid_otp, invalid_link,
 redirect_mismatch, email_exists, weak_password, bad_request);
-:class:`~sidecar.ratelimit.RateLimited` for OTP guesses; ``StoreUnavailable`` from the store.
+:class:`~sidecar.store.ratelimit.RateLimited` for OTP guesses; ``StoreUnavailable`` from the store.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import hashlib
 import re
 from dataclasses import dataclass, replace
 
-from sidecar.audit import audit
 from sidecar.config import LINK_TYPES, Config
-from sidecar.links import lookup_key, normalise_email, otp_matches
-from sidecar.passwords import PasswordPolicyError, check_policy, hash_password
-from sidecar.ratelimit import enforce
-from sidecar.redirects import RedirectRejected, allow_list, parse_url
+from sidecar.links.generate import lookup_key, normalise_email, otp_matches
+from sidecar.links.passwords import PasswordPolicyError, check_policy, hash_password
+from sidecar.links.redirects import RedirectRejected, allow_list, parse_url
 from sidecar.services import Services
 from sidecar.store.base import BurnResult, PendingLink, TokenState, User, UserExists
-from sidecar.tokens import Claims, ExpiredToken, TokenError
+from sidecar.store.ratelimit import enforce
+from sidecar.telemetry.audit import audit
+from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
 
 _OTP = re.compile(r"[0-9]{6,10}")
 _TOKEN_HASH = re.compile(r"[0-9a-f]{64}")

@@ -3,7 +3,8 @@
 No HTTP here. :func:`parse_refer_request` turns the decoded JSON body into a
 :class:`ReferRequest` or raises :class:`MintError` naming the offending field;
 :func:`mint_refer` seals it into a token and the link users follow. The edge
-(``sidecar.admin``) maps :class:`MintError` and :class:`~sidecar.tokens.TokenTooLong` to 400.
+(``sidecar.admin.api``) maps :class:`MintError` and
+:class:`~sidecar.tokens.codec.TokenTooLong` to 400.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
 from sidecar.config import Config, RoleConfig
-from sidecar.durations import format_duration
-from sidecar.tokens import Claims, TokenCodec, has_control, new_token_id
+from sidecar.config.durations import format_duration
+from sidecar.tokens.codec import Claims, TokenCodec, has_control, new_token_id
 
 FIELDS = ("userId", "additionalParams", "expireMeasure", "expireOffset", "oneTimeUse", "module")
 MAX_USER_ID = 256
@@ -88,7 +89,7 @@ def parse_refer_request(body: Mapping[str, object], config: Config) -> ReferRequ
 def mint_refer(
     request: ReferRequest, codec: TokenCodec, *, public_url: str, now: float
 ) -> MintedLink:
-    """Seal ``request`` into a refer string; raises :class:`~sidecar.tokens.TokenTooLong`."""
+    """Seal ``request`` into a refer string; raises :class:`~sidecar.tokens.codec.TokenTooLong`."""
     issued_at = int(now)
     claims = Claims(
         token_id=new_token_id(),

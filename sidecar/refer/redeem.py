@@ -25,15 +25,16 @@ from urllib.parse import unquote_plus
 
 from aiohttp import hdrs, web
 
-from sidecar import metrics, pages
-from sidecar.accesslog import set_user
-from sidecar.audit import audit
-from sidecar.forward import Forwarder
-from sidecar.ratelimit import RateLimited, enforce
+from sidecar.proxy.forward import Forwarder
 from sidecar.services import Services
 from sidecar.sessions import SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
-from sidecar.tokens import Claims, ExpiredToken, TokenError
+from sidecar.store.ratelimit import RateLimited, enforce
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import audit
+from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
+from sidecar.web import pages
+from sidecar.web.accesslog import set_user
 
 _MODULE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _BLOCK_MEMO_SIZE = 4096

@@ -18,13 +18,13 @@ from typing import Literal
 
 import yaml
 
-from sidecar.durations import format_duration, parse_duration, parse_size
-from sidecar.keys import KeySet, KeysetError, parse_keyset
-from sidecar.reader import Reader
-from sidecar.redirects import RedirectPatternError, compile_pattern
+from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.config.reader import Reader
+from sidecar.config.values import HostPort, RateLimit, Secret
+from sidecar.links.redirects import RedirectPatternError, compile_pattern
+from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
 from sidecar.store import check_store_url
-from sidecar.templates import HeaderTemplate, TemplateError, compile_header
-from sidecar.values import HostPort, RateLimit, Secret
+from sidecar.tokens.keys import KeySet, KeysetError, parse_keyset
 
 MAX_EXPIRY = 30 * 86400.0
 DEFAULT_EXPIRY = 3600.0

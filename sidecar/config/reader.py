@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sidecar.durations import format_duration, parse_duration, parse_size
-from sidecar.values import HostPort, RateLimit, Secret
+from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.config.values import HostPort, RateLimit, Secret
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -1,5 +1,5 @@
 """The hot path's upstream client: a pool of HTTP/1.1 keep-alive connections to one origin
-(:class:`~sidecar.upstream_conn.Connection`: an asyncio Protocol parsing with httptools),
+(:class:`~sidecar.proxy.upstream_conn.Connection`: an asyncio Protocol parsing with httptools),
 without the per-request machinery of ``aiohttp.ClientSession``.
 
 The forwarder knows the exact bytes of the request head it wants to send, so a request is:
@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Final
 
-from sidecar.upstream_conn import (
+from sidecar.proxy.upstream_conn import (
     HIGH_WATER,
     Connection,
     StaleConnection,

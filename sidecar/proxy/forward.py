@@ -11,7 +11,7 @@ whole. The upstream's headers go back as sent: aiohttp adds no ``Content-Type``.
 Request headers sent upstream:
 
 * every client-supplied copy of an identity header is dropped, in any spelling
-  (:func:`~sidecar.templates.canonical_header`: case and ``_``/``-``), then the session's
+  (:func:`~sidecar.proxy.templates.canonical_header`: case and ``_``/``-``), then the session's
   rendered identity headers are added;
 * the sidecar's own cookie is cut out of ``Cookie``; other cookies pass unchanged;
 * hop-by-hop headers (RFC 9110 §7.6.1: ``Connection`` and every header it names,
@@ -23,7 +23,7 @@ Request headers sent upstream:
   dropped).
 
 The request head is built from the client's raw header bytes and sent as is through
-:class:`~sidecar.upstream.UpstreamPool`: nothing is added (no ``User-Agent``, no
+:class:`~sidecar.proxy.pool.UpstreamPool`: nothing is added (no ``User-Agent``, no
 ``Accept-Encoding``), nothing is decompressed (``Content-Encoding`` passes through), no
 cookie jar, no redirects followed. The path and query reach the upstream byte for byte.
 """
@@ -42,13 +42,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar import metrics, pages
-from sidecar.accesslog import REQUEST_ID, current_request_id, set_upstream_time
 from sidecar.config import Config, Network
+from sidecar.proxy.pool import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
+from sidecar.proxy.templates import canonical_header
+from sidecar.proxy.websocket import Alive, relay_websocket
 from sidecar.sessions import split_cookie_header
-from sidecar.templates import canonical_header
-from sidecar.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
-from sidecar.ws_relay import Alive, relay_websocket
+from sidecar.telemetry import metrics
+from sidecar.web import pages
+from sidecar.web.accesslog import REQUEST_ID, current_request_id, set_upstream_time
 
 LOG = logging.getLogger("sidecar.forward")
 

@@ -41,8 +41,8 @@ from json.encoder import encode_basestring_ascii as _json_str
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from sidecar import metrics
-from sidecar.audit import ACCESS
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import ACCESS
 
 REQUEST_ID = "X-Request-Id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")

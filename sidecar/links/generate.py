@@ -1,6 +1,6 @@
 """Auth links (GoTrue-style): ``POST /admin/generate_link`` checked, users saved, links minted.
 
-No HTTP here: :mod:`sidecar.links_http` is the edge, :mod:`sidecar.link_verify` redeems.
+No HTTP here: :mod:`sidecar.links.http` is the edge, :mod:`sidecar.links.verify` redeems.
 A link is three credentials for one :class:`~sidecar.store.base.PendingLink`, the newest
 of its ``(user, type)`` — minting again makes the older link dead ("superseded"):
 
@@ -46,16 +46,16 @@ from urllib.parse import urlencode
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sidecar import metrics
-from sidecar.audit import audit
 from sidecar.config import LINK_TYPES, Config
-from sidecar.keys import KeySet
-from sidecar.minting import iso_utc
-from sidecar.passwords import PasswordPolicyError, check_policy, hash_password
-from sidecar.redirects import RedirectRejected, allow_list
+from sidecar.links.passwords import PasswordPolicyError, check_policy, hash_password
+from sidecar.links.redirects import RedirectRejected, allow_list
+from sidecar.refer.minting import iso_utc
 from sidecar.services import Services
 from sidecar.store.base import PendingLink, User, UserExists
-from sidecar.tokens import Claims, TokenTooLong, new_token_id
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import audit
+from sidecar.tokens.codec import Claims, TokenTooLong, new_token_id
+from sidecar.tokens.keys import KeySet
 
 FIELDS = ("type", "email", "redirect_to", "data", "password", "new_email")
 MAX_EMAIL = 254

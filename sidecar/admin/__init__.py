@@ -1,0 +1,1 @@
+"""The admin listener: minting and management APIs for the company's backend."""

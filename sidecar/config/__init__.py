@@ -1,0 +1,42 @@
+"""Configuration: the YAML file parsed once into frozen dataclasses.
+
+``model`` holds the dataclasses and the loader, ``reader`` walks raw YAML collecting every
+error with its path, ``values`` and ``durations`` parse the scalar kinds. Import the public
+names from here.
+"""
+
+from sidecar.config.model import (
+    DEFAULT_EXPIRY,
+    DEFAULT_HEADERS,
+    LINK_TYPES,
+    MAX_EXPIRY,
+    AdminConfig,
+    Config,
+    ConfigError,
+    LinksConfig,
+    Network,
+    ProxyConfig,
+    RoleConfig,
+    SessionConfig,
+    StoreConfig,
+    load_config,
+    parse_config,
+)
+
+__all__ = [
+    "DEFAULT_EXPIRY",
+    "DEFAULT_HEADERS",
+    "LINK_TYPES",
+    "MAX_EXPIRY",
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "LinksConfig",
+    "Network",
+    "ProxyConfig",
+    "RoleConfig",
+    "SessionConfig",
+    "StoreConfig",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,1 @@
+"""Tokens: keysets (``keys``) and the compact-JWE codec that seals and opens claims (``codec``)."""
