@@ -224,7 +224,8 @@ async def test_signup_creates_an_unconfirmed_user_with_a_real_password_hash(
     assert verify_password("pa55word!", user.password_hash)
     assert not verify_password("pa55word?", user.password_hash)
 
-    doc = link.to_json()
+    assert link.to_json()["id"] == user.id
+    doc = link.properties()
     assert set(doc) == {
         "action_link",
         "email_otp",

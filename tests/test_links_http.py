@@ -184,6 +184,9 @@ async def test_every_type_from_mint_to_upstream(
         "hashed_token",
         "verification_type",
         "redirect_to",
+        # the user's fields beside the link's, as GoTrue answers
+        *("id", "email", "created_at", "confirmed_at", "email_confirmed_at", "invited_at"),
+        "user_metadata",
     }
     assert doc["verification_type"] == kind
     assert doc["redirect_to"] == landing

@@ -110,7 +110,12 @@ class GeneratedLink:
     user: User
     token_id: str
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, object]:
+        """GoTrue's answer: the user's fields with the link's properties beside them
+        (``@supabase/auth-js`` reads both from the top level)."""
+        return {**user_json(self.user), **self.properties()}
+
+    def properties(self) -> dict[str, str]:
         return {
             "action_link": self.action_link,
             "email_otp": self.email_otp,
@@ -118,6 +123,23 @@ class GeneratedLink:
             "verification_type": self.verification_type,
             "redirect_to": self.redirect_to,
         }
+
+
+def user_json(user: User) -> dict[str, object]:
+    """The user as GoTrue spells it (a subset; no password hash, ever)."""
+    return {
+        "id": user.id,
+        "email": user.email,
+        "created_at": _when(user.created_at),
+        "confirmed_at": _when(user.confirmed_at),
+        "email_confirmed_at": _when(user.confirmed_at),
+        "invited_at": _when(user.invited_at),
+        "user_metadata": user.metadata,
+    }
+
+
+def _when(epoch: float | None) -> str | None:
+    return None if epoch is None else iso_utc(epoch)
 
 
 def normalise_email(value: object) -> str | None:
@@ -228,21 +250,14 @@ async def generate(services: Services, request: LinkRequest) -> GeneratedLink:
 
     Raises :class:`LinkRequestError`, or ``StoreUnavailable`` from the store."""
     store, config, now = services.store, services.config, services.clock()
-    user = await store.get_user_by_email(request.email)
     kind = request.link_type
-    new_email = request.new_email
-    if kind in ("signup", "invite"):
-        if user is not None and user.confirmed_at is not None:
-            raise UnprocessableLink("User already registered", "a confirmed user has this email")
-        user = await _save_user(services, user, request, now)
-    elif user is None and kind == "magiclink" and config.links.create_user_on_magiclink:
-        user = await _save_user(services, None, request, now)
-    elif user is None:
-        raise UserNotFound("User not found", f"no user has this email; {kind} needs one")
-    elif request.data is not None:
-        raise InvalidLinkRequest("Invalid data", "data is only used when the link creates a user")
-    elif kind == "email_change":
-        new_email = await _new_address(services, user, new_email, now)
+    try:
+        user, new_email = await _link_user(services, request, now)
+    except _CreateRaced:
+        # Another request created this address between our read and our insert: it is
+        # the same request twice (a double submit, two workers), so carry on as if we had
+        # found the user. Once is enough: the address is taken now, the read will see it.
+        user, new_email = await _link_user(services, request, now)
 
     role = config.roles[config.links.role]
     lifetime = min(config.links.expiry, role.max_expiry)
@@ -295,6 +310,32 @@ async def generate(services: Services, request: LinkRequest) -> GeneratedLink:
     )
 
 
+class _CreateRaced(Exception):
+    """``create_user`` met the address created by a concurrent request."""
+
+
+async def _link_user(
+    services: Services, request: LinkRequest, now: float
+) -> tuple[User, str | None]:
+    """The user the link is for (created or updated as its type says) and, for
+    ``email_change``, the new address. Raises :class:`_CreateRaced` once per race."""
+    user = await services.store.get_user_by_email(request.email)
+    kind = request.link_type
+    if kind in ("signup", "invite"):
+        if user is not None and user.confirmed_at is not None:
+            raise UnprocessableLink("User already registered", "a confirmed user has this email")
+        return await _save_user(services, user, request, now), None
+    if user is None and kind == "magiclink" and services.config.links.create_user_on_magiclink:
+        return await _save_user(services, None, request, now), None
+    if user is None:
+        raise UserNotFound("User not found", f"no user has this email; {kind} needs one")
+    if request.data is not None:
+        raise InvalidLinkRequest("Invalid data", "data is only used when the link creates a user")
+    if kind == "email_change":
+        return user, await _new_address(services, user, request.new_email, now)
+    return user, None
+
+
 async def _save_user(
     services: Services, user: User | None, request: LinkRequest, now: float
 ) -> User:
@@ -313,7 +354,10 @@ async def _save_user(
                 password_hash=password_hash,
                 metadata=request.data or {},
             )
-            await services.store.create_user(user)
+            try:
+                await services.store.create_user(user)
+            except UserExists:
+                raise _CreateRaced from None
             return user
         user = replace(
             user,

@@ -33,6 +33,7 @@ from sidecar.links.generate import (
     UserNotFound,
     generate,
     parse_link_request,
+    user_json,
 )
 from sidecar.links.verify import (
     Verified,
@@ -45,7 +46,7 @@ from sidecar.links.verify import (
 from sidecar.proxy.forward import Forwarder
 from sidecar.refer.minting import iso_utc
 from sidecar.sessions import SESSIONS
-from sidecar.store.base import StoreUnavailable, User
+from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
@@ -261,23 +262,6 @@ async def _failed(
     if as_json:
         return _json_failure(status, failed.reason)
     return pages.failure(request, status, failed.reason)
-
-
-def user_json(user: User) -> dict[str, object]:
-    """The user as GoTrue spells it (a subset; no password hash, ever)."""
-
-    def when(epoch: float | None) -> str | None:
-        return None if epoch is None else iso_utc(epoch)
-
-    return {
-        "id": user.id,
-        "email": user.email,
-        "created_at": when(user.created_at),
-        "confirmed_at": when(user.confirmed_at),
-        "email_confirmed_at": when(user.confirmed_at),
-        "invited_at": when(user.invited_at),
-        "user_metadata": user.metadata,
-    }
 
 
 def _json_failure(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:

@@ -36,6 +36,11 @@ from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
 _OTP = re.compile(r"[0-9]{6,10}")
 _TOKEN_HASH = re.compile(r"[0-9a-f]{64}")
 PASSWORD_TYPES = ("recovery", "invite")
+# After these, a link still pending for the account may sit in a mailbox that no longer
+# belongs to it (email change) or be the attacker's way back in (recovery): as GoTrue
+# clears a user's tokens on verify, the user's other auth links die. Refer links are the
+# backend's own flows and are left alone.
+KILLS_OTHER_LINKS = ("email_change", "recovery")
 
 
 class VerifyFailed(Exception):
@@ -186,8 +191,34 @@ async def _consume(services: Services, link: PendingLink, password: str | None) 
     current = await store.get_link(link.user_id, kind)
     if current is not None and current.token_id == link.token_id:
         await store.delete_link(link.user_id, kind)
+    if kind in KILLS_OTHER_LINKS:
+        await _kill_other_links(services, link)
     audit("redeem", kind=kind, token_id=link.token_id, user_id=user.id)
     return Verified(updated, kind, link.token_id, password_changed=password is not None)
+
+
+async def _kill_other_links(services: Services, redeemed: PendingLink) -> None:
+    """Revoke and drop every other pending auth link of the user. The revocation is what
+    makes a link dead (its burn fails even if it is read again meanwhile); dropping the
+    record makes its OTP and ``hashed_token`` unknown, like any never-issued code."""
+    store = services.store
+    for other in LINK_TYPES:
+        if other == redeemed.link_type:
+            continue
+        pending = await store.get_link(redeemed.user_id, other)
+        if pending is None:
+            continue
+        await store.revoke(pending.token_id, pending.expires_at)
+        current = await store.get_link(redeemed.user_id, other)
+        if current is not None and current.token_id == pending.token_id:
+            await store.delete_link(redeemed.user_id, other)
+        audit(
+            "revoke",
+            token_id=pending.token_id,
+            user_id=redeemed.user_id,
+            kind=other,
+            reason=redeemed.link_type,
+        )
 
 
 def _same_url(given: str, bound: str) -> bool:
