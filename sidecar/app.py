@@ -2,6 +2,9 @@
 
 On SIGTERM or SIGINT every listener stops accepting at once, requests in flight get up to
 ``shutdown.grace_period`` to finish, then the store is closed and the process exits 0.
+Requests still running after the grace period are cancelled: the whole shutdown takes at most
+``grace_period + SHUTDOWN_OVERRUN`` seconds (the figure the manifests' termination grace
+periods are sized against).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sidecar.admin.api import build_admin_app
 from sidecar.config import Config, ConfigError, load_config
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
-from sidecar.store import StoreUnavailable, open_store
+from sidecar.store import StoreUnavailable, durability_warnings, open_store
 from sidecar.store.timed import timed
 from sidecar.telemetry.audit import configure_logging
 from sidecar.tokens.codec import TokenCodec
@@ -27,6 +30,13 @@ from sidecar.web.drain import Drain
 from sidecar.web.metrics import metrics_app
 
 _LOG = logging.getLogger("sidecar.app")
+
+# After the drain, aiohttp's runner waits twice (for handlers to finish, then for the
+# cancelled ones to unwind) per connection, concurrently. Requests have had their grace
+# period by then, so each wait is short; the store's close gets what is left.
+_CANCEL_WAIT = 0.25
+_STORE_CLOSE_WAIT = 0.5
+SHUTDOWN_OVERRUN = 2 * _CANCEL_WAIT + _STORE_CLOSE_WAIT
 
 
 class ListenerOptions(TypedDict):
@@ -43,6 +53,8 @@ def build_services(config: Config) -> Services:
     """Services with a store that is built but not yet opened (:func:`serve` opens it).
 
     Raises :class:`ServeError` for a store URL that names no backend."""
+    for warning in durability_warnings(config.store.url):
+        _LOG.warning("%s", warning)
     try:
         store = open_store(
             config.store.url,
@@ -101,7 +113,7 @@ async def serve(
                 # long poll) gives its upstream connection back at once. (aiohttp's test
                 # server sets the same, so the suite runs as production does.)
                 handler_cancellation=True,
-                shutdown_timeout=min(cfg.grace_period, 2.0),  # after the drain below
+                shutdown_timeout=_CANCEL_WAIT,  # after the drain below
             )
             await runner.setup()
             runners.append(runner)
@@ -122,7 +134,11 @@ async def serve(
             loop.remove_signal_handler(sig)
         await drain.stop_accepting_and_wait(runners, cfg.grace_period)
         await asyncio.gather(*(runner.cleanup() for runner in runners))
-        await services.store.close()
+        try:
+            async with asyncio.timeout(_STORE_CLOSE_WAIT):
+                await services.store.close()
+        except TimeoutError:
+            _LOG.warning("the store did not close within %ss", _STORE_CLOSE_WAIT)
     _LOG.info("stopped")
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from sidecar import demo
 from sidecar.config import LINK_TYPES, Config, ConfigError, load_config
+from sidecar.store import durability_warnings
 from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
 
@@ -130,6 +131,8 @@ def _check_config(args: argparse.Namespace) -> int:
             print(error, file=sys.stderr)
         return 1
     roles = ", ".join(f"{n} (default)" if n == cfg.default_role else n for n in cfg.roles)
+    for warning in durability_warnings(cfg.store.url):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK")
     print(f"  public url  {cfg.public_url}")
     print(f"  admin       {cfg.admin.listen}")

@@ -36,6 +36,7 @@ class Served:
     keyset: KeySet
     state: Path
     log_path: Path
+    config: Path
 
     @property
     def db(self) -> Path:
@@ -100,8 +101,36 @@ async def running_serve(
 ) -> AsyncIterator[Served]:
     """``python -m sidecar serve --config …`` until the block ends (then killed if alive)."""
     config, admin_key, keyset, proxy_port, admin_port = write_config(state, upstream, **top)
+    async with _serving(config, env, proxy_port, admin_port, admin_key, keyset) as served:
+        yield served
+
+
+@asynccontextmanager
+async def restarted(served: Served, env: Mapping[str, str] | None = None) -> AsyncIterator[Served]:
+    """The same config, keys and state served again by a new process (after a kill, say)."""
+    async with _serving(
+        served.config,
+        env,
+        int(served.proxy.rsplit(":", 1)[1]),
+        int(served.admin.rsplit(":", 1)[1]),
+        served.admin_key,
+        served.keyset,
+    ) as again:
+        yield again
+
+
+@asynccontextmanager
+async def _serving(
+    config: Path,
+    env: Mapping[str, str] | None,
+    proxy_port: int,
+    admin_port: int,
+    admin_key: str,
+    keyset: KeySet,
+) -> AsyncIterator[Served]:
+    state = config.parent
     log_path = state / "sidecar.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "sidecar", "serve", "--config", str(config)),
             cwd=ROOT,
@@ -118,6 +147,7 @@ async def running_serve(
         keyset=keyset,
         state=state,
         log_path=log_path,
+        config=config,
     )
     try:
         await _wait_ready(served)

@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -483,3 +484,30 @@ async def test_mint_an_auth_link(admin_url: str, tmp_path: Path) -> None:
     assert code == 1
     assert err.startswith("sidecar mint: 400: ")
     assert "email" in err.lower()
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("sqlite:////tmp/sidecar.db", "/tmp/sidecar.db is in a temporary directory"),
+        ("sqlite:////dev/shm/sidecar.db", "/dev/shm/sidecar.db is in a temporary directory"),
+        ("sqlite:////nonexistent-dir/sidecar.db", "the directory /nonexistent-dir does not exist"),
+    ],
+)
+def test_check_config_warns_about_a_store_that_cannot_outlive_the_process(
+    tmp_path: Path, url: str, needle: str
+) -> None:
+    write_config(tmp_path, config_doc(store={"url": url}))
+    result = sidecar("check-config", "sidecar.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # a warning, not an error
+    assert f"sidecar.yaml: warning: store.url: {needle}" in result.stderr
+
+
+def test_check_config_is_quiet_about_a_durable_store(tmp_path: Path) -> None:
+    # tmp_path itself is under /tmp, which is exactly what the warning is about.
+    with tempfile.TemporaryDirectory(dir=Path.home()) as durable:
+        url = f"sqlite:///{durable}/sidecar.db"
+        write_config(tmp_path, config_doc(store={"url": url}))
+        result = sidecar("check-config", "sidecar.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr

@@ -63,6 +63,13 @@ def _container(pod: Doc, name: str) -> Doc:
     return matches[0]
 
 
+def _workload(docs: dict[str, Doc]) -> Doc:
+    """The pod's owner: a StatefulSet of one (SQLite on a volume) or a Deployment (Redis)."""
+    found = [d for k, d in docs.items() if k in ("Deployment/legacy-app", "StatefulSet/legacy-app")]
+    assert len(found) == 1
+    return found[0]
+
+
 def _sidecar_yaml(docs: dict[str, Doc]) -> str:
     text = docs["ConfigMap/legacy-app-sidecar"]["data"]["sidecar.yaml"]
     assert isinstance(text, str)
@@ -120,7 +127,7 @@ def test_manifest_validates_strictly(where: str, doc: Doc) -> None:
     ],
 )
 def test_a_broken_manifest_fails(mutate: Any, needle: str) -> None:
-    deployment = copy.deepcopy(_variant("sqlite")["Deployment/legacy-app"])
+    deployment = copy.deepcopy(_workload(_variant("sqlite")))
     mutate(_container(deployment["spec"]["template"]["spec"], "sidecar"))
     with pytest.raises(kubernetes_validate.ValidationError) as caught:
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
@@ -161,7 +168,7 @@ def test_every_pod_is_restricted(variant: str) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_sidecar_container_is_wired(variant: str, tmp_path: Path) -> None:
     docs = _variant(variant)
-    deployment = docs["Deployment/legacy-app"]
+    deployment = _workload(docs)
     pod = deployment["spec"]["template"]["spec"]
     sidecar = _container(pod, "sidecar")
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
@@ -171,10 +178,17 @@ def test_sidecar_container_is_wired(variant: str, tmp_path: Path) -> None:
     service = docs["Service/legacy-app"]
     assert service["spec"]["selector"] == pod_labels(deployment)
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
-    policy_ports = {
-        p["port"] for p in docs["NetworkPolicy/legacy-app"]["spec"]["ingress"][0]["ports"]
-    }
-    assert policy_ports == set(ports.values())
+    rules = docs["NetworkPolicy/legacy-app"]["spec"]["ingress"]
+    open_to_all = [r for r in rules if "from" not in r]
+    assert [p["port"] for r in open_to_all for p in r["ports"]] == [ports["http"]]
+    (scraped,) = [r for r in rules if "from" in r]
+    assert [p["port"] for p in scraped["ports"]] == [ports["metrics"]]
+    assert scraped["from"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ], "metrics only to the labelled scraper"
 
     secret = docs["Secret/legacy-app-sidecar"]
     assert set(secret["stringData"]) == {"keyset.json", "admin-key"}
@@ -203,9 +217,13 @@ def test_sidecar_container_is_wired(variant: str, tmp_path: Path) -> None:
 
     if config.store.url.startswith("sqlite:"):
         db_dir = str(Path(config.store.url.removeprefix("sqlite:///")).parent)
-        assert "emptyDir" in volumes[mounts[db_dir]], "SQLite must live on the pod's emptyDir"
+        # Burns and revocations must survive a restart: the file lives on a claim, never on
+        # the pod's emptyDir (which a restarted pod loses, re-opening every used link).
+        assert mounts[db_dir] not in volumes, "SQLite must not live on a pod volume"
+        claims = {c["metadata"]["name"]: c for c in deployment["spec"]["volumeClaimTemplates"]}
+        assert claims[mounts[db_dir]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert deployment["kind"] == "StatefulSet"
         assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"]["type"] == "Recreate"
     else:
         host = config.store.url.split("//", 1)[1].split(":", 1)[0]
         assert f"Service/{host}" in docs
@@ -237,7 +255,7 @@ def test_placeholder_secret_fails_closed(variant: str, tmp_path: Path) -> None:
 
 def test_variants_share_the_sidecar_container() -> None:
     def shared(variant: str) -> Doc:
-        pod = _variant(variant)["Deployment/legacy-app"]["spec"]["template"]["spec"]
+        pod = _workload(_variant(variant))["spec"]["template"]["spec"]
         container = dict(_container(pod, "sidecar"))
         container.pop("volumeMounts")
         return {"sidecar": container, "securityContext": pod["securityContext"]}

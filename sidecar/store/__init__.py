@@ -7,6 +7,9 @@ redis://[:password@]host:port/db, rediss://…, unix:///path/redis.sock?db=N
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -87,6 +90,34 @@ def check_store_url(url: str) -> str:
         f"store URL {shown}: unknown scheme; use sqlite:///relative.db, "
         "sqlite:////absolute.db, redis://host:port/db, rediss://… or unix:///path.sock"
     )
+
+
+_EPHEMERAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # noqa: S108  # we warn about them
+
+
+def durability_warnings(url: str) -> list[str]:
+    """Why the store at ``url`` may not keep burns and revocations across a restart.
+
+    A SQLite file in a temporary directory (inside a container: on its writable layer or a
+    tmpfs) is lost with the process's container; a restart then re-opens every link already
+    used. Nothing here can prove a path is on a persistent volume, so this only names the
+    cases that certainly are not.
+    """
+    if check_store_url(url) != "sqlite":
+        return []
+    path = Path(_sqlite_path(url)).resolve()
+    warnings = []
+    temporary = {Path(d).resolve() for d in (*_EPHEMERAL_DIRS, tempfile.gettempdir())}
+    if any(path.is_relative_to(d) for d in temporary):
+        warnings.append(
+            f"store.url: {path} is in a temporary directory; burned and revoked links "
+            "re-open when it is lost (put the database on a persistent volume)"
+        )
+    if not path.parent.is_dir():
+        warnings.append(f"store.url: the directory {path.parent} does not exist")
+    elif not os.access(path.parent, os.W_OK):
+        warnings.append(f"store.url: the directory {path.parent} is not writable by this user")
+    return warnings
 
 
 def _sqlite_path(url: str) -> str:
