@@ -82,6 +82,14 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuthConfig:
+    """Forward-auth mode (:mod:`sidecar.proxy.forward_auth`): ``envoy_path_prefix`` is where
+    Envoy's ext_authz HTTP service puts the original path (None: no Envoy route)."""
+
+    envoy_path_prefix: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionConfig:
     cookie_name: str
     cookie_secure: bool
@@ -117,6 +125,7 @@ class Config:
     proxy: ProxyConfig
     session: SessionConfig
     store: StoreConfig
+    forward_auth: ForwardAuthConfig
     default_expiry: float
     max_expiry: float
     default_role: str
@@ -131,6 +140,9 @@ class Config:
         """Canonical (lower-case, ``-``) names of every header any role injects."""
         return frozenset(h.canonical for role in self.roles.values() for h in role.headers)
 
+
+# Routes the proxy listener serves under proxy.prefix (sidecar.proxy.gateway).
+_PREFIX_ROUTES = ("/auth", "/signin", "/logout", "/session", "/healthz", "/readyz", "/verify")
 
 DEFAULT_HEADERS = {
     "X-Forwarded-User": "{user_id}",
@@ -224,6 +236,22 @@ def _build(r: Reader) -> Config | None:
         cache_size=se.integer("cache_size", 10_000, low=0, high=10_000_000),
     )
 
+    fa = root.section("forward_auth")
+    envoy_prefix = fa.optional_string("envoy_path_prefix")
+    if envoy_prefix is not None and not (
+        re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", envoy_prefix)
+        and envoy_prefix.startswith(prefix + "/")
+        and envoy_prefix not in {prefix + p for p in _PREFIX_ROUTES}
+    ):
+        # Under the prefix: the route must never shadow an application path.
+        fa.error(
+            "envoy_path_prefix",
+            f"got {envoy_prefix!r}, expected a path under proxy.prefix such as {prefix}/envoy"
+            " (not one of the sidecar's own routes)",
+        )
+        envoy_prefix = None
+    forward_auth = ForwardAuthConfig(envoy_path_prefix=envoy_prefix)
+
     st = root.section("store")
     store_url = st.string("url", "sqlite:///sidecar.db")
     try:
@@ -278,6 +306,7 @@ def _build(r: Reader) -> Config | None:
         proxy=proxy,
         session=session,
         store=store,
+        forward_auth=forward_auth,
         default_expiry=default_expiry,
         max_expiry=max_expiry,
         default_role=default_role,
@@ -323,6 +352,7 @@ __all__ = [
     "AdminConfig",
     "Config",
     "ConfigError",
+    "ForwardAuthConfig",
     "HostPort",
     "LinksConfig",
     "ProxyConfig",

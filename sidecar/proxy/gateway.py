@@ -26,6 +26,7 @@ from yarl import URL
 
 from sidecar.links import http as links_http
 from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.forward_auth import ForwardAuth
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
@@ -59,6 +60,10 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_route("*", prefix + "/healthz", gateway.healthz)
     router.add_route("*", prefix + "/readyz", gateway.readyz)
     links_http.register_verify(app)
+    forward_auth = ForwardAuth(
+        services.config, sessions, gateway.redeemer, forwarder.peer_is_trusted
+    )
+    forward_auth.register(app)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
     router.add_route("*", "/{tail:.*}", gateway.proxy)
     return app
@@ -72,7 +77,7 @@ class Gateway:
         self._services = services
         self._sessions = sessions
         self._forwarder = forwarder
-        self._redeemer = Redeemer(services, sessions, forwarder)
+        self.redeemer = Redeemer(services, sessions, forwarder)
         self._unauthenticated = cfg.proxy.unauthenticated
         self._login_url = URL(cfg.proxy.login_url) if cfg.proxy.login_url else None
         self._public = GlobSet(cfg.proxy.public_paths)
@@ -95,7 +100,7 @@ class Gateway:
         except UnsafePath:
             return pages.failure(request, 400, "bad_path")
         if cut >= 0 and has_refer(request):
-            return await self._redeemer.redeem(request)
+            return await self.redeemer.redeem(request)
         websocket = _is_websocket(request)
         if self._public and self._public.matches(path.strict):
             return await self._send(request, (), websocket)

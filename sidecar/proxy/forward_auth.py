@@ -1,0 +1,276 @@
+"""Forward-auth mode: judge a request that an ingress (nginx, Traefik, Envoy, Caddy) forwards.
+
+``GET|HEAD <prefix>/auth`` answers the ingress's sub-request about an *original* request. The
+original method, target, host and scheme are read from headers — but only from a peer in
+``proxy.trusted_proxies``; from anyone else they are ignored and the sub-request's own path is
+judged (so a client cannot ask about a path it is not requesting):
+
+==================  ==============================================================
+nginx               ``X-Original-URI``, ``X-Original-Method`` (and ``Host``)
+ingress-nginx       ``X-Original-URL`` (absolute), ``X-Original-Method``
+Traefik, Caddy      ``X-Forwarded-Uri``, ``-Method``, ``-Host``, ``-Proto``
+Envoy ext_authz     the original path after ``forward_auth.envoy_path_prefix``; the
+                    method, ``Host`` and ``X-Forwarded-Proto`` as Envoy sends them
+==================  ==============================================================
+
+Two spellings of the same fact that disagree, or a header sent twice, are refused (403):
+the ingress forwards one request, and the answer must be about that one.
+
+Answers (never a cookie, never a body — Traefik, Caddy and Envoy show a refusal's body to
+the user, nginx throws it away):
+
+* **200** with the role's identity headers *in the response*, for the ingress to copy
+  upstream (``auth_request_set``, ``authResponseHeaders``, ``copy_headers``,
+  ``allowed_upstream_headers``); ``public_paths`` and ``unauthenticated: pass`` answer 200
+  with no identity header at all;
+* **401** without a live session, and always for a ``refer`` query or a path under the
+  prefix: the ingress sends those to the proxy listener, which redeems and serves them. With
+  ``unauthenticated: redirect`` the 401 carries ``X-Sidecar-Redirect: <login_url>?rd=…``;
+* **403** when the role's path rules refuse the path — normalised by
+  :func:`sidecar.proxy.paths.normalise`, whose refusals (dot segments, double encoding…) are
+  403s here too: an ingress turns any other status into a 500;
+* **503** when the store is down (fail closed).
+
+A session found in this process's cache costs no store I/O and no decryption: the cookie's
+SHA-256 and a dictionary look-up (:class:`~sidecar.sessions.SessionManager`).
+
+``GET|HEAD|POST <prefix>/signin?rd=<url>`` is where ingress-nginx's ``auth-signin`` sends a
+browser the auth sub-request refused: a ``refer`` link inside ``rd`` is redeemed exactly as on
+the proxy listener (303 + cookie to the same URL without ``refer``); otherwise the browser
+goes to ``login_url`` (``unauthenticated: redirect``) or sees the "link needed" page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qsl
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+from sidecar.config import Config
+from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
+from sidecar.refer.redeem import Redeemer, has_refer
+from sidecar.sessions import SessionManager
+from sidecar.store.base import StoreUnavailable
+from sidecar.web import pages
+from sidecar.web.accesslog import set_user
+
+REDIRECT_HINT: Final = "X-Sidecar-Redirect"
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 token
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?")
+_NO_STORE: Final[dict[str, str]] = {hdrs.CACHE_CONTROL: "no-store"}
+
+Trusts = Callable[[str | None], bool]
+
+
+class BadOriginal(ValueError):
+    """The trusted proxy's description of the original request is unusable or ambiguous."""
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """The request the ingress asks about: method, raw target (path and query), host, scheme."""
+
+    method: str
+    target: str
+    host: str | None
+    scheme: str
+
+
+def _single(request: web.BaseRequest, name: str) -> str | None:
+    values = request.headers.getall(name, ())
+    if len(values) > 1:
+        raise BadOriginal(f"{name} sent {len(values)} times")
+    return values[0] if values else None
+
+
+def _agree(what: str, *values: str | None) -> str | None:
+    given = {v for v in values if v is not None}
+    if len(given) > 1:
+        raise BadOriginal(f"the original {what} is given differently by two headers")
+    return given.pop() if given else None
+
+
+def original_request(
+    request: web.BaseRequest, *, trusted: bool, envoy_target: str | None = None
+) -> Original:
+    """Read the original request from a trusted proxy's headers (see the module docstring).
+
+    ``envoy_target`` is what followed ``forward_auth.envoy_path_prefix`` in the sub-request's
+    path. Untrusted: the sub-request itself. Raises :class:`BadOriginal`."""
+    own_host = request.headers.get(hdrs.HOST)
+    if not trusted:
+        return Original(request.method, request.raw_path, own_host, request.scheme)
+    forwarded_host = _single(request, "X-Forwarded-Host")
+    forwarded_proto = _single(request, hdrs.X_FORWARDED_PROTO)
+    target: str | None
+    method: str | None
+    if envoy_target is not None:
+        # Envoy's check request keeps the method and :authority of the original.
+        target, method, host, scheme = envoy_target, request.method, own_host, forwarded_proto
+    else:
+        url_target = url_host = url_scheme = None
+        full = _single(request, "X-Original-URL")
+        if full is not None:
+            url = URL(full, encoded=True)
+            if url.scheme not in ("http", "https") or not url.raw_authority:
+                raise BadOriginal("X-Original-URL is not an absolute http(s) URL")
+            url_target, url_host, url_scheme = url.raw_path_qs, url.raw_authority, url.scheme
+        target = _agree(
+            "target",
+            url_target,
+            _single(request, "X-Original-URI"),
+            _single(request, "X-Forwarded-Uri"),
+        )
+        method = _agree(
+            "method",
+            _single(request, "X-Original-Method"),
+            _single(request, "X-Forwarded-Method"),
+        )
+        host = _agree("host", url_host, forwarded_host) or own_host
+        scheme = _agree("scheme", url_scheme, forwarded_proto)
+        target = target if target is not None else request.raw_path
+        method = method if method is not None else request.method
+    if target is None or method is None or not target.startswith("/"):
+        raise BadOriginal("the original target is not an absolute path")
+    if not _METHOD.fullmatch(method):
+        raise BadOriginal("the original method is not an HTTP token")
+    if host is not None and not _HOST.fullmatch(host):
+        raise BadOriginal("the original host is not a host[:port]")
+    scheme = (scheme or request.scheme).lower()
+    if scheme not in ("http", "https"):
+        raise BadOriginal("the original scheme is neither http nor https")
+    return Original(method.upper(), target, host, scheme)
+
+
+def _query_has_refer(query: str) -> bool:
+    if "refer" not in query and "%" not in query:
+        return False
+    return any(name == "refer" for name, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def _bare(status: int, headers: dict[str, str] | None = None) -> web.Response:
+    # No body and no Content-Type: nothing an ingress could show or sniff.
+    return web.Response(status=status, headers=_NO_STORE | headers if headers else _NO_STORE)
+
+
+class ForwardAuth:
+    """The ``<prefix>/auth`` and ``<prefix>/signin`` handlers of one proxy app."""
+
+    def __init__(
+        self, config: Config, sessions: SessionManager, redeemer: Redeemer, trusts: Trusts
+    ) -> None:
+        px = config.proxy
+        self._sessions = sessions
+        self._redeemer = redeemer
+        self._trusts = trusts
+        self._prefix = px.prefix
+        self._envoy_prefix = config.forward_auth.envoy_path_prefix
+        self._public = GlobSet(px.public_paths)
+        self._rules = {
+            name: PathRules.compile(role.allow, role.deny) for name, role in config.roles.items()
+        }
+        self._unauthenticated = px.unauthenticated
+        self._login_url = URL(px.login_url) if px.login_url else None
+        self._origin = URL(config.public_url).origin()
+
+    def register(self, app: web.Application) -> None:
+        """Add the routes (before the prefix's catch-all 404)."""
+        router = app.router
+        router.add_route("*", self._prefix + "/auth", self.auth)
+        router.add_route("*", self._prefix + "/signin", self.signin)
+        if self._envoy_prefix is not None:
+            router.add_route("*", self._envoy_prefix + "{tail:/.*}", self.envoy)
+
+    # -- the sub-request -------------------------------------------------------------
+    async def auth(self, request: web.Request) -> web.StreamResponse:
+        """``GET|HEAD <prefix>/auth``: nginx, ingress-nginx, Traefik and Caddy conventions."""
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            return _bare(405, {hdrs.ALLOW: "GET, HEAD"})
+        return await self._judge(request, None)
+
+    async def envoy(self, request: web.Request) -> web.StreamResponse:
+        """``<envoy_path_prefix>/<original path>``: Envoy's ext_authz HTTP service (any method)."""
+        return await self._judge(request, request.raw_path[len(self._envoy_prefix or "") :])
+
+    async def _judge(self, request: web.Request, envoy_target: str | None) -> web.StreamResponse:
+        try:
+            original = original_request(
+                request, trusted=self._trusts(request.remote), envoy_target=envoy_target
+            )
+        except BadOriginal:
+            return _bare(403)
+        raw_path, _, query = original.target.partition("?")
+        try:
+            path = normalise(raw_path)
+        except UnsafePath:
+            return _bare(403)
+        if query and _query_has_refer(query):
+            return _bare(401)  # the ingress sends it to the proxy listener to redeem
+        if path.strict == self._prefix or path.strict.startswith(self._prefix + "/"):
+            return _bare(401)  # the sidecar's own pages are served by the proxy listener
+        if self._public and self._public.matches(path.strict):
+            return _bare(200)
+        try:
+            session = await self._sessions.lookup(request)
+        except StoreUnavailable:
+            return _bare(503)
+        if session is not None:
+            set_user(session.record.user_id)
+            if not self._rules[session.record.role].permits(path):
+                return _bare(403)
+            return _bare(200, dict(session.headers))
+        if self._unauthenticated == "pass":
+            return _bare(200)
+        location = self._login_location(original.target)
+        return _bare(401, {REDIRECT_HINT: location} if location else None)
+
+    def _login_location(self, target: str) -> str | None:
+        """Where ``unauthenticated: redirect`` sends a browser, or None in the other modes."""
+        if self._unauthenticated != "redirect" or self._login_url is None:
+            return None
+        # "//evil" or "/\\evil" as rd would send the user off-site after logging in.
+        return str(self._login_url.update_query(rd="/" + target.lstrip("/\\")))
+
+    # -- ingress-nginx's auth-signin -------------------------------------------------
+    async def signin(self, request: web.Request) -> web.StreamResponse:
+        """Redeem the ``refer`` link of ``rd`` (same origin only), or send the user to sign in."""
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_POST):
+            return pages.method_not_allowed(request, "GET, HEAD, POST")
+        target = self._same_origin_target(request.query.get("rd", "/"))
+        if target is None:
+            return pages.failure(request, 400, "bad_request")
+        raw_path, _, query = target.partition("?")
+        try:
+            normalise(raw_path)
+        except UnsafePath:
+            return pages.failure(request, 400, "bad_path")
+        original = request.clone(rel_url=URL(target, encoded=True))
+        if query and has_refer(original):
+            return await self._redeemer.redeem(original)
+        try:
+            session = await self._sessions.lookup(request)
+        except StoreUnavailable:
+            return pages.failure(request, 503, "store_unavailable")
+        if session is not None:  # signed in meanwhile (another tab): back to the page
+            return web.Response(status=303, headers={hdrs.LOCATION: target, **pages.NO_STORE})
+        location = self._login_location(target)
+        if location is not None:
+            return web.Response(status=302, headers={hdrs.LOCATION: location, **pages.NO_STORE})
+        return pages.failure(request, 401, "unauthenticated")
+
+    def _same_origin_target(self, rd: str) -> str | None:
+        """``rd``'s path and query when it is an absolute path or a URL on ``public_url``'s
+        origin; never another host (``//evil``, ``/\\evil``, a control character)."""
+        if any(ord(c) < 0x21 or c in "\\\x7f" for c in rd):
+            return None
+        if rd.startswith("/"):
+            return None if rd.startswith("//") else rd.partition("#")[0]
+        url = URL(rd, encoded=True)
+        if not url.absolute or url.origin() != self._origin:
+            return None
+        return url.raw_path_qs
