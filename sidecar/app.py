@@ -24,9 +24,9 @@ from sidecar.services import Services
 from sidecar.sessions import SESSIONS
 from sidecar.store import StoreUnavailable, durability_warnings, open_store
 from sidecar.store.timed import timed
-from sidecar.telemetry.audit import configure_logging
 from sidecar.tokens.codec import TokenCodec
 from sidecar.web.drain import Drain
+from sidecar.web.logsetup import configure_logging
 from sidecar.web.metrics import metrics_app
 
 _LOG = logging.getLogger("sidecar.app")

@@ -172,7 +172,7 @@ async def _run_sidecar(state: Path, ports: Ports, stop: asyncio.Event, out: Text
     """Serve the sidecar from a config written into ``state`` until ``stop`` is set."""
     from sidecar.app import ServeError, build_services, serve
     from sidecar.config import ConfigError, load_config
-    from sidecar.telemetry.audit import configure_logging
+    from sidecar.web.logsetup import configure_logging
 
     config_path, admin_key = write_state(state, ports)
     try:

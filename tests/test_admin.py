@@ -123,7 +123,9 @@ async def test_mint(
     assert events == [
         {
             "ts": events[0]["ts"],
+            "level": "info",
             "event": "mint",
+            "request_id": response.headers["X-Request-Id"],
             "token_id": answer["id"],
             "user_id": "0000000abc",
             "role": "Authenticated",

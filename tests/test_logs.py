@@ -117,9 +117,40 @@ async def test_logs_of_a_full_flow_hold_no_secret(stack: tuple[Upstream, Served]
     assert redeemed, "the redemptions have access lines"
     assert all(d["user_id"] == "u-logs" for d in redeemed), "with the user they logged in"
 
+    # Every line has a level and an RFC 3339 UTC timestamp with milliseconds.
+    for doc in docs:
+        assert doc.get("level") in ("debug", "info", "warning", "error"), doc
+        assert RFC3339_MS.fullmatch(str(doc["ts"])), doc
+    # Audit events name the request that caused them, so they join their access line.
+    ids = {d["request_id"] for d in access}
+    caused = [d for d in docs if d.get("event") in ("mint", "redeem", "replay", "revoke")]
+    assert caused
+    assert all(d.get("request_id") in ids for d in caused), caused
+    # A malformed request is one warning with the parser's reason, never an error traceback.
+    malformed = [d for d in docs if str(d.get("msg", "")).startswith("malformed request")]
+    assert len(malformed) == 1, malformed
+    assert malformed[0]["level"] == "warning"
+    assert "nope-secret" not in text, "what the parser quotes (a cookie, a token) is not logged"
+    assert not [d for d in docs if d.get("level") == "error"]
+
+
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+async def send_malformed_request(url: str) -> None:
+    """A request line the parser refuses; read the 400 until the server closes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: nope-secret\r\n\r\n")
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+
 
 async def run_flow(flow: Flow, upstream: Upstream) -> None:
     served, http = flow.served, flow.http
+    await send_malformed_request(served.proxy)
 
     link = await flow.mint("u-logs", module="mod1", additionalParams={"tenant": "acme"})
     status, cookie = await flow.open_link(link["url"])

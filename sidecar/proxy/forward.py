@@ -48,8 +48,9 @@ from sidecar.proxy.templates import canonical_header
 from sidecar.proxy.websocket import Alive, relay_websocket
 from sidecar.sessions import split_cookie_header
 from sidecar.telemetry import metrics
+from sidecar.telemetry.context import current_request_id
 from sidecar.web import pages
-from sidecar.web.accesslog import REQUEST_ID, current_request_id, set_upstream_time
+from sidecar.web.accesslog import REQUEST_ID, set_upstream_time
 
 LOG = logging.getLogger("sidecar.forward")
 

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 import time
 from typing import TextIO
+
+from sidecar.telemetry.context import current_request_id, rfc3339
 
 AUDIT = logging.getLogger("sidecar.audit")
 ACCESS = logging.getLogger("sidecar.access")
@@ -21,9 +22,17 @@ Field = str | int | float | bool | None
 
 
 def audit(event: str, **fields: Field) -> None:
-    """Record an audit event: mint, redeem, redeem_failed, replay, revoke, logout, …"""
+    """Record an audit event: mint, redeem, redeem_failed, replay, revoke, logout, …
+
+    The line carries the ``request_id`` of the request that caused it (when there is one),
+    so an audit event and its access line can be joined."""
     if AUDIT.isEnabledFor(logging.INFO):
-        AUDIT.info(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}))
+        doc: dict[str, Field] = {"ts": rfc3339(time.time()), "level": "info", "event": event}
+        doc.update(fields)
+        request_id = current_request_id()
+        if request_id is not None and "request_id" not in doc:
+            doc["request_id"] = request_id
+        AUDIT.info(json.dumps(doc))
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -34,7 +43,7 @@ class JsonLineFormatter(logging.Formatter):
         if record.name in (AUDIT.name, ACCESS.name):
             return message
         doc: dict[str, Field] = {
-            "ts": round(record.created, 3),
+            "ts": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": message,
@@ -86,11 +95,3 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
             self._pending.clear()
             self.stream.write(text)
         self.stream.flush()
-
-
-def configure_logging(level: str = "info") -> None:
-    handler = LoopBatchedHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())

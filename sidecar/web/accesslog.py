@@ -3,7 +3,8 @@
 :func:`access_middleware` wraps every handler of a listener. It writes, when the request
 is done (for streamed bodies: when the last byte is written)::
 
-    {"ts": …, "event": "access", "listener": "proxy", "method": "GET", "path": "/api/x",
+    {"ts": "2026-11-30T03:50:01.123Z", "level": "info", "event": "access", "listener": "proxy",
+     "method": "GET", "path": "/api/x",
      "status": 200, "duration_ms": 3.1, "upstream_ms": 2.4, "user_id": "u-1",
      "request_id": "…", "remote": "127.0.0.1"}
 
@@ -34,8 +35,6 @@ import random
 import re
 import secrets
 import time
-from contextvars import ContextVar
-from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 
 from aiohttp import web
@@ -43,6 +42,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import ACCESS
+from sidecar.telemetry.context import CURRENT, RequestRecord, rfc3339
 
 REQUEST_ID = "X-Request-Id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -53,16 +53,6 @@ CLIENT_CLOSED = 499
 _IDS = random.Random(secrets.randbits(128))  # noqa: S311
 
 
-@dataclass(slots=True)
-class _Record:
-    request_id: str
-    user_id: str | None = None
-    upstream_s: float | None = None
-
-
-_CURRENT: ContextVar[_Record | None] = ContextVar("sidecar_access_record", default=None)
-
-
 def request_id_for(header: str | None) -> str:
     """The client's request id when it is sane, else a new random one."""
     if header is not None and _SANE_ID.fullmatch(header):
@@ -70,14 +60,9 @@ def request_id_for(header: str | None) -> str:
     return f"{_IDS.getrandbits(128):032x}"
 
 
-def current_request_id() -> str | None:
-    record = _CURRENT.get()
-    return None if record is None else record.request_id
-
-
 def set_user(user_id: str) -> None:
     """Name the user of the request being handled (for its access log line)."""
-    record = _CURRENT.get()
+    record = CURRENT.get()
     if record is not None:
         record.user_id = user_id
 
@@ -85,20 +70,20 @@ def set_user(user_id: str) -> None:
 def set_upstream_time(seconds: float) -> None:
     """Record the time to the upstream's response headers (the forwarder measures it inline:
     a client ``TraceConfig`` costs the hot path about a third of its CPU)."""
-    record = _CURRENT.get()
+    record = CURRENT.get()
     if record is not None:
         record.upstream_s = seconds
 
 
 def access_middleware(listener: str) -> Middleware:
     """A middleware logging one JSON line and counting the request for ``listener``."""
-    prefix = f'"event": "access", "listener": {_json_str(listener)}, "method": '
+    prefix = f'"level": "info", "event": "access", "listener": {_json_str(listener)}, "method": '
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        record = _Record(request_id_for(request.headers.get(REQUEST_ID)))
-        token = _CURRENT.set(record)
+        record = RequestRecord(request_id_for(request.headers.get(REQUEST_ID)))
+        token = CURRENT.set(record)
         status = 500
         try:
             response = await handler(request)
@@ -113,7 +98,7 @@ def access_middleware(listener: str) -> Middleware:
             status = CLIENT_CLOSED
             raise
         finally:
-            _CURRENT.reset(token)
+            CURRENT.reset(token)
             elapsed = time.perf_counter() - started
             metrics.observe_request(status, elapsed, listener)
             if ACCESS.isEnabledFor(logging.INFO):
@@ -123,7 +108,9 @@ def access_middleware(listener: str) -> Middleware:
     return middleware
 
 
-def _line(prefix: str, request: web.Request, status: int, elapsed: float, record: _Record) -> str:
+def _line(
+    prefix: str, request: web.Request, status: int, elapsed: float, record: RequestRecord
+) -> str:
     """The JSON object ``json.dumps`` would write for the fields in the module docstring."""
     path = request.rel_url.raw_path
     if len(path) > _MAX_PATH:
@@ -132,7 +119,7 @@ def _line(prefix: str, request: web.Request, status: int, elapsed: float, record
     user = "null" if record.user_id is None else _json_str(record.user_id)
     remote = request.remote
     return (
-        f'{{"ts": {round(time.time(), 3)}, {prefix}{_json_str(request.method)}, '
+        f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(request.method)}, '
         f'"path": {_json_str(path)}, "status": {status}, '
         f'"duration_ms": {round(elapsed * 1000, 2)}, "upstream_ms": {upstream}, '
         f'"user_id": {user}, "request_id": {_json_str(record.request_id)}, '

@@ -1,0 +1,41 @@
+"""What the log lines of one request share: its id and user, carried by a context variable.
+
+The access middleware (:mod:`sidecar.web.accesslog`) sets the record when a request starts;
+aiohttp runs the handler, and everything it calls, in the same task, so audit events and the
+upstream client reach the same record without it being passed around.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    user_id: str | None = None
+    upstream_s: float | None = None
+
+
+CURRENT: ContextVar[RequestRecord | None] = ContextVar("sidecar_request", default=None)
+
+
+def current_request_id() -> str | None:
+    record = CURRENT.get()
+    return None if record is None else record.request_id
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
+def rfc3339(timestamp: float) -> str:
+    """``timestamp`` as RFC 3339 UTC with milliseconds: ``2026-11-30T03:50:01.123Z``.
+
+    The date part is formatted once per second (every log line asks for it)."""
+    whole = int(timestamp)
+    return f"{_second(whole)}.{int((timestamp - whole) * 1000):03d}Z"

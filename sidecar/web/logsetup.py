@@ -1,0 +1,48 @@
+"""Process-wide logging: JSON lines on stderr, and aiohttp's parse errors as warnings."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp.http_exceptions import HttpProcessingError
+
+from sidecar.telemetry.audit import JsonLineFormatter, LoopBatchedHandler
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it could not parse as an error with a traceback
+    ("Error handling request"). That is the client's doing, not a fault of ours: one warning
+    line with the parser's reason instead. Errors of our own handlers stay errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = (
+                "malformed request: %s: %s",
+                (type(exc).__name__, _reason(exc)),
+            )
+            record.exc_info = None
+        return True
+
+
+def _reason(exc: HttpProcessingError) -> str:
+    """The parser's reason without the bytes it quotes: they may hold a refer token (request
+    line) or a cookie (header), and those never reach a log."""
+    first = str(exc.message).split("\n", 1)[0]
+    for quote in ("'", '"', "b'"):
+        first = first.split(quote, 1)[0]
+    return first.strip().rstrip(":")[:120]
+
+
+def configure_logging(level: str = "info") -> None:
+    """One JSON line per record on stderr, at ``level`` and above."""
+    handler = LoopBatchedHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())
