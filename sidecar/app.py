@@ -24,6 +24,7 @@ from sidecar.services import Services
 from sidecar.sessions import SESSIONS
 from sidecar.store import StoreUnavailable, durability_warnings, open_store
 from sidecar.store.timed import timed
+from sidecar.telemetry import metrics
 from sidecar.tokens.codec import TokenCodec
 from sidecar.web.drain import Drain
 from sidecar.web.logsetup import configure_logging
@@ -123,6 +124,12 @@ async def serve(
                 raise ServeError(f"cannot listen on {listen} ({name}): {exc.strerror}") from None
             for address in runner.addresses:
                 _LOG.info("listening: %s on %s", name, _show_address(address))
+        metrics.track(
+            in_flight=lambda: drain.in_flight,
+            connections=lambda: sum(
+                len(r.server.connections) for r in runners if r.server is not None
+            ),
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if ready is not None:

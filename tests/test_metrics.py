@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar import __version__
 from sidecar.telemetry import metrics
 from tests.serve_process import free_port, running_serve
 from tests.upstream import running_upstream
@@ -74,6 +75,13 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
     assert sample(text, "sidecar_store_seconds_count", {"op": "ping"}) >= 1
     assert sample(text, "sidecar_request_duration_seconds_count", {"listener": "proxy"}) >= 5
     assert sample(text, "process_cpu_seconds_total") > 0
+
+    assert "_created" not in text, "no _created twin series"
+    assert sample(text, "sidecar_build_info", {"version": __version__}) == 1
+    # The scrape itself is in flight, on a connection of its own (and the keep-alive
+    # connections of this test's session are open too).
+    assert sample(text, "sidecar_requests_in_flight") >= 1
+    assert sample(text, "sidecar_client_connections") >= 1
 
 
 def test_render_in_process() -> None:

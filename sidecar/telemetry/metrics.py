@@ -18,21 +18,35 @@ metric                                     labels       observed by
 ``sidecar_upstream_seconds``                            :func:`observe_upstream` (time to the
                                                         upstream's response headers)
 ``sidecar_store_seconds``                  op           :func:`observe_store` (per Store method)
+``sidecar_requests_in_flight``                          :func:`track` (the drain's count)
+``sidecar_client_connections``                          :func:`track` (open client connections,
+                                                        every listener)
+``sidecar_build_info``                     version      always 1
 ========================================== ============ ===================================
+
+Counters have no ``_created`` twin series (prometheus-client's default doubles every
+counter and histogram with a timestamp nobody graphs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.exposition import choose_encoder
 
+from sidecar import __version__
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -80,6 +94,21 @@ STORE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+IN_FLIGHT = Gauge(
+    "sidecar_requests_in_flight",
+    "Requests being handled now, every listener.",
+    registry=REGISTRY,
+)
+CONNECTIONS = Gauge(
+    "sidecar_client_connections",
+    "Client connections open now, every listener (idle keep-alive ones included).",
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "sidecar_build_info", "Always 1; the version is the label.", ("version",), registry=REGISTRY
+)
+BUILD_INFO.labels(__version__).set(1)
+
 
 # (listener, status) -> its two series. ``labels()`` checks, formats and locks on every
 # call; the hot path looks each series up once (at most 3 listeners x 900 status codes).
@@ -109,6 +138,12 @@ def observe_upstream(seconds: float) -> None:
 
 def observe_store(op: str, seconds: float) -> None:
     STORE_SECONDS.labels(op).observe(seconds)
+
+
+def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> None:
+    """Read the two live gauges from the running server when scraped (nothing per request)."""
+    IN_FLIGHT.set_function(in_flight)
+    CONNECTIONS.set_function(connections)
 
 
 def render(accept: str = "") -> tuple[bytes, str]:
