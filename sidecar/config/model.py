@@ -28,6 +28,7 @@ from sidecar.tokens.keys import KeySet, KeysetError, parse_keyset
 
 MAX_EXPIRY = 30 * 86400.0
 DEFAULT_EXPIRY = 3600.0
+MODULE_NAME = r"[A-Za-z0-9_-]{1,128}"  # what a mint's "module" may be
 LINK_TYPES = ("signup", "magiclink", "recovery", "invite", "email_change")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -222,7 +223,7 @@ def _build(r: Reader) -> Config | None:
         trusted_proxies=px.networks("trusted_proxies"),
         unauthenticated=unauth,  # type: ignore[arg-type]  # choice() checked the value
         login_url=login_url,
-        public_paths=px.globs("public_paths"),
+        public_paths=px.path_globs("public_paths"),
         max_header_size=px.size("max_header_size", 16384),
         failed_redeem_rate=px.rate("failed_redeem_rate", "30/5m"),
     )
@@ -339,9 +340,9 @@ def _roles(root: Reader.Node, max_expiry: float) -> dict[str, RoleConfig]:
             session_lifetime=lifetime,
             idle_timeout=node.duration("idle_timeout", min(lifetime, 3600.0), at_most=lifetime),
             params=frozenset(node.strings("params", ())),
-            modules=node.globs("modules", ("*",)),
-            allow=node.globs("allow", ("/**",)),
-            deny=node.globs("deny", ()),
+            modules=node.name_globs("modules", ("*",), name=MODULE_NAME),
+            allow=node.path_globs("allow", ("/**",)),
+            deny=node.path_globs("deny", ()),
             headers=tuple(headers),
         )
     return roles

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from sidecar.config.durations import format_duration, parse_duration, parse_size
 from sidecar.config.values import HostPort, RateLimit, Secret
+from sidecar.proxy.paths import GlobError, check_path_glob
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -223,8 +224,27 @@ class Reader:
                 return default
             return tuple(value)
 
-        def globs(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-            return self.strings(key, default)
+        def path_globs(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+            """Path globs, each one able to match (:func:`~sidecar.proxy.paths.check_path_glob`)."""
+            globs = self.strings(key, default)
+            for i, pattern in enumerate(globs):
+                try:
+                    check_path_glob(pattern)
+                except GlobError as exc:
+                    self.error(f"{key}[{i}]", str(exc))
+            return globs
+
+        def name_globs(self, key: str, default: tuple[str, ...], *, name: str) -> tuple[str, ...]:
+            """``fnmatch`` globs over names matching the regular expression ``name``."""
+            globs = self.strings(key, default)
+            for i, pattern in enumerate(globs):
+                literal = pattern.replace("*", "a").replace("?", "a")
+                if "[" in pattern or not re.fullmatch(name, literal):
+                    self.error(
+                        f"{key}[{i}]",
+                        f"got {pattern!r}, which matches no name of {name} (globs: * and ?)",
+                    )
+            return globs
 
         def networks(self, key: str) -> tuple[Network, ...]:
             out: list[Network] = []

@@ -7,7 +7,10 @@ Patterns are absolute URLs with globs (``links.redirect_allow``)::
     https://**.example.com/**           any depth of subdomain
     http://localhost:3000/callback      port compared exactly (absent = the default port)
 
-In the host, ``*`` stays inside one label (never crosses ``.``) and ``**`` spans labels; in
+In the host, ``*`` stays inside one label (never crosses ``.``) and ``**`` spans labels, and
+every wildcard sits left of a literal registrable domain (``*.example.com``, never
+``*.com``, ``*.co.uk``, ``*.github.io`` or ``exa*mple.com``: the Public Suffix List says
+what can be registered); in
 the path, ``*`` stays inside one segment and ``**`` crosses ``/`` (``/x/**`` also matches
 ``/x``, as the proxy's path rules do). The scheme is never a glob, and ``http`` never
 matches an ``https`` pattern. Patterns judge the path only; the query and fragment of an
@@ -32,7 +35,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
-from sidecar.proxy.paths import glob_regex
+from publicsuffixlist import PublicSuffixList
+
+from sidecar.proxy.paths import check_segment_globs, glob_regex
 
 MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -160,6 +165,9 @@ def compile_pattern(pattern: str) -> _Pattern:
             host = re.escape(literal)
     except RedirectRejected as exc:
         raise fail(str(exc).replace("redirect_to has", "it has")) from None
+    if "***" in path:
+        raise fail("use * (within one segment) or ** (any depth)")
+    check_segment_globs("/" + path, fail)
     return _Pattern(
         scheme=scheme,
         host=re.compile(host),
@@ -169,8 +177,19 @@ def compile_pattern(pattern: str) -> _Pattern:
 
 
 def _host_glob(host: str, fail: Callable[[str], RedirectPatternError]) -> str:
+    labels = host.lower().split(".")
+    globbed = [i for i, label in enumerate(labels) if "*" in label]
+    if globbed:
+        fixed = ".".join(labels[globbed[-1] + 1 :])
+        if not _registrable(fixed):
+            # "https://**", "https://*.com", "https://*.co.uk", "https://*.github.io",
+            # "https://exa*mple.com": anyone can register a host these match.
+            raise fail(
+                "a wildcard must stay left of a registrable domain (as in *.example.com); "
+                f"{fixed or 'nothing'!r} is not one (Public Suffix List)"
+            )
     parts: list[str] = []
-    for label in host.lower().split("."):
+    for label in labels:
         if not _GLOB_LABEL.fullmatch(label) or ("**" in label and label != "**"):
             raise fail(f"bad host label {label!r}: use letters, digits, -, * or a whole **")
         if label == "**":
@@ -178,6 +197,18 @@ def _host_glob(host: str, fail: Callable[[str], RedirectPatternError]) -> str:
         else:
             parts.append("".join("[a-z0-9-]+" if c == "*" else re.escape(c) for c in label))
     return r"\.".join(parts)
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def _registrable(domain: str) -> bool:
+    """``domain`` contains a registrable domain (``example.com``, not ``co.uk``)."""
+    if not domain or domain.rpartition(".")[2].isdigit():
+        return False
+    return _psl().privatesuffix(domain) is not None
 
 
 def _authority(authority: str, scheme: str) -> tuple[str, int]:

@@ -23,7 +23,7 @@ reading of it is.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -39,6 +39,10 @@ _ODD_SEPARATOR = re.compile(r"\\|%2f|%5c", re.IGNORECASE)
 
 class UnsafePath(ValueError):
     """The path cannot be normalised without guessing how the upstream reads it."""
+
+
+class GlobError(ValueError):
+    """A path glob that no request path, as the rules see it, could ever match."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,39 @@ def normalise(raw_path: str) -> NormalPath:
         strict_path += "/"
     loose_path = "/" + "/".join(s for s in loose if s)
     return NormalPath(strict=strict_path, loose=loose_path)
+
+
+def check_path_glob(pattern: str) -> None:
+    """Refuse a path glob that could never match (raise :class:`GlobError`).
+
+    Rules judge normalised paths: they start with ``/``, have no empty, ``.`` or ``..``
+    segments, no ``\\``, and never include the query or fragment. ``*`` stays inside one
+    segment and may sit among other characters (``/static/*.css``); ``**`` is a whole
+    segment (``/a/**``, ``/a/**/b``). A glob written otherwise silently matches nothing,
+    which for ``deny`` means no rule at all — so it is a config error instead."""
+    if not pattern.startswith("/"):
+        raise GlobError(f"got {pattern!r}: a path glob starts with / (paths always do)")
+    if "***" in pattern:
+        raise GlobError(f"got {pattern!r}: use * (within one segment) or ** (any depth)")
+    bad = next((c for c in pattern if c in "?#\\" or c < " " or c == "\x7f"), None)
+    if bad is not None:
+        raise GlobError(
+            f"got {pattern!r}: {bad!r} never appears in a path as the rules see it"
+            " (the query and fragment are never matched; \\ is read as /)"
+        )
+    check_segment_globs(pattern, lambda why: GlobError(f"got {pattern!r}: {why}"))
+    for segment in pattern.split("/")[1:-1]:
+        if segment == "":
+            raise GlobError(f"got {pattern!r}: an empty segment (//) never matches")
+
+
+def check_segment_globs(path: str, fail: Callable[[str], Exception]) -> None:
+    """``**`` only as a whole segment, no dot segments (shared with redirect patterns)."""
+    for segment in path.split("/"):
+        if "**" in segment and segment != "**":
+            raise fail(f"** must be a whole segment, got {segment!r} (use * inside a segment)")
+        if segment in (".", ".."):
+            raise fail("a dot segment never matches: paths are judged after . and .. resolve")
 
 
 def glob_regex(pattern: str) -> str:

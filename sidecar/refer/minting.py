@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
 from sidecar.config import Config, RoleConfig
+from sidecar.config.model import MODULE_NAME
 from sidecar.config.durations import format_duration
 from sidecar.tokens.codec import Claims, TokenCodec, has_control, new_token_id
 
 FIELDS = ("userId", "additionalParams", "expireMeasure", "expireOffset", "oneTimeUse", "module")
 MAX_USER_ID = 256
-_MODULE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_MODULE = re.compile(MODULE_NAME)
 _MEASURES = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 

@@ -20,6 +20,7 @@ CATEGORIES = (
     "ratelimits",
     "secrets",
     "failure",
+    "config",
 )
 
 TRIED: Counter[str] = Counter()
