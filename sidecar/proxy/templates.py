@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sidecar.tokens.identity import identity_problem
+
 FIELDS = frozenset({"user_id", "role", "email", "module", "token_id"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -35,11 +37,19 @@ class HeaderTemplate:
     parts: tuple[str, ...]
 
     def render(self, identity: Mapping[str, str]) -> str:
-        """Fill in the fields; a value with a control character renders as empty
-        (the caller omits empty headers), so no input can split or fold a header."""
+        """Fill in the fields; a header with a field value that breaks the identity rule
+        (:mod:`sidecar.tokens.identity`: a session from a token minted before the rule)
+        or a control character renders as empty (the caller omits empty headers), so no
+        input can split or fold a header or arrive rewritten."""
         out: list[str] = []
         for i, part in enumerate(self.parts):
-            out.append(identity.get(part, "") if i % 2 else part)
+            if i % 2:
+                field = identity.get(part, "")
+                if field and identity_problem(field, commas=part != "user_id") is not None:
+                    return ""
+                out.append(field)
+            else:
+                out.append(part)
         value = "".join(out)
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
             return ""

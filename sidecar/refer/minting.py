@@ -1,5 +1,9 @@
 """Minting refer strings: the ``POST /referstring`` body checked field by field, then sealed.
 
+Values that reach identity headers (``userId``, ``additionalParams`` values) follow
+:mod:`sidecar.tokens.identity`: no surrounding whitespace, control, bidi or zero-width
+characters, and no comma in ``userId``.
+
 No HTTP here. :func:`parse_refer_request` turns the decoded JSON body into a
 :class:`ReferRequest` or raises :class:`MintError` naming the offending field;
 :func:`mint_refer` seals it into a token and the link users follow. The edge
@@ -20,6 +24,7 @@ from sidecar.config import Config, RoleConfig
 from sidecar.config.model import MODULE_NAME
 from sidecar.config.durations import format_duration
 from sidecar.tokens.codec import Claims, TokenCodec, has_control, new_token_id
+from sidecar.tokens.identity import identity_problem
 
 FIELDS = ("userId", "additionalParams", "expireMeasure", "expireOffset", "oneTimeUse", "module")
 MAX_USER_ID = 256
@@ -124,8 +129,9 @@ def _user_id(value: object) -> str:
         raise MintError("userId", f"expected a non-empty string, got {_kind(value)}")
     if len(value) > MAX_USER_ID:
         raise MintError("userId", f"is {len(value)} characters long; at most {MAX_USER_ID}")
-    if has_control(value):
-        raise MintError("userId", "must not contain control characters or lone surrogates")
+    problem = identity_problem(value, commas=False)
+    if problem is not None:
+        raise MintError("userId", problem)
     return value
 
 
@@ -165,8 +171,9 @@ def _param_value(field: str, value: object) -> str:
             raise MintError(field, "expected a finite number")
         return repr(value)
     if isinstance(value, str):
-        if has_control(value):
-            raise MintError(field, "must not contain control characters or lone surrogates")
+        problem = identity_problem(value)
+        if problem is not None:
+            raise MintError(field, problem)
         return value
     raise MintError(field, f"expected a string, number or boolean, got {_kind(value)}")
 

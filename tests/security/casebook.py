@@ -21,6 +21,7 @@ CATEGORIES = (
     "secrets",
     "failure",
     "config",
+    "identity",
 )
 
 TRIED: Counter[str] = Counter()
