@@ -4,9 +4,6 @@ The request is answered here and never forwarded. In order:
 
 * ``HEAD`` is answered without looking at the token: link scanners and previews must not
   burn it (nor count as failures);
-* a client over ``proxy.failed_redeem_rate`` failures gets 429 (counted in the store, so
-  the limit holds across replicas; each process also remembers the block so a blocked
-  client costs no decryption);
 * the token is opened (401 malformed/tampered/unknown key, 410 expired), its role must still
   be configured (401), and a ``redeem: confirm`` role answers ``GET`` with a button page;
 * one-time tokens are burned (exactly once, across replicas: 410 used/revoked); others are
@@ -14,6 +11,13 @@ The request is answered here and never forwarded. In order:
 * the session is created, the cookie set, and the browser sent to the same URL without
   ``refer`` (other query parameters kept, ``#/display/<module>`` added when the token names
   a module).
+
+Only failures are limited: past ``proxy.failed_redeem_rate`` failures a client's *failures*
+answer 429 (counted in the store, so the limit holds across replicas; each process also
+remembers the block so a blocked client's failures cost no store write). A token that opens
+and is usable is always redeemed, whatever the count — decryption is cheap, and otherwise
+one person's typos (or, behind an ingress without ``proxy.trusted_proxies``, anyone's) would
+lock out every valid link from that address.
 
 Audit lines carry the token id and the reason, never the token text.
 """
@@ -72,18 +76,11 @@ class Redeemer:
             return pages.confirm_page()
         if method not in (hdrs.METH_GET, hdrs.METH_POST):
             return pages.method_not_allowed(request, "GET, HEAD, POST")
-        client = self._forwarder.client_address(request)
-        now = self._services.clock()
-        blocked_until = self._blocked.get(client)
-        if blocked_until is not None:
-            if now < blocked_until:
-                return pages.failure(
-                    request, 429, "rate_limited", retry_after=max(1, int(blocked_until - now))
-                )
-            del self._blocked[client]
         try:
             return await self._redeem(request)
         except RedeemFailed as failed:
+            client = self._forwarder.client_address(request)
+            now = self._services.clock()
             metrics.redemption(failed.reason)
             audit(
                 "replay" if failed.reason == "used" else "redeem_failed",
@@ -93,6 +90,12 @@ class Redeemer:
             )
             if failed.status == 503:
                 return pages.failure(request, 503, failed.reason)
+            blocked_until = self._blocked.get(client)
+            if blocked_until is not None:
+                if now < blocked_until:
+                    wait = max(1, int(blocked_until - now))
+                    return pages.failure(request, 429, "rate_limited", retry_after=wait)
+                del self._blocked[client]
             try:
                 await enforce(self._services.store, "redeem-fail:" + client, self._limit, now)
             except RateLimited as limited:

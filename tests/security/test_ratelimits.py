@@ -119,19 +119,50 @@ async def check_failed_redeem_limit(group: list[Sidecar]) -> None:
         for sc in group:
             status, retry = await failed_redeem(sc, "not-a-token", extra.format(n=n))
             through += int(status != 429 or retry is None)
-    # a blocked client cannot even spend a valid link, and does not burn it
-    status, _ = await failed_redeem(group[-1], good["referString"])
-    through += int(status != 429)
-    casebook.record("ratelimits", tried=len(SPOOFED_CLIENTS) * len(group) + 1, through=through)
+    casebook.record("ratelimits", tried=len(SPOOFED_CLIENTS) * len(group), through=through)
     assert through == 0
-    assert await group[0].services.store.token_state(good["id"]) is TokenState.UNUSED
+    # The limit only slows failures: a valid link from the blocked address still redeems
+    # (issue #12 item 11), and replaying it is a failure again, so 429.
+    status, _ = await failed_redeem(group[-1], good["referString"])
+    assert status == 303
+    assert await group[0].services.store.token_state(good["id"]) is TokenState.USED
+    assert (await failed_redeem(group[0], good["referString"]))[0] == 429
     advance(group, 301)
-    assert (await failed_redeem(group[0], good["referString"]))[0] == 303
+    assert (await failed_redeem(group[0], good["referString"]))[0] == 410
 
 
 async def test_failed_redemptions_are_limited_per_client(tmp_path: Path) -> None:
     async with replicas(tmp_path, None, 1) as group:
         await check_failed_redeem_limit(group)
+
+
+async def test_one_address_locked_out_still_redeems_every_valid_link(tmp_path: Path) -> None:
+    """Behind an ingress without ``trusted_proxies`` every user shares its address: one
+    person's 5 bad links must not lock the next 20 users out of theirs."""
+    extra: dict[str, object] = {"admin": {"mint_rate": "1000/1m"}}
+    async with replicas(tmp_path, None, 1, extra) as (sc,):
+        for _ in range(6):
+            await failed_redeem(sc, "typo")
+        assert (await failed_redeem(sc, "typo"))[0] == 429
+        links = [await sc.mint(userId=f"user-{n}") for n in range(20)]
+        statuses = [(await failed_redeem(sc, link["referString"]))[0] for link in links]
+        casebook.record("ratelimits", tried=len(links), through=statuses.count(429))
+        assert statuses == [303] * len(links)
+
+
+async def test_behind_a_trusted_ingress_each_user_has_their_own_budget(tmp_path: Path) -> None:
+    """With ``proxy.trusted_proxies`` naming the ingress (as the shipped manifests do), the
+    limit counts the address the ingress saw, not the ingress's own."""
+    proxy = {"failed_redeem_rate": "5/5m", "trusted_proxies": ["127.0.0.1/32"]}
+    extra: dict[str, object] = {"proxy": proxy}
+    async with replicas(tmp_path, None, 1, extra) as (sc,):
+        attacker = "X-Forwarded-For: 203.0.113.9\r\n"
+        for _ in range(6):
+            await failed_redeem(sc, "guess", attacker)
+        assert (await failed_redeem(sc, "guess", attacker))[0] == 429
+        status, _ = await failed_redeem(sc, "typo", "X-Forwarded-For: 198.51.100.7\r\n")
+        casebook.record("ratelimits", through=int(status == 429))
+        assert status == 401
 
 
 @pytest.mark.redis
