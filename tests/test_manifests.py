@@ -9,6 +9,7 @@ sidecar YAML in each ConfigMap is a valid config for this very codebase.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,6 +214,10 @@ def test_sidecar_container_is_wired(variant: str, tmp_path: Path) -> None:
     assert config.metrics_listen.port == ports["metrics"]
     assert config.proxy.upstream == "http://127.0.0.1:3000"
     assert config.session.cookie_secure is True
+    # Behind an ingress every client shares the ingress pods' address unless their
+    # X-Forwarded-For is believed (issue #12, item 11).
+    ingress_pod = ipaddress.ip_address("10.244.1.7")
+    assert any(ingress_pod in net for net in config.proxy.trusted_proxies)
     assert pod["terminationGracePeriodSeconds"] > config.grace_period + 5
 
     if config.store.url.startswith("sqlite:"):
