@@ -199,13 +199,30 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("15m", 900), ("8h", 28800), ("7d", 604800), ("250ms", 0.25), (45, 45)],
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("8h", 28800),
+        ("7d", 604800),
+        ("250ms", 0.25),
+        (45, 45),
+        ("1w", 604800),
+        ("2w", 1209600),
+        ("1h30m", 5400),
+        ("1w2d", 777600),
+        ("2m30s", 150),
+        ("1s500ms", 1.5),
+        ("1h 30m", 5400),
+    ],
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "1w", "-5s", "0s", 0, True, 1.5, "5", "s", None, "1h30m"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "-5s", "0s", 0, True, 1.5, "5", "s", None, "1y", "30m1h", "1h1h", "1h30", "0h0m", "ms"],
+)
 def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(bad)

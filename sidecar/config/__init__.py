@@ -15,6 +15,7 @@ from sidecar.config.model import (
     ConfigError,
     ForwardAuthConfig,
     LinksConfig,
+    LoadedConfig,
     Network,
     ProxyConfig,
     RoleConfig,
@@ -22,6 +23,7 @@ from sidecar.config.model import (
     StoreConfig,
     load_config,
     parse_config,
+    read_config,
 )
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "ConfigError",
     "ForwardAuthConfig",
     "LinksConfig",
+    "LoadedConfig",
     "Network",
     "ProxyConfig",
     "RoleConfig",
@@ -41,4 +44,5 @@ __all__ = [
     "StoreConfig",
     "load_config",
     "parse_config",
+    "read_config",
 ]

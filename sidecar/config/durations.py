@@ -1,11 +1,16 @@
-"""Human units in the YAML: durations (``90s``, ``15m``, ``8h``, ``7d``) and sizes (``64KiB``)."""
+"""Human units in the YAML: durations (``90s``, ``15m``, ``8h``, ``7d``, ``1w``, ``1h30m``)
+and sizes (``64KiB``)."""
 
 from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"(\d+)\s*(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Units from the largest down, each at most once: ``1w2d``, ``1h30m``, ``2m30s``, ``1s500ms``.
+_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION = re.compile(
+    "".join(rf"(?:(?P<{'x' if u == 'ms' else u}>\d+)\s*{u}\s*)?" for u in _UNIT_SECONDS)
+)
+_EXPECTED = "expected a duration like 90s, 15m, 8h, 7d, 1w or 1h30m"
 _SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
 _UNIT_BYTES = {
     None: 1,
@@ -20,16 +25,22 @@ _UNIT_BYTES = {
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``90s``/``15m``/``8h``/``7d``/``250ms`` or a bare integer of seconds."""
+    """Seconds from ``90s``/``15m``/``8h``/``7d``/``1w``/``250ms``, a compound of them from
+    the largest unit down (``1w2d``, ``1h30m``), or a bare integer of seconds."""
     if isinstance(value, bool):
-        raise ValueError(f"got {value!r}, expected a duration like 90s, 15m, 8h or 7d")
+        raise ValueError(f"got {value!r}, {_EXPECTED}")
     if isinstance(value, int):
         seconds = float(value)
     else:
-        match = _DURATION.fullmatch(str(value).strip())
-        if match is None:
-            raise ValueError(f"got {value!r}, expected a duration like 90s, 15m, 8h or 7d")
-        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        text = str(value).strip()
+        match = _DURATION.fullmatch(text) if text else None
+        if match is None or not any(match.groups()):
+            raise ValueError(f"got {value!r}, {_EXPECTED}")
+        seconds = sum(
+            int(count) * _UNIT_SECONDS["ms" if group == "x" else group]
+            for group, count in match.groupdict().items()
+            if count is not None
+        )
     if seconds <= 0:
         raise ValueError(f"got {value!r}, expected a duration greater than zero")
     return seconds

@@ -23,8 +23,8 @@ from sidecar.config.reader import Reader
 from sidecar.config.values import HostPort, RateLimit, Secret
 from sidecar.links.redirects import RedirectPatternError, compile_pattern
 from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
-from sidecar.store import check_store_url
-from sidecar.tokens.keys import KeySet, KeysetError, parse_keyset
+from sidecar.store import anchor_sqlite_url
+from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
 MAX_EXPIRY = 30 * 86400.0
 DEFAULT_EXPIRY = 3600.0
@@ -152,27 +152,59 @@ DEFAULT_HEADERS = {
 }
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read, validate and freeze the YAML at ``path``; raise :class:`ConfigError`."""
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A config and where each of its given (not defaulted) values came from: YAML path
+    -> ``"file"`` or ``"env SIDECAR_…"``."""
+
+    config: Config
+    sources: Mapping[str, str]
+
+
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, *, offline: bool = False
+) -> Config:
+    """Read, validate and freeze the YAML at ``path``, with ``SIDECAR_…`` overrides from
+    ``env`` (default ``os.environ``); raise :class:`ConfigError`.
+
+    Relative paths in the file (secret files, a SQLite store) are relative to the file's
+    directory. ``offline`` checks everything but never reads the secrets; such a config
+    holds a throw-away keyset and an empty admin key, and must never serve."""
+    return read_config(path, env, offline=offline).config
+
+
+def read_config(
+    path: str | Path, env: Mapping[str, str] | None = None, *, offline: bool = False
+) -> LoadedConfig:
+    """:func:`load_config`, keeping the sources of the values."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    return parse_config(text, env=os.environ if env is None else env, base_dir=Path(path).parent)
+    # Absolute (not resolved: a Kubernetes mount's ..data symlinks must keep working).
+    base_dir = Path(os.path.abspath(path)).parent
+    env = os.environ if env is None else env
+    return _parse(text, env=env, base_dir=base_dir, offline=offline)
 
 
-def parse_config(text: str, *, env: Mapping[str, str], base_dir: Path) -> Config:
+def parse_config(
+    text: str, *, env: Mapping[str, str], base_dir: Path, offline: bool = False
+) -> Config:
+    return _parse(text, env=env, base_dir=base_dir, offline=offline).config
+
+
+def _parse(text: str, *, env: Mapping[str, str], base_dir: Path, offline: bool) -> LoadedConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"(file): not valid YAML{where}"]) from exc
-    r = Reader(raw if raw is not None else {}, env=env, base_dir=base_dir)
+    r = Reader(raw if raw is not None else {}, env=env, base_dir=base_dir, offline=offline)
     cfg = _build(r)
     if r.errors or cfg is None:
         raise ConfigError(r.errors)
-    return cfg
+    return LoadedConfig(cfg, dict(r.sources))
 
 
 def _build(r: Reader) -> Config | None:
@@ -182,7 +214,7 @@ def _build(r: Reader) -> Config | None:
     default_expiry = root.duration("tokens.default_expiry", DEFAULT_EXPIRY, at_most=max_expiry)
 
     keyset_text = root.secret("keys", what="keyset")
-    keyset: KeySet | None = None
+    keyset: KeySet | None = generate_keyset("offline") if r.offline else None
     if keyset_text is not None:
         try:
             keyset = parse_keyset(keyset_text.reveal())
@@ -256,7 +288,7 @@ def _build(r: Reader) -> Config | None:
     st = root.section("store")
     store_url = st.string("url", "sqlite:///sidecar.db")
     try:
-        check_store_url(store_url)
+        store_url = anchor_sqlite_url(store_url, r.base_dir)
     except ValueError as exc:
         st.error("url", str(exc))
     store = StoreConfig(
@@ -356,6 +388,7 @@ __all__ = [
     "ForwardAuthConfig",
     "HostPort",
     "LinksConfig",
+    "LoadedConfig",
     "ProxyConfig",
     "RateLimit",
     "RoleConfig",
@@ -367,4 +400,5 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "read_config",
 ]

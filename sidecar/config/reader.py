@@ -3,6 +3,12 @@
 Each accessor returns a usable default after recording an error, so one pass finds every
 problem at once (like oauth2-proxy's validation). Keys nobody read are reported as unknown
 by :meth:`Reader.finish`, which catches typos such as ``idle_timout``.
+
+Every scalar (and list) option can also come from the environment: ``proxy.upstream`` from
+``SIDECAR_PROXY__UPSTREAM`` (``__`` between levels, upper case; see :func:`env_name`). The
+environment beats the file; its errors name the variable (``SIDECAR_PROXY__UPSTREAM
+(proxy.upstream): got …``). :attr:`Reader.sources` records where every value that is not a
+default came from. An ``offline`` reader checks secrets' shape but never reads them.
 """
 
 from __future__ import annotations
@@ -11,20 +17,62 @@ import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
+
+import yaml
 
 from sidecar.config.durations import format_duration, parse_duration, parse_size
 from sidecar.config.values import HostPort, RateLimit, Secret
 from sidecar.proxy.paths import GlobError, check_path_glob
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Kind = Literal["text", "bool", "int", "list", "map"]
+ENV_PREFIX = "SIDECAR_"
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def env_name(path: str) -> str:
+    """``proxy.upstream`` -> ``SIDECAR_PROXY__UPSTREAM``; ``roles.Admin.max_expiry`` ->
+    ``SIDECAR_ROLES__ADMIN__MAX_EXPIRY`` (characters a variable name cannot hold become ``_``)."""
+    levels = (re.sub(r"[^A-Z0-9_]", "_", level.upper()) for level in path.split("."))
+    return ENV_PREFIX + "__".join(levels)
+
+
+def _from_env(text: str, kind: Kind) -> object:
+    """An environment string as the YAML value it stands for; left as text when it is not
+    one, so the accessor's own message reports it."""
+    if kind == "bool" and text.strip().lower() in _TRUE + _FALSE:
+        return text.strip().lower() in _TRUE
+    if kind == "int" and re.fullmatch(r"\s*-?\d+\s*", text):
+        return int(text)
+    if kind in ("list", "map"):  # a YAML flow collection: [10.0.0.0/8, 192.168.0.0/16]
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+    return text
 
 
 class Reader:
-    def __init__(self, raw: object, *, env: Mapping[str, str], base_dir: Path) -> None:
+    def __init__(
+        self,
+        raw: object,
+        *,
+        env: Mapping[str, str],
+        base_dir: Path,
+        offline: bool = False,
+        origin: str = "file",
+    ) -> None:
         self.errors: list[str] = []
         self.env = env
         self.base_dir = base_dir
+        self.offline = offline
+        self.origin = origin
+        #: YAML path -> where its value came from (``origin`` or ``env NAME``), for every
+        #: option that was given rather than defaulted.
+        self.sources: dict[str, str] = {}
+        self._consulted: set[str] = set()
         self._nodes: list[Reader.Node] = []
         if not isinstance(raw, dict):
             self.error("(file)", f"expected a mapping at the top level, got {type(raw).__name__}")
@@ -38,12 +86,33 @@ class Reader:
         self.errors.append(f"{path}: {message}")
 
     def finish(self) -> None:
-        """Report every key that no accessor asked for."""
+        """Report every key that no accessor asked for, and every ``SIDECAR_…__…``
+        variable that names no option (a ``__`` says it was meant as one)."""
         for node in self._nodes:
             for key in node.data:
                 if key not in node.seen and node.strict:
                     known = ", ".join(sorted(node.seen)) or "nothing"
                     self.error(node.join(str(key)), f"unknown key; expected one of: {known}")
+        for name in sorted(self.env):
+            if name.startswith(ENV_PREFIX) and "__" in name and name not in self._consulted:
+                self.error(
+                    name,
+                    "names no option (SIDECAR_<SECTION>__<KEY>, e.g. "
+                    "SIDECAR_PROXY__UPSTREAM for proxy.upstream)",
+                )
+
+    def lookup(self, path: str, value: object, kind: Kind) -> tuple[object, str]:
+        """The value for ``path`` (the environment's if set, else ``value`` from the file)
+        and the place to name in an error about it."""
+        name = env_name(path)
+        self._consulted.add(name)
+        text = self.env.get(name)
+        if text is not None:
+            self.sources[path] = f"env {name}"
+            return _from_env(text, kind), f"{name} ({path})"
+        if value is not None:
+            self.sources[path] = self.origin
+        return value, path
 
     class Node:
         def __init__(self, reader: Reader, path: str, data: dict[object, object]) -> None:
@@ -78,11 +147,13 @@ class Reader:
                 self.children[head] = node
             return node.section(rest) if rest else node
 
-        def _get(self, key: str) -> tuple[Reader.Node, str, object]:
+        def _get(self, key: str, kind: Kind = "text") -> tuple[str, object]:
+            """(where to point an error, value) for ``key`` below this node."""
             parent, _, leaf = key.rpartition(".")
             node = self.section(parent) if parent else self
             node.seen.add(leaf)
-            return node, leaf, node.data.get(leaf)
+            value, where = self.reader.lookup(node.join(leaf), node.data.get(leaf), kind)
+            return where, value
 
         def mapping_of(self, key: str) -> Iterator[tuple[str, Reader.Node]]:
             node = self.section(key)
@@ -92,79 +163,83 @@ class Reader:
 
         # -- scalars --------------------------------------------------------------------
         def string(self, key: str, default: str, *, pattern: str | None = None) -> str:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             if value is None:
                 return default
             if not isinstance(value, str) or not value:
-                node.error(leaf, f"expected a non-empty string, got {_show(value)}")
+                self.reader.error(where, f"expected a non-empty string, got {_show(value)}")
                 return default
             if pattern and not re.fullmatch(pattern, value):
-                node.error(leaf, f"got {value!r}, expected to match {pattern}")
+                self.reader.error(where, f"got {value!r}, expected to match {pattern}")
                 return default
             return value
 
         def optional_string(self, key: str) -> str | None:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             if value is None:
                 return None
             if not isinstance(value, str) or not value:
-                node.error(leaf, f"expected a non-empty string, got {_show(value)}")
+                self.reader.error(where, f"expected a non-empty string, got {_show(value)}")
                 return None
             return value
 
         def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             if value is None:
                 return default
             if value not in allowed:
-                node.error(leaf, f"got {_show(value)}, expected one of: {', '.join(allowed)}")
+                self.reader.error(
+                    where, f"got {_show(value)}, expected one of: {', '.join(allowed)}"
+                )
                 return default
             return str(value)
 
         def boolean(self, key: str, default: bool) -> bool:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key, "bool")
             if value is None:
                 return default
             if not isinstance(value, bool):
-                node.error(leaf, f"got {_show(value)}, expected true or false")
+                self.reader.error(where, f"got {_show(value)}, expected true or false")
                 return default
             return value
 
         def integer(self, key: str, default: int, *, low: int, high: int) -> int:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key, "int")
             if value is None:
                 return default
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                node.error(leaf, f"got {_show(value)}, expected an integer from {low} to {high}")
+                self.reader.error(
+                    where, f"got {_show(value)}, expected an integer from {low} to {high}"
+                )
                 return default
             return value
 
         def duration(self, key: str, default: float, *, at_most: float | None = None) -> float:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             if value is None:
                 return default if at_most is None else min(default, at_most)
             try:
                 seconds = parse_duration(value)
             except ValueError as exc:
-                node.error(leaf, str(exc))
+                self.reader.error(where, str(exc))
                 return default
             if at_most is not None and seconds > at_most:
-                node.error(leaf, f"got {value!r}, at most {format_duration(at_most)}")
+                self.reader.error(where, f"got {value!r}, at most {format_duration(at_most)}")
                 return at_most
             return seconds
 
         def size(self, key: str, default: int) -> int:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             if value is None:
                 return default
             try:
                 return parse_size(value)
             except ValueError as exc:
-                node.error(leaf, str(exc))
+                self.reader.error(where, str(exc))
                 return default
 
         def rate(self, key: str, default: str) -> RateLimit:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             text = default if value is None else value
             match = (
                 re.fullmatch(r"(\d+)\s*/\s*(\S+)", text.strip()) if isinstance(text, str) else None
@@ -174,53 +249,61 @@ class Reader:
                     raise ValueError
                 return RateLimit(int(match.group(1)), parse_duration(match.group(2)))
             except ValueError:
-                node.error(leaf, f"got {_show(value)}, expected a rate like 5/15m (count/window)")
+                self.reader.error(
+                    where, f"got {_show(value)}, expected a rate like 5/15m (count/window)"
+                )
                 return RateLimit(1, 1.0)
 
         def url(self, key: str, *, required: bool, relative_ok: bool = False) -> str | None:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             if value is None:
                 if required:
-                    node.error(leaf, "is required")
+                    self.reader.error(where, "is required")
                 return None
             if not isinstance(value, str):
-                node.error(leaf, f"got {_show(value)}, expected an absolute http(s) URL")
+                self.reader.error(where, f"got {_show(value)}, expected an absolute http(s) URL")
                 return None
             if relative_ok and value.startswith("/") and not value.startswith(("//", "/\\")):
                 return value
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                node.error(leaf, f"got {_show(value)}, expected an absolute http(s) URL")
+                self.reader.error(where, f"got {_show(value)}, expected an absolute http(s) URL")
                 return None
             if parts.username or parts.password or parts.fragment:
-                node.error(leaf, "must not contain credentials or a fragment")
+                self.reader.error(where, "must not contain credentials or a fragment")
                 return None
             return value
 
         def hostport(self, key: str, default: str) -> HostPort:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             parsed = _hostport(default if value is None else value)
             if parsed is None:
-                node.error(leaf, f"got {_show(value)}, expected host:port like 127.0.0.1:9091")
+                self.reader.error(
+                    where, f"got {_show(value)}, expected host:port like 127.0.0.1:9091"
+                )
                 return _hostport(default) or HostPort("127.0.0.1", 0)
             return parsed
 
         def optional_hostport(self, key: str) -> HostPort | None:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key)
             if value is None:
                 return None
             parsed = _hostport(value)
             if parsed is None:
-                node.error(leaf, f"got {_show(value)}, expected host:port like 127.0.0.1:9100")
+                self.reader.error(
+                    where, f"got {_show(value)}, expected host:port like 127.0.0.1:9100"
+                )
             return parsed
 
         # -- collections ----------------------------------------------------------------
         def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key, "list")
             if value is None:
                 return default
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                node.error(leaf, f"expected a list of non-empty strings, got {_show(value)}")
+                self.reader.error(
+                    where, f"expected a list of non-empty strings, got {_show(value)}"
+                )
                 return default
             return tuple(value)
 
@@ -256,31 +339,45 @@ class Reader:
             return tuple(out)
 
         def string_map(self, key: str, default: Mapping[str, str]) -> dict[str, str]:
-            node, leaf, value = self._get(key)
+            where, value = self._get(key, "map")
             if value is None:
                 return dict(default)
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
-                node.error(leaf, f"expected a mapping of strings to strings, got {_show(value)}")
+                self.reader.error(
+                    where, f"expected a mapping of strings to strings, got {_show(value)}"
+                )
                 return dict(default)
             return {str(k): str(v) for k, v in value.items()}
 
         def secret(self, key: str, *, what: str) -> Secret | None:
-            """A secret named by ``file:`` or ``env:`` — never its value in the YAML."""
-            node, leaf, value = self._get(key)
+            """A secret named by ``file:`` or ``env:`` — never its value in the YAML.
+
+            ``SIDECAR_<PATH>__FILE`` or ``__ENV`` in the environment replaces the file's pair
+            as a whole. Offline, the shape is checked and nothing is read (``None``)."""
+            parent, _, leaf = key.rpartition(".")
+            node = self.section(parent) if parent else self
+            node.seen.add(leaf)
             path = node.join(leaf)
-            if not isinstance(value, dict):
-                if value is None:
-                    hint = f"is required: give file: PATH or env: VARIABLE for the {what}"
-                else:
-                    hint = f"the {what} is never written in the YAML; give file: or env:"
+            value = node.data.get(leaf)
+            if value is not None and not isinstance(value, dict):
+                hint = f"the {what} is never written in the YAML; give file: or env:"
                 self.reader.error(path, hint)
                 return None
             sub = node.section(leaf)
+            if any(env_name(f"{path}.{k}") in self.reader.env for k in ("file", "env")):
+                sub.seen.update(("file", "env"))
+                sub = Reader.Node(self.reader, path, {})
             file, var = sub.optional_string("file"), sub.optional_string("env")
-            if (file is None) == (var is None):
+            if file is None and var is None:
+                hint = f"is required: give file: PATH or env: VARIABLE for the {what}"
+                self.reader.error(path, hint)
+                return None
+            if file is not None and var is not None:
                 self.reader.error(path, f"give exactly one of file: or env: for the {what}")
+                return None
+            if self.reader.offline:
                 return None
             if file is not None:
                 target = self.reader.base_dir / file
@@ -291,8 +388,7 @@ class Reader:
                     self.reader.error(f"{path}.file", why)
                     return None
             else:
-                assert var is not None  # narrowed by the check above
-                env_value = self.reader.env.get(var)
+                env_value = self.reader.env.get(var or "")
                 if not env_value:
                     self.reader.error(f"{path}.env", f"environment variable {var} is not set")
                     return None

@@ -1,6 +1,7 @@
 """Storage: the :class:`Store` contract and its backends, picked by URL.
 
-sqlite:///relative/path.db      SQLite file relative to the working directory
+sqlite:///relative/path.db      SQLite file relative to the working directory (the config
+                                anchors it to its own directory: :func:`anchor_sqlite_url`)
 sqlite:////absolute/path.db     (SQLAlchemy's convention: four slashes = absolute)
 redis://[:password@]host:port/db, rediss://…, unix:///path/redis.sock?db=N
 """
@@ -11,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from sidecar.store.base import (
     BurnResult,
@@ -41,6 +42,7 @@ __all__ = [
     "TokenState",
     "User",
     "UserExists",
+    "anchor_sqlite_url",
     "check_store_url",
     "open_store",
 ]
@@ -118,6 +120,17 @@ def durability_warnings(url: str) -> list[str]:
     elif not os.access(path.parent, os.W_OK):
         warnings.append(f"store.url: the directory {path.parent} is not writable by this user")
     return warnings
+
+
+def anchor_sqlite_url(url: str, base_dir: str | os.PathLike[str]) -> str:
+    """``url`` with a relative SQLite path made absolute under ``base_dir``; any other URL
+    (absolute SQLite, Redis) unchanged. ``ValueError`` as :func:`check_store_url`."""
+    if check_store_url(url) != "sqlite":
+        return url
+    path = _sqlite_path(url)
+    if os.path.isabs(path):
+        return url
+    return "sqlite:///" + quote(os.path.join(os.path.abspath(base_dir), path))
 
 
 def _sqlite_path(url: str) -> str:
