@@ -324,7 +324,17 @@ def test_mint_needs_an_admin_key(tmp_path: Path) -> None:
 
 
 def test_commands_are_a_table() -> None:
-    assert [c.name for c in COMMANDS][:4] == ["serve", "keygen", "check-config", "mint"]
+    assert [c.name for c in COMMANDS] == [
+        "init",
+        "serve",
+        "keygen",
+        "keys",
+        "check-config",
+        "mint",
+        "revoke",
+        "sessions",
+        "demo",
+    ]
     args = build_parser().parse_args(["mint", "--type", "recovery", "--email", "a@b.test"])
     assert args.type == "recovery"
     with pytest.raises(SystemExit):

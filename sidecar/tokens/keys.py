@@ -8,6 +8,12 @@ load it::
 
 The active key encrypts; every key decrypts, so keys rotate without breaking links already
 sent (newest first, like itsdangerous' ``secret_keys``).
+
+Each key may also carry ``created`` and ``deactivated`` (RFC 3339 UTC), which give its
+:meth:`KeySet.state`: ``active``; ``staged`` (added to decrypt, never active yet: the first
+step of a rolling rotation); ``previous`` (was active until ``deactivated``: links minted
+with it live at most the maximum expiry after that); ``decrypt-only`` (no record, as in
+files written before these members existed). JOSE libraries ignore the extra members.
 """
 
 from __future__ import annotations
@@ -19,21 +25,36 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Literal
 
 KEY_BYTES = 32
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+KeyState = Literal["active", "staged", "previous", "decrypt-only"]
 
 
 class KeysetError(ValueError):
     """The keyset text is not a valid keyset. Messages never include key material."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """When a key was made and when it stopped being the active one (epoch seconds)."""
+
+    created: float | None = None
+    deactivated: float | None = None
+
+
+_NO_RECORD = KeyRecord()
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class KeySet:
     active_kid: str
     keys: Mapping[str, bytes]
+    records: Mapping[str, KeyRecord] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def active_key(self) -> bytes:
@@ -42,20 +63,66 @@ class KeySet:
     def __repr__(self) -> str:
         return f"KeySet(active={self.active_kid!r}, kids={sorted(self.keys)!r})"
 
+    def record(self, kid: str) -> KeyRecord:
+        return self.records.get(kid, _NO_RECORD)
+
+    def state(self, kid: str) -> KeyState:
+        if kid == self.active_kid:
+            return "active"
+        record = self.record(kid)
+        if record.deactivated is not None:
+            return "previous"
+        return "staged" if record.created is not None else "decrypt-only"
+
     def to_json(self) -> str:
-        jwks = [
-            {"kty": "oct", "kid": kid, "alg": "dir", "use": "enc", "k": _b64(raw)}
-            for kid, raw in self.keys.items()
-        ]
+        jwks: list[dict[str, str]] = []
+        for kid, raw in self.keys.items():
+            jwk = {"kty": "oct", "kid": kid, "alg": "dir", "use": "enc", "k": _b64(raw)}
+            record = self.record(kid)
+            if record.created is not None:
+                jwk["created"] = _rfc3339(record.created)
+            if record.deactivated is not None:
+                jwk["deactivated"] = _rfc3339(record.deactivated)
+            jwks.append(jwk)
         return json.dumps({"active": self.active_kid, "keys": jwks}, indent=2) + "\n"
 
-    def with_new_key(self, kid: str | None = None) -> KeySet:
-        """A copy holding one more random key, which becomes the active one."""
-        kid = kid or new_kid()
+    def with_new_key(
+        self, kid: str | None = None, *, activate: bool = True, now: float | None = None
+    ) -> KeySet:
+        """A copy holding one more random key: the active one, or ``staged`` (decrypt-only
+        until :meth:`activate`) when ``activate`` is false."""
+        now = time.time() if now is None else now
+        kid = kid or new_kid(now)
         if kid in self.keys:
             raise KeysetError(f"kid {kid!r} is already in the keyset")
         keys = {kid: secrets.token_bytes(KEY_BYTES), **self.keys}
-        return KeySet(active_kid=kid, keys=MappingProxyType(keys))
+        records = {kid: KeyRecord(created=now), **self.records}
+        staged = KeySet(self.active_kid, MappingProxyType(keys), MappingProxyType(records))
+        return staged.activate(kid, now=now) if activate else staged
+
+    def activate(self, kid: str, *, now: float | None = None) -> KeySet:
+        """A copy whose active key is ``kid``; the one it replaces becomes ``previous``."""
+        if kid not in self.keys:
+            raise KeysetError(f"kid {kid!r} is not in the keyset ({', '.join(self.keys)})")
+        if kid == self.active_kid:
+            return self
+        now = time.time() if now is None else now
+        records = dict(self.records)
+        records[self.active_kid] = replace(self.record(self.active_kid), deactivated=now)
+        records[kid] = replace(self.record(kid), deactivated=None)
+        return KeySet(kid, self.keys, MappingProxyType(records))
+
+    def retire(self, kid: str) -> KeySet:
+        """A copy without ``kid``: links sealed with it stop opening. Never the active key."""
+        if kid not in self.keys:
+            raise KeysetError(f"kid {kid!r} is not in the keyset ({', '.join(self.keys)})")
+        if kid == self.active_kid:
+            raise KeysetError(
+                f"kid {kid!r} is the active key; activate another one first (--activate KID)"
+            )
+        keys = {k: v for k, v in self.keys.items() if k != kid}
+        records = {k: v for k, v in self.records.items() if k != kid}
+        return KeySet(self.active_kid, MappingProxyType(keys), MappingProxyType(records))
 
 
 def new_kid(now: float | None = None) -> str:
@@ -63,9 +130,14 @@ def new_kid(now: float | None = None) -> str:
     return f"k-{day}-{secrets.token_hex(3)}"
 
 
-def generate_keyset(kid: str | None = None) -> KeySet:
-    kid = kid or new_kid()
-    return KeySet(active_kid=kid, keys=MappingProxyType({kid: secrets.token_bytes(KEY_BYTES)}))
+def generate_keyset(kid: str | None = None, *, now: float | None = None) -> KeySet:
+    now = time.time() if now is None else now
+    kid = kid or new_kid(now)
+    return KeySet(
+        active_kid=kid,
+        keys=MappingProxyType({kid: secrets.token_bytes(KEY_BYTES)}),
+        records=MappingProxyType({kid: KeyRecord(created=now)}),
+    )
 
 
 def parse_keyset(text: str) -> KeySet:
@@ -76,6 +148,7 @@ def parse_keyset(text: str) -> KeySet:
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not doc["keys"]:
         raise KeysetError("expected an object with a non-empty 'keys' list")
     keys: dict[str, bytes] = {}
+    records: dict[str, KeyRecord] = {}
     for i, jwk in enumerate(doc["keys"]):
         if not isinstance(jwk, dict) or jwk.get("kty") != "oct":
             raise KeysetError(f"keys[{i}]: expected a symmetric JWK with kty 'oct'")
@@ -90,10 +163,31 @@ def parse_keyset(text: str) -> KeySet:
         if raw is None or len(raw) != KEY_BYTES:
             raise KeysetError(f"keys[{i}].k: expected base64url of exactly {KEY_BYTES} bytes")
         keys[kid] = raw
+        created, deactivated = _time(jwk, "created", i), _time(jwk, "deactivated", i)
+        if created is not None or deactivated is not None:
+            records[kid] = KeyRecord(created, deactivated)
     active = doc.get("active")
     if not isinstance(active, str) or active not in keys:
         raise KeysetError(f"active: expected the kid of one of the keys ({', '.join(keys)})")
-    return KeySet(active_kid=active, keys=MappingProxyType(keys))
+    return KeySet(active, MappingProxyType(keys), MappingProxyType(records))
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(jwk: Mapping[str, object], member: str, i: int) -> float | None:
+    value = jwk.get(member)
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or not value.endswith("Z"):
+            raise ValueError
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise KeysetError(
+            f"keys[{i}].{member}: expected a UTC time like 2026-11-30T12:00:00Z"
+        ) from None
 
 
 def _b64(raw: bytes) -> str:
