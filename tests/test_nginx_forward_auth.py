@@ -1,0 +1,212 @@
+"""Forward-auth through a real nginx running the shipped recipe (deploy/nginx/forward-auth.conf)
+in front of the demo app, with a real sidecar beside it on a real Redis (so the store can go
+down). nginx proxies every authorised request; the sidecar only answers sub-requests and the
+requests nginx hands it (links, its own pages, refusals).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer
+from tests.nginx_stack import RECIPE, Stack, running_stack
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        doc = json.loads(self.body)
+        assert isinstance(doc, dict)
+        return doc
+
+
+def call(base: str, method: str, target: str, *headers: tuple[str, str]) -> Answer:
+    """One request exactly as written (no redirects followed, no URL clean-up)."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return Answer(response.status, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("nginx-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("nginx-stack"), redis.url) as running:
+        yield running
+
+
+def sign_in(stack: Stack, user: str, module: str | None = None, **params: str) -> str:
+    """Open a freshly minted link through nginx; return the session cookie it set."""
+    link = stack.mint(user, module=module, **params)
+    target = link.removeprefix(stack.nginx).partition("#")[0]
+    answer = call(stack.nginx, "GET", target)
+    assert answer.status == 303, answer.body
+    cookie = SimpleCookie(answer.headers["Set-Cookie"])["sidecar_session"]
+    return cookie.value
+
+
+def whoami(stack: Stack, cookie: str | None, *headers: tuple[str, str]) -> Answer:
+    sent = [("Accept", "application/json"), *headers]
+    if cookie is not None:
+        sent.append(("Cookie", f"sidecar_session={cookie}"))
+    return call(stack.nginx, "GET", "/api/whoami", *sent)
+
+
+def test_a_refer_link_redeems_through_nginx(stack: Stack) -> None:
+    link = stack.mint("alice", module="orders", tenant="acme")
+    assert "/?refer=" in link
+    assert link.endswith("/#/display/orders")
+    answer = call(stack.nginx, "GET", link.removeprefix(stack.nginx).partition("#")[0])
+    assert answer.status == 303
+    assert answer.headers["Location"] == "/#/display/orders", "the module's fragment is kept"
+    assert answer.headers["Cache-Control"] == "no-store"
+    morsel = SimpleCookie(answer.headers["Set-Cookie"])["sidecar_session"]
+    assert morsel["httponly"] is True
+    assert morsel["samesite"] == "Lax"
+    again = call(stack.nginx, "GET", link.removeprefix(stack.nginx).partition("#")[0])
+    assert again.status == 410, "one-time: the second use is refused by the sidecar"
+    assert "Set-Cookie" not in again.headers
+
+
+def test_the_app_receives_identity_and_never_a_spoofed_copy(stack: Stack) -> None:
+    cookie = sign_in(stack, "bob", module="orders")
+    answer = whoami(
+        stack,
+        cookie,
+        ("X-Forwarded-User", "mallory"),
+        ("x-forwarded-role", "Admin"),
+        ("X_Forwarded_User", "mallory"),
+        ("X-Forwarded-Tenant", "evil"),
+        ("X-Forwarded-Email", "mallory@example.com"),
+        ("X-Original-URI", "/static/x"),
+    )
+    assert answer.status == 200, answer.body
+    doc = answer.json()
+    assert doc["user"] == "bob"
+    assert doc["role"] == "Viewer"
+    assert doc["tenant"] is None, "bob's link has no tenant: the client's copy is gone too"
+    headers = doc["headers"]
+    assert isinstance(headers, dict)
+    seen = {k.lower(): v for k, v in headers.items()}
+    assert seen["x-forwarded-user"] == "bob"
+    assert seen["x-forwarded-module"] == "orders"
+    assert "mallory" not in json.dumps(doc)
+    assert "evil" not in json.dumps(doc)
+    assert doc["cookies"] == ["sidecar_session"], "nginx passes cookies; the app ignores it"
+
+
+def test_spoofed_identity_without_a_session_never_reaches_the_app(stack: Stack) -> None:
+    answer = whoami(stack, None, ("X-Forwarded-User", "mallory"), ("X-Original-URI", "/app.js"))
+    assert answer.status == 401
+    assert answer.json()["error"] == "unauthenticated", "the sidecar's page, not the app"
+    public = call(stack.nginx, "GET", "/app.js", ("X-Forwarded-User", "mallory"))
+    assert public.status == 200, "public paths pass without a session"
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/admin/users", "/ADMIN;x/users", "/docs/%2e%2e/admin/users", "/api/%252e%252e/admin"],
+)
+def test_denied_and_refused_paths_are_403(stack: Stack, target: str) -> None:
+    cookie = sign_in(stack, "carol")
+    answer = call(stack.nginx, "GET", target, ("Cookie", f"sidecar_session={cookie}"))
+    assert answer.status == 403, answer.body
+
+
+def test_logout_through_nginx(stack: Stack) -> None:
+    cookie = sign_in(stack, "dave")
+    assert whoami(stack, cookie).status == 200
+    answer = call(
+        stack.nginx,
+        "POST",
+        "/_sidecar/logout",
+        ("Cookie", f"sidecar_session={cookie}"),
+        ("Origin", stack.nginx),
+        ("Content-Length", "0"),
+    )
+    assert answer.status == 303
+    cleared = SimpleCookie(answer.headers["Set-Cookie"])["sidecar_session"]
+    assert cleared.value == ""
+    assert whoami(stack, cookie).status == 401
+
+
+def test_a_revoked_session_is_refused_within_cache_ttl(stack: Stack) -> None:
+    cookie = sign_in(stack, "erin")
+    assert whoami(stack, cookie).status == 200
+    status, doc = stack.admin_call("DELETE", "/sessions?user_id=erin")
+    assert status == 200, doc
+    deadline = time.monotonic() + 2.0 + 1.0  # session.cache_ttl (default 2 s) + slack
+    while (answer := whoami(stack, cookie)).status == 200:
+        assert time.monotonic() < deadline, "revocation not enforced within cache_ttl"
+        time.sleep(0.05)
+    assert answer.status == 401
+
+
+def test_the_auth_endpoint_is_internal_to_nginx(stack: Stack) -> None:
+    cookie = sign_in(stack, "finn")
+    answer = call(stack.nginx, "GET", "/_sidecar/auth", ("Cookie", f"sidecar_session={cookie}"))
+    assert answer.status == 404, "only nginx's own sub-requests reach it"
+
+
+def test_store_down_is_503(stack: Stack, redis: RedisServer) -> None:
+    cookie = sign_in(stack, "gus")
+    assert whoami(stack, cookie).status == 200
+    redis.stop()
+    try:
+        deadline = time.monotonic() + 2.0 + 3.0  # cache_ttl + slack on a busy machine
+        while (answer := whoami(stack, cookie)).status == 200:
+            assert time.monotonic() < deadline, "still answered from the cache after cache_ttl"
+            time.sleep(0.05)
+        assert answer.status == 503, answer.body
+        assert answer.json()["error"] == "store_unavailable"
+    finally:
+        redis.start()
+
+
+def test_the_recipe_copies_every_identity_header_the_roles_render() -> None:
+    import yaml
+
+    doc = yaml.safe_load((RECIPE / "sidecar.yaml").read_text(encoding="utf-8"))
+    conf = (RECIPE / "forward-auth.conf").read_text(encoding="utf-8")
+    for role in doc["roles"].values():
+        for name in role["headers"]:
+            variable = "$upstream_http_" + name.lower().replace("-", "_")
+            assert variable in conf, f"no auth_request_set for {name}"
+            assert f"proxy_set_header {name} " in conf, f"{name} is not set for the app"
+    assert doc["proxy"]["trusted_proxies"] == ["127.0.0.1/32"]
+
+
+def test_stack_state_is_private(stack: Stack) -> None:
+    # The sidecar's log never holds a token or a cookie value, even with nginx in front.
+    log = (stack.state / "sidecar.log").read_text(encoding="utf-8")
+    assert "refer=ey" not in log
+    assert Path(stack.state / "error.log").exists()
