@@ -102,7 +102,7 @@ class Gateway:
         if cut >= 0 and has_refer(request):
             return await self.redeemer.redeem(request)
         websocket = _is_websocket(request)
-        if self._public and self._public.matches(path.strict):
+        if self._public and path.matched_by(self._public):
             return await self._send(request, (), websocket)
         try:
             session = await self._sessions.lookup(request)

@@ -1,44 +1,58 @@
-"""Request paths as the path rules see them: decoded once, normalised, matched with globs.
+"""Request paths as the path rules see them: decoded once, read every way a server might,
+matched with globs.
 
-The upstream receives the raw path; the rules judge a normalised one. Whatever the two
-could disagree on is refused (400) rather than guessed, so no spelling of a path reaches
-the upstream as something the rules did not check:
+The upstream receives the raw path, byte for byte; the rules judge *that* path. A server
+reads raw bytes in one of several ways, so the judge reads them in each of those ways and
+lets a path through only when every reading passes — and what servers cannot agree on at
+all is refused (400) instead of guessed. Refused:
 
-* a ``%XX`` still present after one decoding (``%252f``, ``%252e``): the upstream might
-  decode again and see a separator or a dot segment the rules never saw;
-* a dot segment spelled with ``%2e`` or carrying ``;params`` (``..;/``): servers differ on
-  whether it is a dot segment (Tomcat says yes, most others no);
-* ``..`` in a path that also has ``%2f``, ``%5c`` or ``\\``: whether ``..`` climbs over
-  them depends on whether the server reads them as separators;
-* ``..`` above the root, NUL or any control character, malformed ``%`` escapes, a raw ``#``.
+* a dot segment in any spelling: ``.``, ``..``, ``%2e``, ``.%2E``, ``..;x``, ``...``,
+  ``.. ``: frameworks route the raw path without resolving them (Werkzeug, Express), so
+  "/admin/../static/x" would be judged as one path and served as another. Browsers
+  resolve dot segments before sending, so no browser request carries one;
+* a backslash, raw or ``%5c``: a separator to some servers (IIS, Windows file servers),
+  a name character to others; browsers turn ``\\`` into ``/`` before sending;
+* a path starting with ``//``: parsed as ``//authority/path`` by some URL libraries;
+* a ``%XX`` still present after one decoding (``%252f``): the upstream might decode again;
+* bytes that are not UTF-8 once decoded (overlong ``%c0%ae`` is a dot to old decoders),
+  and characters that NFKC folds into ``.``, ``/``, ``\\``, ``%``, ``;``, ``?`` or ``#``
+  (``%ef%bc%8f`` is a fullwidth ``/``);
+* NUL or any control character, malformed ``%`` escapes, a raw ``#``.
 
-What remains is read as generously as any upstream might: ``\\`` and ``%5c`` are
-separators, ``%2f`` is a separator, ``//`` collapses, ``.``/``..`` resolve. ``deny`` globs
-also match a *loose* form (lower case, ``;params`` cut from each segment, trailing dots and
-spaces dropped: Windows and Java spellings of the same file), while ``allow`` and
-``public_paths`` must match the strict form — a path is let through only when every
-reading of it is.
+What remains is read two ways, and each reading must pass:
+
+* ``strict``: decoded once, ``%2f`` a separator, ``//`` collapsed (WSGI servers decode
+  ``PATH_INFO``; nginx merges slashes);
+* ``literal``: split on raw ``/`` only, ``%2f`` kept as ``%2F``, empty segments kept
+  (routers that match the raw pathname, e.g. Express). Only built when it differs.
+
+``deny`` globs also match a *loose* form of each reading (lower case, ``;params`` cut from
+each segment, trailing dots and spaces dropped: Windows and Java spellings of the same
+file), while ``allow`` and ``public_paths`` must match every strict reading — a path is let
+through only when every reading of it is.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 # Segments of unreserved characters, dots only inside a segment: already normal.
 _PLAIN = re.compile(r"(?=/)(?:/[A-Za-z0-9_~-]+(?:\.+[A-Za-z0-9_~-]+)*)*/?")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ENCODED_DOT = re.compile(r"%2e", re.IGNORECASE)
-_RAW_SEPARATOR = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)
-_ODD_SEPARATOR = re.compile(r"\\|%2f|%5c", re.IGNORECASE)
+_BACKSLASH = re.compile(r"\\|%5c", re.IGNORECASE)
+_ENCODED_SLASH = re.compile(r"%2f", re.IGNORECASE)
+# Characters a server might give a meaning to once NFKC has folded a look-alike into them.
+_SIGNIFICANT = "./\\%;?#"
 
 
 class UnsafePath(ValueError):
-    """The path cannot be normalised without guessing how the upstream reads it."""
+    """Servers could read the path differently from the rules: it is refused, not guessed."""
 
 
 class GlobError(ValueError):
@@ -47,67 +61,102 @@ class GlobError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class NormalPath:
-    """``strict``: decoded and normalised; ``loose``: the same, read the most permissive way."""
+    """The readings of one raw path.
+
+    ``strict``: decoded, ``%2f`` split, ``//`` collapsed; ``literal``: split on raw ``/``
+    only (``None`` when it equals ``strict``); ``loose``/``literal_loose``: the same, read
+    the most permissive way (for ``deny``)."""
 
     strict: str
     loose: str
+    literal: str | None = None
+    literal_loose: str | None = None
+
+    def matched_by(self, globs: GlobSet) -> bool:
+        """Whether every strict reading matches (``allow``, ``public_paths``)."""
+        return globs.matches(self.strict) and (self.literal is None or globs.matches(self.literal))
+
+    def touches(self, globs: GlobSet) -> bool:
+        """Whether any reading, strict or loose, matches (``deny``)."""
+        if globs.matches(self.strict) or globs.matches(self.loose):
+            return True
+        if self.literal is None or self.literal_loose is None:
+            return False
+        return globs.matches(self.literal) or globs.matches(self.literal_loose)
 
 
 def normalise(raw_path: str) -> NormalPath:
-    """Normalise the raw request path (no query, no fragment); raise :class:`UnsafePath`."""
+    """Read the raw request path (no query, no fragment); raise :class:`UnsafePath`."""
     if _PLAIN.fullmatch(raw_path):
-        # Nothing to decode, resolve or collapse (the common case, kept cheap).
+        # Nothing to decode and no empty or dot segment (the common case, kept cheap).
         lowered = raw_path.lower()
         if len(lowered) > 1 and lowered[-1] == "/":
             lowered = lowered[:-1]
         return NormalPath(strict=raw_path, loose=lowered)
     if not raw_path.startswith("/"):
         raise UnsafePath("the path must start with /")
+    if raw_path.startswith("//"):
+        raise UnsafePath("a path starting with // (read as //host/path by URL parsers)")
     if "#" in raw_path:
         # Browsers never send a fragment; the upstream URL would drop everything after it,
         # so "/admin#/ok" is judged as one path and fetched as another.
         raise UnsafePath("a raw '#' in the path")
+    if _BACKSLASH.search(raw_path):
+        raise UnsafePath("a backslash in the path")
     decoded = raw_path
     if "%" in raw_path:
         if _BAD_PERCENT.search(raw_path):
             raise UnsafePath("malformed percent escape")
-        # Judged on the raw text: once decoded, "%2e%2e" is indistinguishable from "..".
-        for seg in _RAW_SEPARATOR.split(raw_path):
-            if _ENCODED_DOT.search(seg) and _ENCODED_DOT.sub(".", seg) in (".", ".."):
-                raise UnsafePath("percent-encoded dot segment")
-        decoded = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+        try:
+            decoded = unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsafePath("the decoded path is not UTF-8") from None
         if _ESCAPE.search(decoded):
             raise UnsafePath("percent escape inside a percent escape")
     if _CONTROL.search(decoded):
         raise UnsafePath("control character in the path")
+    if not decoded.isascii():
+        try:
+            decoded.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable raw bytes, handed over as surrogates
+            raise UnsafePath("the path is not UTF-8") from None
+        folded = unicodedata.normalize("NFKC", decoded)
+        if any(folded.count(c) != decoded.count(c) for c in _SIGNIFICANT):
+            raise UnsafePath("a character that folds into a separator or a dot")
+    segments = decoded.split("/")
     strict: list[str] = []
     loose: list[str] = []
-    segments = decoded.replace("\\", "/").split("/")
-    if ".." in segments and _ODD_SEPARATOR.search(raw_path):
-        # "/admin/%2f/.." is "/" to a server that decodes %2f and "/admin" to one that does
-        # not; the same holds for "\\". Only ".." erases a segment, so only it is ambiguous.
-        raise UnsafePath("'..' next to an encoded or backslash separator")
     for seg in segments:
-        if seg in ("", "."):
+        if not seg:
             continue
-        if seg == "..":
-            if not strict:
-                raise UnsafePath("'..' above the root")
-            strict.pop()
-            loose.pop()
-            continue
-        head = seg.split(";", 1)[0]
-        bare = head.rstrip(". ")
-        if not bare and "." in head:
-            # "..;x", "...", ".. ": a dot segment to some servers, a name to others.
-            raise UnsafePath("ambiguous dot segment")
+        bare = _loose_segment(seg)
+        if not bare and "." in seg.split(";", 1)[0]:
+            # ".", "..", "%2e%2e", "..;x", "...", ".. ": a dot segment to some servers.
+            raise UnsafePath("a dot segment")
         strict.append(seg)
-        loose.append(bare.lower())
+        loose.append(bare)
     strict_path = "/" + "/".join(strict)
     if strict and segments[-1] == "":
         strict_path += "/"
     loose_path = "/" + "/".join(s for s in loose if s)
-    return NormalPath(strict=strict_path, loose=loose_path)
+    if "//" not in raw_path and not _ENCODED_SLASH.search(raw_path):
+        return NormalPath(strict=strict_path, loose=loose_path)
+    # A router that splits on raw "/" only sees "%2F" inside a segment and keeps "//".
+    literal = [
+        "%2F".join(unquote(part, errors="strict") for part in _ENCODED_SLASH.split(seg))
+        for seg in raw_path.split("/")
+    ]
+    return NormalPath(
+        strict=strict_path,
+        loose=loose_path,
+        literal="/".join(literal),
+        literal_loose="/".join(_loose_segment(seg) for seg in literal),
+    )
+
+
+def _loose_segment(segment: str) -> str:
+    """``;params`` cut, trailing dots and spaces dropped, lower case."""
+    return segment.split(";", 1)[0].rstrip(". ").lower()
 
 
 def check_path_glob(pattern: str) -> None:
@@ -198,7 +247,5 @@ class PathRules:
         return cls(GlobSet(allow), GlobSet(deny, ignore_case=True))
 
     def permits(self, path: NormalPath) -> bool:
-        """Allowed by the strict reading, and denied by neither reading."""
-        if not self.allow.matches(path.strict):
-            return False
-        return not (self.deny.matches(path.strict) or self.deny.matches(path.loose))
+        """Allowed by every strict reading, and denied by none of the readings."""
+        return path.matched_by(self.allow) and not path.touches(self.deny)

@@ -22,6 +22,7 @@ CATEGORIES = (
     "failure",
     "config",
     "identity",
+    "frameworks",
 )
 
 TRIED: Counter[str] = Counter()
