@@ -8,6 +8,9 @@ Two roles show both redemption modes: ``Viewer`` (``redeem: direct``) and ``Appr
 (``redeem: confirm``: a GET shows a button, so a mail scanner fetching the link neither logs
 in nor uses it up).
 
+The links are the last thing printed, so they stay on screen: the sidecar's JSON logs go to
+``sidecar.log`` in the state directory (``--verbose`` sends them to stderr instead).
+
 Ctrl-C or SIGTERM stops everything and exits 0.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -34,6 +38,8 @@ from sidecar.tokens.keys import generate_keyset
 
 if TYPE_CHECKING:  # aiohttp is imported when the demo runs, not whenever the CLI starts
     from aiohttp import web
+
+    from sidecar.config import Config
 
 HOST = "127.0.0.1"
 IDENTITY_HEADERS = {
@@ -66,12 +72,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_port, default=8080, help="proxy port (0: any free port)")
     p.add_argument("--admin-port", type=_port, default=9091, help="admin port (0: any free port)")
     p.add_argument("--app-port", type=_port, default=0, help="demo app port (default: any free)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="request and audit logs on stderr (default: sidecar.log in the state directory)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``sidecar demo`` command: serve until Ctrl-C or SIGTERM; exit code 0 then."""
     try:
-        asyncio.run(demo(args.port, args.admin_port, args.app_port))
+        asyncio.run(demo(args.port, args.admin_port, args.app_port, verbose=args.verbose))
     except DemoError as exc:
         print(f"sidecar demo: {exc}", file=sys.stderr)
         return 1
@@ -118,9 +129,17 @@ def write_state(state: Path, ports: Ports) -> tuple[Path, str]:
     _write_private(state / "admin.key", admin_key + "\n")
     config_path = state / "sidecar.yaml"
     text = "# Written by `sidecar demo`; removed when it stops.\n"
-    text += yaml.safe_dump(demo_config(state, ports), sort_keys=False)
+    text += yaml.dump(demo_config(state, ports), Dumper=_PlainDumper, sort_keys=False)
     config_path.write_text(text, encoding="utf-8")
     return config_path, admin_key
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a mapping used twice (the roles share their headers) in full both times,
+    without ``&id001`` anchors and ``*id001`` aliases a reader would have to decode."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -136,7 +155,14 @@ def _free_port() -> int:
         return port
 
 
-async def demo(proxy_port: int, admin_port: int, app_port: int, out: TextIO = sys.stdout) -> None:
+async def demo(
+    proxy_port: int,
+    admin_port: int,
+    app_port: int,
+    out: TextIO = sys.stdout,
+    *,
+    verbose: bool = False,
+) -> None:
     """Run the demo app and the sidecar in front of it until SIGINT/SIGTERM."""
     from aiohttp import web
 
@@ -159,7 +185,7 @@ async def demo(proxy_port: int, admin_port: int, app_port: int, out: TextIO = sy
             app=_bound_port(app_runner),
         )
         with tempfile.TemporaryDirectory(prefix="sidecar-demo-") as tmp:
-            await _run_sidecar(Path(tmp), ports, stop, out)
+            await _run_sidecar(Path(tmp), ports, stop, out, verbose=verbose)
     finally:
         await app_runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,9 +194,10 @@ async def demo(proxy_port: int, admin_port: int, app_port: int, out: TextIO = sy
     out.flush()
 
 
-async def _run_sidecar(state: Path, ports: Ports, stop: asyncio.Event, out: TextIO) -> None:
+async def _run_sidecar(
+    state: Path, ports: Ports, stop: asyncio.Event, out: TextIO, *, verbose: bool
+) -> None:
     """Serve the sidecar from a config written into ``state`` until ``stop`` is set."""
-    from sidecar.app import ServeError, build_services, serve
     from sidecar.config import ConfigError, load_config
     from sidecar.web.logsetup import configure_logging
 
@@ -179,7 +206,27 @@ async def _run_sidecar(state: Path, ports: Ports, stop: asyncio.Event, out: Text
         config = load_config(config_path)
     except ConfigError as exc:  # a bug in demo_config(), never the user's doing
         raise DemoError(str(exc)) from None
-    configure_logging(config.log_level)
+    log_path = state / "sidecar.log"
+    with contextlib.ExitStack() as logs:
+        stream = None if verbose else logs.enter_context(log_path.open("a", encoding="utf-8"))
+        configure_logging(config.log_level, stream)
+        # Back to stderr before the file closes (whatever is logged after the serve ends).
+        logs.callback(configure_logging, "warning")
+        log_note = "stderr" if verbose else str(log_path)
+        await _serve_and_print(config, admin_key, ports, state, stop, out, log_note)
+
+
+async def _serve_and_print(
+    config: Config,
+    admin_key: str,
+    ports: Ports,
+    state: Path,
+    stop: asyncio.Event,
+    out: TextIO,
+    log_note: str,
+) -> None:
+    from sidecar.app import ServeError, build_services, serve
+
     ready = asyncio.Event()
     server = asyncio.create_task(serve(build_services(config), ready=ready, stop=stop))
     waiters = {asyncio.ensure_future(ready.wait()), asyncio.ensure_future(stop.wait())}
@@ -190,7 +237,8 @@ async def _run_sidecar(state: Path, ports: Ports, stop: asyncio.Event, out: Text
         if ready.is_set() and not stop.is_set():
             admin_url = f"http://{HOST}:{ports.admin}"
             links = await mint_links(admin_url, admin_key)
-            print(banner(ports, state, links, curl_command(admin_url, admin_key)), file=out)
+            curl = curl_command(admin_url, admin_key)
+            print(banner(ports, state, links, curl, log_note), file=out)
             out.flush()
     except BaseException:
         stop.set()  # shut the sidecar down cleanly before the error goes up
@@ -271,7 +319,8 @@ def curl_command(admin_url: str, admin_key: str) -> str:
     )
 
 
-def banner(ports: Ports, state: Path, links: list[Link], curl: str) -> str:
+def banner(ports: Ports, state: Path, links: list[Link], curl: str, logs: str) -> str:
+    """What the demo prints once it is up; the links come last, so they stay in view."""
     lines = [
         "",
         "sidecar demo is running. Ctrl-C stops it.",
@@ -280,13 +329,12 @@ def banner(ports: Ports, state: Path, links: list[Link], curl: str) -> str:
         f"  admin     http://{HOST}:{ports.admin}   (loopback only; mints links)",
         f"  demo app  http://{HOST}:{ports.app}  (the unmodified app; alone it knows no one)",
         f"  state     {state}  (throw-away keys, config and SQLite; removed on exit)",
+        f"  logs      {logs}",
         "",
-    ]
-    for link in links:
-        lines += [f"{link.title}: {link.note}", f"  {link.url}", ""]
-    lines += [
         "Mint another through the admin port (the throw-away admin key is in the command):",
         f"  {curl}",
         "",
     ]
+    for link in links:
+        lines += [f"{link.title}: {link.note}", f"  {link.url}", ""]
     return "\n".join(lines)

@@ -65,14 +65,20 @@ def start_demo(*args: str) -> Demo:
     """Start ``python -m sidecar demo`` (any free ports unless ``args`` say otherwise)."""
     argv = [sys.executable, "-m", "sidecar", "demo", "--port", "0", "--admin-port", "0", *args]
     proc = subprocess.Popen(
-        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        # stderr joins stdout: what a terminal would show, in order.
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
     reader.start()
     seen: list[str] = []
     try:
-        while not seen or not seen[-1].lstrip().startswith("curl "):
+        # The links come last; the confirm link is the last of them.
+        while len(seen) < 2 or not seen[-2].startswith("Confirm link"):
             line = lines.get(timeout=START_TIMEOUT)
             if line is None:
                 pytest.fail("the demo exited before printing its links:\n" + "".join(seen))

@@ -75,6 +75,7 @@ async def whoami(http: aiohttp.ClientSession, base: str, cookie: str | None) -> 
 async def test_links_work_as_printed(demo: Demo, http: aiohttp.ClientSession) -> None:
     assert demo.one_time.startswith(demo.proxy + "/?refer=")
     assert demo.one_time.endswith("/#/display/orders")
+    assert demo.banner.rstrip().splitlines()[-1].strip() == demo.confirm, "links come last"
     assert demo.state.is_dir()
     config_text = (demo.state / "sidecar.yaml").read_text(encoding="utf-8")
     assert "redeem: confirm" in config_text
@@ -111,8 +112,15 @@ async def test_links_work_as_printed(demo: Demo, http: aiohttp.ClientSession) ->
     assert (carol["user"], carol["role"]) == ("carol", "Approver")
     assert (await redeem(http, demo.confirm, "POST"))[0] == 410
 
+    # Nothing was printed after the links while they were used: the request and audit
+    # logs went to the state directory's sidecar.log, so the links stay on screen.
+    log = (demo.state / "sidecar.log").read_text(encoding="utf-8")
+    assert '"event": "redeem"' in log
+    assert '"event": "access"' in log
     rest = await stop(demo, signal.SIGTERM)
-    assert "stopped" in rest
+    assert rest.strip().splitlines() == [
+        "sidecar demo: stopped; the temporary keys and database are gone."
+    ]
     assert not demo.state.exists(), "the throw-away keys and database are removed"
 
 
@@ -135,6 +143,14 @@ async def test_printed_curl_mints_another_link(demo: Demo, http: aiohttp.ClientS
     dave = await whoami(http, demo.proxy, await login(http, minted["url"]))
     assert dave["user"] == "dave"
     await stop(demo, signal.SIGTERM)
+
+
+async def test_verbose_sends_the_logs_to_the_terminal(http: aiohttp.ClientSession) -> None:
+    with running_demo("--verbose") as demo:
+        assert "  logs      stderr" in demo.banner
+        await login(http, demo.reusable)
+        rest = await stop(demo, signal.SIGTERM)
+    assert '"event": "redeem"' in rest
 
 
 async def test_ctrl_c_stops_cleanly(demo: Demo) -> None:
@@ -173,7 +189,11 @@ async def test_port_in_use_is_a_clear_error() -> None:
 def test_demo_config_goes_through_the_normal_loader(tmp_path: Path) -> None:
     ports = Ports(proxy=18080, admin=19091, app=13000)
     config_path, admin_key = write_state(tmp_path, ports)
-    assert config_path.read_text(encoding="utf-8").count("redeem:") == 2
+    text = config_path.read_text(encoding="utf-8")
+    assert text.count("redeem:") == 2
+    assert "&id" not in text, "no YAML anchors for a reader to decode"
+    assert "*id" not in text
+    assert text.count("X-Forwarded-User:") == 2, "each role's headers written in full"
     assert oct(os.stat(tmp_path / "keyset.json").st_mode & 0o777) == "0o600"
     config = load_config(config_path, env={})
     assert config.admin.key.reveal() == admin_key

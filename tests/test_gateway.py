@@ -260,7 +260,7 @@ async def test_logout_get_shows_button_post_ends_session(sidecar: Sidecar) -> No
 @pytest.mark.parametrize(
     ("target", "location"),
     [
-        ("", "/"),
+        ("", "/_sidecar/signed-out"),
         ("?next=/a/b%3Fc", "/a/b?c"),
         ("?rd=https://evil.example/", "/"),
         ("?rd=//evil.example/", "/"),
@@ -275,6 +275,17 @@ async def test_logout_redirects_only_to_same_origin_paths(
     done = await sidecar.client.post("/_sidecar/logout" + target, allow_redirects=False)
     assert done.status == 303
     assert done.headers["Location"] == location
+
+
+async def test_logout_without_a_target_lands_on_the_signed_out_page(sidecar: Sidecar) -> None:
+    """Not on the app's ``/``, which may answer 401 to someone who just signed out."""
+    await sidecar.login()
+    done = await sidecar.client.post("/_sidecar/logout")  # the redirect is followed
+    assert done.status == 200
+    assert str(done.url).endswith("/_sidecar/signed-out")
+    assert "You are signed out" in await done.text()
+    assert done.headers["Cache-Control"] == "no-store"
+    assert (await sidecar.client.post("/_sidecar/signed-out")).status == 405
 
 
 async def test_session_endpoint_reports_identity(sidecar: Sidecar) -> None:

@@ -56,6 +56,7 @@ def build_proxy_app(services: Services) -> web.Application:
     prefix = services.config.proxy.prefix
     router = app.router
     router.add_route("*", prefix + "/logout", gateway.logout)
+    router.add_route("*", prefix + "/signed-out", gateway.signed_out)
     router.add_route("*", prefix + "/session", gateway.session)
     router.add_route("*", prefix + "/healthz", gateway.healthz)
     router.add_route("*", prefix + "/readyz", gateway.readyz)
@@ -77,6 +78,7 @@ class Gateway:
         self._services = services
         self._sessions = sessions
         self._forwarder = forwarder
+        self._signed_out = cfg.proxy.prefix + "/signed-out"
         self.redeemer = Redeemer(services, sessions, forwarder)
         self._unauthenticated = cfg.proxy.unauthenticated
         self._login_url = URL(cfg.proxy.login_url) if cfg.proxy.login_url else None
@@ -163,11 +165,17 @@ class Gateway:
             return pages.failure(request, 503, "store_unavailable")
         if record is not None:
             audit("logout", user_id=record.user_id, role=record.role, token_id=record.token_id)
-        response = web.Response(
-            status=303, headers={hdrs.LOCATION: safe_return_path(request), **pages.NO_STORE}
-        )
+        target = safe_return_path(request, default=self._signed_out)
+        response = web.Response(status=303, headers={hdrs.LOCATION: target, **pages.NO_STORE})
         self._sessions.clear_cookie(response)
         return response
+
+    async def signed_out(self, request: web.Request) -> web.StreamResponse:
+        """Where a logout without ``rd`` lands: "You are signed out" (the app's ``/`` may
+        well answer 401 to someone who just signed out)."""
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            return pages.method_not_allowed(request, "GET, HEAD")
+        return pages.signed_out_page()
 
     async def session(self, request: web.Request) -> web.StreamResponse:
         """The current identity as JSON, or a 401."""
@@ -217,8 +225,9 @@ class Gateway:
         return pages.failure(request, 404, "not_found")
 
 
-def safe_return_path(request: web.BaseRequest) -> str:
-    """``rd`` or ``next`` when it is a same-origin absolute path, else ``/``.
+def safe_return_path(request: web.BaseRequest, default: str = "/") -> str:
+    """``rd`` or ``next`` when it is a same-origin absolute path, ``/`` when it is not, and
+    ``default`` when neither is given.
 
     Never a URL with a scheme, a ``//host`` or ``/\\host`` (browsers read both as another
     host), a backslash or a control character."""
@@ -226,7 +235,7 @@ def safe_return_path(request: web.BaseRequest) -> str:
         value = request.query.get(name)
         if value is not None:
             return value if _SAFE_RETURN.fullmatch(value) else "/"
-    return "/"
+    return default
 
 
 def header_limits(limit: int) -> Middleware:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -36,9 +37,9 @@ def _reason(exc: HttpProcessingError) -> str:
     return first.strip().rstrip(":")[:120]
 
 
-def configure_logging(level: str = "info") -> None:
-    """One JSON line per record on stderr, at ``level`` and above."""
-    handler = LoopBatchedHandler(sys.stderr)
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """One JSON line per record on ``stream`` (stderr by default), at ``level`` and above."""
+    handler = LoopBatchedHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -140,6 +140,12 @@ def logout_page() -> web.Response:
     return _html(200, dict(SECURITY_HEADERS), "Sign out", body)
 
 
+def signed_out_page() -> web.Response:
+    """Where a logout lands when it names no other place."""
+    body = '<p>You are signed out.</p><p><a href="/">Back to the start page</a></p>'
+    return _html(200, dict(SECURITY_HEADERS), "Signed out", body)
+
+
 def _html(status: int, headers: dict[str, str], title: str, body: str) -> web.Response:
     text = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
