@@ -40,6 +40,43 @@ class Session:
     cached_until: float
 
 
+@dataclass(frozen=True, slots=True)
+class RequestCookies:
+    """A request's ``Cookie`` headers, read once and shared by the session lookup and the
+    header policy (:mod:`sidecar.proxy.headers`).
+
+    ``value`` is the sidecar's cookie when it is well formed (else None); ``others`` holds,
+    for each ``Cookie`` header in order, what is left of it for the upstream (empty when
+    nothing is)."""
+
+    value: str | None
+    others: tuple[bytes, ...]
+
+
+NO_COOKIES = RequestCookies(None, ())
+
+
+def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
+    """Split every ``Cookie`` header of ``request`` into the sidecar's cookie ``name`` and
+    the rest (see :func:`split_cookie_header`). The first header that holds ``name``
+    decides the value. Raw bytes are read as latin-1, so other cookies reach the upstream
+    byte for byte."""
+    if hdrs.COOKIE not in request.headers:
+        return NO_COOKIES
+    found: str | None = None
+    decided = False
+    others: list[bytes] = []
+    for header, raw in request.raw_headers:
+        if header.lower() != b"cookie":
+            continue
+        value, rest = split_cookie_header(raw.decode("latin-1"), name)
+        if value is not None and not decided:
+            decided = True
+            found = value if _COOKIE_VALUE.fullmatch(value) else None
+        others.append(rest.encode("latin-1"))
+    return RequestCookies(found, tuple(others))
+
+
 def session_key(cookie_value: str) -> str:
     return hashlib.sha256(cookie_value.encode("ascii")).hexdigest()
 
@@ -131,24 +168,19 @@ class SessionManager:
             samesite="Lax",
         )
 
-    def cookie_value(self, request: web.BaseRequest) -> str | None:
-        """The sidecar's cookie from the request, if it is well formed."""
-        for header in request.headers.getall(hdrs.COOKIE, ()):
-            value, _ = split_cookie_header(header, self.cookie_name)
-            if value is not None:
-                return value if _COOKIE_VALUE.fullmatch(value) else None
-        return None
+    def cookies(self, request: web.BaseRequest) -> RequestCookies:
+        """The request's cookies, split once (pass the result on rather than asking again)."""
+        return read_cookies(request, self.cookie_name)
 
     async def lookup(self, request: web.BaseRequest) -> Session | None:
-        value = self.cookie_value(request)
-        return None if value is None else await self.lookup_value(value)
+        return await self.lookup_value(self.cookies(request).value)
 
-    async def lookup_value(self, cookie_value: str) -> Session | None:
-        """The live session for ``cookie_value``, or None (unknown, expired or idle).
+    async def lookup_value(self, cookie_value: str | None) -> Session | None:
+        """The live session for ``cookie_value``, or None (none, unknown, expired or idle).
 
         Raises :class:`~sidecar.store.base.StoreUnavailable` when the store is needed and
         down: the caller fails closed."""
-        if not _COOKIE_VALUE.fullmatch(cookie_value):
+        if cookie_value is None or not _COOKIE_VALUE.fullmatch(cookie_value):
             return None
         key = session_key(cookie_value)
         now = self._services.clock()
@@ -177,7 +209,7 @@ class SessionManager:
 
     async def end(self, request: web.BaseRequest) -> SessionRecord | None:
         """End the request's session (logout); returns the record that ended, if any."""
-        value = self.cookie_value(request)
+        value = self.cookies(request).value
         if value is None:
             return None
         key = session_key(value)

@@ -43,7 +43,7 @@ from sidecar.links.verify import (
     verify_otp,
     verify_token_hash,
 )
-from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.clientaddr import CLIENT_ADDRESSES
 from sidecar.refer.minting import iso_utc
 from sidecar.sessions import SESSIONS
 from sidecar.store.base import StoreUnavailable
@@ -72,7 +72,6 @@ VERIFY_STATUS = {
     "weak_password": 422,
     "store_unavailable": 503,
 }
-CLIENT_ADDRESS = web.AppKey("links_client_address", Forwarder)
 
 
 # -- admin: POST /admin/generate_link ----------------------------------------------------
@@ -117,10 +116,9 @@ def _status(exc: LinkRequestError) -> int:
 
 
 def register_verify(app: web.Application) -> None:
-    """Add ``<prefix>/verify`` to the proxy app; ``app[SERVICES]`` and ``app[SESSIONS]``
-    must already be set."""
+    """Add ``<prefix>/verify`` to the proxy app; ``app[SERVICES]``, ``app[SESSIONS]`` and
+    ``app[CLIENT_ADDRESSES]`` must already be set."""
     services = app[SERVICES]
-    app[CLIENT_ADDRESS] = Forwarder(services.config)  # used for its client_address() only
     app.router.add_route("*", services.config.proxy.prefix + "/verify", verify)
 
 
@@ -187,7 +185,7 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
                 services, link_type, token_hash, password=_str(password)
             )
         elif isinstance(email, str) and isinstance(otp, str) and token_hash is None:
-            client = request.app[CLIENT_ADDRESS].client_address(request)
+            client = request.app[CLIENT_ADDRESSES].of(request)
             verified = await verify_otp(
                 services, link_type, email, otp, client=client, password=_str(password)
             )
@@ -240,7 +238,7 @@ async def _failed(
     """The failure answer; link failures also count against ``proxy.failed_redeem_rate``
     (the same per-client budget refer links use)."""
     services = request.app[SERVICES]
-    client = request.app[CLIENT_ADDRESS].client_address(request)
+    client = request.app[CLIENT_ADDRESSES].of(request)
     metrics.redemption(failed.reason)
     event = "replay" if failed.reason == "used" else "redeem_failed"
     audit(event, reason=failed.reason, token_id=failed.token_id, client=client)

@@ -25,13 +25,15 @@ from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
 from sidecar.links import http as links_http
+from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.forward_auth import ForwardAuth
+from sidecar.proxy.headers import HeaderPolicy
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
-from sidecar.sessions import SESSIONS, SessionManager
+from sidecar.sessions import SESSIONS, RequestCookies, SessionManager
 from sidecar.store.base import StoreUnavailable
 from sidecar.telemetry.audit import audit
 from sidecar.web import pages
@@ -49,10 +51,12 @@ def build_proxy_app(services: Services) -> web.Application:
     app[SERVICES] = services
     sessions = SessionManager(services)
     app[SESSIONS] = sessions
-    forwarder = Forwarder(services.config)
+    clients = ClientAddresses(services.config.proxy.trusted_proxies)
+    app[CLIENT_ADDRESSES] = clients
+    forwarder = Forwarder(services.config, HeaderPolicy(services.config, clients))
     app[FORWARDER] = forwarder
     app.cleanup_ctx.append(forwarder.cleanup_ctx)
-    gateway = Gateway(services, sessions, forwarder)
+    gateway = Gateway(services, sessions, forwarder, clients)
     prefix = services.config.proxy.prefix
     router = app.router
     router.add_route("*", prefix + "/logout", gateway.logout)
@@ -61,9 +65,7 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_route("*", prefix + "/healthz", gateway.healthz)
     router.add_route("*", prefix + "/readyz", gateway.readyz)
     links_http.register_verify(app)
-    forward_auth = ForwardAuth(
-        services.config, sessions, gateway.redeemer, forwarder.peer_is_trusted
-    )
+    forward_auth = ForwardAuth(services.config, sessions, gateway.redeemer, clients.trusts)
     forward_auth.register(app)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
     router.add_route("*", "/{tail:.*}", gateway.proxy)
@@ -73,13 +75,19 @@ def build_proxy_app(services: Services) -> web.Application:
 class Gateway:
     """The proxy's request handlers, with everything they need decided at start-up."""
 
-    def __init__(self, services: Services, sessions: SessionManager, forwarder: Forwarder) -> None:
+    def __init__(
+        self,
+        services: Services,
+        sessions: SessionManager,
+        forwarder: Forwarder,
+        clients: ClientAddresses,
+    ) -> None:
         cfg = services.config
         self._services = services
         self._sessions = sessions
         self._forwarder = forwarder
         self._signed_out = cfg.proxy.prefix + "/signed-out"
-        self.redeemer = Redeemer(services, sessions, forwarder)
+        self.redeemer = Redeemer(services, sessions, clients)
         self._unauthenticated = cfg.proxy.unauthenticated
         self._login_url = URL(cfg.proxy.login_url) if cfg.proxy.login_url else None
         self._public = GlobSet(cfg.proxy.public_paths)
@@ -104,10 +112,11 @@ class Gateway:
         if cut >= 0 and has_refer(request):
             return await self.redeemer.redeem(request)
         websocket = _is_websocket(request)
+        cookies = self._sessions.cookies(request)  # read once: the session and the upstream
         if self._public and path.matched_by(self._public):
-            return await self._send(request, (), websocket)
+            return await self._send(request, cookies, (), websocket)
         try:
-            session = await self._sessions.lookup(request)
+            session = await self._sessions.lookup_value(cookies.value)
         except StoreUnavailable:
             return pages.failure(request, 503, "store_unavailable")
         if session is not None:
@@ -116,11 +125,11 @@ class Gateway:
                 return pages.failure(request, 403, "forbidden")
             if websocket:
                 return await self._forwarder.forward_websocket(
-                    request, session.headers, alive=self._still_signed_in(request)
+                    request, cookies, session.headers, alive=self._still_signed_in(cookies)
                 )
-            return await self._forwarder.forward(request, session.headers)
+            return await self._forwarder.forward(request, cookies, session.headers)
         if self._unauthenticated == "pass":
-            return await self._send(request, (), websocket)
+            return await self._send(request, cookies, (), websocket)
         if (
             self._unauthenticated == "redirect"
             and self._login_url is not None
@@ -135,21 +144,25 @@ class Gateway:
             )
         return pages.failure(request, 401, "unauthenticated")
 
-    def _still_signed_in(self, request: web.Request) -> Alive:
+    def _still_signed_in(self, cookies: RequestCookies) -> Alive:
         async def alive() -> bool:
             try:
-                return await self._sessions.lookup(request) is not None
+                return await self._sessions.lookup_value(cookies.value) is not None
             except StoreUnavailable:
                 return False  # fail closed, as every other session check does
 
         return alive
 
     async def _send(
-        self, request: web.Request, identity: tuple[tuple[str, str], ...], websocket: bool
+        self,
+        request: web.Request,
+        cookies: RequestCookies,
+        identity: tuple[tuple[str, str], ...],
+        websocket: bool,
     ) -> web.StreamResponse:
         if websocket:
-            return await self._forwarder.forward_websocket(request, identity)
-        return await self._forwarder.forward(request, identity)
+            return await self._forwarder.forward_websocket(request, cookies, identity)
+        return await self._forwarder.forward(request, cookies, identity)
 
     # -- <prefix>/… ------------------------------------------------------------------
     async def logout(self, request: web.Request) -> web.StreamResponse:

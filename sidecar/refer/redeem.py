@@ -29,7 +29,7 @@ from urllib.parse import unquote_plus
 
 from aiohttp import hdrs, web
 
-from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.services import Services
 from sidecar.sessions import SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
@@ -61,11 +61,13 @@ class RedeemFailed(Exception):
 
 
 class Redeemer:
-    def __init__(self, services: Services, sessions: SessionManager, forwarder: Forwarder) -> None:
+    def __init__(
+        self, services: Services, sessions: SessionManager, clients: ClientAddresses
+    ) -> None:
         self._services = services
         self._config = services.config
         self._sessions = sessions
-        self._forwarder = forwarder
+        self._clients = clients
         self._limit = services.config.proxy.failed_redeem_rate
         # client address -> epoch second its failure window resets (this process's memo).
         self._blocked: dict[str, float] = {}
@@ -79,7 +81,7 @@ class Redeemer:
         try:
             return await self._redeem(request)
         except RedeemFailed as failed:
-            client = self._forwarder.client_address(request)
+            client = self._clients.of(request)
             now = self._services.clock()
             metrics.redemption(failed.reason)
             audit(
