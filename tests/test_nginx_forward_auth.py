@@ -77,7 +77,7 @@ def sign_in(stack: Stack, user: str, module: str | None = None, **params: str) -
 def whoami(stack: Stack, cookie: str | None, *headers: tuple[str, str]) -> Answer:
     sent = [("Accept", "application/json"), *headers]
     if cookie is not None:
-        sent.append(("Cookie", f"sidecar_session={cookie}"))
+        sent.append(("Cookie", f"theme=dark; sidecar_session={cookie}; lang=en"))
     return call(stack.nginx, "GET", "/api/whoami", *sent)
 
 
@@ -121,7 +121,25 @@ def test_the_app_receives_identity_and_never_a_spoofed_copy(stack: Stack) -> Non
     assert seen["x-forwarded-module"] == "orders"
     assert "mallory" not in json.dumps(doc)
     assert "evil" not in json.dumps(doc)
-    assert doc["cookies"] == ["sidecar_session"], "nginx passes cookies; the app ignores it"
+    assert doc["cookies"] == ["lang", "theme"], "the session cookie is cut, the others pass"
+
+
+@pytest.mark.parametrize(
+    ("header", "kept"),
+    [
+        ("sidecar_session={c}", []),
+        ("sidecar_session={c}; a=1", ["a"]),
+        ("a=1;sidecar_session={c}", ["a"]),
+        ("sidecar_session={c}; a=1; sidecar_session=old; b=2", ["a", "b"]),
+    ],
+)
+def test_the_session_cookie_never_reaches_the_app(
+    stack: Stack, header: str, kept: list[str]
+) -> None:
+    cookie = sign_in(stack, "hal")
+    answer = call(stack.nginx, "GET", "/api/whoami", ("Cookie", header.format(c=cookie)))
+    assert answer.status == 200, answer.body
+    assert answer.json()["cookies"] == kept
 
 
 def test_spoofed_identity_without_a_session_never_reaches_the_app(stack: Stack) -> None:
