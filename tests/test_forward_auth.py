@@ -217,9 +217,11 @@ async def test_redirect_mode_gives_a_hint_and_pass_mode_a_bare_200(tmp_path: Pat
         tmp_path, UPSTREAM, {**TRUSTED, "unauthenticated": "redirect", "login_url": "/login"}
     )
     async with running_sidecar(redirect) as sc:
-        response = await _auth(sc, None, X_Original_URI="//evil.test/app?x=1")
+        response = await _auth(sc, None, X_Original_URI="/app?x=1")
         assert response.status == 401
-        assert response.headers["X-Sidecar-Redirect"] == "/login?rd=/evil.test/app?x%3D1"
+        assert response.headers["X-Sidecar-Redirect"] == "/login?rd=/app?x%3D1"
+        # "//evil.test" would make rd leave the site: refused like the proxy refuses it.
+        assert (await _auth(sc, None, X_Original_URI="//evil.test/app")).status == 403
         refer = await _auth(sc, None, X_Original_URI="/app?refer=x")
         assert refer.status == 401
     passing = make_config(tmp_path / "p", UPSTREAM, {**TRUSTED, "unauthenticated": "pass"})

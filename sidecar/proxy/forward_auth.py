@@ -213,7 +213,7 @@ class ForwardAuth:
             return _bare(401)  # the ingress sends it to the proxy listener to redeem
         if path.strict == self._prefix or path.strict.startswith(self._prefix + "/"):
             return _bare(401)  # the sidecar's own pages are served by the proxy listener
-        if self._public and self._public.matches(path.strict):
+        if self._public and path.matched_by(self._public):
             return _bare(200)
         try:
             session = await self._sessions.lookup(request)
