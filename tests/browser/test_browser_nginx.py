@@ -49,8 +49,8 @@ def test_link_reload_logout_through_nginx(browser: Browser, stack: Stack) -> Non
         assert page.url.endswith("/#/display/orders")
 
         page.get_by_role("button", name="Log out").click()
-        page.wait_for_url(stack.nginx + "/")
-        assert "sign in with a valid link" in page.locator("body").inner_text()
+        page.wait_for_url(stack.nginx + "/_sidecar/signed-out")
+        assert "You are signed out" in page.locator("body").inner_text()
         assert session_cookies(page) == []
         response = page.goto(stack.nginx + "/api/whoami")
         assert response is not None
