@@ -9,8 +9,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.redis_topologies import Topology
 
 REQUIRE_ALL = os.environ.get("SIDECAR_REQUIRE_ALL") == "1"
 
@@ -90,3 +94,40 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+# -- Redis topologies (tests/redis_topologies.py), each started once and shared ----------
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """3 primaries + 3 replicas, made by ``redis-cli --cluster create``."""
+    from tests.redis_topologies import start_cluster
+
+    topology = start_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """A primary, one replica and three Sentinels."""
+    from tests.redis_topologies import start_sentinel
+
+    topology = start_sentinel(tmp_path_factory.mktemp("sentinel"))
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """One Redis over TLS only (client certificate required) with an ACL user."""
+    from tests.redis_topologies import start_tls
+
+    topology = start_tls(tmp_path_factory.mktemp("tls"))
+    try:
+        yield topology
+    finally:
+        topology.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from sidecar.store import (
     BurnResult,
@@ -32,6 +33,7 @@ from sidecar.store import (
     open_store,
 )
 from tests.conftest import RedisServer
+from tests.redis_topologies import Topology
 
 HOUR = 3600.0
 
@@ -41,20 +43,33 @@ class Backend:
     name: str
     store: Store
     path: Path | None = None  # SQLite file
-    redis: Redis | None = None  # raw client on the store's Redis
+    redis: Redis | RedisCluster | None = None  # raw client on the store's Redis
     prefix: str = ""
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+# Every Redis topology the store supports runs the same suite (tests/redis_topologies.py).
+TOPOLOGIES = {"redis-cluster": "redis_cluster", "redis-sentinel": "redis_sentinel",
+              "redis-tls": "redis_tls"}  # fmt: skip
+REDIS_BACKENDS = ["redis", *TOPOLOGIES]
+
+
+@pytest.fixture(
+    params=["sqlite", *(pytest.param(n, marks=pytest.mark.redis) for n in REDIS_BACKENDS)]
+)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         path = tmp_path / "store.db"
         b = Backend("sqlite", SQLiteStore(str(path)), path=path)
-    else:
+    elif request.param == "redis":
         url: str = request.getfixturevalue("redis_url")
         prefix = f"t{uuid.uuid4().hex[:12]}:"  # one shared server, one namespace per test
         raw = Redis.from_url(url, decode_responses=True)
         b = Backend("redis", RedisStore(url, prefix=prefix), redis=raw, prefix=prefix)
+    else:
+        topology: Topology = request.getfixturevalue(TOPOLOGIES[request.param])
+        prefix = f"{topology.prefix}{uuid.uuid4().hex[:12]}:"
+        store = RedisStore(topology.url, prefix=prefix, options=topology.options)
+        b = Backend(request.param, store, redis=topology.admin(), prefix=prefix)
     await b.store.open()
     try:
         yield b
@@ -274,14 +289,15 @@ async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
     else:
         assert await store.purge_expired(now + 11) == 0  # Redis expires keys itself
         ttls = await redis_ttls(backend)
-        assert ttls.pop("user:u1") == ttls.pop("email:a@example.org") == -1  # users stay
+        users = "{u}:" if backend.name == "redis-cluster" else ""  # one slot for all users
+        assert ttls.pop(f"{users}user:u1") == ttls.pop(f"{users}email:a@example.org") == -1
         reset = (now // 10 + 1) * 10
         floor = 300_000  # burns outlive their token (clock skew between replicas)
         expected = {
             "tok:short": floor, "tok:long": HOUR * 1000, "sess:short": 10_000,
             # The user index lives to the last session's absolute expiry, not its idle one.
             "sess:long": 600_000, "usess:u1": HOUR * 1000, "link:3:u:1:recovery": 10_000,
-            "linkhash:hash-t1": 10_000, f"rl:{reset!r}:ip": (reset - now) * 1000,
+            "linkhash:hash-t1": 10_000, f"rl:10:{reset!r}:ip": (reset - now) * 1000,
         }  # fmt: skip
         assert set(ttls) == set(expected)
         for key, ttl in ttls.items():

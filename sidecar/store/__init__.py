@@ -3,7 +3,9 @@
 sqlite:///relative/path.db      SQLite file relative to the working directory (the config
                                 anchors it to its own directory: :func:`anchor_sqlite_url`)
 sqlite:////absolute/path.db     (SQLAlchemy's convention: four slashes = absolute)
-redis://[:password@]host:port/db, rediss://…, unix:///path/redis.sock?db=N
+redis://[user@]host:port/db, rediss://…, unix:///path/redis.sock?db=N
+redis+cluster://h1:p1,h2:p2/, rediss+cluster://…     Redis Cluster
+redis+sentinel://h1:p1,h2:p2/<service>/<db>, rediss+sentinel://…   primary via Sentinel
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from sidecar.store.base import (
     User,
     UserExists,
 )
+from sidecar.store.redis_url import REDIS_SCHEMES, parse_redis_url
 
 if TYPE_CHECKING:
     from sidecar.store.redis import RedisStore
+    from sidecar.store.redis_client import RedisOptions
     from sidecar.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -47,13 +51,18 @@ __all__ = [
     "open_store",
 ]
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
-
-def open_store(url: str, *, prefix: str = "sidecar:", purge_interval: float = 60.0) -> Store:
+def open_store(
+    url: str,
+    *,
+    prefix: str = "sidecar:",
+    purge_interval: float = 60.0,
+    redis: RedisOptions | None = None,
+) -> Store:
     """Build the backend for ``url``; the caller then awaits ``open()`` and ``close()``.
 
-    ``prefix`` namespaces Redis keys; ``purge_interval`` is how often SQLite deletes
+    ``prefix`` namespaces Redis keys; ``redis`` carries the password, TLS files and
+    ``WAIT`` setting a URL does not; ``purge_interval`` is how often SQLite deletes
     expired rows (Redis expires keys itself). Raises ``ValueError`` for a URL that names
     no backend.
     """
@@ -64,7 +73,7 @@ def open_store(url: str, *, prefix: str = "sidecar:", purge_interval: float = 60
         return SQLiteStore(_sqlite_path(url), purge_interval=purge_interval)
     from sidecar.store.redis import RedisStore
 
-    return RedisStore(url, prefix=prefix)
+    return RedisStore(url, prefix=prefix, options=redis)
 
 
 def __getattr__(name: str) -> object:
@@ -85,12 +94,14 @@ def check_store_url(url: str) -> str:
     if scheme == "sqlite":
         _sqlite_path(url)
         return "sqlite"
-    if scheme in _REDIS_SCHEMES:
+    if scheme in REDIS_SCHEMES:
+        parse_redis_url(url)
         return "redis"
     shown = f"{scheme}://…" if scheme else repr(url)
     raise ValueError(
         f"store URL {shown}: unknown scheme; use sqlite:///relative.db, "
-        "sqlite:////absolute.db, redis://host:port/db, rediss://… or unix:///path.sock"
+        "sqlite:////absolute.db, redis://host:port/db, rediss://…, unix:///path.sock, "
+        "redis+cluster://h1:p1,h2:p2/ or redis+sentinel://h1:p1,h2:p2/<service>/<db>"
     )
 
 

@@ -1,36 +1,44 @@
-"""Redis backend: shared state for several replicas.
+"""Redis backend: shared state for several replicas, on one Redis, a Redis Cluster or a
+primary found through Sentinel (URLs: :mod:`sidecar.store.redis_url`).
 
-Every check-and-write is one atomic Redis command or Lua script, so replicas cannot
-race each other. Records carry Redis expiries at their ``expires_at`` (so Redis does
-the purging); users are the only records that never expire. Keys, under ``prefix``:
+Every check-and-write is one atomic Redis command or Lua script, so replicas cannot race
+each other. Records carry Redis expiries at their ``expires_at`` (so Redis does the
+purging); users are the only records that never expire. Keys, under ``prefix``:
 
     tok:<id>                  "used" | "revoked"
     sess:<key>                hash of a SessionRecord
-    usess:<user_id>           set of that user's sess:* keys
+    usess:<user_id>           set of that user's sess:* keys (entries checked on use)
     user:<id>                 hash {data: User as JSON, email_key}
     email:<email_key>         user id
     link:<len(user_id)>:<user_id>:<type>   hash of a PendingLink
     linkhash:<hashed_token>   the link:* key holding that hash
-    rl:<window reset>:<key>   counter of one rate-limit window
+    rl:<window>:<reset>:<key> counter of one rate-limit window
 
-The scripts touch keys they derive at run time, which is fine on one Redis (or a
-replicated primary) but not on Redis Cluster.
+On a cluster, ``user:`` and ``email:`` become ``{u}:user:`` and ``{u}:email:``: the hash
+tag puts all users in one slot, so "this email is free" and "create the user" stay one
+atomic script. Every other script touches one key, so tokens, sessions, links and
+counters spread over the whole cluster.
+
+With ``min_replicas_ack`` N > 0, burns, revocations and session ends are followed by
+``WAIT N`` on the same connection; fewer acknowledgements within 1 s fail the call with
+:class:`StoreUnavailable`, so a burn that a failover could still lose is never reported
+as ``BURNED``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from sidecar.store import _codec
+from sidecar.store import redis_scripts as lua
 from sidecar.store.base import (
     BurnResult,
     PendingLink,
@@ -40,126 +48,22 @@ from sidecar.store.base import (
     User,
     UserExists,
 )
+from sidecar.store.redis_client import CALL_TIMEOUT, RedisOptions, build_client
+from sidecar.store.redis_url import parse_redis_url
 
 # A burn record outlives its token by at least this long: a replica whose clock runs
 # behind Redis' must still find the record while it still thinks the token is valid.
 _MIN_TOKEN_TTL_MS = 300_000
-_CALL_TIMEOUT = 2.0  # seconds, for connecting, for each command, for a free connection
-
-# KEYS: token key. ARGV: state to set, expires_at (ms), min ttl (ms). Returns old state.
-_SET_STATE_ONCE = """
-local t = redis.call('TIME')
-local floor = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
-local at = math.max(tonumber(ARGV[2]), floor)
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', at, 'GET')
-"""
-
-# KEYS: session, user index. ARGV: dead_at (ms), expires_at (ms), user index prefix,
-# field, value, ... The index lives until the last session's *absolute* expiry: touches
-# push a session's own expiry forward, and the index must still find it then.
-_CREATE_SESSION = """
-local old = redis.call('HGET', KEYS[1], 'user_id')
-if old then redis.call('SREM', ARGV[3] .. old, KEYS[1]) end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('PEXPIREAT', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], KEYS[1])
-if redis.call('PEXPIRETIME', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIREAT', KEYS[2], ARGV[2])
-end
-"""
-
-# KEYS: session. ARGV: last_seen. Never moves last_seen back, never revives a session.
-_TOUCH_SESSION = """
-local v = redis.call('HMGET', KEYS[1], 'last_seen', 'expires_at', 'idle_timeout')
-if not v[1] then return 0 end
-local seen = tonumber(v[1])
-if tonumber(ARGV[1]) > seen then
-  seen = tonumber(ARGV[1])
-  redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
-end
-local dead = math.min(tonumber(v[2]), seen + tonumber(v[3]))
-redis.call('PEXPIREAT', KEYS[1], string.format('%d', math.ceil(dead * 1000)))
-return 1
-"""
-
-# KEYS: session. ARGV: user index prefix.
-_DELETE_SESSION = """
-local u = redis.call('HGET', KEYS[1], 'user_id')
-if not u then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', ARGV[1] .. u, KEYS[1])
-return 1
-"""
-
-# KEYS: user index. Counts only sessions that still existed.
-_DELETE_USER_SESSIONS = """
-local n = 0
-for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do n = n + redis.call('DEL', k) end
-redis.call('DEL', KEYS[1])
-return n
-"""
-
-# KEYS: user, email index. ARGV: id, email_key, data. Returns 0 if id or email is taken.
-_CREATE_USER = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('HSET', KEYS[1], 'data', ARGV[3], 'email_key', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: user, new email index. ARGV: id, email_key, data, email index prefix.
-# Returns -1 (no such user), 0 (email taken), 1 (updated).
-_UPDATE_USER = """
-local old = redis.call('HGET', KEYS[1], 'email_key')
-if not old then return -1 end
-local owner = redis.call('GET', KEYS[2])
-if owner and owner ~= ARGV[1] then return 0 end
-if old ~= ARGV[2] then redis.call('DEL', ARGV[4] .. old) end
-redis.call('HSET', KEYS[1], 'data', ARGV[3], 'email_key', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: link, hash index. ARGV: expires_at (ms), hash index prefix, field, value, ...
-_PUT_LINK = """
-local old = redis.call('HGET', KEYS[1], 'hashed_token')
-if old and redis.call('GET', ARGV[2] .. old) == KEYS[1] then
-  redis.call('DEL', ARGV[2] .. old)
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('PEXPIREAT', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], KEYS[1], 'PXAT', ARGV[1])
-"""
-
-# KEYS: link.
-_FAILED_ATTEMPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('HINCRBY', KEYS[1], 'failed_attempts', 1)
-"""
-
-# KEYS: link. ARGV: hash index prefix.
-_DELETE_LINK = """
-local old = redis.call('HGET', KEYS[1], 'hashed_token')
-if old and redis.call('GET', ARGV[1] .. old) == KEYS[1] then
-  redis.call('DEL', ARGV[1] .. old)
-end
-redis.call('DEL', KEYS[1])
-"""
-
-# KEYS: counter. ARGV: window reset (ms).
-_HIT = """
-local c = redis.call('INCR', KEYS[1])
-if c == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
-return c
-"""
-
-
-_SCRIPTS = (
-    _SET_STATE_ONCE, _CREATE_SESSION, _TOUCH_SESSION, _DELETE_SESSION, _DELETE_USER_SESSIONS,
-    _CREATE_USER, _UPDATE_USER, _PUT_LINK, _FAILED_ATTEMPT, _DELETE_LINK, _HIT,
-)  # fmt: skip
+_WAIT_TIMEOUT_MS = 1000  # below CALL_TIMEOUT: a slow replica is a clean 503
+_SHA = {
+    src: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
+    for src in (
+        lua.SET_STATE_ONCE, lua.INDEX_SESSION, lua.CREATE_SESSION, lua.TOUCH_SESSION,
+        lua.DELETE_SESSION, lua.DELETE_SESSION_OF, lua.CREATE_USER, lua.UPDATE_USER,
+        lua.PUT_LINK, lua.DELETE_LINK, lua.DELETE_INDEX_IF, lua.FAILED_ATTEMPT, lua.HIT,
+    )
+}  # fmt: skip
+Client = Redis | RedisCluster
 
 
 def _ms(epoch_seconds: float) -> int:
@@ -174,13 +78,12 @@ def _flat(fields: dict[str, str]) -> list[str]:
 def _unavailable() -> Iterator[None]:
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise StoreUnavailable(f"Redis: {exc}") from exc
 
 
 class RedisStore:
-    """A :class:`~sidecar.store.base.Store` in Redis (``redis://``, ``rediss://``,
-    ``unix:///path.sock?db=N``).
+    """A :class:`~sidecar.store.base.Store` in Redis.
 
     :meth:`open` does not contact Redis, so a replica starts while Redis is down and
     recovers by itself when it is back; until then every call raises
@@ -189,60 +92,80 @@ class RedisStore:
     order (redis-py's own blocking pool is not fair and starves some callers under load).
     """
 
-    def __init__(self, url: str, *, prefix: str = "sidecar:", max_connections: int = 32) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "sidecar:",
+        max_connections: int = 32,
+        options: RedisOptions | None = None,
+    ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        self._url = url
+        self._target = parse_redis_url(url)
+        self._options = options or RedisOptions()
         self._prefix = prefix
-        self._redis: Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._redis: Client | None = None
+        self._helpers: list[Redis] = []
+        # redis-py's async cluster client loses connections when commands run while it
+        # loads the slot map (seen with 8.1): load it alone, before any command and again
+        # after any error (a failover), and let commands through only once it is loaded.
+        self._slot_map_lock = asyncio.Lock()
+        self._slot_map_loaded = False
         self._slots = asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
+        self._users = f"{prefix}{{u}}:" if self._target.mode == "cluster" else prefix
 
     def __repr__(self) -> str:
-        return f"RedisStore(prefix={self._prefix!r})"  # the URL may carry a password
+        # The URL may carry a password; the mode and prefix are what a log reader needs.
+        return f"RedisStore({self._target.mode}, prefix={self._prefix!r})"
 
     async def open(self) -> None:
-        pool = ConnectionPool.from_url(
-            self._url,
-            max_connections=self._max_connections,
-            socket_connect_timeout=_CALL_TIMEOUT,
-            socket_timeout=_CALL_TIMEOUT,
-            health_check_interval=15,
-            # No automatic resend: a burn whose reply was lost must not run twice (the
-            # first click would come back "used"). A broken connection fails this call
-            # (503, fail closed) and the pool reconnects for the next one.
-            retry=Retry(NoBackoff(), retries=0),
-            decode_responses=True,
+        self._redis, self._helpers = build_client(
+            self._target, self._options, max_connections=self._max_connections
         )
-        self._redis = Redis.from_pool(pool)
-        self._scripts = {src: self._redis.register_script(src) for src in _SCRIPTS}
 
     async def close(self) -> None:
         redis, self._redis = self._redis, None
-        self._scripts = {}
-        if redis is not None:
-            with _unavailable():
-                await redis.aclose()
+        helpers, self._helpers = self._helpers, []
+        with _unavailable():
+            for client in [redis, *helpers]:
+                if client is not None:
+                    await client.aclose()
 
     @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[Redis]:
+    async def _call(self) -> AsyncIterator[Client]:
         """A client for one command, with a free connection; errors become StoreUnavailable."""
         if self._redis is None:
             raise StoreUnavailable("Redis store is not open")
         try:
-            async with asyncio.timeout(_CALL_TIMEOUT):
+            async with asyncio.timeout(CALL_TIMEOUT):
                 await self._slots.acquire()
         except TimeoutError as exc:
             raise StoreUnavailable("Redis: no free connection") from exc
         try:
             with _unavailable():
-                yield self._redis
+                if isinstance(self._redis, RedisCluster) and not self._slot_map_loaded:
+                    await self._load_slot_map(self._redis)
+                try:
+                    yield self._redis
+                except (RedisError, RedisClusterException):
+                    self._slot_map_loaded = False
+                    raise
         finally:
             self._slots.release()
 
+    async def _load_slot_map(self, cluster: RedisCluster) -> None:
+        async with self._slot_map_lock:
+            if not self._slot_map_loaded:
+                await cluster.initialize()
+                self._slot_map_loaded = True
+
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
+
+    def _user_key(self, kind: str, name: str) -> str:
+        return f"{self._users}{kind}:{name}"
 
     def _link_key(self, user_id: str, link_type: str) -> str:
         # The length prefix keeps ("a:b", "c") and ("a", "b:c") apart.
@@ -255,7 +178,7 @@ class RedisStore:
     # -- one-time tokens --------------------------------------------------------------
     async def _set_state(self, token_id: str, state: TokenState, expires_at: float) -> str | None:
         args = [state.value, _ms(expires_at), _MIN_TOKEN_TTL_MS]
-        old = await self._eval(_SET_STATE_ONCE, [self._key("tok", token_id)], args)
+        old = await self._eval_acked(lua.SET_STATE_ONCE, self._key("tok", token_id), args)
         return None if old is None else str(old)
 
     async def burn(self, token_id: str, expires_at: float) -> BurnResult:
@@ -275,61 +198,91 @@ class RedisStore:
     # -- sessions ---------------------------------------------------------------------
     async def create_session(self, session: SessionRecord) -> None:
         s = session
+        key = self._key("sess", s.key)
+        # Index first: if the second step fails, the index holds an entry that
+        # delete_user_sessions checks and skips, never a session it cannot find.
+        index = self._key("usess", s.user_id)
+        await self._eval(lua.INDEX_SESSION, [index], [key, _ms(s.expires_at)])
         dead_at = _ms(_codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout))
-        keys = [self._key("sess", s.key), self._key("usess", s.user_id)]
-        args: list[str | int] = [
-            dead_at,
-            _ms(s.expires_at),
-            self._key("usess", ""),
-            *_flat(_codec.session_fields(s)),
-        ]
-        await self._eval(_CREATE_SESSION, keys, args)
+        await self._eval(lua.CREATE_SESSION, [key], [dead_at, *_flat(_codec.session_fields(s))])
 
     async def get_session(self, key: str) -> SessionRecord | None:
         fields = await self._hgetall(self._key("sess", key))
         return _codec.session_from_fields(fields) if fields else None
 
     async def touch_session(self, key: str, last_seen: float) -> None:
-        await self._eval(_TOUCH_SESSION, [self._key("sess", key)], [repr(last_seen)])
+        await self._eval(lua.TOUCH_SESSION, [self._key("sess", key)], [repr(last_seen)])
 
     async def delete_session(self, key: str) -> bool:
-        keys = [self._key("sess", key)]
-        return await self._eval(_DELETE_SESSION, keys, [self._key("usess", "")]) == 1
+        session_key = self._key("sess", key)
+        user_id = await self._eval_acked(lua.DELETE_SESSION, session_key)
+        if not isinstance(user_id, str):
+            return False
+        async with self._call() as redis:
+            await redis.srem(self._key("usess", user_id), session_key)
+        return True
 
     async def delete_user_sessions(self, user_id: str) -> int:
-        return _int(await self._eval(_DELETE_USER_SESSIONS, [self._key("usess", user_id)]))
+        index = self._key("usess", user_id)
+        async with self._call() as redis:
+            members = sorted(str(m) for m in await redis.smembers(index))
+        results = await asyncio.gather(
+            *(self._eval_acked(lua.DELETE_SESSION_OF, m, [user_id]) for m in members)
+        )
+        # Entries of sessions not (yet) there stay: the session may be being created now,
+        # and its entry must outlive this call. The index expires with the last session.
+        done = [m for m, r in zip(members, results, strict=True) if r != 0]
+        if done:
+            async with self._call() as redis:
+                await redis.srem(index, *done)
+        return sum(1 for r in results if r == 1)
 
     # -- users ------------------------------------------------------------------------
     async def create_user(self, user: User) -> None:
         email_key = _codec.email_key(user.email)
-        keys = [self._key("user", user.id), self._key("email", email_key)]
+        keys = [self._user_key("user", user.id), self._user_key("email", email_key)]
         args = [user.id, email_key, _codec.user_to_json(user)]
-        if await self._eval(_CREATE_USER, keys, args) != 1:
+        if await self._eval(lua.CREATE_USER, keys, args) != 1:
             raise UserExists("a user with this email already exists")
 
     async def update_user(self, user: User) -> None:
         email_key = _codec.email_key(user.email)
-        keys = [self._key("user", user.id), self._key("email", email_key)]
-        args = [user.id, email_key, _codec.user_to_json(user), self._key("email", "")]
-        if await self._eval(_UPDATE_USER, keys, args) == 0:
-            raise UserExists("a user with this email already exists")
+        user_key = self._user_key("user", user.id)
+        for _ in range(8):  # another replica changing the same user's email: read again
+            async with self._call() as redis:
+                old = _text(await redis.hget(user_key, "email_key"))
+            if old is None:
+                return
+            keys = [user_key, self._user_key("email", email_key), self._user_key("email", old)]
+            args = [user.id, email_key, _codec.user_to_json(user), old]
+            result = await self._eval(lua.UPDATE_USER, keys, args)
+            if result == 0:
+                raise UserExists("a user with this email already exists")
+            if result != -2:
+                return
+        raise StoreUnavailable("Redis: the user kept changing while it was being updated")
 
     async def get_user(self, user_id: str) -> User | None:
         async with self._call() as redis:
-            data = _text(await redis.hget(self._key("user", user_id), "data"))
+            data = _text(await redis.hget(self._user_key("user", user_id), "data"))
         return None if data is None else _codec.user_from_json(data)
 
     async def get_user_by_email(self, email: str) -> User | None:
-        user_id = await self._get(self._key("email", _codec.email_key(email)))
+        user_id = await self._get(self._user_key("email", _codec.email_key(email)))
         return None if user_id is None else await self.get_user(user_id)
 
     # -- pending auth links -----------------------------------------------------------
     async def put_link(self, link: PendingLink) -> None:
         link_key = self._link_key(link.user_id, link.link_type)
-        keys = [link_key, self._key("linkhash", link.hashed_token)]
-        args: list[str | int] = [_ms(link.expires_at), self._key("linkhash", "")]
-        args += _flat(_codec.link_fields(link))
-        await self._eval(_PUT_LINK, keys, args)
+        expires = _ms(link.expires_at)
+        # Index first; a reader checks the link's hashed_token, so an index entry whose
+        # link was never written (or was replaced) finds nothing.
+        async with self._call() as redis:
+            await redis.set(self._key("linkhash", link.hashed_token), link_key, pxat=expires)
+        args: list[str | int] = [expires, *_flat(_codec.link_fields(link))]
+        old = await self._eval(lua.PUT_LINK, [link_key], args)
+        if isinstance(old, str) and old != link.hashed_token:
+            await self._drop_hash_index(old, link_key)
 
     async def get_link(self, user_id: str, link_type: str) -> PendingLink | None:
         fields = await self._hgetall(self._link_key(user_id, link_type))
@@ -340,23 +293,29 @@ class RedisStore:
         if link_key is None:
             return None
         fields = await self._hgetall(link_key)
-        # The index is written with the link, but a replaced link may be read in between.
+        # The index is written before the link, and a replaced link's entry may linger.
         if not fields or fields.get("hashed_token") != hashed_token:
             return None
         return _codec.link_from_fields(fields)
 
     async def record_failed_attempt(self, user_id: str, link_type: str) -> int:
-        return _int(await self._eval(_FAILED_ATTEMPT, [self._link_key(user_id, link_type)]))
+        return _int(await self._eval(lua.FAILED_ATTEMPT, [self._link_key(user_id, link_type)]))
 
     async def delete_link(self, user_id: str, link_type: str) -> None:
-        keys = [self._link_key(user_id, link_type)]
-        await self._eval(_DELETE_LINK, keys, [self._key("linkhash", "")])
+        link_key = self._link_key(user_id, link_type)
+        old = await self._eval(lua.DELETE_LINK, [link_key])
+        if isinstance(old, str):
+            await self._drop_hash_index(old, link_key)
+
+    async def _drop_hash_index(self, hashed_token: str, link_key: str) -> None:
+        await self._eval(lua.DELETE_INDEX_IF, [self._key("linkhash", hashed_token)], [link_key])
 
     # -- rate limits ------------------------------------------------------------------
     async def hit(self, key: str, window: float, now: float) -> tuple[int, float]:
         reset = _codec.window_reset(window, now)
-        counter = self._key("rl", f"{reset!r}:{key}")
-        return _int(await self._eval(_HIT, [counter], [_ms(reset)])), reset
+        # The window is in the name: a 60 s and a 1 h window may end at the same second.
+        counter = self._key("rl", f"{window:g}:{reset!r}:{key}")
+        return _int(await self._eval(lua.HIT, [counter], [_ms(reset)])), reset
 
     # -- housekeeping -----------------------------------------------------------------
     async def purge_expired(self, now: float) -> int:
@@ -369,11 +328,35 @@ class RedisStore:
             return _text(await redis.get(key))
 
     async def _eval(self, script: str, keys: list[str], args: Sequence[str | int] = ()) -> object:
-        compiled = self._scripts.get(script)
-        if compiled is None:
-            raise StoreUnavailable("Redis store is not open")
-        async with self._call():
-            result: object = await compiled(keys=keys, args=args)
+        async with self._call() as redis:
+            try:
+                result: object = await redis.evalsha(_SHA[script], len(keys), *keys, *args)
+            except NoScriptError:  # not run: this node has not cached the script yet
+                result = await redis.eval(script, len(keys), *keys, *args)
+        return result
+
+    async def _eval_acked(self, script: str, key: str, args: Sequence[str | int] = ()) -> object:
+        """Run a one-key write and, with ``min_replicas_ack``, ``WAIT`` for the replicas
+        on the same connection (``WAIT`` counts only that connection's writes)."""
+        need = self._options.min_replicas_ack
+        if need == 0:
+            return await self._eval(script, [key], args)
+        async with self._call() as redis:
+            if isinstance(redis, RedisCluster):
+                node = redis.get_node_from_key(key)
+                cpipe = redis.pipeline()
+                cpipe.eval(script, 1, key, *args)
+                cpipe.execute_command("WAIT", need, _WAIT_TIMEOUT_MS, target_nodes=node)
+                result, acked = await cpipe.execute()
+                if redis.get_node_from_key(key) is not node:  # redirected: WAIT went astray
+                    raise StoreUnavailable("Redis: the slot moved during an acknowledged write")
+            else:
+                pipe = redis.pipeline(transaction=False)
+                pipe.eval(script, 1, key, *args)
+                pipe.execute_command("WAIT", need, _WAIT_TIMEOUT_MS)
+                result, acked = await pipe.execute()
+        if not isinstance(acked, int) or acked < need:
+            raise StoreUnavailable(f"Redis: write acknowledged by {acked} of {need} replicas")
         return result
 
     async def _hgetall(self, key: str) -> dict[str, str]:

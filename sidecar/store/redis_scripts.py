@@ -1,0 +1,125 @@
+"""The Lua scripts of the Redis store.
+
+Every script names each key it touches in ``KEYS`` and never builds a key name as it runs,
+so Redis Cluster can route it: all of a script's keys hash to one slot. Where a record and
+its index cannot share a slot (a session and its user's index, a link and its hash index),
+the store writes them in separate steps ordered so that a failure in between leaves only
+an index entry that readers check and ignore — never a record that an index misses.
+"""
+
+from __future__ import annotations
+
+# KEYS: token key. ARGV: state to set, expires_at (ms), min ttl (ms). Returns old state.
+SET_STATE_ONCE = """
+local t = redis.call('TIME')
+local floor = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
+local at = math.max(tonumber(ARGV[2]), floor)
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', at, 'GET')
+"""
+
+# KEYS: user index. ARGV: session key, expires_at (ms). The index lives until the last
+# session's *absolute* expiry: touches push a session's own expiry forward, and the index
+# must still find it then.
+INDEX_SESSION = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PEXPIRETIME', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+end
+"""
+
+# KEYS: session. ARGV: dead_at (ms), field, value, ...
+CREATE_SESSION = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+"""
+
+# KEYS: session. ARGV: last_seen. Never moves last_seen back, never revives a session.
+TOUCH_SESSION = """
+local v = redis.call('HMGET', KEYS[1], 'last_seen', 'expires_at', 'idle_timeout')
+if not v[1] then return 0 end
+local seen = tonumber(v[1])
+if tonumber(ARGV[1]) > seen then
+  seen = tonumber(ARGV[1])
+  redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
+end
+local dead = math.min(tonumber(v[2]), seen + tonumber(v[3]))
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', math.ceil(dead * 1000)))
+return 1
+"""
+
+# KEYS: session. Returns the user id it had, or false if there was none.
+DELETE_SESSION = """
+local u = redis.call('HGET', KEYS[1], 'user_id')
+if u then redis.call('DEL', KEYS[1]) end
+return u
+"""
+
+# KEYS: session. ARGV: user id. 1 deleted, 0 no such session, -1 it belongs to another
+# user (the key was reused; the index entry is stale).
+DELETE_SESSION_OF = """
+local u = redis.call('HGET', KEYS[1], 'user_id')
+if not u then return 0 end
+if u ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: user, email index. ARGV: id, email_key, data. Returns 0 if id or email is taken.
+CREATE_USER = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[3], 'email_key', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: user, new email index, old email index. ARGV: id, email_key, data, old email_key
+# as the caller read it. Returns -1 (no such user), -2 (the email changed since it was
+# read: read again), 0 (email taken), 1 (updated).
+UPDATE_USER = """
+local old = redis.call('HGET', KEYS[1], 'email_key')
+if not old then return -1 end
+if old ~= ARGV[4] then return -2 end
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] then return 0 end
+if old ~= ARGV[2] then redis.call('DEL', KEYS[3]) end
+redis.call('HSET', KEYS[1], 'data', ARGV[3], 'email_key', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: link. ARGV: expires_at (ms), field, value, ... Returns the replaced link's
+# hashed_token (or false) so the caller can drop its index entry.
+PUT_LINK = """
+local old = redis.call('HGET', KEYS[1], 'hashed_token')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return old
+"""
+
+# KEYS: link. Returns the deleted link's hashed_token, or false.
+DELETE_LINK = """
+local old = redis.call('HGET', KEYS[1], 'hashed_token')
+redis.call('DEL', KEYS[1])
+return old
+"""
+
+# KEYS: hash index. ARGV: the link key it must still point at to be deleted.
+DELETE_INDEX_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: link.
+FAILED_ATTEMPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'failed_attempts', 1)
+"""
+
+# KEYS: counter. ARGV: window reset (ms).
+HIT = """
+local c = redis.call('INCR', KEYS[1])
+if c == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
+return c
+"""
