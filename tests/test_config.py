@@ -283,3 +283,49 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
         load_config(write_config(tmp_path, config_doc(admin={"key": inline})), env=ENV)
     assert inline not in str(info.value)
     assert inline not in repr(info.value)
+
+
+# -- pages.dir ---------------------------------------------------------------------------
+
+
+def _pages(directory: Path, files: dict[str, str]) -> dict[str, object]:
+    (directory / "pages").mkdir()
+    for name, text in files.items():
+        (directory / "pages" / name).write_text(text, encoding="utf-8")
+    return config_doc(pages={"dir": "pages"})
+
+
+def test_pages_dir_templates_are_read_relative_to_the_config(tmp_path: Path) -> None:
+    doc = _pages(tmp_path, {"used.html": "<p>$message</p>", "logout.html": "<b>$title</b>$form"})
+    (tmp_path / "pages" / ".hidden").write_text("editor swap file")
+    cfg = build_config(tmp_path, doc)
+    assert dict(cfg.pages) == {"used": "<p>$message</p>", "logout": "<b>$title</b>$form"}
+    assert dict(build_config(tmp_path / "pages", config_doc()).pages) == {}
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"),
+    [
+        ({"usd.html": "x"}, "pages.dir: usd.html: not a page; expected <page>.html for one of:"),
+        ({"used.htm": "x"}, "pages.dir: used.htm: not a page"),
+        ({"used.html": "$mesage"}, "pages.dir: used.html: unknown placeholder $mesage"),
+        ({"confirm.html": "<p>$title</p>"}, "pages.dir: confirm.html: the page must contain $form"),
+        ({"failure.html": "costs $5"}, "pages.dir: failure.html: a $ that is not a placeholder"),
+    ],
+)
+def test_pages_dir_mistakes_are_config_errors(
+    tmp_path: Path, files: dict[str, str], fragment: str
+) -> None:
+    errors = errors_of(tmp_path, _pages(tmp_path, files))
+    assert any(e.startswith(fragment) for e in errors), errors
+
+
+def test_a_page_template_must_be_utf8(tmp_path: Path) -> None:
+    doc = _pages(tmp_path, {})
+    (tmp_path / "pages" / "failure.html").write_bytes(b"\xff\xfe")
+    assert errors_of(tmp_path, doc) == ["pages.dir: failure.html: not UTF-8"]
+
+
+def test_pages_dir_must_exist(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, config_doc(pages={"dir": "nowhere"}))
+    assert errors == [f"pages.dir: {tmp_path / 'nowhere'} is not a directory"]

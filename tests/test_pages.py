@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from sidecar.config.pages import MESSAGES
 from sidecar.web import pages
 
 Client = TestClient[web.Request, web.Application]
@@ -26,10 +27,10 @@ async def client(aiohttp_client: ClientFactory) -> Client:
         )
 
     async def confirm(request: web.Request) -> web.StreamResponse:
-        return pages.confirm_page()
+        return pages.confirm_page(request)
 
     async def logout(request: web.Request) -> web.StreamResponse:
-        return pages.logout_page()
+        return pages.logout_page(request)
 
     app = web.Application()
     app.router.add_get("/fail", fail)
@@ -71,7 +72,7 @@ async def test_json_shape(client: Client) -> None:
     assert await response.json() == {
         "code": 429,
         "error": "rate_limited",
-        "message": pages.MESSAGES["rate_limited"],
+        "message": MESSAGES["rate_limited"],
     }
 
 

@@ -14,11 +14,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import yaml
 
 from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.config.pages import load_page_templates
 from sidecar.config.reader import Reader
 from sidecar.config.values import HostPort, RateLimit, Secret
 from sidecar.links.redirects import RedirectPatternError, compile_pattern
@@ -135,6 +137,8 @@ class Config:
     metrics_listen: HostPort | None
     log_level: str
     grace_period: float
+    # pages.dir: page name -> the operator's template (sidecar.config.pages); empty: built-in.
+    pages: Mapping[str, str]
 
     @property
     def identity_header_names(self) -> frozenset[str]:
@@ -327,6 +331,12 @@ def _build(r: Reader) -> Config | None:
     metrics_listen = metrics.optional_hostport("listen")
     log_level = root.choice("logging.level", ("debug", "info", "warning", "error"), "info")
     grace = root.duration("shutdown.grace_period", 30.0, at_most=3600.0)
+    pages: dict[str, str] = {}
+    pages_dir = root.optional_string("pages.dir")
+    if pages_dir is not None:
+        pages, problems = load_page_templates(r.base_dir / pages_dir)
+        for problem in problems:
+            r.error("pages.dir", problem)
     r.finish()
     if not roles and not any(e.startswith("roles") for e in r.errors):
         r.error("roles", "at least one role is required")
@@ -348,6 +358,7 @@ def _build(r: Reader) -> Config | None:
         metrics_listen=metrics_listen,
         log_level=log_level,
         grace_period=grace,
+        pages=MappingProxyType(pages),
     )
 
 

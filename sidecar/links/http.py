@@ -27,6 +27,7 @@ from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from sidecar.config import RoleConfig
+from sidecar.config.pages import MESSAGES
 from sidecar.links.generate import (
     LinkRequestError,
     UnprocessableLink,
@@ -125,7 +126,7 @@ def register_verify(app: web.Application) -> None:
 async def verify(request: web.Request) -> web.StreamResponse:
     if request.method == hdrs.METH_HEAD:
         # Link scanners and previews: answered without looking at the token.
-        return _no_store(pages.confirm_page())
+        return _no_store(pages.confirm_page(request))
     if request.method == hdrs.METH_GET:
         return await _verify_link(request)
     if request.method == hdrs.METH_POST:
@@ -146,7 +147,7 @@ async def _verify_link(request: web.Request) -> web.StreamResponse:
             raise VerifyFailed("malformed")
         if role.redeem == "confirm" and request.method == hdrs.METH_GET:
             await check_token(services, token, link_type, redirect_to)
-            return _no_store(pages.confirm_page())
+            return _no_store(pages.confirm_page(request))
         verified = await redeem_token(services, token, link_type, redirect_to)
         cookie = await _start_session(request, verified, role)
     except VerifyFailed as failed:
@@ -266,7 +267,7 @@ def _json_failure(status: int, reason: str, *, retry_after: int | None = None) -
     headers = dict(pages.SECURITY_HEADERS)
     if retry_after is not None:
         headers[hdrs.RETRY_AFTER] = str(retry_after)
-    message = pages.MESSAGES.get(reason, "The request is not valid.")
+    message = MESSAGES.get(reason, "The request is not valid.")
     body = {"code": status, "error": reason, "message": message}
     return web.json_response(body, status=status, headers=headers)
 

@@ -24,6 +24,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
+from sidecar.config.pages import MESSAGES
 from sidecar.links import http as links_http
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.forward import Forwarder
@@ -169,7 +170,7 @@ class Gateway:
         """``POST`` ends the session, clears the cookie and 303s to a same-origin ``rd``/
         ``next`` path (``/`` otherwise); ``GET`` shows the button (links must not log out)."""
         if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
-            return pages.logout_page()
+            return pages.logout_page(request)
         if request.method != hdrs.METH_POST:
             return pages.method_not_allowed(request, "GET, HEAD, POST")
         try:
@@ -188,7 +189,7 @@ class Gateway:
         well answer 401 to someone who just signed out)."""
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
             return pages.method_not_allowed(request, "GET, HEAD")
-        return pages.signed_out_page()
+        return pages.signed_out_page(request)
 
     async def session(self, request: web.Request) -> web.StreamResponse:
         """The current identity as JSON, or a 401."""
@@ -204,7 +205,7 @@ class Gateway:
                 {
                     "code": 401,
                     "error": "unauthenticated",
-                    "message": pages.MESSAGES["unauthenticated"],
+                    "message": MESSAGES["unauthenticated"],
                 },
             )
         record = session.record

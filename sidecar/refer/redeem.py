@@ -75,7 +75,7 @@ class Redeemer:
     async def redeem(self, request: web.Request) -> web.StreamResponse:
         method = request.method
         if method == hdrs.METH_HEAD:
-            return pages.confirm_page()
+            return pages.confirm_page(request)
         if method not in (hdrs.METH_GET, hdrs.METH_POST):
             return pages.method_not_allowed(request, "GET, HEAD, POST")
         try:
@@ -118,7 +118,7 @@ class Redeemer:
                 # Only the POST from the button burns; the GET checks without consuming.
                 state = await self._services.store.token_state(claims.token_id)
                 _check_state(state, claims)
-                return pages.confirm_page()
+                return pages.confirm_page(request)
             if claims.one_time:
                 result = await self._services.store.burn(claims.token_id, claims.expires_at)
                 if result is BurnResult.ALREADY_USED:

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import html
 import json
+import string
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from aiohttp import hdrs, web
+
+from sidecar.config.pages import MESSAGES
+from sidecar.web.appkeys import SERVICES
 
 # Every answer the sidecar makes itself about a link or a session: never cached, and the
 # URL (it may carry a token) never sent on as a Referer.
@@ -26,35 +31,6 @@ SECURITY_HEADERS = {
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     ),
-}
-
-MESSAGES = {
-    "malformed": "This link is not valid. Check that it was copied completely.",
-    "tampered": "This link is not valid. Check that it was copied completely.",
-    "unknown_key": "This link is no longer valid. Ask for a new one.",
-    "unknown_role": "This link is no longer valid. Ask for a new one.",
-    "expired": "This link has expired. Ask for a new one.",
-    "used": "This link has already been used. Ask for a new one.",
-    "revoked": "This link has been withdrawn. Ask for a new one.",
-    "superseded": "A newer link has been sent; use that one instead.",
-    "store_unavailable": "The service is temporarily unavailable. Try again in a moment.",
-    "rate_limited": "Too many failed attempts. Wait a while before trying again.",
-    "forbidden": "You do not have access to this page.",
-    "unauthenticated": "You need to sign in with a valid link to see this page.",
-    "bad_path": "This address is not valid.",
-    "bad_request": "The request is not valid.",
-    "uri_too_long": "This address is too long.",
-    "headers_too_large": "The request carries too much header data (often: too many cookies).",
-    "bad_gateway": "The application is not reachable right now. Try again in a moment.",
-    "gateway_timeout": "The application took too long to answer. Try again in a moment.",
-    "not_found": "There is nothing here.",
-    "method_not_allowed": "This method is not allowed here.",
-    # auth links (sidecar.links.verify)
-    "invalid_otp": "The code is wrong or has expired. Check it, or ask for a new one.",
-    "invalid_link": "This link is not valid or has expired. Ask for a new one.",
-    "redirect_mismatch": "This link is not valid. Check that it was copied completely.",
-    "email_exists": "This email address already belongs to another account.",
-    "weak_password": "The new password is too short: use at least 8 characters.",
 }
 
 _STYLE = (
@@ -109,7 +85,13 @@ def failure(
         return web.Response(
             status=status, text=body, content_type="application/json", headers=headers
         )
-    return _html(status, headers, f"{status} {phrase}", f"<p>{html.escape(message)}</p>")
+    title = f"{status} {phrase}"
+    templates = _templates(request)
+    own = templates.get(reason) or templates.get("failure")
+    if own is not None:
+        values = {"status": str(status), "title": title, "message": message, "reason": reason}
+        return _own_html(status, headers, own, values)
+    return _html(status, headers, title, f"<p>{html.escape(message)}</p>")
 
 
 def method_not_allowed(request: web.BaseRequest, allow: str) -> web.Response:
@@ -119,31 +101,59 @@ def method_not_allowed(request: web.BaseRequest, allow: str) -> web.Response:
     return response
 
 
-def confirm_page() -> web.Response:
-    """The button that turns a scanned-safe ``GET`` into the ``POST`` that redeems.
-
-    The form has no ``action``, so it posts to the very URL it was served from, token
-    included: the token never appears in the page itself."""
-    body = (
-        "<p>Press the button to sign in. This link works once.</p>"
-        '<form method="post"><button type="submit">Continue</button></form>'
-    )
-    return _html(200, dict(SECURITY_HEADERS), "Sign in", body)
+# The forms post to the very URL the page was served from (no ``action``): for a confirm
+# page that URL holds the token, which so never appears in the page itself.
+_CONFIRM_FORM = '<form method="post"><button type="submit">Continue</button></form>'
+_LOGOUT_FORM = '<form method="post"><button type="submit">Sign out</button></form>'
 
 
-def logout_page() -> web.Response:
+def confirm_page(request: web.BaseRequest) -> web.Response:
+    """The button that turns a scanned-safe ``GET`` into the ``POST`` that redeems."""
+    body = "<p>Press the button to sign in. This link works once.</p>" + _CONFIRM_FORM
+    return _page(request, "confirm", "Sign in", body, form=_CONFIRM_FORM)
+
+
+def logout_page(request: web.BaseRequest) -> web.Response:
     """The button that signs out: a ``GET`` alone never ends a session."""
-    body = (
-        "<p>Do you want to sign out?</p>"
-        '<form method="post"><button type="submit">Sign out</button></form>'
-    )
-    return _html(200, dict(SECURITY_HEADERS), "Sign out", body)
+    body = "<p>Do you want to sign out?</p>" + _LOGOUT_FORM
+    return _page(request, "logout", "Sign out", body, form=_LOGOUT_FORM)
 
 
-def signed_out_page() -> web.Response:
+def signed_out_page(request: web.BaseRequest) -> web.Response:
     """Where a logout lands when it names no other place."""
     body = '<p>You are signed out.</p><p><a href="/">Back to the start page</a></p>'
-    return _html(200, dict(SECURITY_HEADERS), "Signed out", body)
+    return _page(request, "signed_out", "Signed out", body)
+
+
+def _page(
+    request: web.BaseRequest, name: str, title: str, body: str, *, form: str | None = None
+) -> web.Response:
+    own = _templates(request).get(name)
+    if own is None:
+        return _html(200, dict(SECURITY_HEADERS), title, body)
+    values = {"title": title} if form is None else {"title": title, "form": form}
+    return _own_html(200, dict(SECURITY_HEADERS), own, values, trusted=("form",))
+
+
+def _templates(request: web.BaseRequest) -> Mapping[str, str]:
+    """The operator's templates (``pages.dir``) of the app serving ``request``."""
+    app = request.app if isinstance(request, web.Request) else None
+    if app is None or SERVICES not in app:
+        return {}
+    return app[SERVICES].config.pages
+
+
+def _own_html(
+    status: int,
+    headers: dict[str, str],
+    template: str,
+    values: Mapping[str, str],
+    trusted: tuple[str, ...] = (),
+) -> web.Response:
+    """An operator's template filled in; every value is escaped but the forms we built."""
+    filled = {k: v if k in trusted else html.escape(v) for k, v in values.items()}
+    text = string.Template(template).safe_substitute(filled)
+    return web.Response(status=status, text=text, content_type="text/html", headers=headers)
 
 
 def _html(status: int, headers: dict[str, str], title: str, body: str) -> web.Response:

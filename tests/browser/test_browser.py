@@ -7,56 +7,14 @@ tests skip on a laptop and fail in CI (``tests.conftest.skip_or_fail``). Screens
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import skip_or_fail
-from tests.demo_process import ROOT, Demo, running_demo
-
-CHROMIUM = Path(os.environ.get("SIDECAR_CHROMIUM", "/usr/lib/chromium/chromium"))
-ARTIFACTS = ROOT / "artifacts" / "browser"
-# Quiet, deterministic Chromium: nothing phones home or updates itself during a test.
-CHROMIUM_ARGS = [
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-default-apps",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--disable-extensions",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--metrics-recording-only",
-]
-TIMEOUT_MS = 15_000
+from tests.browser.chromium import Browser, fresh_page, screenshot, session_cookies
+from tests.demo_process import Demo, running_demo
 
 pytestmark = pytest.mark.browser
-
-# Playwright ships no type information mypy can use; the page objects are typed as Any here.
-Page = Any
-Browser = Any
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_or_fail("Playwright for Python is not installed (pip install playwright)")
-        raise
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,26 +22,6 @@ def demo() -> Iterator[Demo]:
     # One demo for the module: each test opens a different one of its links.
     with running_demo() as running:
         yield running
-
-
-def fresh_page(browser: Browser) -> Page:
-    """A page in a new browser context: no cookies, no history (a fresh browser)."""
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    return page
-
-
-def screenshot(page: Page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 1000
-    return path
-
-
-def session_cookies(page: Page) -> list[dict[str, Any]]:
-    return [c for c in page.context.cookies() if c["name"] == "sidecar_session"]
 
 
 def test_refer_link_lands_on_the_module_and_survives_a_reload(browser: Browser, demo: Demo) -> None:
