@@ -11,13 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser.test_browser import (  # the module-scoped Chromium and page helpers
-    Browser,
-    browser,  # noqa: F401  # a fixture, used by name
-    fresh_page,
-    screenshot,
-    session_cookies,
-)
+from tests.browser.chromium import Browser, fresh_page, screenshot, session_cookies
 from tests.nginx_stack import Stack, running_stack
 
 pytestmark = pytest.mark.browser
@@ -29,7 +23,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def test_link_reload_logout_through_nginx(browser: Browser, stack: Stack) -> None:  # noqa: F811
+def test_link_reload_logout_through_nginx(browser: Browser, stack: Stack) -> None:
     link = stack.mint("alice", module="orders", tenant="acme")
     page = fresh_page(browser)
     try:
