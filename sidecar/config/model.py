@@ -147,7 +147,9 @@ class Config:
 
 
 # Routes the proxy listener serves under proxy.prefix (sidecar.proxy.gateway).
-_PREFIX_ROUTES = ("/auth", "/signin", "/logout", "/session", "/healthz", "/readyz", "/verify")
+_PREFIX_ROUTES = (
+    "/auth", "/signin", "/logout", "/signed-out", "/session", "/healthz", "/readyz", "/verify",
+)
 
 DEFAULT_HEADERS = {
     "X-Forwarded-User": "{user_id}",
