@@ -148,7 +148,14 @@ class Config:
 
 # Routes the proxy listener serves under proxy.prefix (sidecar.proxy.gateway).
 _PREFIX_ROUTES = (
-    "/auth", "/signin", "/logout", "/signed-out", "/session", "/healthz", "/readyz", "/verify",
+    "/auth",
+    "/signin",
+    "/logout",
+    "/signed-out",
+    "/session",
+    "/healthz",
+    "/readyz",
+    "/verify",
 )
 
 DEFAULT_HEADERS = {
