@@ -126,6 +126,7 @@ class SessionManager:
         params: dict[str, str] | None = None,
         email: str | None = None,
         module: str | None = None,
+        client: str | None = None,
     ) -> str:
         """Store a new session and return the cookie value to send (once) to the browser."""
         cookie_value = secrets.token_urlsafe(32)
@@ -142,6 +143,7 @@ class SessionManager:
             token_id=token_id,
             email=email,
             module=module,
+            client=client,
         )
         await self._services.store.create_session(record)
         return cookie_value

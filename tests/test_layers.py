@@ -16,6 +16,7 @@ DOMAIN_MODULES = [
     "sidecar.config",
     "sidecar.tokens.keys",
     "sidecar.tokens.codec",
+    "sidecar.tokens.records",
     "sidecar.refer.minting",
     "sidecar.links.generate",
     "sidecar.links.verify",

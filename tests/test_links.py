@@ -89,7 +89,7 @@ def token_of(link: GeneratedLink) -> str:
 
 
 @pytest.mark.parametrize(
-    "kind", [None, "", "MagicLink", "refer", "email_change_new", 5, ["signup"]]
+    "kind", [None, "", "MagicLink", "refer", "email_change_old", 5, ["signup"]]
 )
 def test_invalid_type_is_the_seeds_exact_error(tmp_path: Path, kind: object) -> None:
     with pytest.raises(InvalidLinkRequest) as caught:

@@ -589,7 +589,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
             "code": 400,
             "msg": "Invalid request",
             "details": "unknown field(s): userId; allowed: "
-            "type, email, redirect_to, data, password, new_email",
+            "type, email, redirect_to, redirectTo, data, password, new_email",
         },
     ),
     (

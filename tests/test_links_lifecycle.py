@@ -140,3 +140,41 @@ async def test_concurrent_generate_for_a_new_address_is_idempotent(
         # One user: every answer names it (GoTrue puts the user's fields beside the link).
         assert {json.loads(text)["id"] for text in texts} == {user.id}
         assert await sc.store.get_link(user.id, kind) is not None
+
+
+# -- the request shapes @supabase/auth-js sends ---------------------------------------------
+
+
+async def test_redirect_to_from_the_query_and_redirect_to_in_the_body(env: Env) -> None:
+    await env.user("q@example.com")
+    target = "http://app.test/after"
+    body = {"type": "magiclink", "email": "q@example.com", "redirectTo": target}
+    response = await env.admin.post(
+        "/admin/generate_link", params={"redirect_to": target}, json=body, headers=AUTH
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["redirect_to"] == target
+    only_query = await env.admin.post(
+        "/admin/generate_link",
+        params={"redirect_to": target},
+        json={"type": "magiclink", "email": "q@example.com"},
+        headers=AUTH,
+    )
+    assert (await only_query.json())["redirect_to"] == target
+    disagree = await env.admin.post(
+        "/admin/generate_link",
+        params={"redirect_to": "http://app.test/elsewhere"},
+        json=body,
+        headers=AUTH,
+    )
+    assert disagree.status == 400
+    assert (await disagree.json())["msg"] == "Invalid redirect_to"
+
+
+@pytest.mark.parametrize("kind", ["email_change_current", "email_change_new"])
+async def test_auth_js_email_change_types_are_the_one_email_change(env: Env, kind: str) -> None:
+    await env.user("cur@example.com")
+    doc = await env.link(type=kind, email="cur@example.com", new_email="next@example.com")
+    assert doc["verification_type"] == "email_change"
+    assert (await env.follow(doc["action_link"])).status == 303
+    assert await env.sc.store.get_user_by_email("next@example.com") is not None

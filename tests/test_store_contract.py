@@ -27,7 +27,9 @@ from sidecar.store import (
     SQLiteStore,
     Store,
     StoreUnavailable,
+    TokenRecord,
     TokenState,
+    TokenUse,
     User,
     UserExists,
     open_store,
@@ -137,7 +139,84 @@ async def test_concurrent_burns_of_many_ids(store: Store, now: float) -> None:
     assert results.count(BurnResult.ALREADY_USED) == 400
 
 
+async def test_token_use_says_when(store: Store, now: float) -> None:
+    assert await store.token_use("t") == TokenUse(TokenState.UNUSED, None)
+    before = time.time()
+    await store.burn("t", now + HOUR)
+    await store.revoke("r", now + HOUR)
+    after = time.time()
+    used, revoked = await store.token_use("t"), await store.token_use("r")
+    assert used.state is TokenState.USED
+    assert revoked.state is TokenState.REVOKED
+    for use in (used, revoked):
+        assert use.at is not None
+        assert before - 1 <= use.at <= after + 1  # the store's clock (Redis: its TIME)
+    await store.revoke("t", now + HOUR)  # USED stays USED, and so does its time
+    assert await store.token_use("t") == used
+
+
+# -- minted-link records --------------------------------------------------------------------
+def record(ident: str, created: float, *, user: str = "u:1", kind: str = "refer") -> TokenRecord:
+    return TokenRecord(
+        token_id=ident, kind=kind, user_id=user, role="Viewer", created_at=created,
+        expires_at=created + HOUR, one_time=kind != "refer", email=None, module="m1",
+    )  # fmt: skip
+
+
+async def test_token_records_round_trip(store: Store, now: float) -> None:
+    magic = dataclasses.replace(record("m", now, kind="magiclink"), email="a@x.org", module=None)
+    await store.record_token(magic, now + HOUR)
+    await store.record_token(record("r", now), now + HOUR)
+    assert await store.get_token("m") == magic
+    assert await store.get_token("r") == record("r", now)
+    assert await store.get_token("nope") is None
+
+
+async def test_list_user_tokens_pages_newest_first(store: Store, now: float) -> None:
+    # Three share a created_at: the id breaks the tie, and the cursor must not skip any.
+    made = [record(f"t{i}", now + (i // 3)) for i in range(8)]
+    for r in made:
+        await store.record_token(r, now + HOUR)
+    await store.record_token(record("other", now, user="u:2"), now + HOUR)
+    newest_first = sorted(made, key=lambda r: (r.created_at, r.token_id), reverse=True)
+    pages: list[list[TokenRecord]] = []
+    after: tuple[float, str] | None = None
+    while True:
+        page = await store.list_user_tokens("u:1", 3, after)
+        if not page:
+            break
+        pages.append(page)
+        after = (page[-1].created_at, page[-1].token_id)
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [r for p in pages for r in p] == newest_first
+    assert await store.list_user_tokens("u:2", 10) == [record("other", now, user="u:2")]
+    assert await store.list_user_tokens("nobody", 10) == []
+
+
+async def test_token_records_go_after_keep_until(backend: Backend, now: float) -> None:
+    store = backend.store
+    await store.record_token(record("old", now - 10), now - 1)
+    await store.record_token(record("new", now), now + HOUR)
+    await store.purge_expired(now)  # SQLite deletes; Redis has expired the key already
+    assert await store.get_token("old") is None
+    assert [r.token_id for r in await store.list_user_tokens("u:1", 10)] == ["new"]
+
+
 # -- sessions -----------------------------------------------------------------------------
+async def test_list_user_sessions(store: Store, now: float) -> None:
+    first = dataclasses.replace(session("a1", now, user="ann"), client="192.0.2.7")
+    second = session("a2", now + 1, user="ann")
+    await store.create_session(second)
+    await store.create_session(first)
+    await store.create_session(session("b1", now, user="bob"))
+    assert await store.list_user_sessions("ann") == [first, second]
+    await store.delete_session("a1")
+    assert await store.list_user_sessions("ann") == [second]
+    await store.delete_user_sessions("ann")
+    assert await store.list_user_sessions("ann") == []
+    assert [s.key for s in await store.list_user_sessions("bob")] == ["b1"]
+
+
 async def test_session_round_trip_and_expiry_by_injected_now(store: Store, now: float) -> None:
     record = session("s1", now)
     bare = dataclasses.replace(session("s2", now), email=None, params={})
@@ -295,6 +374,7 @@ async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
         floor = 300_000  # burns outlive their token (clock skew between replicas)
         expected = {
             "tok:short": floor, "tok:long": HOUR * 1000, "sess:short": 10_000,
+            "tokat:short": floor, "tokat:long": HOUR * 1000,  # the burn's time, alike
             # The user index lives to the last session's absolute expiry, not its idle one.
             "sess:long": 600_000, "usess:u1": HOUR * 1000, "link:3:u:1:recovery": 10_000,
             "linkhash:hash-t1": 10_000, f"rl:10:{reset!r}:ip": (reset - now) * 1000,
@@ -456,3 +536,28 @@ def test_open_store_picks_backend_by_url() -> None:
 def test_open_store_rejects_unusable_urls(url: str) -> None:
     with pytest.raises(ValueError, match="store URL"):
         open_store(url)
+
+
+async def test_sqlite_file_of_the_first_schema_gets_the_new_columns(
+    tmp_path: Path, now: float
+) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:  # the tables as release 1 wrote them
+        conn.execute("CREATE TABLE tokens (id TEXT PRIMARY KEY, state TEXT NOT NULL,"
+                     " expires_at REAL NOT NULL) WITHOUT ROWID")  # fmt: skip
+        conn.execute("INSERT INTO tokens VALUES ('old', 'used', ?)", (now + HOUR,))
+        conn.execute(
+            "CREATE TABLE sessions (key TEXT PRIMARY KEY, user_id TEXT NOT NULL,"
+            " role TEXT NOT NULL, params TEXT NOT NULL, created_at REAL NOT NULL,"
+            " expires_at REAL NOT NULL, idle_timeout REAL NOT NULL, last_seen REAL NOT NULL,"
+            " token_id TEXT NOT NULL, email TEXT, module TEXT, dead_at REAL NOT NULL)"
+        )
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        assert await store.token_use("old") == TokenUse(TokenState.USED, None)
+        fresh = dataclasses.replace(session("s", now), client="::1")
+        await store.create_session(fresh)
+        assert await store.get_session("s") == fresh
+    finally:
+        await store.close()

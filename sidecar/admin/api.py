@@ -32,6 +32,7 @@ from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import TokenTooLong
+from sidecar.tokens.records import remember_mint
 from sidecar.web import jsonbody
 from sidecar.web.accesslog import access_middleware
 from sidecar.web.appkeys import SERVICES
@@ -252,6 +253,7 @@ async def referstring(request: web.Request) -> web.Response:
     except TokenTooLong as exc:
         raise RequestError(400, str(exc), field="additionalParams") from None
     claims = link.claims
+    await remember_mint(services.store, claims)
     metrics.mint(claims.kind)
     audit(
         "mint",
@@ -321,4 +323,7 @@ def build_admin_app(services: Services) -> web.Application:
     app.router.add_delete("/sessions", end_sessions)
     app.router.add_get("/healthz", healthz, allow_head=True)
     links_http.register_admin(app)
+    from sidecar.admin import reads  # imported here: reads uses this module's RequestError
+
+    reads.register(app)
     return app

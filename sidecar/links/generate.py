@@ -56,8 +56,13 @@ from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import Claims, TokenTooLong, new_token_id
 from sidecar.tokens.keys import KeySet
+from sidecar.tokens.records import remember_mint
 
-FIELDS = ("type", "email", "redirect_to", "data", "password", "new_email")
+# redirectTo: @supabase/auth-js spreads its options ({redirectTo, data}) into the body.
+FIELDS = ("type", "email", "redirect_to", "redirectTo", "data", "password", "new_email")
+# GoTrue's secure email change is two links (current and new address); here it is one
+# verification, so both of auth-js's names ask for that one link.
+TYPE_ALIASES = {"email_change_current": "email_change", "email_change_new": "email_change"}
 MAX_EMAIL = 254
 MAX_DATA = 4096  # bytes of user metadata, as compact JSON
 INVALID_TYPE_DETAILS = "Link type must be one of: " + ", ".join(LINK_TYPES)
@@ -155,9 +160,17 @@ def normalise_email(value: object) -> str | None:
     return email
 
 
-def parse_link_request(body: Mapping[str, object], config: Config) -> LinkRequest:
-    """Check a decoded ``generate_link`` body; raise :class:`LinkRequestError`."""
+def parse_link_request(
+    body: Mapping[str, object], config: Config, *, query_redirect: str | None = None
+) -> LinkRequest:
+    """Check a decoded ``generate_link`` body; raise :class:`LinkRequestError`.
+
+    ``query_redirect`` is the query string's ``redirect_to`` (GoTrue reads it there, and
+    ``@supabase/auth-js`` sends it there *and* as ``redirectTo`` in the body): every copy
+    given must be the same URL."""
     link_type = body.get("type")
+    if isinstance(link_type, str):
+        link_type = TYPE_ALIASES.get(link_type, link_type)
     if not isinstance(link_type, str) or link_type not in LINK_TYPES:
         raise InvalidLinkRequest("Invalid link type", INVALID_TYPE_DETAILS)
     unknown = sorted(set(body) - set(FIELDS))
@@ -176,11 +189,22 @@ def parse_link_request(body: Mapping[str, object], config: Config) -> LinkReques
     return LinkRequest(
         link_type=link_type,
         email=email,
-        redirect_to=_redirect(body.get("redirect_to"), config),
+        redirect_to=_redirect(_one_redirect(body, query_redirect), config),
         data=_data(body.get("data"), link_type),
         password=_password(body.get("password"), link_type),
         new_email=_new_email(body.get("new_email"), link_type, email),
     )
+
+
+def _one_redirect(body: Mapping[str, object], query_redirect: str | None) -> object:
+    given = [body.get("redirect_to"), body.get("redirectTo"), query_redirect]
+    present = [value for value in given if value is not None]
+    if any(value != present[0] for value in present[1:]):
+        raise InvalidLinkRequest(
+            "Invalid redirect_to",
+            "redirect_to (body), redirectTo (body) and redirect_to (query) name different URLs",
+        )
+    return present[0] if present else None
 
 
 def _redirect(value: object, config: Config) -> str:
@@ -289,6 +313,7 @@ async def generate(services: Services, request: LinkRequest) -> GeneratedLink:
             new_email=new_email,
         )
     )
+    await remember_mint(store, claims)
     query = urlencode({"token": token, "type": kind, "redirect_to": request.redirect_to})
     audit(
         "mint",

@@ -87,7 +87,13 @@ async def generate_link(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
         body = await read_json_object(request)
-        link = await generate(services, parse_link_request(body, services.config))
+        query_redirect = request.query.getall("redirect_to", [])
+        if len(query_redirect) > 1:
+            return error_json(400, "Invalid redirect_to", "redirect_to is in the query twice")
+        parsed = parse_link_request(
+            body, services.config, query_redirect=query_redirect[0] if query_redirect else None
+        )
+        link = await generate(services, parsed)
     except BadBody as exc:
         return error_json(400, "Invalid request", str(exc))
     except LinkRequestError as exc:
@@ -230,6 +236,7 @@ async def _start_session(request: web.Request, verified: Verified, role: RoleCon
         role=role,
         token_id=verified.token_id,
         email=verified.user.email,
+        client=request.app[CLIENT_ADDRESSES].of(request),
     )
 
 

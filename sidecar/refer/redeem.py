@@ -136,6 +136,7 @@ class Redeemer:
                 params=dict(claims.params),
                 email=claims.email,
                 module=claims.module,
+                client=self._clients.of(request),
             )
         except StoreUnavailable:
             raise RedeemFailed(503, "store_unavailable", claims.token_id) from None

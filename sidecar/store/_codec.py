@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Mapping
 
-from sidecar.store.base import PendingLink, SessionRecord, StoreUnavailable, User
+from sidecar.store.base import PendingLink, SessionRecord, StoreUnavailable, TokenRecord, User
 
 
 def email_key(email: str) -> str:
@@ -128,6 +128,7 @@ def session_fields(session: SessionRecord) -> dict[str, str]:
         "token_id": session.token_id,
         "email": session.email,
         "module": session.module,
+        "client": session.client,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -144,6 +145,41 @@ def session_from_fields(record: Mapping[str, object]) -> SessionRecord:
         idle_timeout=get_float(record, "idle_timeout"),
         last_seen=get_float(record, "last_seen"),
         token_id=get_str(record, "token_id"),
+        email=get_opt_str(record, "email"),
+        module=get_opt_str(record, "module"),
+        client=get_opt_str(record, "client"),
+    )
+
+
+def token_fields(record: TokenRecord) -> dict[str, str]:
+    """A minted-link record as flat string fields (a Redis hash); ``None`` left out."""
+    fields = {
+        "token_id": record.token_id,
+        "kind": record.kind,
+        "user_id": record.user_id,
+        "role": record.role,
+        "created_at": repr(record.created_at),
+        "expires_at": repr(record.expires_at),
+        "one_time": "1" if record.one_time else "0",
+        "email": record.email,
+        "module": record.module,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def token_from_fields(record: Mapping[str, object]) -> TokenRecord:
+    """Inverse of :func:`token_fields`; also reads a SQLite row turned into a dict."""
+    one_time = record.get("one_time")
+    if one_time not in ("1", "0", 1, 0):
+        raise StoreUnavailable(f"corrupt record in store: one_time={one_time!r}")
+    return TokenRecord(
+        token_id=get_str(record, "token_id"),
+        kind=get_str(record, "kind"),
+        user_id=get_str(record, "user_id"),
+        role=get_str(record, "role"),
+        created_at=get_float(record, "created_at"),
+        expires_at=get_float(record, "expires_at"),
+        one_time=one_time in ("1", 1),
         email=get_opt_str(record, "email"),
         module=get_opt_str(record, "module"),
     )

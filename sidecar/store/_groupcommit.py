@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,9 +106,10 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
             result = BurnResult.ALREADY_USED
         answers.append(functools.partial(_settle, burn.future, result))
     if fresh:  # one multi-row INSERT: one statement step for the chunk, not one per id
-        values = ",".join("(?, 'used', ?)" for _ in fresh)
-        params = tuple(item for pair in fresh.items() for item in pair)
-        conn.execute(f"INSERT INTO tokens (id, state, expires_at) VALUES {values}", params)  # noqa: S608
+        at = time.time()  # when the store recorded the burn (GET /tokens/{id} "used_at")
+        values = ",".join("(?, 'used', ?, ?)" for _ in fresh)
+        params = tuple(item for pair in fresh.items() for item in (*pair, at))
+        conn.execute(f"INSERT INTO tokens (id, state, expires_at, at) VALUES {values}", params)  # noqa: S608
     return answers
 
 

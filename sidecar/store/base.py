@@ -61,9 +61,33 @@ class SessionRecord:
     token_id: str
     email: str | None = None
     module: str | None = None
+    client: str | None = None  # the address the session was started from
 
     def is_live(self, now: float) -> bool:
         return now < self.expires_at and now < self.last_seen + self.idle_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A minted link as the admin API shows it: what it is for, never its text."""
+
+    token_id: str
+    kind: str  # "refer" or an auth-link type
+    user_id: str
+    role: str
+    created_at: float
+    expires_at: float
+    one_time: bool
+    email: str | None = None
+    module: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUse:
+    """A token id's state and when the store recorded it (None while unused)."""
+
+    state: TokenState
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +146,22 @@ class Store(Protocol):
 
     async def token_state(self, token_id: str) -> TokenState: ...
 
+    async def token_use(self, token_id: str) -> TokenUse:
+        """The state and the time (the store's clock) it was burned or revoked."""
+
+    # -- minted-link records (read by the admin API) -----------------------------------
+    async def record_token(self, record: TokenRecord, keep_until: float) -> None:
+        """Remember a minted link until ``keep_until`` (replaces a record with its id)."""
+
+    async def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    async def list_user_tokens(
+        self, user_id: str, limit: int, after: tuple[float, str] | None = None
+    ) -> list[TokenRecord]:
+        """The user's records, newest first (``created_at`` then ``token_id``, both
+        descending), at most ``limit``, starting after the ``(created_at, token_id)``
+        cursor when one is given."""
+
     # -- sessions ---------------------------------------------------------------------
     async def create_session(self, session: SessionRecord) -> None: ...
 
@@ -135,6 +175,10 @@ class Store(Protocol):
 
     async def delete_user_sessions(self, user_id: str) -> int:
         """End every session of ``user_id``; returns how many there were."""
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionRecord]:
+        """The stored sessions of ``user_id`` (live or not: ``is_live`` is the caller's
+        check), oldest first."""
 
     # -- users (auth links) -----------------------------------------------------------
     async def create_user(self, user: User) -> None:
@@ -171,5 +215,5 @@ class Store(Protocol):
 
     # -- housekeeping -----------------------------------------------------------------
     async def purge_expired(self, now: float) -> int:
-        """Delete expired burns, revocations, sessions, links and counters; returns rows
-        removed (Redis expires keys by itself and may return 0)."""
+        """Delete expired burns, revocations, sessions, links, link records and counters;
+        returns rows removed (Redis expires keys by itself and may return 0)."""

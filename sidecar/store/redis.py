@@ -6,6 +6,9 @@ each other. Records carry Redis expiries at their ``expires_at`` (so Redis does 
 purging); users are the only records that never expire. Keys, under ``prefix``:
 
     tok:<id>                  "used" | "revoked"
+    tokat:<id>                when it became so (epoch seconds; see ``_note_state_time``)
+    tokrec:<id>               hash of a TokenRecord (a minted link, for the admin API)
+    utok:<user_id>            sorted set of that user's token ids, scored by created_at
     sess:<key>                hash of a SessionRecord
     usess:<user_id>           set of that user's sess:* keys (entries checked on use)
     user:<id>                 hash {data: User as JSON, email_key}
@@ -30,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from redis.asyncio import Redis
@@ -44,7 +49,9 @@ from sidecar.store.base import (
     PendingLink,
     SessionRecord,
     StoreUnavailable,
+    TokenRecord,
     TokenState,
+    TokenUse,
     User,
     UserExists,
 )
@@ -61,9 +68,11 @@ _SHA = {
         lua.SET_STATE_ONCE, lua.INDEX_SESSION, lua.CREATE_SESSION, lua.TOUCH_SESSION,
         lua.DELETE_SESSION, lua.DELETE_SESSION_OF, lua.CREATE_USER, lua.UPDATE_USER,
         lua.PUT_LINK, lua.DELETE_LINK, lua.DELETE_INDEX_IF, lua.FAILED_ATTEMPT, lua.HIT,
+        lua.INDEX_MINT, lua.RECORD_MINT,
     )
 }  # fmt: skip
 Client = Redis | RedisCluster
+_LOG = logging.getLogger(__name__)
 
 
 def _ms(epoch_seconds: float) -> int:
@@ -179,7 +188,22 @@ class RedisStore:
     async def _set_state(self, token_id: str, state: TokenState, expires_at: float) -> str | None:
         args = [state.value, _ms(expires_at), _MIN_TOKEN_TTL_MS]
         old = await self._eval_acked(lua.SET_STATE_ONCE, self._key("tok", token_id), args)
+        if old is None:
+            await self._note_state_time(token_id, expires_at)
         return None if old is None else str(old)
+
+    async def _note_state_time(self, token_id: str, expires_at: float) -> None:
+        """Record when a token was burned or revoked, for ``GET /tokens/{id}``.
+
+        A second key (on a cluster it cannot share the state's slot) written after the
+        state, and best effort: the state is what matters and is already durable, so a
+        failure here must not turn a good redemption into a 503 — the time is then absent."""
+        at = max(_ms(expires_at), _ms(time.time()) + _MIN_TOKEN_TTL_MS)
+        try:
+            async with self._call() as redis:
+                await redis.set(self._key("tokat", token_id), repr(time.time()), nx=True, pxat=at)
+        except StoreUnavailable as exc:
+            _LOG.warning("could not record when a token was used or revoked: %s", exc)
 
     async def burn(self, token_id: str, expires_at: float) -> BurnResult:
         old = await self._set_state(token_id, TokenState.USED, expires_at)
@@ -194,6 +218,51 @@ class RedisStore:
     async def token_state(self, token_id: str) -> TokenState:
         state = await self._get(self._key("tok", token_id))
         return TokenState.UNUSED if state is None else TokenState(state)
+
+    async def token_use(self, token_id: str) -> TokenUse:
+        state, at = await asyncio.gather(
+            self._get(self._key("tok", token_id)), self._get(self._key("tokat", token_id))
+        )
+        if state is None:
+            return TokenUse(TokenState.UNUSED)
+        when = None if at is None else _codec.get_float({"at": at}, "at")
+        return TokenUse(TokenState(state), when)
+
+    # -- minted-link records ----------------------------------------------------------
+    async def record_token(self, record: TokenRecord, keep_until: float) -> None:
+        keep = _ms(keep_until)
+        # Index first: a listing drops index entries whose record is missing.
+        index = self._key("utok", record.user_id)
+        await self._eval(lua.INDEX_MINT, [index], [keep, repr(record.created_at), record.token_id])
+        fields = _flat(_codec.token_fields(record))
+        await self._eval(lua.RECORD_MINT, [self._key("tokrec", record.token_id)], [keep, *fields])
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        fields = await self._hgetall(self._key("tokrec", token_id))
+        return _codec.token_from_fields(fields) if fields else None
+
+    async def list_user_tokens(
+        self, user_id: str, limit: int, after: tuple[float, str] | None = None
+    ) -> list[TokenRecord]:
+        index = self._key("utok", user_id)
+        async with self._call() as redis:
+            if after is None:
+                ids = _strs(await redis.zrevrangebyscore(index, "+inf", "-inf", 0, limit))
+            else:
+                # Ties on created_at are ordered by id, as ZREVRANGE orders equal scores.
+                at = repr(after[0])
+                ties = _strs(await redis.zrevrangebyscore(index, at, at))
+                ids = [i for i in ties if i < after[1]][:limit]
+                if len(ids) < limit:
+                    rest = limit - len(ids)
+                    ids += _strs(await redis.zrevrangebyscore(index, f"({at}", "-inf", 0, rest))
+        found = await asyncio.gather(*(self._hgetall(self._key("tokrec", i)) for i in ids))
+        records = [_codec.token_from_fields(f) for f in found if f.get("user_id") == user_id]
+        gone = [i for i, fields in zip(ids, found, strict=True) if not fields]
+        if gone:  # records past keep_until (Redis expired them); their entries go too
+            async with self._call() as redis:
+                await redis.zrem(index, *gone)
+        return records
 
     # -- sessions ---------------------------------------------------------------------
     async def create_session(self, session: SessionRecord) -> None:
@@ -236,6 +305,14 @@ class RedisStore:
             async with self._call() as redis:
                 await redis.srem(index, *done)
         return sum(1 for r in results if r == 1)
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionRecord]:
+        async with self._call() as redis:
+            members = sorted(str(m) for m in await redis.smembers(self._key("usess", user_id)))
+        found = await asyncio.gather(*(self._hgetall(m) for m in members))
+        # Entries may be stale (a session gone, or its key reused): the record decides.
+        sessions = [_codec.session_from_fields(f) for f in found if f.get("user_id") == user_id]
+        return sorted(sessions, key=lambda s: (s.created_at, s.key))
 
     # -- users ------------------------------------------------------------------------
     async def create_user(self, user: User) -> None:
@@ -367,6 +444,12 @@ class RedisStore:
 
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _strs(values: object) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise StoreUnavailable("Redis returned an unexpected reply to a range query")
+    return [str(v) for v in values]
 
 
 def _int(value: object) -> int:

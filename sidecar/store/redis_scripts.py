@@ -123,3 +123,19 @@ local c = redis.call('INCR', KEYS[1])
 if c == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
 return c
 """
+
+# KEYS: a user's token index. ARGV: keep_until (ms), created_at, token id. The index lives
+# as long as its longest-kept record; entries of expired records are dropped when read.
+INDEX_MINT = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+if redis.call('PEXPIRETIME', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+end
+"""
+
+# KEYS: token record. ARGV: keep_until (ms), field, value, ...
+RECORD_MINT = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+"""

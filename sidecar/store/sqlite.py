@@ -24,7 +24,9 @@ from sidecar.store.base import (
     PendingLink,
     SessionRecord,
     StoreUnavailable,
+    TokenRecord,
     TokenState,
+    TokenUse,
     User,
     UserExists,
 )
@@ -63,13 +65,28 @@ CREATE TABLE IF NOT EXISTS links (
 );
 CREATE INDEX IF NOT EXISTS links_hashed_token ON links (hashed_token);
 CREATE INDEX IF NOT EXISTS links_expires_at ON links (expires_at);
+CREATE TABLE IF NOT EXISTS token_records (
+    token_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, kind TEXT NOT NULL, role TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, one_time INTEGER NOT NULL,
+    email TEXT, module TEXT, keep_until REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS token_records_user
+    ON token_records (user_id, created_at, token_id);
+CREATE INDEX IF NOT EXISTS token_records_keep_until ON token_records (keep_until);
 CREATE TABLE IF NOT EXISTS ratelimits (
     key TEXT PRIMARY KEY, count INTEGER NOT NULL, reset_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ratelimits_reset_at ON ratelimits (reset_at);
-PRAGMA user_version = 1;
 COMMIT;
 """
+
+# Columns added after version 1, as (table, column, declaration). A file written by an
+# older release gets them on open; their rows read back as NULL.
+_ADDED_COLUMNS = (
+    ("tokens", "at", "REAL"),  # when the token was burned or revoked (store clock)
+    ("sessions", "client", "TEXT"),  # the address a session was started from
+)
+_USER_VERSION = 2
 
 # Bounded deletes (see _PURGE_CHUNK); table and column names are constants.
 # A burn record outlives its token by 5 minutes (as on Redis): a redemption that opened
@@ -78,6 +95,8 @@ _PURGES = (
     "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens WHERE expires_at < ? - 300 LIMIT ?)",
     "DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions WHERE dead_at < ? LIMIT ?)",
     "DELETE FROM links WHERE rowid IN (SELECT rowid FROM links WHERE expires_at < ? LIMIT ?)",
+    "DELETE FROM token_records WHERE token_id IN"
+    " (SELECT token_id FROM token_records WHERE keep_until < ? LIMIT ?)",
     "DELETE FROM ratelimits WHERE rowid IN"
     " (SELECT rowid FROM ratelimits WHERE reset_at < ? LIMIT ?)",
 )
@@ -182,8 +201,8 @@ class SQLiteStore:
             if row is not None:
                 return TokenState(row[0])
             conn.execute(
-                "INSERT INTO tokens (id, state, expires_at) VALUES (?, 'revoked', ?)",
-                (token_id, expires_at),
+                "INSERT INTO tokens (id, state, expires_at, at) VALUES (?, 'revoked', ?, ?)",
+                (token_id, expires_at, time.time()),
             )
             return TokenState.UNUSED
 
@@ -193,17 +212,65 @@ class SQLiteStore:
         rows = await self._read("SELECT state FROM tokens WHERE id = ?", (token_id,))
         return TokenState(rows[0][0]) if rows else TokenState.UNUSED
 
+    async def token_use(self, token_id: str) -> TokenUse:
+        rows = await self._read("SELECT state, at FROM tokens WHERE id = ?", (token_id,))
+        if not rows:
+            return TokenUse(TokenState.UNUSED)
+        at = rows[0][1]
+        return TokenUse(TokenState(rows[0][0]), None if at is None else float(at))
+
+    # -- minted-link records ----------------------------------------------------------
+    async def record_token(self, record: TokenRecord, keep_until: float) -> None:
+        r = record
+        params = (
+            r.token_id, r.user_id, r.kind, r.role, r.created_at, r.expires_at,
+            int(r.one_time), r.email, r.module, keep_until,
+        )  # fmt: skip
+        sql = "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,?,?,?)"
+        await self._write(statement(sql, params))
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        sql = "SELECT * FROM token_records WHERE token_id = ?"
+        row = await self._read_one(sql, (token_id,))
+        return None if row is None else _codec.token_from_fields(row)
+
+    async def list_user_tokens(
+        self, user_id: str, limit: int, after: tuple[float, str] | None = None
+    ) -> list[TokenRecord]:
+        if after is None:
+            sql = (
+                "SELECT * FROM token_records WHERE user_id = ?"
+                " ORDER BY created_at DESC, token_id DESC LIMIT ?"
+            )
+            rows = await self._read(sql, (user_id, limit))
+        else:
+            sql = (
+                "SELECT * FROM token_records WHERE user_id = ?1"
+                " AND (created_at < ?2 OR (created_at = ?2 AND token_id < ?3))"
+                " ORDER BY created_at DESC, token_id DESC LIMIT ?4"
+            )
+            rows = await self._read(sql, (user_id, after[0], after[1], limit))
+        return [_codec.token_from_fields(dict(row)) for row in rows]
+
     # -- sessions ---------------------------------------------------------------------
     async def create_session(self, session: SessionRecord) -> None:
         s = session
         params = (
             s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
             s.idle_timeout, s.last_seen, s.token_id, s.email, s.module,
-            _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout),
+            _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout), s.client,
         )  # fmt: skip
-        await self._write(
-            statement("INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", params)
+        sql = (
+            "INSERT OR REPLACE INTO sessions (key, user_id, role, params, created_at,"
+            " expires_at, idle_timeout, last_seen, token_id, email, module, dead_at, client)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
         )
+        await self._write(statement(sql, params))
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionRecord]:
+        sql = "SELECT * FROM sessions WHERE user_id = ? ORDER BY created_at, key"
+        rows = await self._read(sql, (user_id,))
+        return [_codec.session_from_fields(dict(row)) for row in rows]
 
     async def get_session(self, key: str) -> SessionRecord | None:
         row = await self._read_one("SELECT * FROM sessions WHERE key = ?", (key,))
@@ -330,8 +397,23 @@ def _prepare_file(path: str) -> None:
         if row is None or str(row[0]).lower() != "wal":
             raise sqlite3.OperationalError("the database refused WAL journal mode")
         conn.executescript(_SCHEMA)
+        _add_columns(conn)
     finally:
         conn.close()
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, declaration in _ADDED_COLUMNS:
+            have = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        conn.execute(f"PRAGMA user_version = {_USER_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def _user_columns(user: User) -> Iterable[str | float | None]:

@@ -16,7 +16,9 @@ from sidecar.store.base import (
     PendingLink,
     SessionRecord,
     Store,
+    TokenRecord,
     TokenState,
+    TokenUse,
     User,
 )
 from sidecar.telemetry.metrics import observe_store
@@ -58,6 +60,24 @@ class TimedStore:
 
     async def token_state(self, token_id: str) -> TokenState:
         return await self._timed("token_state", self.inner.token_state(token_id))
+
+    async def token_use(self, token_id: str) -> TokenUse:
+        return await self._timed("token_use", self.inner.token_use(token_id))
+
+    async def record_token(self, record: TokenRecord, keep_until: float) -> None:
+        await self._timed("record_token", self.inner.record_token(record, keep_until))
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        return await self._timed("get_token", self.inner.get_token(token_id))
+
+    async def list_user_tokens(
+        self, user_id: str, limit: int, after: tuple[float, str] | None = None
+    ) -> list[TokenRecord]:
+        call = self.inner.list_user_tokens(user_id, limit, after)
+        return await self._timed("list_user_tokens", call)
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionRecord]:
+        return await self._timed("list_user_sessions", self.inner.list_user_sessions(user_id))
 
     async def create_session(self, session: SessionRecord) -> None:
         await self._timed("create_session", self.inner.create_session(session))
