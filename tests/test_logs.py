@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -235,3 +236,25 @@ async def auth_links(flow: Flow) -> None:
     async with http.post(verify, json=body) as r:
         assert r.status == 200, await r.text()
         flow.cookie_from(r)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "remote"), [("[127.0.0.1/32]", "203.0.113.7"), ("[10.0.0.0/8]", "127.0.0.1")]
+)
+async def test_access_remote_is_the_real_client_behind_a_trusted_proxy(
+    tmp_path: Path, trusted: str, remote: str
+) -> None:
+    env = {**os.environ, "SIDECAR_PROXY__TRUSTED_PROXIES": trusted}
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, env=env) as served,
+        aiohttp.ClientSession() as http,
+    ):
+        headers = {"X-Forwarded-For": "203.0.113.7", "X-Request-Id": "req-remote"}
+        async with http.get(served.proxy + "/anything", headers=headers) as response:
+            assert response.status == 401
+        served.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await served.proc.wait()
+    (line,) = [json.loads(x) for x in served.logs() if "req-remote" in x]
+    assert line["remote"] == remote

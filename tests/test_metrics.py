@@ -73,7 +73,12 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
     assert sample(text, "sidecar_upstream_seconds_bucket", {"le": "+Inf"}) == 3
     assert sample(text, "sidecar_store_seconds_count", {"op": "burn"}) == 2
     assert sample(text, "sidecar_store_seconds_count", {"op": "ping"}) >= 1
-    assert sample(text, "sidecar_request_duration_seconds_count", {"listener": "proxy"}) >= 5
+    # The duration histogram by route kind: 3 proxied, 2 redemptions, 1 mint, the 401 page
+    # for /metrics on the proxy port, and the readiness polls under the prefix.
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) == 4
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "redeem"}) == 2
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "admin"}) == 1
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "page"}) >= 1
     assert sample(text, "process_cpu_seconds_total") > 0
 
     assert "_created" not in text, "no _created twin series"

@@ -108,7 +108,7 @@ def _host_name(host: str) -> str:
 # -- middlewares (outermost first) -------------------------------------------------------
 
 
-_ACCESS_LOG = access_middleware("admin")
+_ACCESS_LOG = access_middleware("admin", route=lambda _: "admin")
 
 
 @web.middleware

@@ -51,6 +51,7 @@ from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
+from sidecar.telemetry.context import set_route
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 from sidecar.web.appkeys import SERVICES
@@ -130,6 +131,7 @@ def register_verify(app: web.Application) -> None:
 
 
 async def verify(request: web.Request) -> web.StreamResponse:
+    set_route("verify")
     if request.method == hdrs.METH_HEAD:
         # Link scanners and previews: answered without looking at the token.
         return _no_store(pages.confirm_page(request))

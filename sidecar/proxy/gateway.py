@@ -48,11 +48,20 @@ _SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
 def build_proxy_app(services: Services) -> web.Application:
     """The public-side application: sidecar routes under the prefix, the proxy elsewhere."""
     limit = services.config.proxy.max_header_size
-    app = web.Application(middlewares=[access_middleware("proxy"), header_limits(limit)])
+    clients = ClientAddresses(services.config.proxy.trusted_proxies)
+    # The access line's remote is the real client, also behind a trusted ingress.
+    prefix = services.config.proxy.prefix
+
+    def route(request: web.BaseRequest) -> str:
+        # The prefix holds the sidecar's own pages and endpoints; redemptions and /verify
+        # name themselves (set_route).
+        return "page" if request.path.startswith(prefix) else "proxied"
+
+    access = access_middleware("proxy", route=route, client=clients.of)
+    app = web.Application(middlewares=[access, header_limits(limit)])
     app[SERVICES] = services
     sessions = SessionManager(services)
     app[SESSIONS] = sessions
-    clients = ClientAddresses(services.config.proxy.trusted_proxies)
     app[CLIENT_ADDRESSES] = clients
     forwarder = Forwarder(services.config, HeaderPolicy(services.config, clients))
     app[FORWARDER] = forwarder

@@ -36,6 +36,7 @@ from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
 from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
+from sidecar.telemetry.context import set_route
 from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
@@ -73,6 +74,7 @@ class Redeemer:
         self._blocked: dict[str, float] = {}
 
     async def redeem(self, request: web.Request) -> web.StreamResponse:
+        set_route("redeem")
         method = request.method
         if method == hdrs.METH_HEAD:
             return pages.confirm_page(request)

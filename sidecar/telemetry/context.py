@@ -16,6 +16,7 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
+    route: str  # proxied, redeem, verify, page, admin: the request-duration histogram's label
     user_id: str | None = None
     upstream_s: float | None = None
 
@@ -26,6 +27,13 @@ CURRENT: ContextVar[RequestRecord | None] = ContextVar("sidecar_request", defaul
 def current_request_id() -> str | None:
     record = CURRENT.get()
     return None if record is None else record.request_id
+
+
+def set_route(route: str) -> None:
+    """Name what kind of request this turned out to be (``proxied``, ``redeem``, ``verify``)."""
+    record = CURRENT.get()
+    if record is not None:
+        record.route = route
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,7 +11,8 @@ metric                                     labels       observed by
 ========================================== ============ ===================================
 ``sidecar_requests_total``                 listener,    :func:`observe_request` (the access
                                            status       log middleware)
-``sidecar_request_duration_seconds``       listener     :func:`observe_request`
+``sidecar_request_duration_seconds``       route        :func:`observe_request` (proxied,
+                                                        redeem, verify, page, admin)
 ``sidecar_redemptions_total``              outcome      :func:`redemption` (``success`` or the
                                                         failure reason: ``used``, ``expired``…)
 ``sidecar_mints_total``                    kind         :func:`mint` (``refer``, ``magiclink``…)
@@ -63,8 +64,9 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "sidecar_request_duration_seconds",
-    "Time from request start to the end of the response body, by listener.",
-    ("listener",),
+    "Time from request start to the end of the response body, by route kind: proxied, "
+    "redeem, verify, page (the sidecar's own pages and endpoints), admin.",
+    ("route",),
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
@@ -110,16 +112,17 @@ BUILD_INFO = Gauge(
 BUILD_INFO.labels(__version__).set(1)
 
 
-# (listener, status) -> its two series. ``labels()`` checks, formats and locks on every
-# call; the hot path looks each series up once (at most 3 listeners x 900 status codes).
-_REQUEST_SERIES: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+# (listener, status, route) -> its two series. ``labels()`` checks, formats and locks on
+# every call; the hot path looks each series up once (3 listeners x 900 codes x 6 routes).
+_REQUEST_SERIES: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}
 
 
-def observe_request(status: int, seconds: float, listener: str = "proxy") -> None:
-    series = _REQUEST_SERIES.get((listener, status))
+def observe_request(status: int, seconds: float, listener: str, route: str) -> None:
+    key = (listener, status, route)
+    series = _REQUEST_SERIES.get(key)
     if series is None:
-        series = (REQUESTS.labels(listener, str(status)), REQUEST_SECONDS.labels(listener))
-        _REQUEST_SERIES[listener, status] = series
+        series = (REQUESTS.labels(listener, str(status)), REQUEST_SECONDS.labels(route))
+        _REQUEST_SERIES[key] = series
     series[0].inc()
     series[1].observe(seconds)
 

@@ -35,6 +35,7 @@ import random
 import re
 import secrets
 import time
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
 
 from aiohttp import web
@@ -75,14 +76,24 @@ def set_upstream_time(seconds: float) -> None:
         record.upstream_s = seconds
 
 
-def access_middleware(listener: str) -> Middleware:
-    """A middleware logging one JSON line and counting the request for ``listener``."""
+def access_middleware(
+    listener: str,
+    *,
+    route: Callable[[web.BaseRequest], str],
+    client: Callable[[web.BaseRequest], str | None] | None = None,
+) -> Middleware:
+    """A middleware logging one JSON line and counting the request for ``listener``.
+
+    ``route(request)`` is the request's kind unless a handler names another (``set_route``);
+    ``client`` gives the client's address for ``remote`` (behind trusted proxies, the real
+    client rather than the proxy; the socket's peer by default)."""
     prefix = f'"level": "info", "event": "access", "listener": {_json_str(listener)}, "method": '
+    remote_of = client or _peer
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        record = RequestRecord(request_id_for(request.headers.get(REQUEST_ID)))
+        record = RequestRecord(request_id_for(request.headers.get(REQUEST_ID)), route(request))
         token = CURRENT.set(record)
         status = 500
         try:
@@ -100,16 +111,25 @@ def access_middleware(listener: str) -> Middleware:
         finally:
             CURRENT.reset(token)
             elapsed = time.perf_counter() - started
-            metrics.observe_request(status, elapsed, listener)
+            metrics.observe_request(status, elapsed, listener, record.route)
             if ACCESS.isEnabledFor(logging.INFO):
-                line = _line(prefix, request, status, elapsed, record)
+                line = _line(prefix, request, status, elapsed, record, remote_of(request))
                 ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None))
 
     return middleware
 
 
+def _peer(request: web.BaseRequest) -> str | None:
+    return request.remote
+
+
 def _line(
-    prefix: str, request: web.Request, status: int, elapsed: float, record: RequestRecord
+    prefix: str,
+    request: web.Request,
+    status: int,
+    elapsed: float,
+    record: RequestRecord,
+    remote: str | None,
 ) -> str:
     """The JSON object ``json.dumps`` would write for the fields in the module docstring."""
     path = request.rel_url.raw_path
@@ -117,7 +137,6 @@ def _line(
         path = path[:_MAX_PATH] + "…"
     upstream = "null" if record.upstream_s is None else round(record.upstream_s * 1000, 2)
     user = "null" if record.user_id is None else _json_str(record.user_id)
-    remote = request.remote
     return (
         f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(request.method)}, '
         f'"path": {_json_str(path)}, "status": {status}, '
