@@ -56,11 +56,21 @@ def build_services(config: Config) -> Services:
     Raises :class:`ServeError` for a store URL that names no backend."""
     for warning in durability_warnings(config.store.url):
         _LOG.warning("%s", warning)
+    st = config.store
+    redis = None
+    if st.is_redis:
+        from sidecar.store.redis_client import RedisOptions  # no redis-py on SQLite setups
+
+        redis = RedisOptions(
+            password=st.password.reveal() if st.password is not None else None,
+            tls_ca_file=st.tls_ca_file,
+            tls_cert_file=st.tls_cert_file,
+            tls_key_file=st.tls_key_file,
+            min_replicas_ack=st.redis_min_replicas_ack,
+        )
     try:
         store = open_store(
-            config.store.url,
-            prefix=config.store.key_prefix,
-            purge_interval=config.store.purge_interval,
+            st.url, prefix=st.key_prefix, purge_interval=st.purge_interval, redis=redis
         )
     except ValueError as exc:
         raise ServeError(str(exc)) from None

@@ -22,10 +22,10 @@ import yaml
 from sidecar.config.durations import format_duration, parse_duration, parse_size
 from sidecar.config.pages import load_page_templates
 from sidecar.config.reader import Reader
+from sidecar.config.store import StoreConfig, read_store
 from sidecar.config.values import HostPort, RateLimit, Secret
 from sidecar.links.redirects import RedirectPatternError, compile_pattern
 from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
-from sidecar.store import anchor_sqlite_url
 from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
 MAX_EXPIRY = 30 * 86400.0
@@ -99,13 +99,6 @@ class SessionConfig:
     cookie_domain: str | None
     cache_ttl: float
     cache_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    url: str
-    key_prefix: str
-    purge_interval: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,17 +291,7 @@ def _build(r: Reader) -> Config | None:
         envoy_prefix = None
     forward_auth = ForwardAuthConfig(envoy_path_prefix=envoy_prefix)
 
-    st = root.section("store")
-    store_url = st.string("url", "sqlite:///sidecar.db")
-    try:
-        store_url = anchor_sqlite_url(store_url, r.base_dir)
-    except ValueError as exc:
-        st.error("url", str(exc))
-    store = StoreConfig(
-        url=store_url,
-        key_prefix=st.string("key_prefix", "sidecar:"),
-        purge_interval=st.duration("purge_interval", 60.0),
-    )
+    store = read_store(r)
 
     roles = _roles(root, max_expiry)
     default_role = root.string("default_role", next(iter(roles), ""))
