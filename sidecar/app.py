@@ -27,6 +27,7 @@ from sidecar.store.timed import timed
 from sidecar.telemetry import metrics
 from sidecar.tokens.codec import TokenCodec
 from sidecar.web.drain import Drain
+from sidecar.web.listener import ConnectionLimits, ListenerRunner, raise_fd_limit
 from sidecar.web.logsetup import configure_logging
 from sidecar.web.metrics import metrics_app
 
@@ -40,10 +41,16 @@ _STORE_CLOSE_WAIT = 0.5
 SHUTDOWN_OVERRUN = 2 * _CANCEL_WAIT + _STORE_CLOSE_WAIT
 
 
+# Header lines in one request head (aiohttp's default; more is a 431).
+MAX_HEADERS = 128
+
+
 class ListenerOptions(TypedDict):
     access_log: logging.Logger | None
     max_line_size: int
     max_field_size: int
+    max_headers: int
+    keepalive_timeout: float
 
 
 class ServeError(Exception):
@@ -101,6 +108,15 @@ async def serve(
         await services.store.open()
     except StoreUnavailable as exc:
         raise ServeError(f"cannot open the store: {exc}") from None
+    # Client connections, upstream connections and some to spare (store, logs, admin).
+    needed = cfg.proxy.max_client_connections + cfg.proxy.max_connections + 64
+    if (fds := raise_fd_limit(needed)) < needed:
+        _LOG.warning(
+            "open-file limit %d is below the %d that proxy.max_client_connections and "
+            "proxy.max_connections need: lower them, or raise the limit (ulimit -n)",
+            fds,
+            needed,
+        )
     runners: list[web.AppRunner] = []
     drain = Drain()
     loop = asyncio.get_running_loop()
@@ -117,8 +133,13 @@ async def serve(
             drain.attach(app)
             # access_log=None: aiohttp's own access line would carry the query string (tokens);
             # the apps log their own JSON lines (sidecar.web.accesslog) without it.
-            runner = web.AppRunner(
+            limits = ConnectionLimits(
+                head_timeout=cfg.proxy.request_head_timeout,
+                max_connections=cfg.proxy.max_client_connections if name == "proxy" else None,
+            )
+            runner = ListenerRunner(
                 app,
+                limits=limits,
                 **listener_options(cfg),
                 # A client that leaves cancels its handler, so an idle stream (SSE,
                 # long poll) gives its upstream connection back at once. (aiohttp's test
@@ -166,10 +187,18 @@ def listener_options(cfg: Config) -> ListenerOptions:
     tokens); the apps log their own JSON lines (sidecar.web.accesslog) without it.
     The parser's per-line limits sit well above ``proxy.max_header_size`` so that the
     proxy's own check (:func:`sidecar.proxy.gateway.header_limits`) sees oversized requests and
-    answers 431/414 instead of the parser's bare 400; beyond the ceiling the parser refuses.
+    answers 431/414 instead of the parser's bare 400; beyond the ceiling the parser refuses
+    (431 for a header line, 414 for the request line: :mod:`sidecar.web.listener`), as it
+    does past :data:`MAX_HEADERS` header lines.
     """
     ceiling = max(4 * cfg.proxy.max_header_size, 16384)
-    return {"access_log": None, "max_line_size": ceiling, "max_field_size": ceiling}
+    return {
+        "access_log": None,
+        "max_line_size": ceiling,
+        "max_field_size": ceiling + 1,  # apart, so that an error tells which line was long
+        "max_headers": MAX_HEADERS,
+        "keepalive_timeout": cfg.proxy.keepalive_timeout,
+    }
 
 
 def run(config_path: str | Path) -> int:

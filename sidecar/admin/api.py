@@ -36,6 +36,7 @@ from sidecar.tokens.records import remember_mint
 from sidecar.web import jsonbody
 from sidecar.web.accesslog import access_middleware
 from sidecar.web.appkeys import SERVICES
+from sidecar.web.listener import own_answer_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -167,7 +168,11 @@ async def browser_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    header = request.headers.get(hdrs.AUTHORIZATION)
+    given_headers = request.headers.getall(hdrs.AUTHORIZATION, ())
+    if len(given_headers) > 1:
+        # Which copy counts differs between proxies and servers: refuse, never pick one.
+        return json_error(400, "more than one Authorization header", request=request)
+    header = given_headers[0] if given_headers else None
     if header is None:
         return json_error(
             401,
@@ -317,6 +322,7 @@ def build_admin_app(services: Services) -> web.Application:
             mint_rate_middleware,
         ],
     )
+    app.on_response_prepare.append(own_answer_headers)
     app[SERVICES] = services
     app.router.add_post("/referstring", referstring)
     app.router.add_post("/tokens/{id}/revoke", revoke_token)

@@ -82,6 +82,10 @@ class ProxyConfig:
     public_paths: tuple[str, ...]
     max_header_size: int
     failed_redeem_rate: RateLimit
+    stream_idle_timeout: float
+    request_head_timeout: float
+    keepalive_timeout: float
+    max_client_connections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +268,15 @@ def _build(r: Reader) -> Config | None:
         public_paths=px.path_globs("public_paths"),
         max_header_size=px.size("max_header_size", 16384),
         failed_redeem_rate=px.rate("failed_redeem_rate", "30/5m"),
+        stream_idle_timeout=px.duration("stream_idle_timeout", 300.0, at_most=86400.0),
+        request_head_timeout=px.duration("request_head_timeout", 10.0, at_most=300.0),
+        keepalive_timeout=px.duration("keepalive_timeout", 75.0, at_most=3600.0),
+        max_client_connections=px.integer("max_client_connections", 4096, low=1, high=1_000_000),
     )
+    for key in ("connect_timeout", "upstream_timeout", "stream_idle_timeout",
+                "request_head_timeout", "keepalive_timeout"):  # fmt: skip
+        if getattr(proxy, key) <= 0:
+            px.error(key, "must be more than 0: every wait is bounded")
 
     se = root.section("session")
     session = SessionConfig(

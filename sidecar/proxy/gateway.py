@@ -40,6 +40,7 @@ from sidecar.telemetry.audit import audit
 from sidecar.web import pages
 from sidecar.web.accesslog import access_middleware, set_user
 from sidecar.web.appkeys import SERVICES
+from sidecar.web.listener import own_answer_headers
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 _SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
@@ -59,6 +60,7 @@ def build_proxy_app(services: Services) -> web.Application:
 
     access = access_middleware("proxy", route=route, client=clients.of)
     app = web.Application(middlewares=[access, header_limits(limit)])
+    app.on_response_prepare.append(own_answer_headers)
     app[SERVICES] = services
     sessions = SessionManager(services)
     app[SESSIONS] = sessions

@@ -23,6 +23,8 @@ CATEGORIES = (
     "config",
     "identity",
     "frameworks",
+    "connections",
+    "leaks",
 )
 
 TRIED: Counter[str] = Counter()
