@@ -30,12 +30,18 @@ from yarl import URL
 
 from sidecar.config import Config
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.pool import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
+from sidecar.proxy.pool import (
+    UpstreamBodyTimeout,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from sidecar.proxy.websocket import Alive, relay_websocket
 from sidecar.sessions import RequestCookies
 from sidecar.telemetry import metrics
 from sidecar.web import pages
-from sidecar.web.accesslog import set_upstream_time
+from sidecar.web.accesslog import set_upstream_error, set_upstream_time
 
 LOG = logging.getLogger("sidecar.forward")
 
@@ -57,6 +63,7 @@ class Forwarder:
         self.headers = headers
         self._session_check = config.session.cache_ttl
         self._header_timeout = px.upstream_timeout
+        self._stream_idle_timeout = px.stream_idle_timeout
         self._connect_timeout = px.connect_timeout
         self._max_connections = px.max_connections
         self._max_field_size = max(8190, px.max_header_size)
@@ -73,6 +80,7 @@ class Forwarder:
             connect_timeout=self._connect_timeout,
             response_timeout=self._header_timeout,
             max_head_size=max(64 * 1024, self._max_field_size),
+            stream_idle_timeout=self._stream_idle_timeout,
         )
         # WebSocket handshakes are rare and long-lived: aiohttp's client does them.
         self._ws_session = aiohttp.ClientSession(
@@ -144,7 +152,14 @@ class Forwarder:
                 return await _stream(request, upstream, out_headers)
         try:
             payload = await upstream.read()
+        except UpstreamBodyTimeout as exc:
+            # Nothing was sent yet: the client gets a clear 504, the stalled connection is
+            # dropped (release() closes what did not end cleanly) and its slot freed.
+            set_upstream_error("body_timeout")
+            LOG.warning("upstream response body stalled: %s", exc)
+            return pages.failure(request, 504, "gateway_timeout")
         except UpstreamError as exc:
+            set_upstream_error("body_broken")
             LOG.warning("upstream response failed: %s", exc)
             return pages.failure(request, 502, "bad_gateway")
         finally:
@@ -184,14 +199,22 @@ class Forwarder:
 
 class _RelayedStream(web.StreamResponse):
     """An upstream answer as is: aiohttp adds ``Content-Type: application/octet-stream``
-    to a body without one, which would make browsers download what they would sniff.
-    (``_prepare_headers`` is aiohttp's hook; tests/test_upstream.py pins the behaviour.)"""
+    to a body without one, which would make browsers download what they would sniff, and
+    its own ``Server``; neither is sent unless the upstream sent it. (``_prepare_headers``
+    is aiohttp's hook; tests/test_upstream.py and tests/security/test_small_leaks.py pin
+    the behaviour.)"""
+
+    relayed = True  # sidecar.web.listener.own_answer_headers leaves the headers alone
 
     async def _prepare_headers(self) -> None:
-        typed = hdrs.CONTENT_TYPE in self.headers
+        headers = self.headers
+        typed = hdrs.CONTENT_TYPE in headers
+        served = hdrs.SERVER in headers
         await super()._prepare_headers()
         if not typed:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
+            headers.popall(hdrs.CONTENT_TYPE, None)
+        if not served:
+            headers.popall(hdrs.SERVER, None)
 
 
 class _Relayed(_RelayedStream, web.Response):
@@ -207,8 +230,12 @@ async def _stream(
         async for chunk in upstream.chunks():
             await response.write(chunk)
     except _UPSTREAM_ERRORS as exc:
-        # The upstream broke off, or the client left. Either way a truncated body must not
-        # look complete: drop the client connection instead of ending the response.
+        # The upstream broke off or stalled, or the client left. Either way a truncated
+        # body must not look complete: drop the client connection instead of ending it.
+        if isinstance(exc, UpstreamBodyTimeout):
+            set_upstream_error("body_timeout")
+        elif isinstance(exc, UpstreamError):
+            set_upstream_error("body_broken")
         LOG.info("stream interrupted: %s", type(exc).__name__)
         if request.transport is not None:
             request.transport.abort()

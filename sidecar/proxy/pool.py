@@ -15,10 +15,14 @@ head. The body then arrives chunk by chunk (:meth:`UpstreamResponse.chunks`), or
   idempotent request without a body: one with a body cannot be sent twice.
 * Deadlines: ``connect_timeout`` to connect; ``response_timeout`` for the response head,
   counted from the last request byte sent. One timer per pool checks the connections
-  waiting for a head, instead of one timer per request.
+  waiting for a head, instead of one timer per request. A body read whole
+  (:meth:`UpstreamResponse.read`) may go ``response_timeout`` without a byte, a streamed
+  one (:meth:`UpstreamResponse.chunks`) ``stream_idle_timeout``; then the connection is
+  dropped and its slot freed when the response is released.
 
-Errors: :class:`UpstreamTimeout` (no response head in time) and :class:`UpstreamError`
-(everything else: refused, closed, malformed).
+Errors: :class:`UpstreamTimeout` (no response head in time), its subclass
+:class:`UpstreamBodyTimeout` (a body stalled) and :class:`UpstreamError` (everything else:
+refused, closed, malformed).
 """
 
 from __future__ import annotations
@@ -33,11 +37,19 @@ from sidecar.proxy.upstream_conn import (
     HIGH_WATER,
     Connection,
     StaleConnection,
+    UpstreamBodyTimeout,
     UpstreamError,
     UpstreamTimeout,
 )
 
-__all__ = ["HIGH_WATER", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
+__all__ = [
+    "HIGH_WATER",
+    "UpstreamBodyTimeout",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -76,11 +88,13 @@ class UpstreamResponse:
         return await self._conn.read()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; raises :class:`UpstreamError` if it is cut short."""
+        """The body as it arrives; raises :class:`UpstreamError` if it is cut short, and
+        :class:`UpstreamBodyTimeout` if it stalls for the pool's ``stream_idle_timeout``."""
         conn = self._conn
         if conn is None:
             raise UpstreamError("the response was released")
-        while chunk := await conn.next_chunk():
+        idle = self._pool.stream_idle_timeout
+        while chunk := await conn.next_chunk(idle):
             yield chunk
 
     def release(self) -> None:
@@ -104,6 +118,7 @@ class UpstreamPool:
         response_timeout: float,
         max_head_size: int = 64 * 1024,
         idle_timeout: float = 15.0,
+        stream_idle_timeout: float | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -113,6 +128,9 @@ class UpstreamPool:
         self._response_timeout = response_timeout
         self._max_head = max_head_size
         self._idle_timeout = idle_timeout
+        self.stream_idle_timeout = (
+            response_timeout if stream_idle_timeout is None else stream_idle_timeout
+        )
         # A late 504 by a tenth of the timeout (at most a second) is no harm.
         self._tick = max(0.005, min(1.0, response_timeout / 10))
         self._sweeper: asyncio.TimerHandle | None = None

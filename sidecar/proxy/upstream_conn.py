@@ -14,6 +14,11 @@ Framing decisions, per RFC 9112:
 
 Flow control both ways: the request body waits for ``resume_writing``; the socket stops
 being read while more than :data:`HIGH_WATER` bytes of response body wait for the reader.
+
+Every wait for the upstream is bounded: the response head by :attr:`Connection.deadline`
+(the pool enforces it), and each wait for more of the body by the ``idle`` the reader
+passes to :meth:`Connection.next_chunk` — a body that makes no progress for that long fails
+with :class:`UpstreamBodyTimeout` and the connection is dropped.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """No response head within the response-header timeout."""
+
+
+class UpstreamBodyTimeout(UpstreamTimeout):
+    """The response body made no progress within its idle timeout."""
 
 
 class StaleConnection(UpstreamError):
@@ -263,8 +272,9 @@ class Connection(asyncio.Protocol):
         """Whether the whole body is buffered (and not so much that reading was paused)."""
         return self._state == _DONE and self._error is None and not self._reading_paused
 
-    async def next_chunk(self) -> bytes:
-        """The next piece of the response body; ``b""`` at its end."""
+    async def next_chunk(self, idle: float | None = None) -> bytes:
+        """The next piece of the response body; ``b""`` at its end. Waiting longer than
+        ``idle`` seconds for it raises :class:`UpstreamBodyTimeout` and drops the connection."""
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -278,11 +288,24 @@ class Connection(asyncio.Protocol):
                 raise self._error
             if self._state == _DONE:
                 return b""
-            self._waiter = self._loop.create_future()
-            await self._waiter
+            waiter = self._waiter = self._loop.create_future()
+            # One timer per wait, only when there is nothing to read yet: a body that keeps
+            # arriving costs no timers, and a wait ends at the next byte.
+            timer = None if idle is None else self._loop.call_later(idle, self._stalled, idle)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    def _stalled(self, idle: float) -> None:
+        if self._state == _BODY:
+            self._fail(UpstreamBodyTimeout(f"no response body byte within {idle}s"))
+            self.abort()
 
     async def read(self) -> bytes:
-        """The whole response body (for bodies known to be small)."""
+        """The whole response body (for bodies known to be small); each wait for more of
+        it is bounded by the response timeout."""
         if self.complete:
             chunks = self._chunks
             body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
@@ -290,7 +313,7 @@ class Connection(asyncio.Protocol):
             self._buffered = 0
             return body
         parts = []
-        while chunk := await self.next_chunk():
+        while chunk := await self.next_chunk(self.timeout):
             parts.append(chunk)
         return b"".join(parts)
 

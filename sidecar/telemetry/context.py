@@ -19,6 +19,7 @@ class RequestRecord:
     route: str  # proxied, redeem, verify, page, admin: the request-duration histogram's label
     user_id: str | None = None
     upstream_s: float | None = None
+    upstream_error: str | None = None
 
 
 CURRENT: ContextVar[RequestRecord | None] = ContextVar("sidecar_request", default=None)

@@ -17,6 +17,11 @@ is done (for streamed bodies: when the last byte is written)::
 * ``upstream_ms`` is the time to the upstream's response headers, reported by the
   forwarder with :func:`set_upstream_time`; ``user_id`` is what the handler reported with
   :func:`set_user`.
+* ``upstream_error`` is present only when the forwarder reported, with
+  :func:`set_upstream_error`, why the upstream's answer was not relayed whole
+  (``"body_timeout"``: no body byte within the timeout, ``"body_broken"``: it broke off);
+  ``status`` is then the 504/502 the client got, or the upstream's status when the
+  answer had begun and the client connection was aborted.
 
 The line is built with an f-string and the C string escaper of :mod:`json` (the same text
 ``json.dumps`` gives, at half the cost), and handed to the logger as a ready record: the
@@ -74,6 +79,13 @@ def set_upstream_time(seconds: float) -> None:
     record = CURRENT.get()
     if record is not None:
         record.upstream_s = seconds
+
+
+def set_upstream_error(reason: str) -> None:
+    """Record why the upstream's answer was not relayed whole (for the access log line)."""
+    record = CURRENT.get()
+    if record is not None:
+        record.upstream_error = reason
 
 
 def access_middleware(
@@ -137,10 +149,16 @@ def _line(
         path = path[:_MAX_PATH] + "…"
     upstream = "null" if record.upstream_s is None else round(record.upstream_s * 1000, 2)
     user = "null" if record.user_id is None else _json_str(record.user_id)
+    error = "" if record.upstream_error is None else _error_field(record.upstream_error)
     return (
         f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(request.method)}, '
         f'"path": {_json_str(path)}, "status": {status}, '
         f'"duration_ms": {round(elapsed * 1000, 2)}, "upstream_ms": {upstream}, '
         f'"user_id": {user}, "request_id": {_json_str(record.request_id)}, '
-        f'"remote": {"null" if remote is None else _json_str(remote)}}}'
+        f'"remote": {"null" if remote is None else _json_str(remote)}'
+        f"{error}}}"
     )
+
+
+def _error_field(reason: str) -> str:
+    return ', "upstream_error": ' + _json_str(reason)
