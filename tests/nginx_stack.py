@@ -1,7 +1,8 @@
-"""The shipped nginx recipe, run for real: nginx → demo app, with the sidecar beside it.
+"""The shipped recipes, run for real: nginx (or Caddy) → demo app, with the sidecar beside it.
 
-deploy/nginx/forward-auth.conf and deploy/nginx/sidecar.yaml are used as shipped; only the
-addresses, file paths and the store change (see :func:`_nginx_conf` and :func:`_sidecar_yaml`).
+deploy/nginx/forward-auth.conf, deploy/caddy/Caddyfile and deploy/nginx/sidecar.yaml are used
+as shipped; only the addresses, file paths and the store change (see :func:`_nginx_conf`,
+:func:`_caddyfile` and :func:`_sidecar_yaml`).
 Every process is a child of the test run on 127.0.0.1. Synchronous on purpose: the browser
 tests (Playwright's sync API) use the same stack.
 """
@@ -30,6 +31,7 @@ from tests.conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "deploy" / "nginx"
+CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
 START_TIMEOUT = 30.0
 _APP = (
     "import sys; from aiohttp import web; from sidecar.demo_app import build_demo_app; "
@@ -95,6 +97,25 @@ def nginx_binary() -> str:
     if "--with-http_auth_request_module" not in built:
         skip_or_fail(f"{exe} lacks ngx_http_auth_request_module")
     return exe
+
+
+def caddy_binary() -> str:
+    """Debian's Caddy (forward_auth since 2.5.1), or a skip (a failure in CI)."""
+    exe = shutil.which("caddy")
+    if exe is None:
+        skip_or_fail("caddy is not installed (apt-get install caddy)")
+        raise AssertionError("unreachable")
+    return exe
+
+
+def _caddyfile(port: int, app: int, sidecar: int) -> str:
+    text = CADDYFILE.read_text(encoding="utf-8")
+    assert text.count("127.0.0.1:8080") == 3, "the sidecar's three routes"
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{sidecar}")
+    text = _replace_once(text, "127.0.0.1:3000", f"127.0.0.1:{app}")
+    # No admin endpoint (a fixed port), no certificates (offline, plain http on loopback).
+    site = f"{{\n\tadmin off\n\tauto_https off\n}}\nhttp://127.0.0.1:{port} {{"
+    return _replace_once(text, "app.example.com {", site)
 
 
 def _replace_once(text: str, old: str, new: str) -> str:
@@ -170,10 +191,17 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def _process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
     try:
         yield proc
@@ -188,9 +216,11 @@ def _process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextmanager
-def running_stack(state: Path, store_url: str | None = None) -> Iterator[Stack]:
-    """nginx (the shipped recipe) → demo app, sidecar beside it; torn down on exit."""
-    exe = nginx_binary()
+def running_stack(
+    state: Path, store_url: str | None = None, *, front: str = "nginx"
+) -> Iterator[Stack]:
+    """nginx or Caddy (the shipped recipe) → demo app, sidecar beside it; torn down on exit."""
+    exe = nginx_binary() if front == "nginx" else caddy_binary()
     port, app, proxy, admin = free_port(), free_port(), free_port(), free_port()
     public = f"http://127.0.0.1:{port}"
     admin_key = secrets.token_urlsafe(32)
@@ -199,8 +229,13 @@ def running_stack(state: Path, store_url: str | None = None) -> Iterator[Stack]:
     store = store_url or f"sqlite:///{state / 'sidecar.db'}"
     config = state / "sidecar.yaml"
     config.write_text(_sidecar_yaml(state, public, admin, proxy, app, store), encoding="utf-8")
-    conf = state / "nginx.conf"
-    conf.write_text(_nginx_conf(state, port, app, proxy), encoding="utf-8")
+    conf = state / ("nginx.conf" if front == "nginx" else "Caddyfile")
+    if front == "nginx":
+        conf.write_text(_nginx_conf(state, port, app, proxy), encoding="utf-8")
+        argv = [exe, "-p", str(state), "-c", str(conf), "-e", str(state / "error.log")]
+    else:
+        conf.write_text(_caddyfile(port, app, proxy), encoding="utf-8")
+        argv = [exe, "run", "--config", str(conf), "--adapter", "caddyfile"]
     main = f"daemon off; pid {state / 'nginx.pid'};"
     if os.geteuid() == 0:
         main += " user root;"  # workers must reach the private temp paths under pytest's tmp
@@ -214,25 +249,15 @@ def running_stack(state: Path, store_url: str | None = None) -> Iterator[Stack]:
                 state / "sidecar.log",
             )
         )
-        nginx = stack.enter_context(
-            _process(
-                [
-                    exe,
-                    "-p",
-                    str(state),
-                    "-c",
-                    str(conf),
-                    "-e",
-                    str(state / "error.log"),
-                    "-g",
-                    main,
-                ],
-                state / "nginx.out",
-            )
+        home = {"HOME": str(state), "XDG_DATA_HOME": str(state), "XDG_CONFIG_HOME": str(state)}
+        front_proc = stack.enter_context(
+            _process([*argv, "-g", main], state / "nginx.out")
+            if front == "nginx"
+            else _process(argv, state / "error.log", env=home)
         )
         _wait_for("127.0.0.1", app, app_proc, "the demo app", state / "app.log")
         _wait_ready(f"http://127.0.0.1:{proxy}", sidecar, state / "sidecar.log")
-        _wait_for("127.0.0.1", port, nginx, "nginx", state / "error.log")
+        _wait_for("127.0.0.1", port, front_proc, front, state / "error.log")
         yield Stack(
             nginx=public,
             sidecar=f"http://127.0.0.1:{proxy}",

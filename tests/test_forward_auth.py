@@ -126,6 +126,14 @@ async def test_envoy_path_prefix_carries_the_original_path_and_method(sidecar: S
     await _assert_bare(allowed)
     assert allowed.status == 200
     assert allowed.headers["X-Forwarded-User"] == "erin"
+    # Envoy only overrides what the answer carries: the rest is removed by name.
+    removed = allowed.headers["x-envoy-auth-headers-to-remove"].split(", ")
+    assert removed == ["x-auth-email", "x-forwarded-email", "x-forwarded-tenant"]
+    public = await sidecar.client.get("/_sidecar/envoy/static/a.js")
+    assert public.status == 200
+    assert public.headers["x-envoy-auth-headers-to-remove"].split(", ") == sorted(
+        sidecar.config.identity_header_names
+    )
     denied = await sidecar.client.delete("/_sidecar/envoy/admin/x", headers=headers)
     await _assert_bare(denied)
     assert denied.status == 403

@@ -53,6 +53,7 @@ from yarl import URL
 
 from sidecar.config import Config
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
+from sidecar.proxy.templates import canonical_header
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.sessions import SessionManager
 from sidecar.store.base import StoreUnavailable
@@ -60,6 +61,7 @@ from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 
 REDIRECT_HINT: Final = "X-Sidecar-Redirect"
+ENVOY_REMOVE: Final = "x-envoy-auth-headers-to-remove"
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 token
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?")
 _NO_STORE: Final[dict[str, str]] = {hdrs.CACHE_CONTROL: "no-store"}
@@ -177,6 +179,7 @@ class ForwardAuth:
         self._unauthenticated = px.unauthenticated
         self._login_url = URL(px.login_url) if px.login_url else None
         self._origin = URL(config.public_url).origin()
+        self._identity = config.identity_header_names
 
     def register(self, app: web.Application) -> None:
         """Add the routes (before the prefix's catch-all 404)."""
@@ -194,8 +197,17 @@ class ForwardAuth:
         return await self._judge(request, None)
 
     async def envoy(self, request: web.Request) -> web.StreamResponse:
-        """``<envoy_path_prefix>/<original path>``: Envoy's ext_authz HTTP service (any method)."""
-        return await self._judge(request, request.raw_path[len(self._envoy_prefix or "") :])
+        """``<envoy_path_prefix>/<original path>``: Envoy's ext_authz HTTP service (any method).
+
+        Envoy's ``allowed_upstream_headers`` only *overrides* headers the answer carries; a
+        client's copy of one it does not carry (no tenant, a public path) would pass. So a 200
+        names every other identity header in ``x-envoy-auth-headers-to-remove``."""
+        response = await self._judge(request, request.raw_path[len(self._envoy_prefix or "") :])
+        if response.status == 200:
+            unset = sorted(self._identity - {canonical_header(n) for n in response.headers})
+            if unset:
+                response.headers[ENVOY_REMOVE] = ", ".join(unset)
+        return response
 
     async def _judge(self, request: web.Request, envoy_target: str | None) -> web.StreamResponse:
         try:
