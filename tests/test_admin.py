@@ -511,3 +511,28 @@ async def test_generate_link_is_guarded(make_client: MakeClient) -> None:
     assert (await mint(client, {"userId": "u"}))[0] == 200  # the second mint of the window
     response = await client.post("/admin/generate_link", json=body, headers=AUTH)
     assert response.status == 429
+
+
+async def test_each_route_family_answers_its_own_error_shape(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """Refusals on the GoTrue-style route read like GoTrue's errors; elsewhere the admin
+    API's ``{code, message[, field]}``."""
+    gotrue = await client.post("/admin/generate_link", json={})
+    assert gotrue.status == 401
+    assert await gotrue.json() == {
+        "code": 401,
+        "msg": "Unauthorized",
+        "details": "missing admin key: send Authorization: Bearer <key>",
+    }
+    assert gotrue.headers["WWW-Authenticate"] == "Bearer"
+    assert gotrue.headers["Cache-Control"] == "no-store"
+    admin = await client.post("/referstring", json={})
+    assert admin.status == 401
+    assert await admin.json() == {
+        "code": 401,
+        "message": "missing admin key: send Authorization: Bearer <key>",
+    }
+    bad = await client.post("/referstring", json={"userId": 5}, headers=AUTH)
+    assert bad.status == 400
+    assert set(await bad.json()) == {"code", "message", "field"}

@@ -557,6 +557,32 @@ async def test_failed_link_redemptions_are_rate_limited(env: Env) -> None:
     assert int(response.headers["Retry-After"]) > 0
 
 
+async def test_refer_and_auth_link_failures_share_one_budget(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One failure path: a client's failed refer links and failed auth links count
+    against the same ``proxy.failed_redeem_rate`` and are audited alike."""
+    limit = env.sc.config.proxy.failed_redeem_rate.limit
+    with caplog.at_level(logging.INFO, logger="sidecar.audit"):
+        for i in range(limit):
+            if i % 2:
+                response = await env.proxy.get("/app?refer=not-a-token", headers=JSON)
+            else:
+                response = await env.proxy.get(
+                    "/_sidecar/verify?token=x&type=magiclink", headers=JSON
+                )
+            await assert_failure(response, 401, "malformed")
+    failures = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sidecar.audit"]
+    assert [(f["event"], f["reason"]) for f in failures] == [("redeem_failed", "malformed")] * limit
+    assert len({f["client"] for f in failures}) == 1
+    over = [
+        await env.proxy.get("/app?refer=not-a-token", headers=JSON),
+        await env.proxy.get("/_sidecar/verify?token=x&type=magiclink", headers=JSON),
+    ]
+    for response in over:
+        await assert_failure(response, 429, "rate_limited")
+
+
 async def test_confirm_role_shows_a_button_and_only_the_post_redeems(
     tmp_path: Path, upstream: Upstream
 ) -> None:

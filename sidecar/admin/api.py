@@ -4,8 +4,9 @@ Every request passes, in order: the access log, the error mapper, the peer check
 or ``admin.allowed_peers``), the ``Host`` check (DNS rebinding), the browser check (``Origin``
 / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size limit and, for mints
 (``/referstring`` and ``/admin/generate_link``), a rate limit counted in the store.
-Errors are JSON ``{"code": <status>, "message": "..."}`` (the auth-link routes of
-``sidecar.links.http`` answer their own ``{code, msg, details}``); nothing here answers 500
+Errors are JSON ``{"code": <status>, "message": "..."[, "field"]}`` (:func:`admin_error`);
+on the GoTrue-style routes under ``/admin/`` every answer, refusals included, is GoTrue's
+``{code, msg, details}`` (:func:`sidecar.links.http.gotrue_error`). Nothing here answers 500
 with details, and no token text, admin key or traceback reaches a response or a log line.
 """
 
@@ -58,24 +59,35 @@ class RequestError(Exception):
         self.field = field
 
 
-def json_error(
+def admin_error(
     status: int,
     message: str,
     *,
-    request: web.BaseRequest | None = None,
     field: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """An error body: ``{code, message[, field]}``, or GoTrue's ``{code, msg, details}``
-    on the GoTrue-style routes under ``/admin/`` so their clients read every error alike."""
-    body: dict[str, object]
-    if request is not None and request.path.startswith(GOTRUE_PREFIX):
-        body = {"code": status, "msg": HTTPStatus(status).phrase, "details": message}
-    else:
-        body = {"code": status, "message": message}
-        if field is not None:
-            body["field"] = field
+    """The admin API's error ``{code, message[, field]}`` — the one place that shape is built."""
+    body: dict[str, object] = {"code": status, "message": message}
+    if field is not None:
+        body["field"] = field
     return web.json_response(body, status=status, headers=headers)
+
+
+def json_error(
+    request: web.BaseRequest,
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A refusal in the shape of the route's family: GoTrue's ``{code, msg, details}`` on the
+    GoTrue-style routes under ``/admin/`` (so their clients read every error alike),
+    :func:`admin_error` elsewhere."""
+    if request.path.startswith(GOTRUE_PREFIX):
+        phrase = HTTPStatus(status).phrase
+        return links_http.gotrue_error(status, phrase, message, headers=headers)
+    return admin_error(status, message, field=field, headers=headers)
 
 
 def peer_allowed(remote: str | None, allowed: tuple[Network, ...]) -> bool:
@@ -123,27 +135,27 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except RequestError as exc:
-        return json_error(exc.status, exc.message, field=exc.field, request=request)
+        return json_error(request, exc.status, exc.message, field=exc.field)
     except web.HTTPRequestEntityTooLarge:
         return _too_large(request)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.RETRY_AFTER)}
-        return json_error(exc.status, exc.reason, headers=headers, request=request)
+        return json_error(request, exc.status, exc.reason, headers=headers)
     except StoreUnavailable:
         _LOG.warning("store unavailable during %s %s", request.method, request.path)
-        return json_error(503, "the store is unavailable; try again shortly", request=request)
+        return json_error(request, 503, "the store is unavailable; try again shortly")
     except Exception:
         _LOG.exception("unhandled error during %s %s", request.method, request.path)
-        return json_error(500, "internal error", request=request)
+        return json_error(request, 500, "internal error")
 
 
 @web.middleware
 async def peer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not peer_allowed(request.remote, request.app[SERVICES].config.admin.allowed_peers):
         _LOG.warning("refused admin request from a peer outside admin.allowed_peers")
-        return json_error(403, "this peer may not use the admin API", request=request)
+        return json_error(request, 403, "this peer may not use the admin API")
     return await handler(request)
 
 
@@ -152,7 +164,7 @@ async def host_middleware(request: web.Request, handler: Handler) -> web.StreamR
     host = request.headers.get(hdrs.HOST, "").strip().lower()
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     if host not in own_hosts(request.app[SERVICES].config.admin.listen, sockname):
-        return json_error(421, "the Host header does not name the admin listener", request=request)
+        return json_error(request, 421, "the Host header does not name the admin listener")
     return await handler(request)
 
 
@@ -162,7 +174,7 @@ async def browser_middleware(request: web.Request, handler: Handler) -> web.Stre
     # Sec-Fetch-Site tells a page on another port of localhost ("same-site") from a backend.
     fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
     if hdrs.ORIGIN in request.headers or fetch_site not in ("none", "same-origin"):
-        return json_error(403, "browser requests are refused by the admin API", request=request)
+        return json_error(request, 403, "browser requests are refused by the admin API")
     return await handler(request)
 
 
@@ -175,25 +187,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     header = given_headers[0] if given_headers else None
     if header is None:
         return json_error(
+            request,
             401,
             "missing admin key: send Authorization: Bearer <key>",
             headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
-            request=request,
         )
     scheme, _, given = header.partition(" ")
     given = given.strip()
     if scheme.lower() != "bearer" or not given:
         return json_error(
+            request,
             401,
             "malformed Authorization header: expected Bearer <key>",
             headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_request"'},
-            request=request,
         )
     expected = request.app[SERVICES].config.admin.key.reveal()
     # surrogateescape: aiohttp hands undecodable header bytes over as lone surrogates.
     given_bytes = given.encode("utf-8", "surrogateescape")
     if not expected or not hmac.compare_digest(given_bytes, expected.encode()):
-        return json_error(403, "wrong admin key", request=request)
+        return json_error(request, 403, "wrong admin key")
     return await handler(request)
 
 
@@ -216,19 +228,17 @@ async def mint_rate_middleware(request: web.Request, handler: Handler) -> web.St
             await enforce(services.store, bucket, admin.mint_rate, services.clock())
         except RateLimited as exc:
             return json_error(
+                request,
                 429,
                 f"too many mints; retry after {exc.retry_after}s",
                 headers={hdrs.RETRY_AFTER: str(exc.retry_after)},
-                request=request,
             )
     return await handler(request)
 
 
 def _too_large(request: web.Request) -> web.Response:
     limit = request.app[SERVICES].config.admin.max_body
-    return json_error(
-        413, f"request body is larger than admin.max_body ({limit} bytes)", request=request
-    )
+    return json_error(request, 413, f"request body is larger than admin.max_body ({limit} bytes)")
 
 
 # -- request bodies ----------------------------------------------------------------------

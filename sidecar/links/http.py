@@ -16,18 +16,21 @@ Proxy side (:func:`register_verify`):
   JSON and sets the cookie. ``gotrue_meta_security`` (sent by supabase-js) is accepted and
   ignored.
 
-Failures are the shared failure pages (JSON ``{"code", "error", "message"}`` for the JSON
-API): 400 bad request, 401 malformed/tampered/unknown key/wrong code, 409 address taken,
-410 expired/used/revoked/superseded, 422 weak password, 429 too many attempts, 503 store down.
+Redemption failures take the proxy's one failure path (:mod:`sidecar.proxy.redemptions`:
+metrics, audit line, status table, ``proxy.failed_redeem_rate``) and answer the shared
+failure pages (JSON ``{"code", "error", "message"}`` for the JSON API): 400 bad request, 401
+malformed/tampered/unknown key/wrong code, 409 address taken, 410 expired/used/revoked/
+superseded, 422 weak password, 429 too many attempts, 503 store down.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from sidecar.config import RoleConfig
-from sidecar.config.pages import MESSAGES
 from sidecar.links.generate import (
     LinkRequestError,
     UnprocessableLink,
@@ -45,12 +48,12 @@ from sidecar.links.verify import (
     verify_token_hash,
 )
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES
+from sidecar.proxy.redemptions import FAILED_REDEMPTIONS
 from sidecar.refer.minting import iso_utc
 from sidecar.sessions import SESSIONS
 from sidecar.store.base import StoreUnavailable
-from sidecar.store.ratelimit import RateLimited, enforce
+from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry import metrics
-from sidecar.telemetry.audit import audit
 from sidecar.telemetry.context import set_route
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
@@ -58,22 +61,6 @@ from sidecar.web.appkeys import SERVICES
 from sidecar.web.jsonbody import BadBody, read_json_object
 
 VERIFY_FIELDS = ("type", "email", "token", "token_hash", "password", "gotrue_meta_security")
-VERIFY_STATUS = {
-    "malformed": 401,
-    "tampered": 401,
-    "unknown_key": 401,
-    "invalid_otp": 401,
-    "invalid_link": 401,
-    "expired": 410,
-    "used": 410,
-    "revoked": 410,
-    "superseded": 410,
-    "bad_request": 400,
-    "redirect_mismatch": 400,
-    "email_exists": 409,
-    "weak_password": 422,
-    "store_unavailable": 503,
-}
 
 
 # -- admin: POST /admin/generate_link ----------------------------------------------------
@@ -90,26 +77,31 @@ async def generate_link(request: web.Request) -> web.Response:
         body = await read_json_object(request)
         query_redirect = request.query.getall("redirect_to", [])
         if len(query_redirect) > 1:
-            return error_json(400, "Invalid redirect_to", "redirect_to is in the query twice")
+            return gotrue_error(400, "Invalid redirect_to", "redirect_to is in the query twice")
         parsed = parse_link_request(
             body, services.config, query_redirect=query_redirect[0] if query_redirect else None
         )
         link = await generate(services, parsed)
     except BadBody as exc:
-        return error_json(400, "Invalid request", str(exc))
+        return gotrue_error(400, "Invalid request", str(exc))
     except LinkRequestError as exc:
-        return error_json(_status(exc), exc.msg, exc.details)
+        return gotrue_error(_status(exc), exc.msg, exc.details)
     except web.HTTPRequestEntityTooLarge:
         limit = services.config.admin.max_body
-        return error_json(413, "Payload too large", f"the body is larger than {limit} bytes")
+        return gotrue_error(413, "Payload too large", f"the body is larger than {limit} bytes")
     except StoreUnavailable:
-        return error_json(503, "Service unavailable", "the store is unavailable; try again")
+        return gotrue_error(503, "Service unavailable", "the store is unavailable; try again")
     return web.json_response(link.to_json(), headers={hdrs.CACHE_CONTROL: "no-store"})
 
 
-def error_json(status: int, msg: str, details: str) -> web.Response:
+def gotrue_error(
+    status: int, msg: str, details: str, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """GoTrue's error ``{"code", "msg", "details"}`` — the one place that shape is built
+    (this route's own answers, and the admin app's refusals on its GoTrue-style routes)."""
     body = {"code": status, "msg": msg, "details": details}
-    return web.json_response(body, status=status, headers={hdrs.CACHE_CONTROL: "no-store"})
+    out = {hdrs.CACHE_CONTROL: "no-store", **(headers or {})}
+    return web.json_response(body, status=status, headers=out)
 
 
 def _status(exc: LinkRequestError) -> int:
@@ -124,8 +116,8 @@ def _status(exc: LinkRequestError) -> int:
 
 
 def register_verify(app: web.Application) -> None:
-    """Add ``<prefix>/verify`` to the proxy app; ``app[SERVICES]``, ``app[SESSIONS]`` and
-    ``app[CLIENT_ADDRESSES]`` must already be set."""
+    """Add ``<prefix>/verify`` to the proxy app; ``app[SERVICES]``, ``app[SESSIONS]``,
+    ``app[CLIENT_ADDRESSES]`` and ``app[FAILED_REDEMPTIONS]`` must already be set."""
     services = app[SERVICES]
     app.router.add_route("*", services.config.proxy.prefix + "/verify", verify)
 
@@ -159,9 +151,9 @@ async def _verify_link(request: web.Request) -> web.StreamResponse:
         verified = await redeem_token(services, token, link_type, redirect_to)
         cookie = await _start_session(request, verified, role)
     except VerifyFailed as failed:
-        return await _failed(request, failed, count=True)
+        return await _failed(request, failed.reason, failed.token_id)
     except StoreUnavailable:
-        return pages.failure(request, 503, "store_unavailable")
+        return await _failed(request, "store_unavailable")
     response = web.Response(
         status=303, headers={hdrs.LOCATION: verified.redirect_to or "/", **pages.NO_STORE}
     )
@@ -175,9 +167,9 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_json_object(request)
     except BadBody:
-        return _json_failure(400, "bad_request")
+        return pages.failure_json(400, "bad_request")
     except web.HTTPRequestEntityTooLarge:
-        return _json_failure(413, "bad_request")
+        return pages.failure_json(413, "bad_request")
     fields = {k: v for k, v in body.items() if k != "gotrue_meta_security"}
     password = fields.get("password")
     if (
@@ -186,7 +178,7 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
         or not isinstance(link_type := fields.get("type"), str)
         or (password is not None and not isinstance(password, str))
     ):
-        return _json_failure(400, "bad_request")
+        return pages.failure_json(400, "bad_request")
     token_hash, email, otp = fields.get("token_hash"), fields.get("email"), fields.get("token")
     try:
         if isinstance(token_hash, str) and email is None and otp is None:
@@ -199,16 +191,18 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
                 services, link_type, email, otp, client=client, password=_str(password)
             )
         else:
-            return _json_failure(400, "bad_request")
+            return pages.failure_json(400, "bad_request")
         cookie = await _start_session(request, verified, role)
-    except RateLimited as limited:
-        metrics.redemption("rate_limited")
-        audit("redeem_failed", reason="rate_limited", kind=link_type)
-        return _json_failure(429, "rate_limited", retry_after=limited.retry_after)
+    except RateLimited as limited:  # OTP guesses: their own budget, not counted again
+        return await _failed(
+            request, "rate_limited", count=False, as_json=True, retry_after=limited.retry_after
+        )
     except VerifyFailed as failed:
-        return await _failed(request, failed, count=token_hash is not None, as_json=True)
+        # A wrong OTP counts against the OTP's own budget (verify_otp), not this one.
+        count = token_hash is not None
+        return await _failed(request, failed.reason, failed.token_id, count=count, as_json=True)
     except StoreUnavailable:
-        return _json_failure(503, "store_unavailable")
+        return await _failed(request, "store_unavailable", as_json=True)
     now = services.clock()
     doc = {
         "user": user_json(verified.user),
@@ -226,59 +220,35 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
 
 async def _start_session(request: web.Request, verified: Verified, role: RoleConfig) -> str:
     sessions = request.app[SESSIONS]
-    metrics.redemption("success")
-    set_user(verified.user.id)
     if verified.link_type == "email_change" or verified.password_changed:
         # Other devices must not keep the old address or outlive the old password.
         await sessions.end_user(verified.user.id)
     else:
         await sessions.end(request)  # a browser holding another session starts afresh
-    return await sessions.start(
+    cookie = await sessions.start(
         user_id=verified.user.id,
         role=role,
         token_id=verified.token_id,
         email=verified.user.email,
         client=request.app[CLIENT_ADDRESSES].of(request),
     )
+    metrics.redemption("success")
+    set_user(verified.user.id)
+    return cookie
 
 
 async def _failed(
-    request: web.Request, failed: VerifyFailed, *, count: bool, as_json: bool = False
+    request: web.Request,
+    reason: str,
+    token_id: str | None = None,
+    *,
+    count: bool = True,
+    as_json: bool = False,
+    retry_after: int | None = None,
 ) -> web.Response:
-    """The failure answer; link failures also count against ``proxy.failed_redeem_rate``
-    (the same per-client budget refer links use)."""
-    services = request.app[SERVICES]
-    client = request.app[CLIENT_ADDRESSES].of(request)
-    metrics.redemption(failed.reason)
-    event = "replay" if failed.reason == "used" else "redeem_failed"
-    audit(event, reason=failed.reason, token_id=failed.token_id, client=client)
-    status = VERIFY_STATUS.get(failed.reason, 401)
-    if count:
-        try:
-            await enforce(
-                services.store,
-                "redeem-fail:" + client,
-                services.config.proxy.failed_redeem_rate,
-                services.clock(),
-            )
-        except RateLimited as limited:
-            if as_json:
-                return _json_failure(429, "rate_limited", retry_after=limited.retry_after)
-            return pages.failure(request, 429, "rate_limited", retry_after=limited.retry_after)
-        except StoreUnavailable:
-            status, failed = 503, VerifyFailed("store_unavailable")
-    if as_json:
-        return _json_failure(status, failed.reason)
-    return pages.failure(request, status, failed.reason)
-
-
-def _json_failure(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
-    headers = dict(pages.SECURITY_HEADERS)
-    if retry_after is not None:
-        headers[hdrs.RETRY_AFTER] = str(retry_after)
-    message = MESSAGES.get(reason, "The request is not valid.")
-    body = {"code": status, "error": reason, "message": message}
-    return web.json_response(body, status=status, headers=headers)
+    return await request.app[FAILED_REDEMPTIONS].answer(
+        request, reason, token_id=token_id, count=count, as_json=as_json, retry_after=retry_after
+    )
 
 
 def _links_role(request: web.Request) -> RoleConfig:

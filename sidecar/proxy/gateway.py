@@ -24,13 +24,13 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
-from sidecar.config.pages import MESSAGES
 from sidecar.links import http as links_http
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.forward_auth import ForwardAuth
 from sidecar.proxy.headers import HeaderPolicy
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
+from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
@@ -68,7 +68,10 @@ def build_proxy_app(services: Services) -> web.Application:
     forwarder = Forwarder(services.config, HeaderPolicy(services.config, clients))
     app[FORWARDER] = forwarder
     app.cleanup_ctx.append(forwarder.cleanup_ctx)
-    gateway = Gateway(services, sessions, forwarder, clients)
+    failures = FailedRedemptions(services, clients)
+    app[FAILED_REDEMPTIONS] = failures
+    redeemer = Redeemer(services, sessions, clients, failures)
+    gateway = Gateway(services, sessions, forwarder, redeemer)
     prefix = services.config.proxy.prefix
     router = app.router
     router.add_route("*", prefix + "/logout", gateway.logout)
@@ -77,7 +80,7 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_route("*", prefix + "/healthz", gateway.healthz)
     router.add_route("*", prefix + "/readyz", gateway.readyz)
     links_http.register_verify(app)
-    forward_auth = ForwardAuth(services.config, sessions, gateway.redeemer, clients.trusts)
+    forward_auth = ForwardAuth(services.config, sessions, redeemer, clients.trusts)
     forward_auth.register(app)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
     router.add_route("*", "/{tail:.*}", gateway.proxy)
@@ -92,14 +95,14 @@ class Gateway:
         services: Services,
         sessions: SessionManager,
         forwarder: Forwarder,
-        clients: ClientAddresses,
+        redeemer: Redeemer,
     ) -> None:
         cfg = services.config
         self._services = services
         self._sessions = sessions
         self._forwarder = forwarder
         self._signed_out = cfg.proxy.prefix + "/signed-out"
-        self.redeemer = Redeemer(services, sessions, clients)
+        self._redeemer = redeemer
         self._unauthenticated = cfg.proxy.unauthenticated
         self._login_url = URL(cfg.proxy.login_url) if cfg.proxy.login_url else None
         self._public = GlobSet(cfg.proxy.public_paths)
@@ -122,7 +125,7 @@ class Gateway:
         except UnsafePath:
             return pages.failure(request, 400, "bad_path")
         if cut >= 0 and has_refer(request):
-            return await self.redeemer.redeem(request)
+            return await self._redeemer.redeem(request)
         websocket = _is_websocket(request)
         cookies = self._sessions.cookies(request)  # read once: the session and the upstream
         if self._public and path.matched_by(self._public):
@@ -211,14 +214,7 @@ class Gateway:
         except StoreUnavailable:
             return pages.failure(request, 503, "store_unavailable")
         if session is None:
-            return _json(
-                401,
-                {
-                    "code": 401,
-                    "error": "unauthenticated",
-                    "message": MESSAGES["unauthenticated"],
-                },
-            )
+            return pages.failure_json(401, "unauthenticated")
         record = session.record
         return _json(
             200,

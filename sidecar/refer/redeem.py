@@ -12,12 +12,12 @@ The request is answered here and never forwarded. In order:
   ``refer`` (other query parameters kept, ``#/display/<module>`` added when the token names
   a module).
 
-Only failures are limited: past ``proxy.failed_redeem_rate`` failures a client's *failures*
-answer 429 (counted in the store, so the limit holds across replicas; each process also
-remembers the block so a blocked client's failures cost no store write). A token that opens
-and is usable is always redeemed, whatever the count — decryption is cheap, and otherwise
-one person's typos (or, behind an ingress without ``proxy.trusted_proxies``, anyone's) would
-lock out every valid link from that address.
+Failures take the proxy's one failure path (:mod:`sidecar.proxy.redemptions`: metrics, audit
+line, status table, ``proxy.failed_redeem_rate``). Only failures are limited: past the limit a
+client's *failures* answer 429. A token that opens and is usable is always redeemed, whatever
+the count — decryption is cheap, and otherwise one person's typos (or, behind an ingress
+without ``proxy.trusted_proxies``, anyone's) would lock out every valid link from that
+address.
 
 Audit lines carry the token id and the reason, never the token text.
 """
@@ -30,10 +30,10 @@ from urllib.parse import unquote_plus
 from aiohttp import hdrs, web
 
 from sidecar.proxy.clientaddr import ClientAddresses
+from sidecar.proxy.redemptions import FailedRedemptions
 from sidecar.services import Services
 from sidecar.sessions import SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
-from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
 from sidecar.telemetry.context import set_route
@@ -42,7 +42,6 @@ from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 
 _MODULE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_BLOCK_MEMO_SIZE = 4096
 
 
 def has_refer(request: web.BaseRequest) -> bool:
@@ -52,26 +51,28 @@ def has_refer(request: web.BaseRequest) -> bool:
 
 
 class RedeemFailed(Exception):
-    """The link cannot be redeemed; ``status`` and ``reason`` say why."""
+    """The link cannot be redeemed; ``reason`` says why (its status:
+    :data:`sidecar.proxy.redemptions.STATUS`)."""
 
-    def __init__(self, status: int, reason: str, token_id: str | None = None) -> None:
+    def __init__(self, reason: str, token_id: str | None = None) -> None:
         super().__init__(reason)
-        self.status = status
         self.reason = reason
         self.token_id = token_id
 
 
 class Redeemer:
     def __init__(
-        self, services: Services, sessions: SessionManager, clients: ClientAddresses
+        self,
+        services: Services,
+        sessions: SessionManager,
+        clients: ClientAddresses,
+        failures: FailedRedemptions,
     ) -> None:
         self._services = services
         self._config = services.config
         self._sessions = sessions
         self._clients = clients
-        self._limit = services.config.proxy.failed_redeem_rate
-        # client address -> epoch second its failure window resets (this process's memo).
-        self._blocked: dict[str, float] = {}
+        self._failures = failures
 
     async def redeem(self, request: web.Request) -> web.StreamResponse:
         set_route("redeem")
@@ -83,38 +84,13 @@ class Redeemer:
         try:
             return await self._redeem(request)
         except RedeemFailed as failed:
-            client = self._clients.of(request)
-            now = self._services.clock()
-            metrics.redemption(failed.reason)
-            audit(
-                "replay" if failed.reason == "used" else "redeem_failed",
-                reason=failed.reason,
-                token_id=failed.token_id,
-                client=client,
-            )
-            if failed.status == 503:
-                return pages.failure(request, 503, failed.reason)
-            blocked_until = self._blocked.get(client)
-            if blocked_until is not None:
-                if now < blocked_until:
-                    wait = max(1, int(blocked_until - now))
-                    return pages.failure(request, 429, "rate_limited", retry_after=wait)
-                del self._blocked[client]
-            try:
-                await enforce(self._services.store, "redeem-fail:" + client, self._limit, now)
-            except RateLimited as limited:
-                if len(self._blocked) < _BLOCK_MEMO_SIZE:
-                    self._blocked[client] = now + limited.retry_after
-                return pages.failure(request, 429, "rate_limited", retry_after=limited.retry_after)
-            except StoreUnavailable:
-                return pages.failure(request, 503, "store_unavailable")
-            return pages.failure(request, failed.status, failed.reason)
+            return await self._failures.answer(request, failed.reason, token_id=failed.token_id)
 
     async def _redeem(self, request: web.Request) -> web.StreamResponse:
         claims = self._open(request)
         role = self._config.roles.get(claims.role)
         if role is None:
-            raise RedeemFailed(401, "unknown_role", claims.token_id)
+            raise RedeemFailed("unknown_role", claims.token_id)
         try:
             if role.redeem == "confirm" and request.method == hdrs.METH_GET:
                 # Only the POST from the button burns; the GET checks without consuming.
@@ -124,9 +100,9 @@ class Redeemer:
             if claims.one_time:
                 result = await self._services.store.burn(claims.token_id, claims.expires_at)
                 if result is BurnResult.ALREADY_USED:
-                    raise RedeemFailed(410, "used", claims.token_id)
+                    raise RedeemFailed("used", claims.token_id)
                 if result is BurnResult.REVOKED:
-                    raise RedeemFailed(410, "revoked", claims.token_id)
+                    raise RedeemFailed("revoked", claims.token_id)
             else:
                 _check_state(await self._services.store.token_state(claims.token_id), claims)
             # A browser that still holds another session starts afresh.
@@ -141,7 +117,7 @@ class Redeemer:
                 client=self._clients.of(request),
             )
         except StoreUnavailable:
-            raise RedeemFailed(503, "store_unavailable", claims.token_id) from None
+            raise RedeemFailed("store_unavailable", claims.token_id) from None
         metrics.redemption("success")
         set_user(claims.subject)
         audit(
@@ -166,19 +142,19 @@ class Redeemer:
         try:
             claims = self._services.codec.open(token, self._services.clock())
         except ExpiredToken as exc:
-            raise RedeemFailed(410, "expired", exc.claims.token_id) from None
+            raise RedeemFailed("expired", exc.claims.token_id) from None
         except TokenError as exc:
-            raise RedeemFailed(401, exc.reason) from None
+            raise RedeemFailed(exc.reason) from None
         if claims.kind != "refer":
-            raise RedeemFailed(401, "malformed", claims.token_id)
+            raise RedeemFailed("malformed", claims.token_id)
         return claims
 
 
 def _check_state(state: TokenState, claims: Claims) -> None:
     if state is TokenState.REVOKED:
-        raise RedeemFailed(410, "revoked", claims.token_id)
+        raise RedeemFailed("revoked", claims.token_id)
     if state is TokenState.USED:
-        raise RedeemFailed(410, "used", claims.token_id)
+        raise RedeemFailed("used", claims.token_id)
 
 
 def landing_url(request: web.BaseRequest, claims: Claims) -> str:

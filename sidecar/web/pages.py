@@ -74,17 +74,14 @@ def wants_json(request: web.BaseRequest) -> bool:
 def failure(
     request: web.BaseRequest, status: int, reason: str, *, retry_after: int | None = None
 ) -> web.Response:
-    """The clear failure page (or JSON) for ``status`` and the short ``reason`` code."""
+    """The clear failure page for ``status`` and the short ``reason`` code (the operator's
+    template when ``pages.dir`` has one), or :func:`failure_json` when the client prefers
+    JSON."""
+    if wants_json(request):
+        return failure_json(status, reason, retry_after=retry_after)
     phrase = _phrase(status)
     message = MESSAGES.get(reason, phrase + ".")
-    headers = dict(SECURITY_HEADERS)
-    if retry_after is not None:
-        headers[hdrs.RETRY_AFTER] = str(retry_after)
-    if wants_json(request):
-        body = json.dumps({"code": status, "error": reason, "message": message})
-        return web.Response(
-            status=status, text=body, content_type="application/json", headers=headers
-        )
+    headers = _failure_headers(retry_after)
     title = f"{status} {phrase}"
     templates = _templates(request)
     own = templates.get(reason) or templates.get("failure")
@@ -92,6 +89,26 @@ def failure(
         values = {"status": str(status), "title": title, "message": message, "reason": reason}
         return _own_html(status, headers, own, values)
     return _html(status, headers, title, f"<p>{html.escape(message)}</p>")
+
+
+def failure_json(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
+    """The proxy listener's JSON failure ``{"code", "error", "message"}`` — the one place
+    that shape is built (failure pages, ``<prefix>/verify``, ``<prefix>/session``)."""
+    message = MESSAGES.get(reason, _phrase(status) + ".")
+    body = json.dumps({"code": status, "error": reason, "message": message})
+    return web.Response(
+        status=status,
+        text=body,
+        content_type="application/json",
+        headers=_failure_headers(retry_after),
+    )
+
+
+def _failure_headers(retry_after: int | None) -> dict[str, str]:
+    headers = dict(SECURITY_HEADERS)
+    if retry_after is not None:
+        headers[hdrs.RETRY_AFTER] = str(retry_after)
+    return headers
 
 
 def method_not_allowed(request: web.BaseRequest, allow: str) -> web.Response:

@@ -1,0 +1,122 @@
+"""The one failure path of every redemption on the proxy listener: refer links
+(:mod:`sidecar.refer.redeem`) and auth links (:mod:`sidecar.links.http`) alike.
+
+A failed redemption is, in order:
+
+* counted in ``sidecar_redemptions_total`` under its reason and written as an audit line
+  (``replay`` for a used token, ``redeem_failed`` otherwise) with the token id — never the
+  token — and the client's address (:class:`~sidecar.proxy.clientaddr.ClientAddresses`);
+* unless the store is what failed, or the caller says it is counted elsewhere (OTP guesses
+  have their own per-address budget), counted against ``proxy.failed_redeem_rate`` under
+  ``redeem-fail:<client>`` in the store, so the limit holds across replicas; past it the
+  answer is 429. Each process remembers a block until its window ends, so a blocked
+  client's further failures cost no store write;
+* answered with the failure page (or the JSON ``{"code", "error", "message"}``) whose status
+  :data:`STATUS` gives for the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from sidecar.proxy.clientaddr import ClientAddresses
+from sidecar.services import Services
+from sidecar.store.base import StoreUnavailable
+from sidecar.store.ratelimit import RateLimited, enforce
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import audit
+from sidecar.web import pages
+
+# Domain failure reason -> HTTP status; a reason not listed is a 401.
+STATUS: Final[dict[str, int]] = {
+    # the token cannot be read, or names what no longer exists
+    "malformed": 401,
+    "tampered": 401,
+    "unknown_key": 401,
+    "unknown_role": 401,
+    "invalid_otp": 401,
+    "invalid_link": 401,
+    # the token was good once
+    "expired": 410,
+    "used": 410,
+    "revoked": 410,
+    "superseded": 410,
+    # the request around the token
+    "bad_request": 400,
+    "redirect_mismatch": 400,
+    "email_exists": 409,
+    "weak_password": 422,
+    "rate_limited": 429,
+    "store_unavailable": 503,
+}
+_BLOCK_MEMO_SIZE: Final = 4096
+
+
+def status_of(reason: str) -> int:
+    """The HTTP status for a domain failure ``reason``."""
+    return STATUS.get(reason, 401)
+
+
+class FailedRedemptions:
+    """Counts, audits, limits and answers failed redemptions for one proxy app."""
+
+    def __init__(self, services: Services, clients: ClientAddresses) -> None:
+        self._services = services
+        self._clients = clients
+        self._limit = services.config.proxy.failed_redeem_rate
+        # client address -> epoch second its failure window resets (this process's memo).
+        self._blocked: dict[str, float] = {}
+
+    async def answer(
+        self,
+        request: web.BaseRequest,
+        reason: str,
+        *,
+        token_id: str | None = None,
+        count: bool = True,
+        as_json: bool = False,
+        retry_after: int | None = None,
+    ) -> web.Response:
+        """Record the failure ``reason`` and answer it (see the module docstring).
+
+        ``count=False`` leaves ``proxy.failed_redeem_rate`` alone; ``as_json`` answers JSON
+        whatever the client accepts; ``retry_after`` goes with a 429 decided elsewhere."""
+        client = self._clients.of(request)
+        metrics.redemption(reason)
+        audit(
+            "replay" if reason == "used" else "redeem_failed",
+            reason=reason,
+            token_id=token_id,
+            client=client,
+        )
+        status = status_of(reason)
+        if count and status != 503:
+            try:
+                await self._count(client)
+            except RateLimited as limited:
+                status, reason, retry_after = 429, "rate_limited", limited.retry_after
+            except StoreUnavailable:
+                status, reason = 503, "store_unavailable"
+        if as_json:
+            return pages.failure_json(status, reason, retry_after=retry_after)
+        return pages.failure(request, status, reason, retry_after=retry_after)
+
+    async def _count(self, client: str) -> None:
+        """Count one failure of ``client``; :class:`RateLimited` past the limit."""
+        now = self._services.clock()
+        blocked_until = self._blocked.get(client)
+        if blocked_until is not None:
+            if now < blocked_until:
+                raise RateLimited(max(1, int(blocked_until - now)))
+            del self._blocked[client]
+        try:
+            await enforce(self._services.store, "redeem-fail:" + client, self._limit, now)
+        except RateLimited as limited:
+            if len(self._blocked) < _BLOCK_MEMO_SIZE:
+                self._blocked[client] = now + limited.retry_after
+            raise
+
+
+FAILED_REDEMPTIONS = web.AppKey("failed_redemptions", FailedRedemptions)
