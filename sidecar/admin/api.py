@@ -183,7 +183,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     given_headers = request.headers.getall(hdrs.AUTHORIZATION, ())
     if len(given_headers) > 1:
         # Which copy counts differs between proxies and servers: refuse, never pick one.
-        return json_error(400, "more than one Authorization header", request=request)
+        return json_error(request, 400, "more than one Authorization header")
     header = given_headers[0] if given_headers else None
     if header is None:
         return json_error(
