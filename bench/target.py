@@ -33,6 +33,7 @@ admin:
 proxy:
   listen: 127.0.0.1:{proxy_port}
   upstream: http://127.0.0.1:{upstream_port}
+  trusted_proxies: [{trusted}]
 session:
   cookie_name: {cookie}
   cookie_secure: false
@@ -89,6 +90,7 @@ def start_sidecar(
     store_url: str,
     cores: Sequence[int] | None,
     log_level: str = "info",
+    trusted_proxies: Sequence[str] = (),
 ) -> Sidecar:
     """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``."""
     home = workdir / name
@@ -106,6 +108,7 @@ def start_sidecar(
             store_url=store_url,
             cookie=COOKIE,
             log_level=log_level,
+            trusted=", ".join(trusted_proxies),
         )
     )
     argv = [PYTHON, "-m", "sidecar", "serve", "--config", str(config)]
