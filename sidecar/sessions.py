@@ -226,6 +226,12 @@ class SessionManager:
             del self._cache[key]
         return await self._services.store.delete_user_sessions(user_id)
 
+    async def end_token(self, token_id: str) -> int:
+        """End every session created from the link ``token_id`` (store and this cache)."""
+        for key in [k for k, s in self._cache.items() if s.record.token_id == token_id]:
+            del self._cache[key]
+        return await self._services.store.delete_token_sessions(token_id)
+
     def _remember(self, key: str, record: SessionRecord, now: float) -> Session:
         session = Session(
             key=key,

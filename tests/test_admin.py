@@ -387,7 +387,12 @@ async def test_revoke(client: TestClient[web.Request, web.Application]) -> None:
     store = services_of(client).store
     response = await client.post(f"/tokens/{token_id}/revoke", headers=AUTH)
     assert response.status == 200
-    assert await response.json() == {"id": token_id, "previous": "unused", "state": "revoked"}
+    assert await response.json() == {
+        "id": token_id,
+        "previous": "unused",
+        "state": "revoked",
+        "sessions_ended": 0,
+    }
     assert await store.token_state(token_id) is TokenState.REVOKED
     assert await store.burn(token_id, NOW + 3600) is BurnResult.REVOKED
     again = await (await client.post(f"/tokens/{token_id}/revoke", headers=AUTH)).json()
@@ -398,7 +403,7 @@ async def test_revoke_a_used_token(client: TestClient[web.Request, web.Applicati
     store = services_of(client).store
     assert await store.burn("used-one", NOW + 60) is BurnResult.BURNED
     answer = await (await client.post("/tokens/used-one/revoke", headers=AUTH)).json()
-    assert answer == {"id": "used-one", "previous": "used", "state": "used"}
+    assert answer == {"id": "used-one", "previous": "used", "state": "used", "sessions_ended": 0}
 
 
 @pytest.mark.parametrize("token_id", ["a.b", "a%20b", "x" * 129])

@@ -12,7 +12,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -254,6 +254,26 @@ async def test_delete_sessions(store: Store, now: float) -> None:
     assert await store.get_session("a3") is None
     assert await store.get_session("b1") is not None
     assert await store.delete_user_sessions("ann") == 0
+
+
+async def test_delete_the_sessions_of_one_link(store: Store, now: float) -> None:
+    """A reusable link may have opened several sessions; revoking it ends them all."""
+    shared = [("l1", "ann", "tok-L"), ("l2", "bob", "tok-L"), ("l3", "ann", "tok-other")]
+    for key, user, token in shared:
+        await store.create_session(replace(session(key, now, user=user), token_id=token))
+    await store.touch_session("l1", now + 30)
+    assert await store.delete_token_sessions("tok-L") == 2
+    assert await store.get_session("l1") is None
+    assert await store.get_session("l2") is None
+    assert await store.get_session("l3") is not None
+    assert await store.delete_token_sessions("tok-L") == 0
+    # the user index is not confused by sessions the link index already ended
+    assert await store.delete_user_sessions("ann") == 1
+    # a session re-created under the same key moves to its new link's index
+    await store.create_session(replace(session("l4", now), token_id="tok-A"))
+    await store.create_session(replace(session("l4", now), token_id="tok-B"))
+    assert await store.delete_token_sessions("tok-A") == 0
+    assert await store.delete_token_sessions("tok-B") == 1
 
 
 # -- users --------------------------------------------------------------------------------

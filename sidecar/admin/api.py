@@ -284,8 +284,11 @@ async def referstring(request: web.Request) -> web.Response:
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    """Revoke a token id. Mints are not stored, so any well-formed id is revocable; the
-    revocation is kept as long as the longest-lived token could be."""
+    """Revoke a token id and end every session it created (``sessions_ended`` counts them).
+
+    Mints are not stored, so any well-formed id is revocable; the revocation is kept as
+    long as the longest-lived token could be. The revocation is written first, so no new
+    session can start from the link once the sessions are being ended."""
     token_id = request.match_info["id"]
     if not _TOKEN_ID.fullmatch(token_id):
         raise RequestError(400, "token id: expected 1-128 of A-Z a-z 0-9 _ -", field="id")
@@ -295,8 +298,15 @@ async def revoke_token(request: web.Request) -> web.Response:
     # let the record go while a link minted under the old one still lives.
     previous = await services.store.revoke(token_id, now + MAX_EXPIRY)
     state = "used" if previous.value == "used" else "revoked"
-    audit("revoke", token_id=token_id, previous=previous.value, state=state)
-    return web.json_response({"id": token_id, "previous": previous.value, "state": state})
+    sessions = request.app.get(SESSIONS)
+    if sessions is not None:  # also drop this process's session cache at once
+        ended = await sessions.end_token(token_id)
+    else:
+        ended = await services.store.delete_token_sessions(token_id)
+    audit("revoke", token_id=token_id, previous=previous.value, state=state, sessions=ended)
+    return web.json_response(
+        {"id": token_id, "previous": previous.value, "state": state, "sessions_ended": ended}
+    )
 
 
 async def end_sessions(request: web.Request) -> web.Response:

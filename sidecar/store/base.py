@@ -180,6 +180,9 @@ class Store(Protocol):
         """The stored sessions of ``user_id`` (live or not: ``is_live`` is the caller's
         check), oldest first."""
 
+    async def delete_token_sessions(self, token_id: str) -> int:
+        """End every session created from the link ``token_id``; returns how many."""
+
     # -- users (auth links) -----------------------------------------------------------
     async def create_user(self, user: User) -> None:
         """Insert a user; raise :class:`UserExists` if the email (compared ignoring case)

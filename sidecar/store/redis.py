@@ -11,6 +11,7 @@ purging); users are the only records that never expire. Keys, under ``prefix``:
     utok:<user_id>            sorted set of that user's token ids, scored by created_at
     sess:<key>                hash of a SessionRecord
     usess:<user_id>           set of that user's sess:* keys (entries checked on use)
+    tsess:<token_id>          set of the sess:* keys that link created (checked on use)
     user:<id>                 hash {data: User as JSON, email_key}
     email:<email_key>         user id
     link:<len(user_id)>:<user_id>:<type>   hash of a PendingLink
@@ -66,7 +67,7 @@ _SHA = {
     src: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
     for src in (
         lua.SET_STATE_ONCE, lua.INDEX_SESSION, lua.CREATE_SESSION, lua.TOUCH_SESSION,
-        lua.DELETE_SESSION, lua.DELETE_SESSION_OF, lua.CREATE_USER, lua.UPDATE_USER,
+        lua.DELETE_SESSION, lua.DELETE_SESSION_OF, lua.DELETE_SESSION_OF_LINK, lua.CREATE_USER, lua.UPDATE_USER,
         lua.PUT_LINK, lua.DELETE_LINK, lua.DELETE_INDEX_IF, lua.FAILED_ATTEMPT, lua.HIT,
         lua.INDEX_MINT, lua.RECORD_MINT,
     )
@@ -270,8 +271,8 @@ class RedisStore:
         key = self._key("sess", s.key)
         # Index first: if the second step fails, the index holds an entry that
         # delete_user_sessions checks and skips, never a session it cannot find.
-        index = self._key("usess", s.user_id)
-        await self._eval(lua.INDEX_SESSION, [index], [key, _ms(s.expires_at)])
+        for index in (self._key("usess", s.user_id), self._key("tsess", s.token_id)):
+            await self._eval(lua.INDEX_SESSION, [index], [key, _ms(s.expires_at)])
         dead_at = _ms(_codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout))
         await self._eval(lua.CREATE_SESSION, [key], [dead_at, *_flat(_codec.session_fields(s))])
 
@@ -292,12 +293,21 @@ class RedisStore:
         return True
 
     async def delete_user_sessions(self, user_id: str) -> int:
-        index = self._key("usess", user_id)
+        return await self._delete_indexed(
+            self._key("usess", user_id), lua.DELETE_SESSION_OF, user_id
+        )
+
+    async def delete_token_sessions(self, token_id: str) -> int:
+        # A single logout leaves its entry here; DELETE_SESSION_OF_LINK skips it (0).
+        return await self._delete_indexed(
+            self._key("tsess", token_id), lua.DELETE_SESSION_OF_LINK, token_id
+        )
+
+    async def _delete_indexed(self, index: str, script: str, owner: str) -> int:
+        """End the sessions an index lists that still belong to ``owner``."""
         async with self._call() as redis:
             members = sorted(str(m) for m in await redis.smembers(index))
-        results = await asyncio.gather(
-            *(self._eval_acked(lua.DELETE_SESSION_OF, m, [user_id]) for m in members)
-        )
+        results = await asyncio.gather(*(self._eval_acked(script, m, [owner]) for m in members))
         # Entries of sessions not (yet) there stay: the session may be being created now,
         # and its entry must outlive this call. The index expires with the last session.
         done = [m for m, r in zip(members, results, strict=True) if r != 0]

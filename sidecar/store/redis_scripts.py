@@ -17,7 +17,7 @@ local at = math.max(tonumber(ARGV[2]), floor)
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', at, 'GET')
 """
 
-# KEYS: user index. ARGV: session key, expires_at (ms). The index lives until the last
+# KEYS: user (or link) index. ARGV: session key, expires_at (ms). The index lives until the last
 # session's *absolute* expiry: touches push a session's own expiry forward, and the index
 # must still find it then.
 INDEX_SESSION = """
@@ -61,6 +61,15 @@ DELETE_SESSION_OF = """
 local u = redis.call('HGET', KEYS[1], 'user_id')
 if not u then return 0 end
 if u ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: session. ARGV: token id. As DELETE_SESSION_OF, for the sessions one link created.
+DELETE_SESSION_OF_LINK = """
+local t = redis.call('HGET', KEYS[1], 'token_id')
+if not t then return 0 end
+if t ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[1])
 return 1
 """

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     dead_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
+CREATE INDEX IF NOT EXISTS sessions_token_id ON sessions (token_id);
 CREATE INDEX IF NOT EXISTS sessions_dead_at ON sessions (dead_at);
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY, email TEXT NOT NULL, email_key TEXT NOT NULL UNIQUE,
@@ -289,6 +290,9 @@ class SQLiteStore:
 
     async def delete_user_sessions(self, user_id: str) -> int:
         return await self._write(statement("DELETE FROM sessions WHERE user_id = ?", (user_id,)))
+
+    async def delete_token_sessions(self, token_id: str) -> int:
+        return await self._write(statement("DELETE FROM sessions WHERE token_id = ?", (token_id,)))
 
     # -- users ------------------------------------------------------------------------
     async def create_user(self, user: User) -> None:

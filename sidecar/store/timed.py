@@ -94,6 +94,11 @@ class TimedStore:
     async def delete_user_sessions(self, user_id: str) -> int:
         return await self._timed("delete_user_sessions", self.inner.delete_user_sessions(user_id))
 
+    async def delete_token_sessions(self, token_id: str) -> int:
+        return await self._timed(
+            "delete_token_sessions", self.inner.delete_token_sessions(token_id)
+        )
+
     async def create_user(self, user: User) -> None:
         await self._timed("create_user", self.inner.create_user(user))
 

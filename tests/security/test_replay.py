@@ -293,3 +293,46 @@ async def test_a_token_is_only_accepted_where_its_kind_belongs(sidecar: Sidecar)
     casebook.record("replay", tried=len(attempts), through=len(through))
     assert not through, through
     assert await sidecar.redeem(refer)  # neither was burned by the misuse
+
+
+async def _revoke(sc: Sidecar, token_id: str) -> dict[str, object]:
+    async with sc.http.post(
+        f"{sc.admin_url}/tokens/{token_id}/revoke", headers=sc.admin_headers
+    ) as resp:
+        assert resp.status == 200
+        answer: dict[str, object] = await resp.json()
+        return answer
+
+
+async def _proxied_status(sc: Sidecar, cookie: str) -> int:
+    async with sc.http.get(sc.proxy_url + "/app", headers=sc.cookie_header(cookie)) as resp:
+        return resp.status
+
+
+async def test_revoking_a_link_ends_the_sessions_it_created(sidecar: Sidecar) -> None:
+    """Issue #12 item 12: revoke used to stop only future redemptions; a reusable link's
+    sessions (and a one-time link's one) went on. The answer says how many ended."""
+    reusable = await sidecar.mint(userId="shared", additionalParams={"role": "Reusable"})
+    cookies = [await sidecar.redeem(reusable["referString"]) for _ in range(3)]
+    one_time = await sidecar.mint(userId="once")
+    once_cookie = await sidecar.redeem(one_time["referString"])
+    bystander = await sidecar.login(userId="bystander")
+    for cookie in [*cookies, once_cookie, bystander]:
+        assert await _proxied_status(sidecar, cookie) == 200
+
+    answer = await _revoke(sidecar, reusable["id"])
+    assert answer == {
+        "id": reusable["id"],
+        "previous": "unused",
+        "state": "revoked",
+        "sessions_ended": 3,
+    }
+    assert (await _revoke(sidecar, one_time["id"]))["sessions_ended"] == 1
+    after = [await _proxied_status(sidecar, c) for c in [*cookies, once_cookie]]
+    casebook.record("replay", tried=len(after), through=sum(s != 401 for s in after))
+    assert after == [401] * len(after)
+    assert await _proxied_status(sidecar, bystander) == 200
+    async with sidecar.http.get(
+        sidecar.proxy_url + "/", params={"refer": reusable["referString"]}, allow_redirects=False
+    ) as resp:
+        assert resp.status == 410
