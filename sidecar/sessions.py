@@ -26,6 +26,9 @@ from sidecar.services import Services
 from sidecar.store.base import SessionRecord
 
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
+# Copies of the cookie looked up per request, at most: bounds the store reads one request
+# with a stuffed Cookie header can cause.
+MAX_COOKIE_COPIES = 4
 # last_seen is written back at most this often; the idle check is early by at most this much.
 _MAX_TOUCH_INTERVAL = 60.0
 
@@ -45,36 +48,46 @@ class RequestCookies:
     """A request's ``Cookie`` headers, read once and shared by the session lookup and the
     header policy (:mod:`sidecar.proxy.headers`).
 
-    ``value`` is the sidecar's cookie when it is well formed (else None); ``others`` holds,
-    for each ``Cookie`` header in order, what is left of it for the upstream (empty when
-    nothing is)."""
+    ``values`` are the well-formed copies of the sidecar's cookie, in the order sent (at
+    most :data:`MAX_COOKIE_COPIES`). Several copies mean someone set one beside ours — a
+    sibling host with ``Domain=`` (cookie tossing) or a stale one with another path — so
+    the session lookup tries each (:meth:`SessionManager.lookup_cookies`). ``others``
+    holds, for each ``Cookie`` header in order, what is left of it for the upstream (empty
+    when nothing is)."""
 
-    value: str | None
+    values: tuple[str, ...]
     others: tuple[bytes, ...]
 
+    @property
+    def value(self) -> str | None:
+        """The first well-formed copy, if any."""
+        return self.values[0] if self.values else None
 
-NO_COOKIES = RequestCookies(None, ())
+
+NO_COOKIES = RequestCookies((), ())
 
 
 def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
-    """Split every ``Cookie`` header of ``request`` into the sidecar's cookie ``name`` and
-    the rest (see :func:`split_cookie_header`). The first header that holds ``name``
-    decides the value. Raw bytes are read as latin-1, so other cookies reach the upstream
-    byte for byte."""
+    """Split every ``Cookie`` header of ``request`` into the copies of the sidecar's
+    cookie ``name`` and the rest (see :func:`split_cookie_header`). Raw bytes are read as
+    latin-1, so other cookies reach the upstream byte for byte."""
     if hdrs.COOKIE not in request.headers:
         return NO_COOKIES
-    found: str | None = None
-    decided = False
+    found: list[str] = []
     others: list[bytes] = []
     for header, raw in request.raw_headers:
         if header.lower() != b"cookie":
             continue
-        value, rest = split_cookie_header(raw.decode("latin-1"), name)
-        if value is not None and not decided:
-            decided = True
-            found = value if _COOKIE_VALUE.fullmatch(value) else None
+        values, rest = _split_cookie_header(raw.decode("latin-1"), name)
+        for value in values:
+            if (
+                len(found) < MAX_COOKIE_COPIES
+                and _COOKIE_VALUE.fullmatch(value)
+                and value not in found
+            ):
+                found.append(value)
         others.append(rest.encode("latin-1"))
-    return RequestCookies(found, tuple(others))
+    return RequestCookies(tuple(found), tuple(others))
 
 
 def session_key(cookie_value: str) -> str:
@@ -85,15 +98,21 @@ def split_cookie_header(header: str, name: str) -> tuple[str | None, str]:
     """Return (the value of cookie ``name``, the header without it).
 
     Every other cookie is kept byte for byte, so the upstream sees exactly what the browser
-    sent for its own cookies. Every copy of ``name`` is removed; the first one wins. A pair
-    that hides ``name`` behind a ``,`` (RFC 2109 servers split there) is dropped whole."""
-    found: str | None = None
+    sent for its own cookies. Every copy of ``name`` is removed; the first one is
+    returned. A pair that hides ``name`` behind a ``,`` (RFC 2109 servers split there) is
+    dropped whole."""
+    values, rest = _split_cookie_header(header, name)
+    return (values[0] if values else None), rest
+
+
+def _split_cookie_header(header: str, name: str) -> tuple[list[str], str]:
+    """Every value of cookie ``name`` in order, and the header without them."""
+    found: list[str] = []
     kept: list[str] = []
     for part in header.split(";"):
         key, sep, value = part.strip().partition("=")
         if sep and key.rstrip() == name:
-            if found is None:
-                found = value.strip().strip('"')
+            found.append(value.strip().strip('"'))
         elif part.strip() and not (name in part and _hidden_cookie(name).search(part)):
             kept.append(part.strip())
     return found, "; ".join(kept)
@@ -175,7 +194,16 @@ class SessionManager:
         return read_cookies(request, self.cookie_name)
 
     async def lookup(self, request: web.BaseRequest) -> Session | None:
-        return await self.lookup_value(self.cookies(request).value)
+        return await self.lookup_cookies(self.cookies(request))
+
+    async def lookup_cookies(self, cookies: RequestCookies) -> Session | None:
+        """The live session of the first copy of the cookie that has one: a garbage or
+        dead copy placed first (by another host, or left over) cannot log the user out."""
+        for value in cookies.values:
+            session = await self.lookup_value(value)
+            if session is not None:
+                return session
+        return None
 
     async def lookup_value(self, cookie_value: str | None) -> Session | None:
         """The live session for ``cookie_value``, or None (none, unknown, expired or idle).
@@ -210,15 +238,16 @@ class SessionManager:
         return session
 
     async def end(self, request: web.BaseRequest) -> SessionRecord | None:
-        """End the request's session (logout); returns the record that ended, if any."""
-        value = self.cookies(request).value
-        if value is None:
-            return None
-        key = session_key(value)
-        self._cache.pop(key, None)
-        record = await self._services.store.get_session(key)
-        await self._services.store.delete_session(key)
-        return record
+        """End the request's sessions (logout: every copy of the cookie names one the
+        browser holds); returns the first record that ended, if any."""
+        ended: SessionRecord | None = None
+        for value in self.cookies(request).values:
+            key = session_key(value)
+            self._cache.pop(key, None)
+            record = await self._services.store.get_session(key)
+            await self._services.store.delete_session(key)
+            ended = ended or record
+        return ended
 
     async def end_user(self, user_id: str) -> int:
         """End every session of ``user_id`` in the store and in this process's cache."""

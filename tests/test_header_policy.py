@@ -39,14 +39,14 @@ def test_the_sidecar_cookie_and_the_rest_per_header() -> None:
         OWN,
     )
     # The first header that holds the cookie decides; every copy is cut from every header.
-    assert cookies == RequestCookies(GOOD, (b"theme=dark; x=1", b"y=2"))
+    assert cookies == RequestCookies((GOOD,), (b"theme=dark; x=1", b"y=2"))
 
 
 def test_a_malformed_sidecar_cookie_is_no_cookie() -> None:
     cookies = read_cookies(
         request(("Cookie", f"{OWN}=short; a=1"), ("Cookie", f"{OWN}={GOOD}")), OWN
     )
-    assert cookies == RequestCookies(None, (b"a=1", b""))
+    assert cookies == RequestCookies((), (b"a=1", b""))
 
 
 def test_other_cookies_pass_byte_for_byte() -> None:

@@ -19,6 +19,7 @@ from typing import Literal
 
 import yaml
 
+from sidecar.config.cookies import cookie_prefix_problem, default_cookie_name
 from sidecar.config.durations import format_duration, parse_duration, parse_size
 from sidecar.config.pages import load_page_templates
 from sidecar.config.reader import Reader
@@ -279,10 +280,20 @@ def _build(r: Reader) -> Config | None:
             px.error(key, "must be more than 0: every wait is bounded")
 
     se = root.section("session")
+    cookie_secure = se.boolean("cookie_secure", True)
+    cookie_domain = se.optional_string("cookie_domain")
+    cookie_name = se.string(
+        "cookie_name",
+        default_cookie_name(secure=cookie_secure, domain=cookie_domain),
+        pattern=r"[A-Za-z0-9_\-]+",
+    )
+    prefix_problem = cookie_prefix_problem(cookie_name, cookie_secure, cookie_domain)
+    if prefix_problem is not None:
+        se.error("cookie_name", prefix_problem)
     session = SessionConfig(
-        cookie_name=se.string("cookie_name", "sidecar_session", pattern=r"[A-Za-z0-9_\-]+"),
-        cookie_secure=se.boolean("cookie_secure", True),
-        cookie_domain=se.optional_string("cookie_domain"),
+        cookie_name=cookie_name,
+        cookie_secure=cookie_secure,
+        cookie_domain=cookie_domain,
         cache_ttl=se.duration("cache_ttl", 2.0, at_most=60.0),
         cache_size=se.integer("cache_size", 10_000, low=0, high=10_000_000),
     )

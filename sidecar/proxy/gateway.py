@@ -131,7 +131,7 @@ class Gateway:
         if self._public and path.matched_by(self._public):
             return await self._send(request, cookies, (), websocket)
         try:
-            session = await self._sessions.lookup_value(cookies.value)
+            session = await self._sessions.lookup_cookies(cookies)
         except StoreUnavailable:
             return pages.failure(request, 503, "store_unavailable")
         if session is not None:
@@ -162,7 +162,7 @@ class Gateway:
     def _still_signed_in(self, cookies: RequestCookies) -> Alive:
         async def alive() -> bool:
             try:
-                return await self._sessions.lookup_value(cookies.value) is not None
+                return await self._sessions.lookup_cookies(cookies) is not None
             except StoreUnavailable:
                 return False  # fail closed, as every other session check does
 

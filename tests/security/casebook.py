@@ -25,6 +25,7 @@ CATEGORIES = (
     "frameworks",
     "connections",
     "leaks",
+    "cookies",
 )
 
 TRIED: Counter[str] = Counter()

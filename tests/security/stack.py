@@ -238,8 +238,10 @@ async def running_sidecar(
     overrides: dict[str, object] | None = None,
     upstream: Upstream | None = None,
     keyset: KeySet | None = None,
+    public_host: str | None = None,
 ) -> AsyncIterator[Sidecar]:
-    """Serve a sidecar (both listeners) for the duration of the block."""
+    """Serve a sidecar (both listeners) for the duration of the block; with ``public_host``
+    its ``public_url`` is ``http://<public_host>:<proxy port>`` (a browser's view of it)."""
     upstream = upstream or Upstream()
     if upstream._runner is None:
         await upstream.start()
@@ -257,6 +259,8 @@ async def running_sidecar(
                 admin_port=admin_port,
                 proxy_port=proxy_port,
             )
+            if public_host is not None:
+                doc["public_url"] = f"http://{public_host}:{proxy_port}"
             config = parse_config(
                 yaml.safe_dump(deep_merge(doc, overrides or {})), env=env, base_dir=tmp_path
             )
