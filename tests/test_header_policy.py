@@ -38,15 +38,18 @@ def test_the_sidecar_cookie_and_the_rest_per_header() -> None:
         request(("Cookie", f"theme=dark; {OWN}={GOOD}; x=1"), ("cookie", f"{OWN}=zzz; y=2")),
         OWN,
     )
-    # The first header that holds the cookie decides; every copy is cut from every header.
+    # Every well-formed copy is kept for the lookup; every copy is cut from every header.
     assert cookies == RequestCookies((GOOD,), (b"theme=dark; x=1", b"y=2"))
 
 
-def test_a_malformed_sidecar_cookie_is_no_cookie() -> None:
+def test_a_malformed_copy_is_skipped_not_decisive() -> None:
+    """Cookie tossing: a garbage copy sent first must not hide the user's own."""
     cookies = read_cookies(
         request(("Cookie", f"{OWN}=short; a=1"), ("Cookie", f"{OWN}={GOOD}")), OWN
     )
-    assert cookies == RequestCookies((), (b"a=1", b""))
+    assert cookies == RequestCookies((GOOD,), (b"a=1", b""))
+    only_bad = read_cookies(request(("Cookie", f"{OWN}=short; a=1")), OWN)
+    assert only_bad == RequestCookies((), (b"a=1",))
 
 
 def test_other_cookies_pass_byte_for_byte() -> None:

@@ -397,6 +397,7 @@ async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
             "tokat:short": floor, "tokat:long": HOUR * 1000,  # the burn's time, alike
             # The user index lives to the last session's absolute expiry, not its idle one.
             "sess:long": 600_000, "usess:u1": HOUR * 1000, "link:3:u:1:recovery": 10_000,
+            "tsess:tok-short": 10_000, "tsess:tok-long": HOUR * 1000,
             "linkhash:hash-t1": 10_000, f"rl:10:{reset!r}:ip": (reset - now) * 1000,
         }  # fmt: skip
         assert set(ttls) == set(expected)

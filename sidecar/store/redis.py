@@ -67,9 +67,9 @@ _SHA = {
     src: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
     for src in (
         lua.SET_STATE_ONCE, lua.INDEX_SESSION, lua.CREATE_SESSION, lua.TOUCH_SESSION,
-        lua.DELETE_SESSION, lua.DELETE_SESSION_OF, lua.DELETE_SESSION_OF_LINK, lua.CREATE_USER, lua.UPDATE_USER,
-        lua.PUT_LINK, lua.DELETE_LINK, lua.DELETE_INDEX_IF, lua.FAILED_ATTEMPT, lua.HIT,
-        lua.INDEX_MINT, lua.RECORD_MINT,
+        lua.DELETE_SESSION, lua.DELETE_SESSION_OF, lua.DELETE_SESSION_OF_LINK, lua.CREATE_USER,
+        lua.UPDATE_USER, lua.PUT_LINK, lua.DELETE_LINK, lua.DELETE_INDEX_IF, lua.FAILED_ATTEMPT,
+        lua.HIT, lua.INDEX_MINT, lua.RECORD_MINT,
     )
 }  # fmt: skip
 Client = Redis | RedisCluster
