@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.browser.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 from tests.conftest import skip_or_fail
 from tests.security import casebook
 from tests.security.stack import Sidecar, running_sidecar
