@@ -220,7 +220,10 @@ async def test_store_down_fails_closed(sidecar: Sidecar, upstream: Upstream) -> 
     token, _ = sidecar.mint()
     await sidecar.store.close()
     try:
-        await _failure(sidecar, f"/?refer={token}", 503, "store_unavailable")
+        # A one-time link: the page cannot say whether the burn landed, and says so.
+        await _failure(sidecar, f"/?refer={token}", 503, "burn_unconfirmed")
+        reusable, _ = sidecar.mint(one_time=False)
+        await _failure(sidecar, f"/?refer={reusable}", 503, "store_unavailable")
         assert (await sidecar.client.get("/_sidecar/readyz")).status == 503
         assert (await sidecar.client.get("/_sidecar/healthz")).status == 200
     finally:

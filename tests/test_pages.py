@@ -84,6 +84,7 @@ async def test_json_shape(client: Client) -> None:
         (410, "used", "already been used"),
         (410, "revoked", "withdrawn"),
         (503, "store_unavailable", "temporarily unavailable"),
+        (503, "burn_unconfirmed", "this attempt used it up"),
         (502, "bad_gateway", "not reachable"),
         (504, "gateway_timeout", "too long"),
         (418, "<script>", "I&#x27;m a Teapot."),

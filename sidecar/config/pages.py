@@ -35,6 +35,11 @@ MESSAGES = {
     "revoked": "This link has been withdrawn. Ask for a new one.",
     "superseded": "A newer link has been sent; use that one instead.",
     "store_unavailable": "The service is temporarily unavailable. Try again in a moment.",
+    "burn_unconfirmed": (
+        "The service did not confirm this sign-in in time, so you are not signed in. Try the "
+        "link again in a moment. If it then says the link was already used, this attempt "
+        "used it up: ask for a new one."
+    ),
     "rate_limited": "Too many failed attempts. Wait a while before trying again.",
     "forbidden": "You do not have access to this page.",
     "unauthenticated": "You need to sign in with a valid link to see this page.",

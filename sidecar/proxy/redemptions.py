@@ -50,6 +50,7 @@ STATUS: Final[dict[str, int]] = {
     "weak_password": 422,
     "rate_limited": 429,
     "store_unavailable": 503,
+    "burn_unconfirmed": 503,  # the store failed after a burn was sent (see refer.redeem)
 }
 _BLOCK_MEMO_SIZE: Final = 4096
 

@@ -91,6 +91,10 @@ class Redeemer:
         role = self._config.roles.get(claims.role)
         if role is None:
             raise RedeemFailed("unknown_role", claims.token_id)
+        # Once a burn is sent, a store failure cannot say whether it landed: a frozen
+        # Redis may still run the queued write, a replica may not have acknowledged it.
+        # The 503 page says so (retrying may answer "already used") — never a session.
+        unavailable = "store_unavailable"
         try:
             if role.redeem == "confirm" and request.method == hdrs.METH_GET:
                 # Only the POST from the button burns; the GET checks without consuming.
@@ -98,6 +102,7 @@ class Redeemer:
                 _check_state(state, claims)
                 return pages.confirm_page(request)
             if claims.one_time:
+                unavailable = "burn_unconfirmed"
                 result = await self._services.store.burn(claims.token_id, claims.expires_at)
                 if result is BurnResult.ALREADY_USED:
                     raise RedeemFailed("used", claims.token_id)
@@ -117,7 +122,7 @@ class Redeemer:
                 client=self._clients.of(request),
             )
         except StoreUnavailable:
-            raise RedeemFailed("store_unavailable", claims.token_id) from None
+            raise RedeemFailed(unavailable, claims.token_id) from None
         metrics.redemption("success")
         set_user(claims.subject)
         audit(
