@@ -99,7 +99,7 @@ def test_final_stage_runs_as_a_numeric_non_root_user() -> None:
     assert uid.isdigit(), "numeric, so Kubernetes' runAsNonRoot can verify it"
     assert int(uid) > 0
     assert gid == "" or (gid.isdigit() and int(gid) > 0)
-    workloads = (ROOT / "deploy/kubernetes/sqlite/deployment.yaml").read_text(encoding="utf-8")
+    workloads = (ROOT / "deploy/kubernetes/sqlite/statefulset.yaml").read_text(encoding="utf-8")
     assert f"runAsUser: {uid}" in workloads
 
 
