@@ -1,0 +1,146 @@
+"""Failover under load: two sidecar processes redeem links through Sentinel while the
+primary is SIGKILLed and a replica is promoted.
+
+With ``redis_min_replicas_ack: 1`` every redemption answered 303 before the kill must
+still be refused after it (its burn was on a replica before the 303 went out). With 0,
+asynchronous replication may lose the last burns: the test counts them and prints the
+figures (seconds to the first 303 after the kill, burns lost) for the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.store.redis_client import RedisOptions
+from tests.redis_topologies import (
+    SERVICE,
+    Node,
+    Topology,
+    sentinel_primary,
+    start_sentinel,
+    wait_for,
+)
+from tests.sidecar_procs import Fleet, redeem, start_fleet
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+WORKERS = 16
+ACKED_BEFORE_KILL = 100  # redemptions answered 303 before the primary dies
+AFTER_RECOVERY = 20  # and after the first 303 that follows the kill
+DEADLINE = 40.0
+
+
+@dataclass
+class Load:
+    """Redemptions of fresh links, each (token, status, sent, answered) in monotonic time."""
+
+    fleet: Fleet
+    http: aiohttp.ClientSession
+    results: list[tuple[str, int, float, float]] = field(default_factory=list)
+    killed_at: float | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def worker(self, n: int) -> None:
+        sidecars = self.fleet.sidecars
+        i = 0
+        while not self.stop.is_set():
+            token = self.fleet.mint(f"load-{n}-{i}")
+            sent = time.monotonic()
+            try:
+                status = (await redeem(self.http, sidecars[(n + i) % len(sidecars)], token, 5))[0]
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            self.results.append((token, status, sent, time.monotonic()))
+            i += 1
+
+    def acked(self, before: float) -> list[str]:
+        return [t for t, s, _, done in self.results if s == 303 and done < before]
+
+    def first_303_after_kill(self) -> float | None:
+        assert self.killed_at is not None
+        done = [d for _, s, sent, d in self.results if s == 303 and sent > self.killed_at]
+        return min(done) if done else None
+
+
+async def until(what: str, check: Callable[[], bool], deadline: float) -> None:
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
+def _promoted(topology: Topology, old: Node) -> bool:
+    new = sentinel_primary(topology)
+    if new is old:
+        return False
+    return int(new.cmd("INFO", "replication")["connected_slaves"]) >= 1
+
+
+@pytest.mark.parametrize("ack", [1, 0])
+async def test_sentinel_failover_keeps_acknowledged_burns(
+    ack: int, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    (tmp_path / "redis").mkdir()
+    topology = start_sentinel(tmp_path / "redis", replicas=2)
+    fleet: Fleet | None = None
+    try:
+        options = RedisOptions(min_replicas_ack=ack)
+        fleet = start_fleet(tmp_path, topology.url, options=options, prefix="failover")
+        load = Load(fleet, http)
+        deadline = time.monotonic() + DEADLINE
+        workers = [asyncio.create_task(load.worker(n)) for n in range(WORKERS)]
+        try:
+            enough = ACKED_BEFORE_KILL
+            await until("redemptions", lambda: len(load.acked(1e18)) >= enough, deadline)
+            old = sentinel_primary(topology)
+            old.kill()
+            load.killed_at = time.monotonic()
+            await until("a 303", lambda: load.first_303_after_kill() is not None, deadline)
+            recovered = load.first_303_after_kill()
+            assert recovered is not None
+            later = recovered
+
+            def enough_after() -> bool:
+                done = [r for r in load.results if r[1] == 303 and r[2] > later]
+                return len(done) >= AFTER_RECOVERY
+
+            await until("redemptions after recovery", enough_after, deadline)
+        finally:
+            load.stop.set()
+            await asyncio.gather(*workers)
+        wait_for(f"{SERVICE}: a promoted primary with a replica", lambda: _promoted(topology, old))
+        before = load.acked(load.killed_at)
+        after = [t for t, s, sent, _ in load.results if s == 303 and sent > load.killed_at]
+        replays = await asyncio.gather(
+            *(redeem(http, fleet.sidecars[0], t) for t in before + after)
+        )
+        lost_before = sum(1 for status, _, _ in replays[: len(before)] if status == 303)
+        lost_after = sum(1 for status, _, _ in replays[len(before) :] if status == 303)
+        unavailable = sum(1 for _, s, sent, _ in load.results if s == 503 and sent > load.killed_at)
+        print(
+            f"\nfailover ack={ack}: {len(before)} acknowledged before the kill, {lost_before} "
+            f"lost; first 303 {recovered - load.killed_at:.2f} s after SIGKILL; {unavailable} "
+            f"503s meanwhile; {len(after)} redeemed after, {lost_after} lost"
+        )
+        assert all(status in (303, 410) for status, _, _ in replays)
+        assert lost_after == 0
+        if ack:
+            assert lost_before == 0
+        assert recovered - load.killed_at < 20
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        topology.stop()
