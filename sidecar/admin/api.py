@@ -22,6 +22,7 @@ from http import HTTPStatus
 
 from aiohttp import hdrs, web
 
+from sidecar.admin import openapi
 from sidecar.config import MAX_EXPIRY
 from sidecar.config.values import HostPort
 from sidecar.links import http as links_http
@@ -352,4 +353,5 @@ def build_admin_app(services: Services) -> web.Application:
     from sidecar.admin import reads  # imported here: reads uses this module's RequestError
 
     reads.register(app)
+    openapi.register(app)
     return app

@@ -151,7 +151,9 @@ def normalise_email(value: object) -> str | None:
     """Trimmed, lower-cased address if it is a sane one (RFC 5321 lengths), else None."""
     if not isinstance(value, str):
         return None
-    email = value.strip().lower()
+    if not value.isascii():  # before lower(): "\u212a".lower() is an ASCII "k"
+        return None
+    email = value.strip(" \t\r\n").lower()  # not str.strip(): it also eats \x1c-\x1f
     local = email.partition("@")[0]
     if len(email) > MAX_EMAIL or not _EMAIL.fullmatch(email):
         return None
