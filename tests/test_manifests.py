@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 VARIANTS = ("sqlite", "redis")
 # Forward-auth behind ingress-nginx (tests/test_manifests_forward_auth.py checks its wiring).
 FORWARD_AUTH = "forward-auth"
+MANAGED = "managed-redis"  # a managed, clustered Redis over TLS: URL and CA from a Secret
 SECRETS_DIR = "/etc/sidecar-secrets"
 Doc = dict[str, Any]
 
@@ -93,7 +94,7 @@ def _doc_id(value: object) -> str:
 
 
 def test_there_are_manifests_to_validate() -> None:
-    assert {p.parent.name for p in _files()} == {*VARIANTS, FORWARD_AUTH}
+    assert {p.parent.name for p in _files()} == {*VARIANTS, FORWARD_AUTH, MANAGED}
     assert len(list(_all_docs())) >= 12
 
 
@@ -146,7 +147,7 @@ def test_a_misspelled_top_level_field_fails() -> None:
         kubernetes_validate.validate(service, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("variant", [*VARIANTS, FORWARD_AUTH])
+@pytest.mark.parametrize("variant", [*VARIANTS, FORWARD_AUTH, MANAGED])
 def test_every_pod_is_restricted(variant: str) -> None:
     pods = list(_pod_specs(_variant(variant)))
     assert pods
@@ -245,7 +246,7 @@ def pod_labels(workload: Doc) -> dict[str, str]:
     return labels
 
 
-@pytest.mark.parametrize("variant", [*VARIANTS, FORWARD_AUTH])
+@pytest.mark.parametrize("variant", [*VARIANTS, FORWARD_AUTH, MANAGED])
 def test_placeholder_secret_fails_closed(variant: str, tmp_path: Path) -> None:
     docs = _variant(variant)
     placeholders = docs["Secret/legacy-app-sidecar"]["stringData"]
