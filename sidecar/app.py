@@ -97,11 +97,6 @@ async def serve(
     from sidecar.proxy.gateway import build_proxy_app  # the proxy side imports the whole gateway
 
     cfg = services.config
-    if not cfg.admin.listen.is_loopback and not cfg.admin.allow_non_loopback:
-        raise ServeError(
-            f"refusing to bind the admin port to {cfg.admin.listen}: not a loopback address "
-            "(set admin.allow_non_loopback: true to expose it deliberately)"
-        )
     if stop is None:
         stop = asyncio.Event()
     try:

@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from sidecar.admin.api import build_admin_app, own_hosts, peer_allowed
+from sidecar.admin.api import build_admin_app
+from sidecar.admin.guards import own_hosts, peer_allowed
 from sidecar.config import Config
 from sidecar.config.values import HostPort
 from sidecar.services import Services

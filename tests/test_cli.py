@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -22,9 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.admin.api import build_admin_app
-from sidecar.app import ServeError, build_services, serve
 from sidecar.cli import COMMANDS, build_parser
-from sidecar.config.values import HostPort
 from sidecar.services import Services
 from sidecar.store import open_store
 from sidecar.tokens.codec import TokenCodec
@@ -449,15 +446,6 @@ def test_serve_refuses_an_exposed_admin_port(tmp_path: Path) -> None:
     result = sidecar("serve", "--config", "sidecar.yaml", cwd=tmp_path)
     assert result.returncode == 1
     assert "admin.listen: got 0.0.0.0:0, which is not a loopback address" in result.stderr
-
-
-async def test_serve_checks_the_admin_bind_again(tmp_path: Path) -> None:
-    # A Config built some other way than from YAML still cannot expose the admin port.
-    cfg = build_config(tmp_path)
-    exposed = replace(cfg, admin=replace(cfg.admin, listen=HostPort("0.0.0.0", 0)))  # noqa: S104
-    services = build_services(exposed)
-    with pytest.raises(ServeError, match=r"refusing to bind the admin port to 0\.0\.0\.0:0"):
-        await serve(services)
 
 
 async def test_mint_an_auth_link(admin_url: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ config builders the minting, admin and CLI tests share.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ import yaml
 
 from sidecar.config import (
     MAX_EXPIRY,
+    AdminConfig,
     Config,
     ConfigError,
     load_config,
     parse_config,
 )
 from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.config.values import HostPort, InvalidField, RateLimit, Secret
 from sidecar.tokens.keys import generate_keyset
 
 ADMIN_KEY = "test-admin-key-0123456789-abcdefghijklmnop"
@@ -329,3 +332,28 @@ def test_a_page_template_must_be_utf8(tmp_path: Path) -> None:
 def test_pages_dir_must_exist(tmp_path: Path) -> None:
     errors = errors_of(tmp_path, config_doc(pages={"dir": "nowhere"}))
     assert errors == [f"pages.dir: {tmp_path / 'nowhere'} is not a directory"]
+
+
+def _admin(host: str, *, allow_non_loopback: bool) -> AdminConfig:
+    return AdminConfig(
+        listen=HostPort(host, 9091),
+        key=Secret("k" * 32),
+        allow_non_loopback=allow_non_loopback,
+        allowed_peers=(),
+        max_body=65536,
+        mint_rate=RateLimit(10, 60.0),
+    )
+
+
+def test_an_exposed_admin_port_cannot_even_be_built() -> None:
+    """The loopback rule lives in AdminConfig itself: a Config built some other way than
+    from YAML (a replace(), a test) cannot hold a non-loopback admin listener without the
+    explicit opt-in either, so serve() never meets one."""
+    anywhere = "0.0.0.0"  # noqa: S104  # the address the rule refuses
+    with pytest.raises(InvalidField, match=r"listen: got 0\.0\.0\.0:9091, which is not a loop"):
+        _admin(anywhere, allow_non_loopback=False)
+    exposed = _admin(anywhere, allow_non_loopback=True)
+    assert not exposed.listen.is_loopback
+    local = _admin("::1", allow_non_loopback=False)
+    with pytest.raises(InvalidField):
+        dataclasses.replace(local, listen=exposed.listen)

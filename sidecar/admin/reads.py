@@ -8,11 +8,9 @@ never a token's text, a cookie value or a session's store key.
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
-from sidecar.admin.api import RequestError
+from sidecar.admin.guards import TOKEN_ID, RequestError
 from sidecar.tokens.records import (
     MAX_PAGE,
     decode_cursor,
@@ -22,7 +20,6 @@ from sidecar.tokens.records import (
 )
 from sidecar.web.appkeys import SERVICES
 
-_TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_USER_ID = 256
 DEFAULT_PAGE = 20
 
@@ -35,7 +32,7 @@ def register(app: web.Application) -> None:
 
 async def get_token(request: web.Request) -> web.Response:
     token_id = request.match_info["id"]
-    if not _TOKEN_ID.fullmatch(token_id):
+    if not TOKEN_ID.fullmatch(token_id):
         raise RequestError(400, "token id: expected 1-128 of A-Z a-z 0-9 _ -", field="id")
     services = request.app[SERVICES]
     record = await services.store.get_token(token_id)

@@ -16,7 +16,6 @@ from sidecar.config.model import (
     ForwardAuthConfig,
     LinksConfig,
     LoadedConfig,
-    Network,
     ProxyConfig,
     RoleConfig,
     SessionConfig,
@@ -25,6 +24,7 @@ from sidecar.config.model import (
     parse_config,
     read_config,
 )
+from sidecar.config.values import Network
 
 __all__ = [
     "DEFAULT_EXPIRY",

@@ -8,7 +8,6 @@ value is held in a :class:`Secret` that never shows itself.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from sidecar.config.durations import format_duration, parse_duration, parse_size
 from sidecar.config.pages import load_page_templates
 from sidecar.config.reader import Reader
 from sidecar.config.store import StoreConfig, read_store
-from sidecar.config.values import HostPort, RateLimit, Secret
+from sidecar.config.values import HostPort, InvalidField, Network, RateLimit, Secret
 from sidecar.links.redirects import RedirectPatternError, compile_pattern
 from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
 from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
@@ -33,7 +32,6 @@ MAX_EXPIRY = 30 * 86400.0
 DEFAULT_EXPIRY = 3600.0
 MODULE_NAME = r"[A-Za-z0-9_-]{1,128}"  # what a mint's "module" may be
 LINK_TYPES = ("signup", "magiclink", "recovery", "invite", "email_change")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -67,6 +65,14 @@ class AdminConfig:
     allowed_peers: tuple[Network, ...]
     max_body: int
     mint_rate: RateLimit
+
+    def __post_init__(self) -> None:
+        if not self.listen.is_loopback and not self.allow_non_loopback:
+            raise InvalidField(
+                "listen",
+                f"got {self.listen}, which is not a loopback address; "
+                "set admin.allow_non_loopback: true to expose the admin port deliberately",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,22 +239,22 @@ def _build(r: Reader) -> Config | None:
             r.error("keys", str(exc))
 
     adm = root.section("admin")
-    admin = AdminConfig(
-        listen=adm.hostport("listen", "127.0.0.1:9091"),
-        key=adm.secret("key", what="admin key") or Secret(""),
-        allow_non_loopback=adm.boolean("allow_non_loopback", False),
-        allowed_peers=adm.networks("allowed_peers"),
-        max_body=adm.size("max_body", 65536),
-        mint_rate=adm.rate("mint_rate", "6000/1m"),
-    )
-    if admin.key.reveal() and len(admin.key.reveal()) < 32:
+    admin_key = adm.secret("key", what="admin key") or Secret("")
+    if admin_key.reveal() and len(admin_key.reveal()) < 32:
         r.error("admin.key", "the admin key is too short: use at least 32 random characters")
-    if not admin.listen.is_loopback and not admin.allow_non_loopback:
-        r.error(
-            "admin.listen",
-            f"got {admin.listen}, which is not a loopback address; "
-            "set admin.allow_non_loopback: true to expose the admin port deliberately",
+    admin: AdminConfig | None
+    try:
+        admin = AdminConfig(
+            listen=adm.hostport("listen", "127.0.0.1:9091"),
+            key=admin_key,
+            allow_non_loopback=adm.boolean("allow_non_loopback", False),
+            allowed_peers=adm.networks("allowed_peers"),
+            max_body=adm.size("max_body", 65536),
+            mint_rate=adm.rate("mint_rate", "6000/1m"),
         )
+    except InvalidField as exc:
+        adm.error(exc.field, exc.message)
+        admin = None
 
     px = root.section("proxy")
     prefix = px.string("prefix", "/_sidecar")
@@ -355,7 +361,7 @@ def _build(r: Reader) -> Config | None:
     r.finish()
     if not roles and not any(e.startswith("roles") for e in r.errors):
         r.error("roles", "at least one role is required")
-    if r.errors or keyset is None or public_url is None:
+    if r.errors or keyset is None or public_url is None or admin is None:
         return None
     return Config(
         public_url=public_url.rstrip("/"),

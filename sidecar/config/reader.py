@@ -23,10 +23,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from sidecar.config.durations import format_duration, parse_duration, parse_size
-from sidecar.config.values import HostPort, RateLimit, Secret
+from sidecar.config.values import HostPort, Network, RateLimit, Secret
 from sidecar.proxy.paths import GlobError, check_path_glob
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Kind = Literal["text", "bool", "int", "list", "map"]
 ENV_PREFIX = "SIDECAR_"
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

@@ -5,6 +5,19 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+# An address range in allowed_peers / trusted_proxies.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class InvalidField(ValueError):
+    """A config dataclass refuses its values (checked in its ``__post_init__``, so no
+    instance ever holds them); ``field`` is the key within its YAML section."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
 
 class Secret:
     """A secret string that never appears in a ``repr``, ``str``, log line or traceback."""

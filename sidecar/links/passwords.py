@@ -14,7 +14,6 @@ Passwords are never logged, never in exceptions or reprs; comparisons are consta
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hmac
 import re
@@ -22,6 +21,8 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from sidecar.tokens.b64 import b64decode, b64encode
 
 MIN_LENGTH = 8
 MAX_LENGTH = 1024  # characters; scrypt's cost does not depend on length, memory does a little
@@ -76,7 +77,8 @@ def hash_password(password: str, params: ScryptParams = DEFAULT_PARAMS) -> str:
     """The encoded scrypt hash of ``password`` with a fresh random salt."""
     salt = secrets.token_bytes(SALT_BYTES)
     digest = _derive(password, salt, params)
-    return f"$scrypt$ln={params.log2_n},r={params.r},p={params.p}${_b64(salt)}${_b64(digest)}"
+    encoded = b64encode(salt, urlsafe=False) + "$" + b64encode(digest, urlsafe=False)
+    return f"$scrypt$ln={params.log2_n},r={params.r},p={params.p}${encoded}"
 
 
 def verify_password(password: str, encoded: str) -> bool:
@@ -102,18 +104,10 @@ def _parse(encoded: str) -> tuple[ScryptParams, bytes, bytes]:
         raise BadPasswordHash("not an encoded scrypt hash")
     params = ScryptParams(int(match["ln"]), int(match["r"]), int(match["p"]))
     try:
-        salt = _unb64(match["salt"])
-        digest = _unb64(match["hash"])
+        salt = b64decode(match["salt"], urlsafe=False)
+        digest = b64decode(match["hash"], urlsafe=False)
     except (binascii.Error, ValueError):
         raise BadPasswordHash("bad base64 in scrypt hash") from None
     if len(salt) < 8 or len(digest) < 16:
         raise BadPasswordHash("scrypt salt or hash too short")
     return params, salt, digest
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)

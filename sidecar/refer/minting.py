@@ -28,7 +28,7 @@ from sidecar.tokens.identity import identity_problem
 
 FIELDS = ("userId", "additionalParams", "expireMeasure", "expireOffset", "oneTimeUse", "module")
 MAX_USER_ID = 256
-_MODULE = re.compile(MODULE_NAME)
+MODULE = re.compile(MODULE_NAME)  # what a mint's "module" may be
 _MEASURES = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -182,7 +182,7 @@ def _module(body: Mapping[str, object], role: RoleConfig) -> str | None:
     if "module" not in body:
         return None
     module = body["module"]
-    if not isinstance(module, str) or not _MODULE.fullmatch(module):
+    if not isinstance(module, str) or not MODULE.fullmatch(module):
         raise MintError("module", "expected 1-128 of A-Z a-z 0-9 _ -")
     if not any(fnmatchcase(module, pattern) for pattern in role.modules):
         raise MintError("module", f"{module!r} is not allowed for role {role.name}")

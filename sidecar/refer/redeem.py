@@ -24,13 +24,13 @@ Audit lines carry the token id and the reason, never the token text.
 
 from __future__ import annotations
 
-import re
 from urllib.parse import unquote_plus
 
 from aiohttp import hdrs, web
 
 from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.proxy.redemptions import FailedRedemptions
+from sidecar.refer.minting import MODULE
 from sidecar.services import Services
 from sidecar.sessions import SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
@@ -40,8 +40,6 @@ from sidecar.telemetry.context import set_route
 from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
-
-_MODULE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def has_refer(request: web.BaseRequest) -> bool:
@@ -176,6 +174,6 @@ def landing_url(request: web.BaseRequest, claims: Claims) -> str:
         if part and unquote_plus(part.partition("=")[0]) != "refer"
     ]
     location = path + ("?" + "&".join(kept) if kept else "")
-    if claims.module is not None and _MODULE.fullmatch(claims.module):
+    if claims.module is not None and MODULE.fullmatch(claims.module):
         location += "#/display/" + claims.module
     return location

@@ -7,7 +7,9 @@ load it::
       "alg": "dir", "use": "enc", "k": "<base64url of 32 bytes>"}, ...]}
 
 The active key encrypts; every key decrypts, so keys rotate without breaking links already
-sent (newest first, like itsdangerous' ``secret_keys``).
+sent (like itsdangerous' ``secret_keys``, except that the ``active`` member — not the
+position in ``keys`` — names the key that encrypts; itsdangerous orders its keys
+oldest→newest and signs with the last).
 
 Each key may also carry ``created`` and ``deactivated`` (RFC 3339 UTC), which give its
 :meth:`KeySet.state`: ``active``; ``staged`` (added to decrypt, never active yet: the first
@@ -18,8 +20,6 @@ files written before these members existed). JOSE libraries ignore the extra mem
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import secrets
@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
+
+from sidecar.tokens.b64 import b64decode, b64encode
 
 KEY_BYTES = 32
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -56,10 +58,6 @@ class KeySet:
     keys: Mapping[str, bytes]
     records: Mapping[str, KeyRecord] = field(default_factory=lambda: MappingProxyType({}))
 
-    @property
-    def active_key(self) -> bytes:
-        return self.keys[self.active_kid]
-
     def __repr__(self) -> str:
         return f"KeySet(active={self.active_kid!r}, kids={sorted(self.keys)!r})"
 
@@ -77,7 +75,7 @@ class KeySet:
     def to_json(self) -> str:
         jwks: list[dict[str, str]] = []
         for kid, raw in self.keys.items():
-            jwk = {"kty": "oct", "kid": kid, "alg": "dir", "use": "enc", "k": _b64(raw)}
+            jwk = {"kty": "oct", "kid": kid, "alg": "dir", "use": "enc", "k": b64encode(raw)}
             record = self.record(kid)
             if record.created is not None:
                 jwk["created"] = _rfc3339(record.created)
@@ -190,14 +188,10 @@ def _time(jwk: Mapping[str, object], member: str, i: int) -> float | None:
         ) from None
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 def _unb64(value: object) -> bytes | None:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+    if not isinstance(value, str):
         return None
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
+        return b64decode(value)
+    except ValueError:
         return None
