@@ -76,7 +76,9 @@ def write_config(state: Path, upstream: str, **top: object) -> tuple[Path, str, 
         **top,
     }
     path = state / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    # "{public_url}" in a value stands for the proxy's URL, known only once ports are picked.
+    text = yaml.safe_dump(doc).replace("{public_url}", f"http://127.0.0.1:{proxy_port}")
+    path.write_text(text, encoding="utf-8")
     return path, admin_key, keyset, proxy_port, admin_port
 
 

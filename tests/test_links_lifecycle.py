@@ -185,3 +185,42 @@ def test_a_non_ascii_letter_never_folds_into_an_ascii_address() -> None:
 
     assert normalise_email("\u212aate@example.com") is None  # KELVIN SIGN lowers to "k"
     assert normalise_email(" Kate@Example.com ") == "kate@example.com"
+
+
+# -- supabase-js's `type: "email"` on POST /verify ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["magiclink", "signup"])
+async def test_type_email_verifies_a_magiclink_or_signup_code(env: Env, kind: str) -> None:
+    await env.user("e@example.com", confirmed=False)
+    extra = {"password": "secret-pass-1"} if kind == "signup" else {}
+    doc = await env.link(type=kind, email="e@example.com", **extra)
+    response = await env.proxy.post(
+        "/_sidecar/verify",
+        json={"type": "email", "email": "E@example.com", "token": doc["email_otp"]},
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["verification_type"] == kind
+
+
+async def test_type_email_by_token_hash_and_not_for_other_types(env: Env) -> None:
+    await env.user("h@example.com")
+    magic = await env.link(type="magiclink", email="h@example.com")
+    recovery = await env.link(type="recovery", email="h@example.com")
+    refused = await env.proxy.post(
+        "/_sidecar/verify", json={"type": "email", "token_hash": recovery["hashed_token"]}
+    )
+    assert refused.status == 401
+    wrong = await env.proxy.post(
+        "/_sidecar/verify", json={"type": "email", "email": "h@example.com", "token": "000000"}
+    )
+    assert wrong.status == 401
+    user = await env.sc.store.get_user_by_email("h@example.com")
+    assert user is not None
+    link = await env.sc.store.get_link(user.id, "magiclink")
+    assert link is not None
+    assert link.failed_attempts == (0 if magic["email_otp"] == "000000" else 1)
+    accepted = await env.proxy.post(
+        "/_sidecar/verify", json={"type": "email", "token_hash": magic["hashed_token"]}
+    )
+    assert accepted.status == 200

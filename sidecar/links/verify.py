@@ -36,6 +36,10 @@ from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
 _OTP = re.compile(r"[0-9]{6,10}")
 _TOKEN_HASH = re.compile(r"[0-9a-f]{64}")
 PASSWORD_TYPES = ("recovery", "invite")
+# supabase-js's verifyOtp({type: "email"}): GoTrue's one name for the code of a magic
+# link or of a signup confirmation, whichever the address has pending.
+EMAIL_OTP = "email"
+EMAIL_OTP_TYPES = ("magiclink", "signup")
 # After these, a link still pending for the account may sit in a mailbox that no longer
 # belongs to it (email change) or be the attacker's way back in (recovery): as GoTrue
 # clears a user's tokens on verify, the user's other auth links die. Refer links are the
@@ -116,39 +120,57 @@ async def verify_otp(
     ``links.otp_rate`` per client address and per email (raise ``RateLimited``); each wrong
     code counts against the link, which dies after ``links.max_otp_attempts``."""
     address = normalise_email(email)
-    if link_type not in LINK_TYPES or address is None:
+    types = _types(link_type)
+    if not types or address is None:
         raise VerifyFailed("malformed")
     store, links, now = services.store, services.config.links, services.clock()
     await enforce(store, "otp-client:" + client, links.otp_rate, now)
     await enforce(store, "otp-email:" + _digest(address), links.otp_rate, now)
     user = await store.get_user_by_email(address)
-    link = None if user is None else await store.get_link(user.id, link_type)
-    if link is None:
+    pending = [] if user is None else [await store.get_link(user.id, t) for t in types]
+    candidates = [link for link in pending if link is not None]
+    if not candidates:
         raise VerifyFailed("invalid_otp")
-    live = link.expires_at > now
-    if not (_OTP.fullmatch(otp) and otp_matches(services.config.keyset, link, otp)):
-        if live:
-            failures = await store.record_failed_attempt(link.user_id, link_type)
-            if failures >= links.max_otp_attempts:
-                await store.revoke(link.token_id, link.expires_at)
-                await store.delete_link(link.user_id, link_type)
-                audit("otp_locked", kind=link_type, token_id=link.token_id, user_id=link.user_id)
+    keyset = services.config.keyset
+    good = _OTP.fullmatch(otp) is not None
+    link = next((c for c in candidates if good and otp_matches(keyset, c, otp)), None)
+    if link is None:
+        for wrong in candidates:
+            if wrong.expires_at > now:
+                await _count_wrong_code(services, wrong)
         # The same answer as for an address with no link: a wrong code must not tell
         # whether the address has a (now expired) pending link.
-        raise VerifyFailed("invalid_otp", link.token_id)
-    if not live:
+        raise VerifyFailed("invalid_otp", candidates[0].token_id)
+    if link.expires_at <= now:
         raise VerifyFailed("expired", link.token_id)
     return await _consume(services, link, password)
+
+
+async def _count_wrong_code(services: Services, link: PendingLink) -> None:
+    store = services.store
+    failures = await store.record_failed_attempt(link.user_id, link.link_type)
+    if failures >= services.config.links.max_otp_attempts:
+        await store.revoke(link.token_id, link.expires_at)
+        await store.delete_link(link.user_id, link.link_type)
+        audit("otp_locked", kind=link.link_type, token_id=link.token_id, user_id=link.user_id)
+
+
+def _types(link_type: str) -> tuple[str, ...]:
+    """The link types a ``type`` in a verify body stands for (none: not a type)."""
+    if link_type == EMAIL_OTP:
+        return EMAIL_OTP_TYPES
+    return (link_type,) if link_type in LINK_TYPES else ()
 
 
 async def verify_token_hash(
     services: Services, link_type: str, token_hash: str, *, password: str | None = None
 ) -> Verified:
     """``POST <prefix>/verify {type, token_hash}`` with a link's ``hashed_token``."""
-    if link_type not in LINK_TYPES or not _TOKEN_HASH.fullmatch(token_hash):
+    types = _types(link_type)
+    if not types or not _TOKEN_HASH.fullmatch(token_hash):
         raise VerifyFailed("malformed")
     link = await services.store.get_link_by_hash(lookup_key(token_hash))
-    if link is None or link.link_type != link_type:
+    if link is None or link.link_type not in types:
         raise VerifyFailed("invalid_link")
     if link.expires_at <= services.clock():
         raise VerifyFailed("expired", link.token_id)

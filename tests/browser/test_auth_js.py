@@ -1,0 +1,238 @@
+"""A client nobody here wrote: ``@supabase/auth-js`` (npm, unmodified) mints auth links of
+all five types on a real ``sidecar serve``, and Chromium signs in with each action link.
+
+``tests/node/generate_links.cjs`` calls ``GoTrueAdminApi.generateLink`` exactly as a
+backend would (body ``{type, email, password, data, new_email, redirectTo}`` and
+``redirect_to`` in the query) and prints what auth-js made of the answers; the transcript
+is kept in ``artifacts/auth-js/transcript.json``. Node and the package come from the cache
+directory ``scripts/test`` installs into (``SIDECAR_CLIENTS_NODE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Browser
+from tests.conftest import skip_or_fail
+from tests.serve_process import ROOT, Served, running_serve
+from tests.upstream import Upstream, running_upstream
+
+pytestmark = pytest.mark.browser
+
+SCRIPT = ROOT / "tests" / "node" / "generate_links.cjs"
+NODE_DIR = Path(os.environ.get("SIDECAR_CLIENTS_NODE", Path.home() / ".cache" / "sidecar-clients"))
+ARTIFACTS = ROOT / "artifacts" / "auth-js"
+AUTH_JS = "2.119.0"
+ROLES = {
+    "Authenticated": {
+        "headers": {"X-Forwarded-User": "{user_id}", "X-Forwarded-Email": "{email}"},
+    }
+}
+
+
+def node_modules() -> Path:
+    if shutil.which("node") is None:
+        skip_or_fail("node is not installed (apt-get install nodejs npm)")
+    package = NODE_DIR / "node_modules" / "@supabase" / "auth-js" / "package.json"
+    if not package.exists():
+        skip_or_fail(f"@supabase/auth-js is not installed in {NODE_DIR} (run scripts/test)")
+    installed = json.loads(package.read_text(encoding="utf-8"))["version"]
+    assert installed == AUTH_JS, f"{NODE_DIR} holds auth-js {installed}, expected {AUTH_JS}"
+    return NODE_DIR / "node_modules"
+
+
+async def auth_js(served: Served, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the calls through auth-js in node; return its transcript."""
+    env = {**os.environ, "NODE_PATH": str(node_modules())}
+    request = {"url": served.admin, "key": served.admin_key, "calls": calls}
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(SCRIPT), json.dumps(request),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    transcript: list[dict[str, Any]] = json.loads(out)
+    return transcript
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        skip_or_fail("Playwright for Python is not installed (pip install playwright)")
+        raise
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Served, Upstream]]:
+    node_modules()  # skip before starting anything
+    links = {
+        "role": "Authenticated",
+        "create_user_on_magiclink": True,
+        "default_redirect": "{public_url}/",
+        "redirect_allow": ["{public_url}/welcome/*"],
+    }
+    async with (
+        running_upstream() as upstream,
+        running_serve(
+            tmp_path, upstream.url, roles=ROLES, default_role="Authenticated", links=links
+        ) as served,
+    ):
+        yield served, upstream
+
+
+def calls_for(public: str) -> list[dict[str, Any]]:
+    def options(kind: str, **more: object) -> dict[str, object]:
+        return {"redirectTo": f"{public}/welcome/{kind}", **more}
+
+    return [
+        {
+            "name": "signup",
+            "params": {
+                "type": "signup",
+                "email": "signup@example.com",
+                "password": "correct horse battery",
+                "options": options("signup", data={"plan": "pro"}),
+            },
+        },
+        {
+            "name": "invite",
+            "params": {
+                "type": "invite",
+                "email": "invitee@example.com",
+                "options": options("invite", data={"team": "blue"}),
+            },
+        },
+        {
+            "name": "magiclink",
+            "params": {
+                "type": "magiclink",
+                "email": "magic@example.com",
+                "options": options("magiclink"),
+            },
+        },
+        {
+            "name": "recovery",
+            "params": {
+                "type": "recovery",
+                "email": "signup@example.com",
+                "options": options("recovery"),
+            },
+        },
+        {
+            "name": "email_change",
+            "params": {
+                "type": "email_change_current",
+                "email": "invitee@example.com",
+                "newEmail": "moved@example.com",
+                "options": options("email_change"),
+            },
+        },
+    ]
+
+
+LANDED_AS = {  # the address the session carries after each link
+    "signup": "signup@example.com",
+    "invite": "invitee@example.com",
+    "magiclink": "magic@example.com",
+    "recovery": "signup@example.com",
+    "email_change": "moved@example.com",
+}
+
+
+async def test_auth_js_generates_all_five_links_and_each_signs_a_browser_in(
+    served: tuple[Served, Upstream], chromium: Browser
+) -> None:
+    server, upstream = served
+    public = server.proxy
+    transcript = await auth_js(server, calls_for(public))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "transcript.json").write_text(json.dumps(transcript, indent=2), "utf-8")
+
+    for entry in transcript:
+        kind, data = entry["name"], entry["data"]
+        assert entry["error"] is None, entry
+        props, user = data["properties"], data["user"]
+        landing = f"{public}/welcome/{kind}"
+        assert props["verification_type"] == kind
+        assert props["redirect_to"] == landing
+        assert len(props["email_otp"]) == 6
+        assert props["email_otp"].isdigit()
+        link = urlsplit(props["action_link"])
+        assert f"{link.scheme}://{link.netloc}{link.path}" == f"{public}/_sidecar/verify"
+        query = parse_qs(link.query)
+        assert query["type"] == [kind]
+        assert query["redirect_to"] == [landing]
+        assert props["hashed_token"] == hashlib.sha256(query["token"][0].encode()).hexdigest()
+        # auth-js put the rest of the answer in `user`: GoTrue's user fields, nothing else.
+        assert user["email"] == entry["params"]["email"]
+        assert set(user) >= {"id", "email", "created_at", "user_metadata"}
+        assert not set(user) & {"action_link", "email_otp", "hashed_token"}
+    signup = transcript[0]["data"]["user"]
+    assert signup["user_metadata"] == {"plan": "pro"}
+    assert transcript[3]["data"]["user"]["id"] == signup["id"]  # recovery: the same user
+
+    for entry in transcript:  # in order: the recovery after the signup it recovers, ...
+        kind = entry["name"]
+        context = await chromium.new_context()
+        page = await context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        await page.goto(entry["data"]["properties"]["action_link"])
+        assert page.url == f"{public}/welcome/{kind}", kind
+        [reached] = [r for r in upstream.requests if r.raw_path == f"/welcome/{kind}"]
+        assert reached.values("X-Forwarded-User") == [entry["data"]["user"]["id"]], kind
+        assert reached.values("X-Forwarded-Email") == [LANDED_AS[kind]], kind
+        assert any(c["httpOnly"] for c in await context.cookies()), kind
+        await context.close()
+
+
+async def test_auth_js_reads_the_sidecars_errors_as_auth_api_errors(
+    served: tuple[Served, Upstream],
+) -> None:
+    server, _ = served
+    calls = [
+        {"name": "unknown user", "params": {"type": "recovery", "email": "nobody@example.com"}},
+        {"name": "bad type", "params": {"type": "phone_change", "email": "a@example.com"}},
+        {
+            "name": "weak password",
+            "params": {"type": "signup", "email": "weak@example.com", "password": "short"},
+        },
+    ]
+    transcript = await auth_js(server, calls)
+    (ARTIFACTS / "errors.json").parent.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "errors.json").write_text(json.dumps(transcript, indent=2), "utf-8")
+    errors = {entry["name"]: entry["error"] for entry in transcript}
+    for name, entry in zip(errors, transcript, strict=True):
+        assert entry["data"] == {"properties": None, "user": None}, name
+        assert errors[name]["name"] == "AuthApiError", name
+        assert errors[name]["isAuthApiError"] is True, name
+    assert (errors["unknown user"]["status"], errors["unknown user"]["message"]) == (
+        404,
+        "User not found",
+    )
+    assert errors["bad type"]["status"] == 400
+    assert errors["weak password"]["status"] == 422
