@@ -23,6 +23,7 @@ from sidecar.config import Config, ConfigError, load_config
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
 from sidecar.store import StoreUnavailable, durability_warnings, open_store
+from sidecar.store.persistence import PersistenceWatch
 from sidecar.store.timed import timed
 from sidecar.telemetry import metrics
 from sidecar.tokens.codec import TokenCodec
@@ -94,7 +95,8 @@ async def serve(
 
     ``ready`` is set once every listener accepts connections. Raises :class:`ServeError`
     when a listener cannot start; the store is closed on every path."""
-    from sidecar.proxy.gateway import build_proxy_app  # the proxy side imports the whole gateway
+    # the proxy side imports the whole gateway
+    from sidecar.proxy.gateway import PERSISTENCE, build_proxy_app
 
     cfg = services.config
     if stop is None:
@@ -121,6 +123,7 @@ async def serve(
         if SESSIONS in proxy_app:
             # DELETE /sessions then drops the proxy's session cache in this process at once.
             admin_app[SESSIONS] = proxy_app[SESSIONS]
+        await _check_persistence(proxy_app[PERSISTENCE], cfg.store.require_persistence)
         listeners = [("admin", admin_app, cfg.admin.listen), ("proxy", proxy_app, cfg.proxy.listen)]
         if cfg.metrics_listen is not None:
             listeners.append(("metrics", metrics_app(), cfg.metrics_listen))
@@ -173,6 +176,18 @@ async def serve(
         except TimeoutError:
             _LOG.warning("the store did not close within %ss", _STORE_CLOSE_WAIT)
     _LOG.info("stopped")
+
+
+async def _check_persistence(watch: PersistenceWatch, required: bool) -> None:
+    """Ask once at start (the watch logs what it finds); with ``store.require_persistence``
+    a store that says it does not persist — or will not say — refuses the start."""
+    try:
+        found = await watch.current()
+    except StoreUnavailable:
+        _LOG.warning("the store is not reachable yet; readyz will check its persistence")
+        return
+    if required and found.durable is not True:
+        raise ServeError(f"store.require_persistence: {found.detail}")
 
 
 def listener_options(cfg: Config) -> ListenerOptions:

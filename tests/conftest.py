@@ -29,9 +29,10 @@ def skip_or_fail(reason: str) -> None:
 class RedisServer:
     """A private redis-server on a unix socket that a test may stop and start again."""
 
-    def __init__(self, directory: Path, *, databases: int = 16) -> None:
+    def __init__(self, directory: Path, *, databases: int = 16, appendonly: bool = False) -> None:
         self.directory = directory
         self.databases = databases
+        self.appendonly = appendonly
         self.socket = directory / "redis.sock"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -47,8 +48,8 @@ class RedisServer:
         self.socket.unlink(missing_ok=True)  # a stale file would pass the readiness check
         self._proc = proc = subprocess.Popen(
             [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             "--databases", str(self.databases)],
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+             "--dir", str(self.directory), "--databases", str(self.databases)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip

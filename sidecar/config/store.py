@@ -7,6 +7,7 @@
       tls_cert_file: /run/secrets/client.crt        # optional client certificate...
       tls_key_file: /run/secrets/client.key         # ...and its key
       redis_min_replicas_ack: 1                     # WAIT for this many replicas
+      require_persistence: true                     # not ready unless Redis persists
 
 A password is never written in the YAML: a URL in the file that carries one is refused,
 with the way out (``store.password``, or the whole URL from ``SIDECAR_STORE__URL``, e.g. a
@@ -34,6 +35,8 @@ class StoreConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     redis_min_replicas_ack: int = 0
+    # Not ready (readyz 503, and no start) unless the store says it persists.
+    require_persistence: bool = False
 
     @property
     def is_redis(self) -> bool:
@@ -90,6 +93,7 @@ def read_store(r: Reader) -> StoreConfig:
         tls_cert_file=tls["tls_cert_file"],
         tls_key_file=tls["tls_key_file"],
         redis_min_replicas_ack=ack,
+        require_persistence=st.boolean("require_persistence", False),
     )
 
 

@@ -36,6 +36,7 @@ from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS, RequestCookies, SessionManager
 from sidecar.store.base import StoreUnavailable
+from sidecar.store.persistence import PersistenceWatch
 from sidecar.telemetry.audit import audit
 from sidecar.web import pages
 from sidecar.web.accesslog import access_middleware, set_user
@@ -43,6 +44,7 @@ from sidecar.web.appkeys import SERVICES
 from sidecar.web.listener import own_answer_headers
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
+PERSISTENCE = web.AppKey("persistence", PersistenceWatch)
 _SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
 
 
@@ -72,6 +74,7 @@ def build_proxy_app(services: Services) -> web.Application:
     app[FAILED_REDEMPTIONS] = failures
     redeemer = Redeemer(services, sessions, clients, failures)
     gateway = Gateway(services, sessions, forwarder, redeemer)
+    app[PERSISTENCE] = gateway.persistence
     prefix = services.config.proxy.prefix
     router = app.router
     router.add_route("*", prefix + "/logout", gateway.logout)
@@ -101,6 +104,8 @@ class Gateway:
         self._services = services
         self._sessions = sessions
         self._forwarder = forwarder
+        self.persistence = PersistenceWatch(services.store)
+        self._require_persistence = cfg.store.require_persistence
         self._signed_out = cfg.proxy.prefix + "/signed-out"
         self._redeemer = redeemer
         self._unauthenticated = cfg.proxy.unauthenticated
@@ -235,11 +240,18 @@ class Gateway:
         return _json(200, {"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        """The store answers (readiness): 200, or 503 while it does not."""
+        """The store answers (readiness): 200, or 503 while it does not — or, with
+        ``store.require_persistence``, while it does not say it persists."""
         try:
             await self._services.store.ping()
+            persistence = await self.persistence.current()
         except StoreUnavailable:
             return _json(503, {"status": "unavailable", "store": "unreachable"})
+        if self._require_persistence and (persistence is None or persistence.durable is not True):
+            detail = "not checked yet" if persistence is None else persistence.detail
+            return _json(
+                503, {"status": "unavailable", "store": "not_persistent", "detail": detail}
+            )
         return _json(200, {"status": "ok", "store": "ok"})
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:

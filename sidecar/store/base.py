@@ -122,6 +122,17 @@ class PendingLink:
     failed_attempts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Persistence:
+    """Whether what the backend acknowledged survives a restart of the backend itself.
+
+    ``durable`` is None when the backend would not say (a managed Redis that disables
+    ``CONFIG``, an ACL user without the right to read it)."""
+
+    durable: bool | None
+    detail: str
+
+
 class Store(Protocol):
     """What the product keeps. Implementations must be safe under concurrency and across
     processes sharing the backend; every method either completes or raises
@@ -133,6 +144,10 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the backend answers."""
+
+    async def persistence(self) -> Persistence:
+        """Whether burns and revocations outlive a restart of the backend (a Redis without
+        an append-only file or RDB snapshots forgets them: used links open again)."""
 
     # -- one-time tokens -------------------------------------------------------------
     async def burn(self, token_id: str, expires_at: float) -> BurnResult:

@@ -41,13 +41,14 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from sidecar.store import _codec
 from sidecar.store import redis_scripts as lua
 from sidecar.store.base import (
     BurnResult,
     PendingLink,
+    Persistence,
     SessionRecord,
     StoreUnavailable,
     TokenRecord,
@@ -184,6 +185,32 @@ class RedisStore:
     async def ping(self) -> None:
         async with self._call() as redis:
             await redis.ping()
+
+    async def persistence(self) -> Persistence:
+        """From ``CONFIG GET appendonly`` and ``save``: durable when either is on.
+
+        On a cluster the node asked is any primary (they share one configuration in every
+        managed offering); where ``CONFIG`` is refused, the answer is "unknown"."""
+        try:
+            async with self._call() as redis:
+                settings = await redis.config_get("appendonly")
+                settings.update(await redis.config_get("save"))
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ResponseError):  # NOPERM, unknown or renamed command
+                return Persistence(None, f"cannot read the Redis configuration ({cause})")
+            raise
+        flat = {_text(k): _text(v) for k, v in _config_items(settings)}
+        aof = (flat.get("appendonly") or "").lower() == "yes"
+        rdb = bool((flat.get("save") or "").strip())
+        if aof or rdb:
+            kinds = " and ".join(k for k, on in (("appendonly", aof), ("RDB saves", rdb)) if on)
+            return Persistence(True, f"Redis persists with {kinds}")
+        return Persistence(
+            False,
+            "Redis has appendonly no and no RDB saves: after a Redis restart every used "
+            "one-time link opens again and revocations are forgotten",
+        )
 
     # -- one-time tokens --------------------------------------------------------------
     async def _set_state(self, token_id: str, state: TokenState, expires_at: float) -> str | None:
@@ -450,6 +477,19 @@ class RedisStore:
         async with self._call() as redis:
             fields = await redis.hgetall(key)
         return {str(k): str(v) for k, v in fields.items()}
+
+
+def _config_items(settings: object) -> list[tuple[bytes | str, bytes | str]]:
+    """``CONFIG GET``'s answer as pairs: a dict from Redis, or per node from a cluster."""
+    if not isinstance(settings, dict):
+        return []
+    pairs: list[tuple[bytes | str, bytes | str]] = []
+    for key, value in settings.items():
+        if isinstance(value, dict):  # a cluster answers {node: {key: value}}
+            pairs.extend(value.items())
+        else:
+            pairs.append((key, value))
+    return pairs
 
 
 def _text(value: bytes | str | None) -> str | None:

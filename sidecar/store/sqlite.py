@@ -22,6 +22,7 @@ from sidecar.store._groupcommit import GroupCommitWriter, Params, fetchone, stat
 from sidecar.store.base import (
     BurnResult,
     PendingLink,
+    Persistence,
     SessionRecord,
     StoreUnavailable,
     TokenRecord,
@@ -162,6 +163,11 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._read("SELECT 1")
         await self._write(statement("SELECT 1", ()))
+
+    async def persistence(self) -> Persistence:
+        # Every acknowledged write was committed with synchronous=FULL; whether the file
+        # itself outlives the process is the deployment's business (durability_warnings).
+        return Persistence(True, "SQLite, WAL, synchronous=FULL")
 
     async def _write(self, apply: Callable[[Conn], T]) -> T:
         if self._writer is None:

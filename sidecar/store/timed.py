@@ -14,6 +14,7 @@ from typing import TypeVar
 from sidecar.store.base import (
     BurnResult,
     PendingLink,
+    Persistence,
     SessionRecord,
     Store,
     TokenRecord,
@@ -51,6 +52,9 @@ class TimedStore:
 
     async def ping(self) -> None:
         await self._timed("ping", self.inner.ping())
+
+    async def persistence(self) -> Persistence:
+        return await self._timed("persistence", self.inner.persistence())
 
     async def burn(self, token_id: str, expires_at: float) -> BurnResult:
         return await self._timed("burn", self.inner.burn(token_id, expires_at))
