@@ -85,6 +85,7 @@ def _parse_with_secrets(text: str, secret_dir: Path, *, keyset: str, admin_key: 
     secret_dir.mkdir(exist_ok=True)
     (secret_dir / "keyset.json").write_text(keyset, encoding="utf-8")
     (secret_dir / "admin-key").write_text(admin_key, encoding="utf-8")
+    (secret_dir / "redis-password").write_text("a-redis-password", encoding="utf-8")
     text = text.replace(SECRETS_DIR, str(secret_dir))
     return parse_config(text, env={}, base_dir=secret_dir)
 
@@ -195,7 +196,8 @@ def test_sidecar_container_is_wired(variant: str, tmp_path: Path) -> None:
     ], "metrics only to the labelled scraper"
 
     secret = docs["Secret/legacy-app-sidecar"]
-    assert set(secret["stringData"]) == {"keyset.json", "admin-key"}
+    redis_password = {"redis-password"} if variant == "redis" else set()
+    assert set(secret["stringData"]) == {"keyset.json", "admin-key"} | redis_password
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
     assert volumes[mounts[SECRETS_DIR]]["secret"]["secretName"] == secret["metadata"]["name"]
@@ -238,6 +240,19 @@ def test_sidecar_container_is_wired(variant: str, tmp_path: Path) -> None:
         assert f"StatefulSet/{host}" in docs
         assert deployment["spec"]["replicas"] >= 2
         assert docs["PodDisruptionBudget/legacy-app"]["spec"]["minAvailable"] >= 1
+        # Redis needs the password from the same Secret the sidecar reads it from, and
+        # keeps an append-only file the sidecar insists on (require_persistence).
+        assert config.store.password is not None
+        assert config.store.password.reveal() == "a-redis-password"
+        assert config.store.require_persistence is True
+        redis_pod = docs[f"StatefulSet/{host}"]["spec"]["template"]["spec"]
+        redis = _container(redis_pod, "redis")
+        args = redis["args"]
+        assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        assert args[args.index("--appendonly") + 1] == "yes"
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
+        for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+            assert refs[name] == {"name": secret["metadata"]["name"], "key": "redis-password"}
 
 
 def pod_labels(workload: Doc) -> dict[str, str]:
@@ -271,4 +286,6 @@ def test_variants_share_the_sidecar_container() -> None:
     assert shared("sqlite") == shared("redis")
     sqlite_yaml, redis_yaml = (_sidecar_yaml(_variant(v)) for v in VARIANTS)
     differing = set(sqlite_yaml.splitlines()) ^ set(redis_yaml.splitlines())
-    assert all("url:" in line or "key_prefix" in line for line in differing), differing
+    store_lines = ("url:", "key_prefix", "password:", "file: /etc/sidecar-secrets/redis-password",
+                   "require_persistence", "# Our Redis keeps")  # fmt: skip
+    assert all(any(s in line for s in store_lines) for line in differing), differing
