@@ -120,7 +120,16 @@ class _Handler(RequestHandler):
                 self._refused = True
                 transport.write(_BUSY)  # type: ignore[attr-defined]  # a stream transport
                 transport.close()
-                LOG.warning("connection refused: %d client connections already open", cap)
+                server.refused += 1
+                now = self._loop.time()
+                if now >= server.warn_after:  # one line a minute, not one per connection
+                    server.warn_after = now + 60
+                    LOG.warning(
+                        "connections refused: %d client connections already open "
+                        "(proxy.max_client_connections); %d refused so far",
+                        cap,
+                        server.refused,
+                    )
                 return
             server.open_connections += 1
         super().connection_made(transport)
@@ -171,7 +180,9 @@ class _Handler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """aiohttp's own error answers, as the sidecar's JSON document (431 for headers)."""
-        super().handle_error(request, status, exc, message)  # logs; raises if sent already
+        # aiohttp logs (sidecar.web.logsetup turns a parse error into one warning) and raises
+        # if the answer had begun.
+        super().handle_error(request, status, exc, message)
         error = "bad_request" if status == 400 else "internal_error"
         if isinstance(exc, LineTooLong):
             # The request target and header lines have limits one byte apart
@@ -209,6 +220,8 @@ class _Server(web.Server):
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.open_connections = 0
+        self.refused = 0  # connections turned away at the cap, since start
+        self.warn_after = 0.0
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, guard=self.guard, **self._kwargs)
