@@ -6,6 +6,7 @@ After a mint, a redemption, a replay, proxied requests and a store-backed readin
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,9 +33,13 @@ def sample(text: str, name: str, labels: Labels | None = None) -> float:
 async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
     port = free_port()
     metrics_url = f"http://127.0.0.1:{port}/metrics"
+    # Two failed redemptions per address per minute: the third is rate limited.
+    env = {**os.environ, "SIDECAR_PROXY__FAILED_REDEEM_RATE": "2/1m"}
     async with (
         running_upstream() as upstream,
-        running_serve(tmp_path, upstream.url, metrics={"listen": f"127.0.0.1:{port}"}) as served,
+        running_serve(
+            tmp_path, upstream.url, env=env, metrics={"listen": f"127.0.0.1:{port}"}
+        ) as served,
         aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
     ):
         async with http.post(
@@ -49,6 +54,14 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
         for _ in range(3):
             async with http.get(served.proxy + "/page", headers={"Cookie": cookie}) as response:
                 assert response.status == 200
+        for status in (401, 429):  # malformed, then over the limit
+            async with http.get(served.proxy + "/?refer=not-a-token") as response:
+                assert response.status == status
+        for body, headers in (({}, served.admin_headers()), ({"userId": "x"}, {})):
+            async with http.post(
+                served.admin + "/referstring", json=body, headers=headers
+            ) as response:
+                assert response.status in (400, 401)
         async with http.get(served.proxy + "/metrics") as response:
             assert response.status == 401, "the proxy port does not serve metrics"
 
@@ -65,6 +78,12 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
     assert sample(text, "sidecar_mints_total", {"kind": "refer"}) == 1
     assert sample(text, "sidecar_redemptions_total", {"outcome": "success"}) == 1
     assert sample(text, "sidecar_redemptions_total", {"outcome": "used"}) == 1
+    assert sample(text, "sidecar_redemptions_total", {"outcome": "malformed"}) == 1
+    assert sample(text, "sidecar_redemptions_total", {"outcome": "rate_limited"}) == 1
+    failures = "sidecar_mint_failures_total"
+    assert sample(text, failures, {"api": "referstring", "reason": "invalid_request"}) == 1
+    assert sample(text, failures, {"api": "referstring", "reason": "unauthorized"}) == 1
+    assert sample(text, "sidecar_store_up") == 1
     proxy_200 = {"listener": "proxy", "status": "200"}
     assert sample(text, "sidecar_requests_total", proxy_200) >= 3  # + the readiness polls
     assert sample(text, "sidecar_requests_total", {"listener": "proxy", "status": "303"}) == 1
@@ -73,11 +92,11 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
     assert sample(text, "sidecar_upstream_seconds_bucket", {"le": "+Inf"}) == 3
     assert sample(text, "sidecar_store_seconds_count", {"op": "burn"}) == 2
     assert sample(text, "sidecar_store_seconds_count", {"op": "ping"}) >= 1
-    # The duration histogram by route kind: 3 proxied, 2 redemptions, 1 mint, the 401 page
+    # The duration histogram by route kind: 3 proxied, 4 redemptions, 3 mints, the 401 page
     # for /metrics on the proxy port, and the readiness polls under the prefix.
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) == 4
-    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "redeem"}) == 2
-    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "admin"}) == 1
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "redeem"}) == 4
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "admin"}) == 3
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "page"}) >= 1
     assert sample(text, "process_cpu_seconds_total") > 0
 

@@ -29,6 +29,7 @@ from sidecar.links import http as links_http
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
+from sidecar.telemetry import metrics
 from sidecar.web.accesslog import access_middleware
 
 MINT_PATHS = frozenset({"/referstring", "/admin/generate_link"})
@@ -116,6 +117,7 @@ def guards(services: Services) -> list[Middleware]:
     admin = services.config.admin
     return [
         access_middleware("admin", route=lambda _: "admin"),
+        count_mint_failures,
         errors(admin.max_body),
         peer_check(admin.allowed_peers),
         host_check(admin.listen),
@@ -124,6 +126,34 @@ def guards(services: Services) -> list[Middleware]:
         size_limit(admin.max_body),
         mint_rate(services),
     ]
+
+
+# The two minting APIs, and what each refusal status means for sidecar_mint_failures_total.
+_MINT_APIS = {"/referstring": "referstring", "/admin/generate_link": "generate_link"}
+_MINT_FAILURE = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "user_not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    421: "wrong_host",
+    422: "user_exists",
+    429: "rate_limited",
+    503: "store_unavailable",
+}
+
+
+@web.middleware
+async def count_mint_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count each refused mint by API and reason (every refusal, the guards' own too)."""
+    api = _MINT_APIS.get(request.path)
+    if api is None:
+        return await handler(request)
+    response = await handler(request)
+    if response.status >= 400:
+        metrics.mint_failure(api, _MINT_FAILURE.get(response.status, "other"))
+    return response
 
 
 def errors(max_body: int) -> Middleware:

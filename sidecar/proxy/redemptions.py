@@ -3,7 +3,8 @@
 
 A failed redemption is, in order:
 
-* counted in ``sidecar_redemptions_total`` under its reason and written as an audit line
+* counted in ``sidecar_redemptions_total`` under the outcome the client got (its reason, or
+  ``rate_limited``/``store_unavailable`` when the limit decided) and written as an audit line
   (``replay`` for a used token, ``redeem_failed`` otherwise) with the token id — never the
   token — and the client's address (:class:`~sidecar.proxy.clientaddr.ClientAddresses`);
 * unless the store is what failed, or the caller says it is counted elsewhere (OTP guesses
@@ -85,7 +86,6 @@ class FailedRedemptions:
         ``count=False`` leaves ``proxy.failed_redeem_rate`` alone; ``as_json`` answers JSON
         whatever the client accepts; ``retry_after`` goes with a 429 decided elsewhere."""
         client = self._clients.of(request)
-        metrics.redemption(reason)
         audit(
             "replay" if reason == "used" else "redeem_failed",
             reason=reason,
@@ -100,6 +100,7 @@ class FailedRedemptions:
                 status, reason, retry_after = 429, "rate_limited", limited.retry_after
             except StoreUnavailable:
                 status, reason = 503, "store_unavailable"
+        metrics.redemption(reason)  # the outcome the client got: rate_limited included
         if as_json:
             return pages.failure_json(status, reason, retry_after=retry_after)
         return pages.failure(request, status, reason, retry_after=retry_after)

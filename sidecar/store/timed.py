@@ -17,12 +17,13 @@ from sidecar.store.base import (
     Persistence,
     SessionRecord,
     Store,
+    StoreUnavailable,
     TokenRecord,
     TokenState,
     TokenUse,
     User,
 )
-from sidecar.telemetry.metrics import observe_store
+from sidecar.telemetry.metrics import observe_store, store_up
 
 T = TypeVar("T")
 
@@ -40,9 +41,14 @@ class TimedStore:
     async def _timed(op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
-            return await call
+            result = await call
+        except StoreUnavailable:
+            store_up(False)
+            raise
         finally:
             observe_store(op, time.perf_counter() - started)
+        store_up(True)
+        return result
 
     async def open(self) -> None:
         await self._timed("open", self.inner.open())

@@ -16,6 +16,8 @@ metric                                     labels       observed by
 ``sidecar_redemptions_total``              outcome      :func:`redemption` (``success`` or the
                                                         failure reason: ``used``, ``expired``…)
 ``sidecar_mints_total``                    kind         :func:`mint` (``refer``, ``magiclink``…)
+``sidecar_mint_failures_total``            api, reason  :func:`mint_failure` (the admin app)
+``sidecar_store_up``                                    :func:`store_up` (every timed store call)
 ``sidecar_upstream_seconds``                            :func:`observe_upstream` (time to the
                                                         upstream's response headers)
 ``sidecar_store_seconds``                  op           :func:`observe_store` (per Store method)
@@ -82,6 +84,18 @@ MINTS = Counter(
     ("kind",),
     registry=REGISTRY,
 )
+MINT_FAILURES = Counter(
+    "sidecar_mint_failures",
+    "Mints refused, by API (referstring, generate_link) and reason (invalid_request, "
+    "rate_limited, user_exists, store_unavailable, ...).",
+    ("api", "reason"),
+    registry=REGISTRY,
+)
+STORE_UP = Gauge(
+    "sidecar_store_up",
+    "1 while the store answered its last call, 0 after a call it did not answer.",
+    registry=REGISTRY,
+)
 UPSTREAM_SECONDS = Histogram(
     "sidecar_upstream_seconds",
     "Time from sending a request upstream to receiving its response headers.",
@@ -133,6 +147,14 @@ def redemption(outcome: str) -> None:
 
 def mint(kind: str) -> None:
     MINTS.labels(kind).inc()
+
+
+def mint_failure(api: str, reason: str) -> None:
+    MINT_FAILURES.labels(api, reason).inc()
+
+
+def store_up(up: bool) -> None:
+    STORE_UP.set(1 if up else 0)
 
 
 def observe_upstream(seconds: float) -> None:
