@@ -90,6 +90,13 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.roles["Authenticated"].one_time is True
     assert cfg.default_role == "Authenticated"
     assert len(cfg.keyset.keys) == 1
+    px = cfg.proxy
+    assert (px.request_head_timeout, px.keepalive_timeout, px.stream_idle_timeout) == (
+        10.0,
+        75.0,
+        300.0,
+    )
+    assert px.max_client_connections == 4096
 
 
 def test_example_config_in_repo_is_valid(tmp_path: Path) -> None:
@@ -170,6 +177,22 @@ def test_every_error_is_reported_with_its_path(tmp_path: Path) -> None:
         (config_doc(session={"cache_ttl": "2h"}), "session.cache_ttl: got '2h', at most 1m"),
         (config_doc(surprise=1), "surprise: unknown key"),
         (config_doc(tokens={"max_expiry": "31d"}), "tokens.max_expiry: got '31d', at most 30d"),
+        (
+            config_doc(proxy={"upstream": "http://u", "request_head_timeout": "0s"}),
+            "proxy.request_head_timeout: got '0s', expected a duration greater than zero",
+        ),
+        (
+            config_doc(proxy={"upstream": "http://u", "stream_idle_timeout": "0ms"}),
+            "proxy.stream_idle_timeout: got '0ms', expected a duration greater than zero",
+        ),
+        (
+            config_doc(proxy={"upstream": "http://u", "keepalive_timeout": "2h"}),
+            "proxy.keepalive_timeout: got '2h', at most 1h",
+        ),
+        (
+            config_doc(proxy={"upstream": "http://u", "max_client_connections": 0}),
+            "proxy.max_client_connections: got 0",
+        ),
     ],
 )
 def test_single_errors(tmp_path: Path, doc: dict[str, object], fragment: str) -> None:
