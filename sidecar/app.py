@@ -13,13 +13,15 @@ import asyncio
 import logging
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TypedDict
 
 from aiohttp import web
 
 from sidecar.admin.api import build_admin_app
-from sidecar.config import Config, ConfigError, load_config
+from sidecar.config import Config, ConfigError, read_config
+from sidecar.reload import Reloader
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
 from sidecar.store import StoreUnavailable, durability_warnings, open_store
@@ -90,11 +92,14 @@ async def serve(
     *,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    reloader: Reloader | None = None,
 ) -> None:
     """Open the store, serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down.
 
-    ``ready`` is set once every listener accepts connections. Raises :class:`ServeError`
-    when a listener cannot start; the store is closed on every path."""
+    ``ready`` is set once every listener accepts connections. With a ``reloader``, SIGHUP
+    and changed secret files reload the config (:mod:`sidecar.reload`); without one,
+    SIGHUP is logged and ignored. Raises :class:`ServeError` when a listener cannot start;
+    the store is closed on every path."""
     # the proxy side imports the whole gateway
     from sidecar.proxy.gateway import PERSISTENCE, build_proxy_app
 
@@ -115,6 +120,7 @@ async def serve(
             needed,
         )
     runners: list[web.AppRunner] = []
+    watcher: asyncio.Task[None] | None = None
     drain = Drain()
     loop = asyncio.get_running_loop()
     try:
@@ -161,14 +167,22 @@ async def serve(
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, reloader)
+        if reloader is not None:
+            watcher = asyncio.create_task(reloader.watch(cfg.watch_interval))
         if ready is not None:
             ready.set()
         await stop.wait()
-        _LOG.info("shutting down: waiting up to %ss for requests in flight", cfg.grace_period)
+        _LOG.info(
+            "shutting down: waiting up to %ss for requests in flight",
+            services.config.grace_period,
+        )
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await drain.stop_accepting_and_wait(runners, cfg.grace_period)
+        if watcher is not None:
+            watcher.cancel()
+        await drain.stop_accepting_and_wait(runners, services.config.grace_period)
         await asyncio.gather(*(runner.cleanup() for runner in runners))
         try:
             async with asyncio.timeout(_STORE_CLOSE_WAIT):
@@ -214,19 +228,34 @@ def listener_options(cfg: Config) -> ListenerOptions:
 def run(config_path: str | Path) -> int:
     """Load the config and serve until a signal; returns the process exit code."""
     try:
-        config = load_config(config_path)
+        loaded = read_config(config_path)
     except ConfigError as exc:
         print(f"{config_path}: invalid configuration", file=sys.stderr)
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
         return 1
+    config = loaded.config
     configure_logging(config.log_level)
     try:
-        asyncio.run(serve(build_services(config)))
+        services = build_services(config)
+        reloader = Reloader(config_path, loaded, partial(_apply, services))
+        asyncio.run(serve(services, reloader=reloader))
     except ServeError as exc:
         _LOG.error("%s", exc)
         return 1
     return 0
+
+
+def _apply(services: Services, config: Config) -> None:
+    services.reconfigure(config)
+    logging.getLogger().setLevel(config.log_level.upper())
+
+
+def _on_sighup(reloader: Reloader | None) -> None:
+    if reloader is None:
+        _LOG.warning("SIGHUP ignored: this server was not started from a config file")
+    else:
+        reloader.reload("SIGHUP")
 
 
 def _show_address(address: object) -> str:

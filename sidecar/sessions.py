@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import hdrs, web
 
-from sidecar.config import RoleConfig
+from sidecar.config import Config, RoleConfig
 from sidecar.services import Services
 from sidecar.store.base import SessionRecord
 
@@ -128,13 +128,21 @@ class SessionManager:
 
     def __init__(self, services: Services) -> None:
         self._services = services
-        cfg = services.config.session
+        self._cache_size = services.config.session.cache_size  # a restart changes it
+        self._cache: OrderedDict[str, Session] = OrderedDict()
+        self.configure(services.config)
+        services.on_reconfigure.append(self.configure)
+
+    def configure(self, config: Config) -> None:
+        """(Re)read the cookie settings and the cache's lifetime (on start and reload).
+
+        Cached sessions are dropped: their identity headers come from the old roles."""
+        cfg = config.session
         self.cookie_name = cfg.cookie_name
         self._secure = cfg.cookie_secure
         self._domain = cfg.cookie_domain
         self._cache_ttl = cfg.cache_ttl
-        self._cache_size = cfg.cache_size
-        self._cache: OrderedDict[str, Session] = OrderedDict()
+        self._cache.clear()
 
     async def start(
         self,

@@ -56,9 +56,12 @@ def free_port() -> int:
         return port
 
 
-def write_config(state: Path, upstream: str, **top: object) -> tuple[Path, str, KeySet, int, int]:
-    """Config, keyset and admin key files in ``state``; returns them and the two ports."""
-    keyset = generate_keyset()
+def write_config(
+    state: Path, upstream: str, keyset: KeySet | None = None, **top: object
+) -> tuple[Path, str, KeySet, int, int]:
+    """Config, keyset (``keyset`` or a new one) and admin key files in ``state``; returns
+    them and the two ports."""
+    keyset = keyset or generate_keyset()
     admin_key = secrets.token_urlsafe(32)
     (state / "keyset.json").write_text(keyset.to_json(), encoding="utf-8")
     (state / "admin.key").write_text(admin_key, encoding="utf-8")
@@ -99,10 +102,14 @@ async def _wait_ready(served: Served) -> None:
 
 @asynccontextmanager
 async def running_serve(
-    state: Path, upstream: str, env: Mapping[str, str] | None = None, **top: object
+    state: Path,
+    upstream: str,
+    env: Mapping[str, str] | None = None,
+    keyset: KeySet | None = None,
+    **top: object,
 ) -> AsyncIterator[Served]:
     """``python -m sidecar serve --config …`` until the block ends (then killed if alive)."""
-    config, admin_key, keyset, proxy_port, admin_port = write_config(state, upstream, **top)
+    config, admin_key, keyset, proxy_port, admin_port = write_config(state, upstream, keyset, **top)
     async with _serving(config, env, proxy_port, admin_port, admin_key, keyset) as served:
         yield served
 

@@ -143,6 +143,7 @@ class Config:
     grace_period: float
     # pages.dir: page name -> the operator's template (sidecar.config.pages); empty: built-in.
     pages: Mapping[str, str]
+    watch_interval: float
 
     @property
     def identity_header_names(self) -> frozenset[str]:
@@ -176,6 +177,8 @@ class LoadedConfig:
 
     config: Config
     sources: Mapping[str, str]
+    #: The secret files read (keyset, admin key): a running sidecar reloads when they change.
+    secret_files: tuple[Path, ...] = ()
 
 
 def load_config(
@@ -221,7 +224,7 @@ def _parse(text: str, *, env: Mapping[str, str], base_dir: Path, offline: bool) 
     cfg = _build(r)
     if r.errors or cfg is None:
         raise ConfigError(r.errors)
-    return LoadedConfig(cfg, dict(r.sources))
+    return LoadedConfig(cfg, dict(r.sources), tuple(r.secret_files))
 
 
 def _build(r: Reader) -> Config | None:
@@ -354,6 +357,7 @@ def _build(r: Reader) -> Config | None:
         pages, problems = load_page_templates(r.base_dir / pages_dir)
         for problem in problems:
             r.error("pages.dir", problem)
+    watch_interval = root.duration("reload.watch_interval", 10.0, at_most=3600.0)
     r.finish()
     if not roles and not any(e.startswith("roles") for e in r.errors):
         r.error("roles", "at least one role is required")
@@ -376,6 +380,7 @@ def _build(r: Reader) -> Config | None:
         log_level=log_level,
         grace_period=grace,
         pages=MappingProxyType(pages),
+        watch_interval=watch_interval,
     )
 
 

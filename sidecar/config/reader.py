@@ -72,6 +72,8 @@ class Reader:
         #: option that was given rather than defaulted.
         self.sources: dict[str, str] = {}
         self._consulted: set[str] = set()
+        #: Files the secrets were read from, in order.
+        self.secret_files: list[Path] = []
         self._nodes: list[Reader.Node] = []
         if not isinstance(raw, dict):
             self.error("(file)", f"expected a mapping at the top level, got {type(raw).__name__}")
@@ -386,6 +388,7 @@ class Reader:
                     why = f"cannot read {str(target)!r}: {exc.strerror}"
                     self.reader.error(f"{path}.file", why)
                     return None
+                self.reader.secret_files.append(target)
             else:
                 env_value = self.reader.env.get(var or "")
                 if not env_value:

@@ -24,6 +24,10 @@ class ClientAddresses:
     """Decides trust and the client's address from the peer and ``proxy.trusted_proxies``."""
 
     def __init__(self, trusted: tuple[Network, ...]) -> None:
+        self.configure(trusted)
+
+    def configure(self, trusted: tuple[Network, ...]) -> None:
+        """Trust ``trusted`` from now on (at start and on a reload)."""
         self._trusted = trusted
         self._cache: dict[str, bool] = {}
 

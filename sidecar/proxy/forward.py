@@ -70,6 +70,12 @@ class Forwarder:
         self._pool: UpstreamPool | None = None
         self._ws_session: aiohttp.ClientSession | None = None
 
+    def configure(self, config: Config, headers: HeaderPolicy) -> None:
+        """Take a reloaded config's header policy and session check; the upstream and its
+        pool stay (they need a restart: :data:`sidecar.reload.RESTART_ONLY`)."""
+        self.headers = headers
+        self._session_check = config.session.cache_ttl
+
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Open the upstream pool for the app's lifetime (``app.cleanup_ctx.append``)."""
         self._pool = UpstreamPool(

@@ -166,12 +166,16 @@ class ForwardAuth:
     def __init__(
         self, config: Config, sessions: SessionManager, redeemer: Redeemer, trusts: Trusts
     ) -> None:
-        px = config.proxy
         self._sessions = sessions
         self._redeemer = redeemer
         self._trusts = trusts
-        self._prefix = px.prefix
+        self._prefix = config.proxy.prefix  # routes: a restart changes them
         self._envoy_prefix = config.forward_auth.envoy_path_prefix
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """(Re)derive the access rules from ``config``: at start and on every reload."""
+        px = config.proxy
         self._public = GlobSet(px.public_paths)
         self._rules = {
             name: PathRules.compile(role.allow, role.deny) for name, role in config.roles.items()

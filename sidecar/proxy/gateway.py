@@ -24,6 +24,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
+from sidecar.config import Config
 from sidecar.links import http as links_http
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.forward import Forwarder
@@ -85,6 +86,15 @@ def build_proxy_app(services: Services) -> web.Application:
     links_http.register_verify(app)
     forward_auth = ForwardAuth(services.config, sessions, redeemer, clients.trusts)
     forward_auth.register(app)
+
+    def reconfigure(cfg: Config) -> None:
+        """A reload: everything derived from the config, rebuilt; the pool and routes stay."""
+        clients.configure(cfg.proxy.trusted_proxies)
+        forwarder.configure(cfg, HeaderPolicy(cfg, clients))
+        gateway.configure(cfg)
+        forward_auth.configure(cfg)
+
+    services.on_reconfigure.append(reconfigure)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
     router.add_route("*", "/{tail:.*}", gateway.proxy)
     return app
@@ -108,6 +118,10 @@ class Gateway:
         self._require_persistence = cfg.store.require_persistence
         self._signed_out = cfg.proxy.prefix + "/signed-out"
         self._redeemer = redeemer
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        """(Re)derive the access rules from ``cfg``: at start and on every reload."""
         self._unauthenticated = cfg.proxy.unauthenticated
         self._login_url = URL(cfg.proxy.login_url) if cfg.proxy.login_url else None
         self._public = GlobSet(cfg.proxy.public_paths)

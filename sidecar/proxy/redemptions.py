@@ -67,7 +67,6 @@ class FailedRedemptions:
     def __init__(self, services: Services, clients: ClientAddresses) -> None:
         self._services = services
         self._clients = clients
-        self._limit = services.config.proxy.failed_redeem_rate
         # client address -> epoch second its failure window resets (this process's memo).
         self._blocked: dict[str, float] = {}
 
@@ -114,7 +113,8 @@ class FailedRedemptions:
                 raise RateLimited(max(1, int(blocked_until - now)))
             del self._blocked[client]
         try:
-            await enforce(self._services.store, "redeem-fail:" + client, self._limit, now)
+            limit = self._services.config.proxy.failed_redeem_rate  # a reload may change it
+            await enforce(self._services.store, "redeem-fail:" + client, limit, now)
         except RateLimited as limited:
             if len(self._blocked) < _BLOCK_MEMO_SIZE:
                 self._blocked[client] = now + limited.retry_after

@@ -67,7 +67,6 @@ class Redeemer:
         failures: FailedRedemptions,
     ) -> None:
         self._services = services
-        self._config = services.config
         self._sessions = sessions
         self._clients = clients
         self._failures = failures
@@ -86,7 +85,7 @@ class Redeemer:
 
     async def _redeem(self, request: web.Request) -> web.StreamResponse:
         claims = self._open(request)
-        role = self._config.roles.get(claims.role)
+        role = self._services.config.roles.get(claims.role)
         if role is None:
             raise RedeemFailed("unknown_role", claims.token_id)
         # Once a burn is sent, a store failure cannot say whether it landed: a frozen
