@@ -9,7 +9,7 @@ from types import MappingProxyType
 import pytest
 
 from sidecar.tokens.codec import Claims, TokenCodec, UnknownKey, new_token_id
-from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
+from sidecar.tokens.keys import KeyRecord, KeySet, KeysetError, generate_keyset, parse_keyset
 
 NOW = 1_800_000_000
 
@@ -121,3 +121,55 @@ def test_parse_errors(doc: object, message: str) -> None:
         parse_keyset(text)
     assert message in str(info.value)
     assert GOOD_K not in str(info.value)
+
+
+# -- the rotation lifecycle --------------------------------------------------------------
+
+
+def test_staged_keys_open_but_never_seal() -> None:
+    old = generate_keyset("one", now=NOW)
+    staged = old.with_new_key("two", activate=False, now=NOW + 10)
+    assert staged.active_kid == "one"
+    assert [staged.state(k) for k in ("one", "two")] == ["active", "staged"]
+    token = TokenCodec(old.with_new_key("x").retire("one")).seal(_claims())  # unrelated key
+    with pytest.raises(UnknownKey):
+        TokenCodec(staged).open(token, NOW)
+    new_side = staged.activate("two", now=NOW + 20)
+    sealed_new = TokenCodec(new_side).seal(_claims())
+    assert _kid_of(sealed_new) == "two"
+    assert TokenCodec(staged).open(sealed_new, NOW).subject == "user-1"  # old side opens it
+    assert _kid_of(TokenCodec(staged).seal(_claims())) == "one"
+
+
+def test_activate_and_retire_keep_records() -> None:
+    keyset = generate_keyset("one", now=NOW).with_new_key("two", activate=False, now=NOW + 60)
+    active = parse_keyset(keyset.activate("two", now=NOW + 120).to_json())
+    assert active.state("one") == "previous"
+    assert active.record("one") == KeyRecord(created=NOW, deactivated=NOW + 120)
+    assert active.record("two") == KeyRecord(created=NOW + 60, deactivated=None)
+    with pytest.raises(KeysetError, match="is the active key"):
+        active.retire("two")
+    with pytest.raises(KeysetError, match="not in the keyset"):
+        active.retire("three")
+    retired = active.retire("one")
+    assert list(retired.keys) == ["two"]
+    assert "one" not in retired.to_json()
+
+
+def test_old_files_without_records_still_load() -> None:
+    keyset = generate_keyset("one").with_new_key("two")
+    doc = json.loads(keyset.to_json())
+    for jwk in doc["keys"]:
+        jwk.pop("created", None)
+        jwk.pop("deactivated", None)
+    bare = parse_keyset(json.dumps(doc))
+    assert bare.state("two") == "active"
+    assert bare.state("one") == "decrypt-only"
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2026-11-30T12:00:00", 5])
+def test_bad_record_times_are_refused(value: object) -> None:
+    doc = json.loads(generate_keyset("one").to_json())
+    doc["keys"][0]["created"] = value
+    with pytest.raises(KeysetError, match=r"keys\[0\]\.created: expected a UTC time"):
+        parse_keyset(json.dumps(doc))

@@ -79,18 +79,18 @@ def mint_args(p: argparse.ArgumentParser) -> None:
 
 
 def mint(args: argparse.Namespace) -> int:
-    client = AdminClient.from_args(args)
     if args.type == "refer":
-        answer = client.call("POST", "/referstring", refer_body(args))
+        body = refer_body(args)  # argument errors first, before looking for a key
+        answer = AdminClient.from_args(args).call("POST", "/referstring", body)
         print(json.dumps(answer, indent=2) if args.json else answer.get("url", ""))
         return 0
     if not args.email:
         raise CliError("--email is required for auth links")
-    body: dict[str, object] = {"type": args.type, "email": args.email}
+    body = {"type": args.type, "email": args.email}
     for name in ("redirect_to", "password", "new_email"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
-    answer = client.call("POST", "/admin/generate_link", body)
+    answer = AdminClient.from_args(args).call("POST", "/admin/generate_link", body)
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
