@@ -108,13 +108,15 @@ def _compare(
                 out.append(Change((*attrs, name), f"{path}.{name}", "removed"))
             elif name not in old:
                 out.append(Change((*attrs, name), f"{path}.{name}", "added"))
-            else:
+            elif is_dataclass(old[name]):
                 changed = [
                     g.name
                     for g in fields(old[name])
                     if getattr(old[name], g.name) != getattr(new[name], g.name)
                 ]
                 out.extend(Change((*attrs, name), f"{path}.{name}.{g}") for g in changed)
+            elif old[name] != new[name]:  # pages: name -> template text
+                out.append(Change((*attrs, name), f"{path}.{name}"))
     elif old != new:
         out.append(Change(attrs, path))
 

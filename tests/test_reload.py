@@ -194,3 +194,15 @@ async def test_a_changed_keyset_file_is_picked_up_without_a_signal(
         f"reload (secret file changed: {keyset_file}): changed keys (added k2)"
     )
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+
+
+def test_own_pages_changes_are_named_by_page(config_path: Path) -> None:
+    pages = config_path.parent / "pages"
+    pages.mkdir()
+    (pages / "signed_out.html").write_text("<p>bye</p>")
+    edit(config_path, pages={"dir": "pages"})
+    old = read_config(config_path).config
+    (pages / "signed_out.html").write_text("<p>see you</p>")
+    (pages / "confirm.html").write_text("<p>sure?</p>$form")
+    found = {str(c): c.needs_restart for c in changes(old, read_config(config_path).config)}
+    assert found == {"pages.signed_out": False, "pages.confirm (added)": False}

@@ -54,6 +54,12 @@ roles:
     max_expiry: 7d
     session_lifetime: 8h
     idle_timeout: 1h
+    params: [tenant, locale]   # additionalParams a mint may set (--param tenant=acme)
+    headers:                   # what the app receives; client copies are always stripped
+      X-Forwarded-User: "{{user_id}}"
+      X-Forwarded-Role: "{{role}}"
+      X-Forwarded-Email: "{{email}}"
+      X-Forwarded-Tenant: "{{param.tenant}}"
 
 links:
   create_user_on_magiclink: true   # a magiclink for a new address creates the user
