@@ -16,8 +16,8 @@ import yaml
 
 from sidecar.config import Config, read_config
 from sidecar.reload import Reloader, changes, keep_running
-from sidecar.tokens.keys import parse_keyset
-from tests.test_config import ENV, write_config
+from sidecar.tokens.keys import generate_keyset, parse_keyset
+from tests.test_config import ENV, config_doc, write_config
 
 
 def edit(path: Path, **changes: object) -> None:
@@ -206,3 +206,31 @@ def test_own_pages_changes_are_named_by_page(config_path: Path) -> None:
     (pages / "confirm.html").write_text("<p>sure?</p>$form")
     found = {str(c): c.needs_restart for c in changes(old, read_config(config_path).config)}
     assert found == {"pages.signed_out": False, "pages.confirm (added)": False}
+
+
+async def test_a_kubernetes_style_secret_update_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet writes a new timestamped directory and swaps the ``..data`` symlink;
+    ``keyset.json`` is a symlink through it and never changes itself."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    secrets = tmp_path / "secrets"
+    (secrets / "..v1").mkdir(parents=True)
+    first = generate_keyset("k-1")
+    (secrets / "..v1" / "keyset.json").write_text(first.to_json())
+    (secrets / "..data").symlink_to("..v1")
+    (secrets / "keyset.json").symlink_to("..data/keyset.json")
+    config_path = write_config(tmp_path, config_doc(keys={"file": "secrets/keyset.json"}))
+    applied = Applied()
+    reloader = Reloader(config_path, read_config(config_path), applied)
+    watcher = asyncio.create_task(reloader.watch(0.02))
+    try:
+        (secrets / "..v2").mkdir()
+        (secrets / "..v2" / "keyset.json").write_text(first.with_new_key("k-2").to_json())
+        (secrets / "..data_tmp").symlink_to("..v2")
+        (secrets / "..data_tmp").rename(secrets / "..data")  # atomic, as the kubelet does
+        await until(lambda: bool(applied.configs))
+    finally:
+        watcher.cancel()
+    assert applied.configs[0].keyset.active_kid == "k-2"
