@@ -42,6 +42,7 @@ RESTART_ONLY = (
     "proxy.upstream",
     "proxy.connect_timeout",
     "proxy.upstream_timeout",
+    "proxy.stream_idle_timeout",
     "proxy.max_connections",
     "proxy.max_header_size",
     "session.cache_size",
