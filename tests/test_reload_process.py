@@ -174,6 +174,28 @@ async def test_a_rewritten_keyset_file_is_picked_up_without_a_signal(tmp_path: P
         assert kid_of(after["referString"]) == "k-rotated"
         assert (await redeem(http, before["url"]))[0] == 303  # the old key still opens
 
+        # The admin key file is a secret file too: a new key works at once, the old one not.
+        new_key = "rotated-admin-key-" + "x" * 32
+        (served.state / "admin.key").write_text(new_key)
+        await eventually(lambda: _admin_status(http, served, served.admin_key, 403))
+        assert messages(served)[-1] == (
+            "info",
+            f"reload (secret file changed: {served.state / 'keyset.json'}, "
+            f"{served.state / 'admin.key'}): changed admin.key (replaced)",
+        )
+        assert await _admin_status(http, served, new_key, 200)
+
+
+async def _admin_status(
+    http: aiohttp.ClientSession, served: Served, key: str, expected: int
+) -> bool:
+    async with http.post(
+        served.admin + "/referstring",
+        json={"userId": "u-key"},
+        headers={"Authorization": f"Bearer {key}"},
+    ) as response:
+        return response.status == expected
+
 
 async def test_rolling_rotation_between_an_old_and_a_new_replica(tmp_path: Path) -> None:
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import re
+from functools import partial
 from http import HTTPStatus
 
 from aiohttp import hdrs, web
@@ -113,11 +114,28 @@ def _host_name(host: str) -> str:
 
 
 def guards(services: Services) -> list[Middleware]:
-    """The admin app's middlewares, outermost first, each bound to its options once."""
+    """The admin app's middlewares, outermost first, each bound to its options once — and
+    bound again on a reload (a new admin key, allowed peers or mint rate apply at once)."""
+    current = _bound(services)
+
+    def reconfigure(_: object) -> None:
+        nonlocal current
+        current = _bound(services)
+
+    services.on_reconfigure.append(reconfigure)
+
+    @web.middleware
+    async def reloadable(request: web.Request, handler: Handler) -> web.StreamResponse:
+        for middleware in reversed(current):  # as aiohttp chains them: outermost first
+            handler = partial(middleware, handler=handler)
+        return await handler(request)
+
+    return [access_middleware("admin", route=lambda _: "admin"), count_mint_failures, reloadable]
+
+
+def _bound(services: Services) -> list[Middleware]:
     admin = services.config.admin
     return [
-        access_middleware("admin", route=lambda _: "admin"),
-        count_mint_failures,
         errors(admin.max_body),
         peer_check(admin.allowed_peers),
         host_check(admin.listen),
