@@ -59,12 +59,16 @@ class Fleet:
     prefix: str
 
     def mint(self, user: str = "carol", ttl: int = 3600) -> str:
+        return self.mint_with_id(user, ttl)[0]
+
+    def mint_with_id(self, user: str = "carol", ttl: int = 3600) -> tuple[str, str]:
+        """A one-time link and its token id (the store's ``tok:<id>`` key)."""
         now = int(time.time())
         claims = Claims(
             token_id=new_token_id(), subject=user, role="Authenticated", issued_at=now,
             expires_at=now + ttl, one_time=True, kind="refer",
         )  # fmt: skip
-        return self.codec.seal(claims)
+        return self.codec.seal(claims), claims.token_id
 
     def stop(self) -> None:
         for sidecar in self.sidecars:  # all at once: each takes its grace period

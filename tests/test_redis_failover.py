@@ -17,13 +17,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from sidecar.store.redis_client import RedisOptions
 from tests.redis_topologies import (
     SERVICE,
     Node,
     Topology,
+    cluster_primary_for,
     sentinel_primary,
+    start_cluster,
     start_sentinel,
     wait_for,
 )
@@ -44,6 +48,7 @@ class Load:
     fleet: Fleet
     http: aiohttp.ClientSession
     results: list[tuple[str, int, float, float]] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)  # token -> token id
     killed_at: float | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -51,7 +56,8 @@ class Load:
         sidecars = self.fleet.sidecars
         i = 0
         while not self.stop.is_set():
-            token = self.fleet.mint(f"load-{n}-{i}")
+            token, token_id = self.fleet.mint_with_id(f"load-{n}-{i}")
+            self.ids[token] = token_id
             sent = time.monotonic()
             try:
                 status = (await redeem(self.http, sidecars[(n + i) % len(sidecars)], token, 5))[0]
@@ -63,9 +69,13 @@ class Load:
     def acked(self, before: float) -> list[str]:
         return [t for t, s, _, done in self.results if s == 303 and done < before]
 
-    def first_303_after_kill(self) -> float | None:
+    def first_303_after_kill(self, where: Callable[[str], bool] = lambda _: True) -> float | None:
+        """When the first redemption sent after the kill (of a token ``where`` accepts)
+        was answered 303."""
         assert self.killed_at is not None
-        done = [d for _, s, sent, d in self.results if s == 303 and sent > self.killed_at]
+        done = [
+            d for t, s, sent, d in self.results if s == 303 and sent > self.killed_at and where(t)
+        ]
         return min(done) if done else None
 
 
@@ -144,3 +154,99 @@ async def test_sentinel_failover_keeps_acknowledged_burns(
         if fleet is not None:
             fleet.stop()
         topology.stop()
+
+
+async def test_cluster_failover_keeps_acknowledged_burns(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A 3+3 cluster with ``redis_min_replicas_ack: 1``: SIGKILL one primary; its replica
+    takes over (cluster-node-timeout 1 s); the killed node comes back empty, as a restarted
+    pod would, and rejoins as the new primary's replica — only after the promotion: an
+    empty primary back before it would wipe its shard (run Redis with persistence)."""
+    (tmp_path / "redis").mkdir()
+    topology = start_cluster(tmp_path / "redis")
+    fleet: Fleet | None = None
+    try:
+        options = RedisOptions(min_replicas_ack=1)
+        fleet = start_fleet(tmp_path, topology.url, options=options, prefix="cfailover")
+        prefix = fleet.prefix
+        victim = cluster_primary_for(topology, f"{prefix}tok:probe")
+        slots = _slots_of(victim)
+
+        def in_shard(token: str) -> bool:
+            return key_slot(f"{prefix}tok:{load.ids[token]}".encode()) in slots
+
+        load = Load(fleet, http)
+        deadline = time.monotonic() + DEADLINE
+        workers = [asyncio.create_task(load.worker(n)) for n in range(WORKERS)]
+        try:
+            enough = ACKED_BEFORE_KILL
+            await until("redemptions", lambda: len(load.acked(1e18)) >= enough, deadline)
+            victim.kill()
+            load.killed_at = time.monotonic()
+            await until(
+                "a promoted replica",
+                lambda: _promoted_in_cluster(topology, victim, slots),
+                deadline,
+            )
+            promoted_after = time.monotonic() - load.killed_at
+            victim.start()  # back empty; it must become a replica, never a primary again
+            await until(
+                "the old primary as a replica", lambda: _is_synced_replica(victim), deadline
+            )
+            await until(
+                "a 303 in the failed shard",
+                lambda: load.first_303_after_kill(in_shard) is not None,
+                deadline,
+            )
+            recovered = load.first_303_after_kill(in_shard)
+            assert recovered is not None
+        finally:
+            load.stop.set()
+            await asyncio.gather(*workers)
+        before = load.acked(load.killed_at)
+        after = [t for t, s, sent, _ in load.results if s == 303 and sent > load.killed_at]
+        replays = await asyncio.gather(
+            *(redeem(http, fleet.sidecars[1], t) for t in before + after)
+        )
+        lost = sum(1 for status, _, _ in replays if status == 303)
+        print(
+            f"\ncluster failover ack=1: {len(before)} acknowledged before the kill "
+            f"({sum(1 for t in before if in_shard(t))} in the failed shard), {lost} lost; "
+            f"replica promoted {promoted_after:.2f} s after SIGKILL; first 303 in that shard "
+            f"{recovered - load.killed_at:.2f} s after; {len(after)} redeemed after"
+        )
+        assert all(status in (303, 410) for status, _, _ in replays)
+        assert lost == 0
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        topology.stop()
+
+
+def _slots_of(primary: Node) -> set[int]:
+    slots: set[int] = set()
+    for start, end, owner, *_ in primary.cmd("CLUSTER", "SLOTS"):
+        if int(owner[1]) == primary.port:
+            slots.update(range(int(start), int(end) + 1))
+    return slots
+
+
+def _promoted_in_cluster(topology: Topology, victim: Node, slots: set[int]) -> bool:
+    live = next(n for n in topology.nodes if n is not victim and n.proc is not None)
+    probe = min(slots)
+    try:
+        for start, end, owner, *_ in live.cmd("CLUSTER", "SLOTS"):
+            if int(start) <= probe <= int(end):
+                return int(owner[1]) != victim.port
+    except (RedisError, OSError):
+        return False
+    return False
+
+
+def _is_synced_replica(node: Node) -> bool:
+    try:
+        info = node.cmd("INFO", "replication")
+    except (RedisError, OSError):
+        return False
+    return bool(info["role"] == "slave" and info.get("master_link_status") == "up")
