@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers started as child processes, never mocks."""
+"""Shared fixtures: real servers (child processes or real sockets), never mocks."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.harness.upstream import Upstream, running_upstream
 
 if TYPE_CHECKING:
     from tests.redis_topologies import Topology
@@ -132,3 +134,10 @@ def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         yield topology
     finally:
         topology.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    """A recording upstream on a free loopback port (:mod:`tests.harness.upstream`)."""
+    async with running_upstream() as up:
+        yield up

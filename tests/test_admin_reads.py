@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from sidecar.sessions import session_key
+from tests.harness import Upstream
 from tests.test_links_http import AUTH, Env, env_for, token_of
-from tests.upstream import Upstream, running_upstream
 
 JSON = {"Accept": "application/json"}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with running_upstream() as up:
-        yield up
 
 
 @pytest.fixture
@@ -123,7 +117,7 @@ async def test_a_users_links_page_by_page_without_secrets(env: Env) -> None:
 
 
 async def test_live_sessions_of_a_user(env: Env) -> None:
-    await env.sc.login(user="other")  # (this browser's session ends with the next login)
+    await env.sc.sign_in(user="other")  # (this browser's session ends with the next login)
     minted = await mint_refer(env, user="sess-user")
     redeemed = await env.proxy.get(f"/?refer={minted['referString']}", allow_redirects=False)
     cookie = redeemed.cookies["sidecar_session"].value

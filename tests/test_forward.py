@@ -15,8 +15,16 @@ import aiohttp
 import pytest
 
 from sidecar.proxy.websocket import MAX_MESSAGE
-from tests.harness import Sidecar, make_config, raw_bytes, raw_http, running_sidecar
-from tests.upstream import CHUNK, GZIP_TEXT, Upstream, running_upstream
+from tests.harness import (
+    CHUNK,
+    GZIP_TEXT,
+    Sidecar,
+    Upstream,
+    make_config,
+    raw_http,
+    raw_request,
+    running_sidecar,
+)
 
 MiB = 1024 * 1024
 BIG = 200 * MiB
@@ -34,15 +42,11 @@ def rss() -> int:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with running_upstream() as up:
-        yield up
-
-
-@pytest.fixture
 async def sidecar(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(make_config(tmp_path, upstream.url)) as sc:
-        await sc.login()
+    async with running_sidecar(
+        tmp_path, config=make_config(tmp_path, upstream.url), upstream=upstream
+    ) as sc:
+        await sc.sign_in()
         yield sc
 
 
@@ -163,12 +167,11 @@ async def test_websocket_messages_over_the_cap_close_the_socket(sidecar: Sidecar
 async def test_a_malformed_websocket_handshake_opens_nothing_upstream(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
-    cookie = sidecar.client.session.cookie_jar.filter_cookies(sidecar.client.make_url("/"))
-    response = await raw_http(
-        sidecar,
+    response = await raw_request(
+        sidecar.proxy_port,
         "GET",
         "/_up/ws",
-        f"Cookie: sidecar_session={cookie['sidecar_session'].value}\r\n"
+        f"Cookie: sidecar_session={sidecar.jar_cookie()}\r\n"
         "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13",  # no key
     )
     assert response.status == 400
@@ -179,8 +182,8 @@ async def test_a_websocket_ends_with_its_session(tmp_path: Path, upstream: Upstr
     config = make_config(
         tmp_path, upstream.url, session={"cookie_secure": False, "cache_ttl": "100ms"}
     )
-    async with running_sidecar(config) as sc:
-        await sc.login()
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
+        await sc.sign_in()
         async with sc.client.ws_connect("/_up/ws") as ws:
             await ws.receive()  # the upstream's handshake echo
             await ws.send_str("still here")
@@ -194,7 +197,7 @@ async def test_a_websocket_ends_with_its_session(tmp_path: Path, upstream: Upstr
 
 
 async def test_websocket_refused_without_session(sidecar: Sidecar, upstream: Upstream) -> None:
-    sidecar.client.session.cookie_jar.clear()
+    sidecar.client.cookie_jar.clear()
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await sidecar.client.ws_connect("/_up/ws")
     assert refused.value.status == 401
@@ -206,7 +209,7 @@ async def test_upstream_down_is_502_and_sidecar_keeps_serving(tmp_path: Path) ->
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = make_config(tmp_path, f"http://127.0.0.1:{port}", {"unauthenticated": "pass"})
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config) as sc:
         for _ in range(2):
             response = await sc.client.get("/x", headers={"Accept": "application/json"})
             assert response.status == 502
@@ -220,7 +223,7 @@ async def test_slow_upstream_is_504_and_sidecar_keeps_serving(
     config = make_config(
         tmp_path, upstream.url, {"upstream_timeout": "100ms", "unauthenticated": "pass"}
     )
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
         slow = await sc.client.get("/_up/slow")
         assert slow.status == 504
         assert "too long" in await slow.text()
@@ -262,16 +265,17 @@ async def test_hop_by_hop_headers_dropped_both_ways(sidecar: Sidecar, upstream: 
 async def test_nothing_added_and_encoding_passed_through(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
-    cookie = sidecar.client.session.cookie_jar.filter_cookies(sidecar.client.make_url("/"))
-    session_cookie = f"Cookie: sidecar_session={cookie['sidecar_session'].value}"
-    await raw_http(sidecar, "GET", "/plain?q=%2F%20", session_cookie)
+    session_cookie = f"Cookie: sidecar_session={sidecar.jar_cookie()}"
+    await raw_request(sidecar.proxy_port, "GET", "/plain?q=%2F%20", session_cookie)
     seen = upstream.last
     assert seen.raw_path == "/plain?q=%2F%20"
     assert [
         n for n in seen.header_names() if n in ("user-agent", "accept", "accept-encoding")
     ] == []
     assert seen.values("Host") == ["app.test"]
-    zipped = await raw_http(sidecar, "GET", "/_up/gzip", session_cookie, "Accept-Encoding: gzip")
+    zipped = await raw_request(
+        sidecar.proxy_port, "GET", "/_up/gzip", session_cookie, "Accept-Encoding: gzip"
+    )
     assert zipped.header("Content-Encoding") == "gzip"
     assert zipped.body == gzip.compress(GZIP_TEXT, mtime=0)
 
@@ -283,12 +287,11 @@ async def test_upstream_cannot_set_the_sidecar_cookie(sidecar: Sidecar) -> None:
 
 
 async def test_head_keeps_content_length(sidecar: Sidecar) -> None:
-    cookie = sidecar.client.session.cookie_jar.filter_cookies(sidecar.client.make_url("/"))
-    response = await raw_http(
-        sidecar,
+    response = await raw_request(
+        sidecar.proxy_port,
         "HEAD",
         f"/_up/big?size={5 * MiB}&length=1",
-        f"Cookie: sidecar_session={cookie['sidecar_session'].value}",
+        f"Cookie: sidecar_session={sidecar.jar_cookie()}",
     )
     assert response.status == 200
     assert response.header("Content-Length") == str(5 * MiB)
@@ -298,11 +301,10 @@ async def test_head_keeps_content_length(sidecar: Sidecar) -> None:
 async def test_unusual_transfer_coding_is_refused_and_the_connection_closed(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
-    cookie = sidecar.client.session.cookie_jar.filter_cookies(sidecar.client.make_url("/"))
-    value = cookie["sidecar_session"].value
+    value = sidecar.jar_cookie()
     smuggled = f"GET /smuggled HTTP/1.1\r\nHost: app.test\r\nCookie: sidecar_session={value}\r\n"
-    response = await raw_bytes(
-        sidecar,
+    response = await raw_http(
+        sidecar.proxy_port,
         (
             f"POST /p HTTP/1.1\r\nHost: app.test\r\nCookie: sidecar_session={value}\r\n"
             f"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n{smuggled}\r\n"

@@ -18,7 +18,7 @@ from sidecar.config import ConfigError
 from sidecar.store.base import Store
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens.codec import TokenCodec
-from tests.harness import Sidecar, make_config, raw_http, running_sidecar
+from tests.harness import Sidecar, make_config, raw_request, running_sidecar
 
 UPSTREAM = "http://127.0.0.1:9"  # never contacted: forward-auth answers, it does not forward
 TRUSTED = {"trusted_proxies": ["127.0.0.1/32"]}
@@ -33,12 +33,12 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
         {**TRUSTED, "public_paths": ["/health", "/static/**"]},
         forward_auth={"envoy_path_prefix": "/_sidecar/envoy"},
     )
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config) as sc:
         yield sc
 
 
 async def _auth(sc: Sidecar, cookie: str | None, **headers: str) -> ClientResponse:
-    sc.client.session.cookie_jar.clear()  # only the Cookie header given here is sent
+    sc.client.cookie_jar.clear()  # only the Cookie header given here is sent
     sent = {k.replace("_", "-"): v for k, v in headers.items()}
     if cookie is not None:
         sent["Cookie"] = f"theme=dark; sidecar_session={cookie}"
@@ -59,7 +59,7 @@ async def _assert_bare(response: ClientResponse) -> None:
 
 # -- the conventions -------------------------------------------------------------------
 async def test_nginx_convention_answers_200_with_identity_headers(sidecar: Sidecar) -> None:
-    cookie = await sidecar.login(user="alice", params={"tenant": "acme"})
+    cookie = await sidecar.sign_in(user="alice", params={"tenant": "acme"})
     response = await _auth(
         sidecar, cookie, X_Original_URI="/app/page?x=1", X_Original_Method="POST"
     )
@@ -93,7 +93,7 @@ async def test_nginx_convention_answers_200_with_identity_headers(sidecar: Sidec
 async def test_path_rules_and_refusals_answer_403(
     sidecar: Sidecar, headers: dict[str, str]
 ) -> None:
-    cookie = await sidecar.login()
+    cookie = await sidecar.sign_in()
     assert (await _auth(sidecar, cookie, **headers)).status == 403
 
 
@@ -108,19 +108,19 @@ async def test_path_rules_and_refusals_answer_403(
 async def test_a_refer_link_is_401_even_with_a_session(
     sidecar: Sidecar, headers: dict[str, str]
 ) -> None:
-    cookie = await sidecar.login()
+    cookie = await sidecar.sign_in()
     # 401: the ingress sends the request to the proxy listener, which redeems the link.
     assert (await _auth(sidecar, cookie, **headers)).status == 401
 
 
 async def test_the_sidecars_own_paths_are_401_for_the_proxy_listener(sidecar: Sidecar) -> None:
-    cookie = await sidecar.login()
+    cookie = await sidecar.sign_in()
     for uri in ("/_sidecar/logout", "/_sidecar", "/_sidecar/verify?token=x"):
         assert (await _auth(sidecar, cookie, X_Original_URI=uri)).status == 401, uri
 
 
 async def test_envoy_path_prefix_carries_the_original_path_and_method(sidecar: Sidecar) -> None:
-    cookie = await sidecar.login(user="erin")
+    cookie = await sidecar.sign_in(user="erin")
     headers = {"Cookie": f"sidecar_session={cookie}", "X-Forwarded-Proto": "https"}
     allowed = await sidecar.client.post("/_sidecar/envoy/api/orders?x=1", headers=headers)
     await _assert_bare(allowed)
@@ -137,7 +137,7 @@ async def test_envoy_path_prefix_carries_the_original_path_and_method(sidecar: S
     denied = await sidecar.client.delete("/_sidecar/envoy/admin/x", headers=headers)
     await _assert_bare(denied)
     assert denied.status == 403
-    sidecar.client.session.cookie_jar.clear()
+    sidecar.client.cookie_jar.clear()
     nobody = await sidecar.client.get("/_sidecar/envoy/api/orders")
     await _assert_bare(nobody)
     assert nobody.status == 401
@@ -148,7 +148,7 @@ async def test_no_session_is_401_and_public_paths_are_200_without_identity(
 ) -> None:
     assert (await _auth(sidecar, None, X_Original_URI="/app")).status == 401
     assert (await _auth(sidecar, "A" * 43, X_Original_URI="/app")).status == 401
-    cookie = await sidecar.login()
+    cookie = await sidecar.sign_in()
     for cookie_or_none in (None, cookie):
         public = await _auth(sidecar, cookie_or_none, X_Original_URI="/static/app.js?v=2")
         assert public.status == 200
@@ -179,14 +179,14 @@ async def test_no_session_is_401_and_public_paths_are_200_without_identity(
 async def test_an_unusable_description_is_refused(
     sidecar: Sidecar, headers: dict[str, str]
 ) -> None:
-    cookie = await sidecar.login()
+    cookie = await sidecar.sign_in()
     assert (await _auth(sidecar, cookie, **headers)).status == 403
 
 
 async def test_a_header_sent_twice_is_refused(sidecar: Sidecar) -> None:
-    cookie = await sidecar.login()
-    response = await raw_http(
-        sidecar,
+    cookie = await sidecar.sign_in()
+    response = await raw_request(
+        sidecar.proxy_port,
         "GET",
         "/_sidecar/auth",
         f"Cookie: sidecar_session={cookie}",
@@ -199,15 +199,15 @@ async def test_a_header_sent_twice_is_refused(sidecar: Sidecar) -> None:
 
 async def test_headers_from_an_untrusted_peer_are_ignored(tmp_path: Path) -> None:
     config = make_config(tmp_path, UPSTREAM, {"public_paths": ["/static/**"]})
-    async with running_sidecar(config) as sc:
-        cookie = await sc.login()
+    async with running_sidecar(tmp_path, config=config) as sc:
+        cookie = await sc.sign_in()
         # Judged: the sub-request's own path (under the prefix: 401), not the claimed one.
         for claim in ({"X_Original_URI": "/static/x"}, {"X_Forwarded_Uri": "/static/x"}):
             assert (await _auth(sc, cookie, **claim)).status == 401
 
 
 async def test_head_works_and_other_methods_are_405(sidecar: Sidecar) -> None:
-    cookie = await sidecar.login(user="hank")
+    cookie = await sidecar.sign_in(user="hank")
     head = await sidecar.client.head(
         "/_sidecar/auth",
         headers={"Cookie": f"sidecar_session={cookie}", "X-Original-URI": "/app"},
@@ -224,7 +224,7 @@ async def test_redirect_mode_gives_a_hint_and_pass_mode_a_bare_200(tmp_path: Pat
     redirect = make_config(
         tmp_path, UPSTREAM, {**TRUSTED, "unauthenticated": "redirect", "login_url": "/login"}
     )
-    async with running_sidecar(redirect) as sc:
+    async with running_sidecar(tmp_path, config=redirect) as sc:
         response = await _auth(sc, None, X_Original_URI="/app?x=1")
         assert response.status == 401
         assert response.headers["X-Sidecar-Redirect"] == "/login?rd=/app?x%3D1"
@@ -234,7 +234,7 @@ async def test_redirect_mode_gives_a_hint_and_pass_mode_a_bare_200(tmp_path: Pat
         assert refer.status == 401
     passing = make_config(tmp_path / "p", UPSTREAM, {**TRUSTED, "unauthenticated": "pass"})
     (tmp_path / "p").mkdir()
-    async with running_sidecar(passing) as sc:
+    async with running_sidecar(tmp_path, config=passing) as sc:
         response = await _auth(sc, None, X_Original_URI="/app")
         assert response.status == 200
         assert not any(name in response.headers for name in IDENTITY)
@@ -242,7 +242,7 @@ async def test_redirect_mode_gives_a_hint_and_pass_mode_a_bare_200(tmp_path: Pat
 
 
 async def test_store_down_is_503(sidecar: Sidecar) -> None:
-    cookie = await sidecar.login()
+    cookie = await sidecar.sign_in()
     sidecar.clock.advance(sidecar.config.session.cache_ttl)  # the cache no longer answers
     await sidecar.store.close()
     try:
@@ -255,7 +255,7 @@ async def test_store_down_is_503(sidecar: Sidecar) -> None:
 
 
 async def test_a_revoked_session_is_refused_within_cache_ttl(sidecar: Sidecar) -> None:
-    cookie = await sidecar.login(user="ivy")
+    cookie = await sidecar.sign_in(user="ivy")
     assert (await _auth(sidecar, cookie, X_Original_URI="/app")).status == 200
     # Another replica ends the session: this process's cache may answer until cache_ttl.
     assert await sidecar.store.delete_user_sessions("ivy") == 1
@@ -287,8 +287,8 @@ async def test_a_cached_session_costs_no_store_io_and_no_crypto(
 ) -> None:
     config = make_config(tmp_path, UPSTREAM, TRUSTED)
     counting = _CountingStore(SQLiteStore(str(tmp_path / "sidecar.db")))
-    async with running_sidecar(config, store=cast(Store, counting)) as sc:
-        cookie = await sc.login(user="jo")
+    async with running_sidecar(tmp_path, config=config, store=cast(Store, counting)) as sc:
+        cookie = await sc.sign_in(user="jo")
         assert (await _auth(sc, cookie, X_Original_URI="/warm")).status == 200
         counting.calls.clear()
 
@@ -306,7 +306,7 @@ async def test_a_cached_session_costs_no_store_io_and_no_crypto(
 
 # -- <prefix>/signin (ingress-nginx auth-signin) ----------------------------------------
 async def test_signin_redeems_the_refer_link_inside_rd(sidecar: Sidecar) -> None:
-    token, _ = sidecar.mint(user="kim", module="orders")
+    token, _ = sidecar.seal(user="kim", module="orders")
     rd = f"http://app.test/app/page?a=1&refer={token}/"
     response = await sidecar.client.get(
         "/_sidecar/signin", params={"rd": rd}, allow_redirects=False
@@ -332,7 +332,7 @@ async def test_signin_refuses_another_origin(sidecar: Sidecar, rd: str) -> None:
 
 
 async def test_signin_without_a_link_shows_the_link_needed_page(tmp_path: Path) -> None:
-    async with running_sidecar(make_config(tmp_path, UPSTREAM, TRUSTED)) as sc:
+    async with running_sidecar(tmp_path, config=make_config(tmp_path, UPSTREAM, TRUSTED)) as sc:
         response = await sc.client.get("/_sidecar/signin", params={"rd": "http://app.test/x"})
         assert response.status == 401
         assert "sign in with a valid link" in await response.text()
@@ -340,7 +340,7 @@ async def test_signin_without_a_link_shows_the_link_needed_page(tmp_path: Path) 
         tmp_path / "r", UPSTREAM, {"unauthenticated": "redirect", "login_url": "/login"}
     )
     (tmp_path / "r").mkdir()
-    async with running_sidecar(redirect) as sc:
+    async with running_sidecar(tmp_path, config=redirect) as sc:
         response = await sc.client.get(
             "/_sidecar/signin", params={"rd": "http://app.test/x?y=1"}, allow_redirects=False
         )
@@ -349,7 +349,7 @@ async def test_signin_without_a_link_shows_the_link_needed_page(tmp_path: Path) 
 
 
 async def test_signin_confirm_links_burn_only_on_the_post(sidecar: Sidecar) -> None:
-    token, _ = sidecar.mint(user="lee", role="Admin")
+    token, _ = sidecar.seal(user="lee", role="Admin")
     rd = f"http://app.test/?refer={token}"
     shown = await sidecar.client.get("/_sidecar/signin", params={"rd": rd})
     assert shown.status == 200

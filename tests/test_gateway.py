@@ -1,6 +1,6 @@
 """The proxy listener over real sockets: redeem → cookie → 303 → forwarded with identity.
 
-A recording upstream (tests/upstream.py) shows exactly what the unmodified app receives.
+A recording upstream (tests/harness/upstream.py) shows exactly what the unmodified app receives.
 Time is injected through ``Services.clock``; nothing here sleeps.
 """
 
@@ -16,21 +16,16 @@ import pytest
 from sidecar.store.base import TokenState
 from sidecar.tokens.codec import Claims, TokenCodec
 from sidecar.tokens.keys import generate_keyset
-from tests.harness import Sidecar, make_config, raw_http, running_sidecar
-from tests.upstream import Upstream, running_upstream
+from tests.harness import Sidecar, Upstream, make_config, raw_request, running_sidecar
 
 JSON = {"Accept": "application/json"}
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with running_upstream() as up:
-        yield up
-
-
-@pytest.fixture
 async def sidecar(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(make_config(tmp_path, upstream.url)) as sc:
+    async with running_sidecar(
+        tmp_path, config=make_config(tmp_path, upstream.url), upstream=upstream
+    ) as sc:
         yield sc
 
 
@@ -49,7 +44,7 @@ async def _failure(sc: Sidecar, url: str, status: int, reason: str) -> None:
 async def test_full_flow_redeem_cookie_redirect_forward(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
-    token, _ = sidecar.mint(user="alice", module="5e9f01", params={"tenant": "acme"})
+    token, _ = sidecar.seal(user="alice", module="5e9f01", params={"tenant": "acme"})
     response = await sidecar.client.get(
         f"/app/page?a=1&refer={token}/&b=x%20y", allow_redirects=False
     )
@@ -77,7 +72,7 @@ async def test_full_flow_redeem_cookie_redirect_forward(
 
 
 async def test_unqork_root_form_and_module_fragment(sidecar: Sidecar) -> None:
-    token, _ = sidecar.mint(module="abc")
+    token, _ = sidecar.seal(module="abc")
     response = await sidecar.client.get(f"/?refer={token}/", allow_redirects=False)
     assert response.status == 303
     assert response.headers["Location"] == "/#/display/abc"
@@ -85,12 +80,12 @@ async def test_unqork_root_form_and_module_fragment(sidecar: Sidecar) -> None:
 
 async def test_redirect_never_leaves_the_origin(sidecar: Sidecar) -> None:
     for path in ("//evil.example/x", "/\\evil.example/x"):  # refused before redemption
-        token, _ = sidecar.mint()
-        response = await raw_http(sidecar, "GET", f"{path}?refer={token}")
+        token, _ = sidecar.seal()
+        response = await raw_request(sidecar.proxy_port, "GET", f"{path}?refer={token}")
         assert response.status == 400
     for path in ("/%2Fevil.example/x", "/%2f%2Fevil.example/x"):
-        token, _ = sidecar.mint()
-        response = await raw_http(sidecar, "GET", f"{path}?refer={token}")
+        token, _ = sidecar.seal()
+        response = await raw_request(sidecar.proxy_port, "GET", f"{path}?refer={token}")
         assert response.status == 303
         location = response.header("Location")
         assert location is not None
@@ -99,16 +94,16 @@ async def test_redirect_never_leaves_the_origin(sidecar: Sidecar) -> None:
 
 
 async def test_one_time_link_replay_is_refused(sidecar: Sidecar, upstream: Upstream) -> None:
-    token, _ = sidecar.mint()
+    token, _ = sidecar.seal()
     first = await sidecar.client.get(f"/?refer={token}", allow_redirects=False)
     assert first.status == 303
-    sidecar.client.session.cookie_jar.clear()
+    sidecar.client.cookie_jar.clear()
     await _failure(sidecar, f"/?refer={token}", 410, "used")
     assert upstream.requests == []
 
 
 async def test_reusable_link_works_until_expiry(sidecar: Sidecar) -> None:
-    token, _ = sidecar.mint(role="Reader", one_time=False, ttl=600)
+    token, _ = sidecar.seal(role="Reader", one_time=False, ttl=600)
     for _ in range(3):
         response = await sidecar.client.get(f"/docs/?refer={token}", allow_redirects=False)
         assert response.status == 303
@@ -117,8 +112,8 @@ async def test_reusable_link_works_until_expiry(sidecar: Sidecar) -> None:
 
 
 async def test_revoked_links_are_refused(sidecar: Sidecar) -> None:
-    one_time, c1 = sidecar.mint()
-    reusable, c2 = sidecar.mint(role="Reader", one_time=False)
+    one_time, c1 = sidecar.seal()
+    reusable, c2 = sidecar.seal(role="Reader", one_time=False)
     for claims in (c1, c2):
         await sidecar.store.revoke(claims.token_id, claims.expires_at)
     await _failure(sidecar, f"/?refer={one_time}", 410, "revoked")
@@ -126,7 +121,7 @@ async def test_revoked_links_are_refused(sidecar: Sidecar) -> None:
 
 
 async def test_expired_link_refused_with_injected_time(sidecar: Sidecar) -> None:
-    token, claims = sidecar.mint(ttl=60)
+    token, claims = sidecar.seal(ttl=60)
     sidecar.clock.advance(61)
     await _failure(sidecar, f"/?refer={token}", 410, "expired")
     assert await sidecar.store.token_state(claims.token_id) is TokenState.UNUSED
@@ -141,7 +136,7 @@ async def test_expired_link_refused_with_injected_time(sidecar: Sidecar) -> None
     ],
 )
 async def test_bad_tokens_are_401(sidecar: Sidecar, mangle: object, reason: str) -> None:
-    token, _ = sidecar.mint()
+    token, _ = sidecar.seal()
     assert callable(mangle)
     await _failure(sidecar, f"/?refer={mangle(token)}", 401, reason)
 
@@ -151,9 +146,9 @@ async def test_unknown_key_wrong_kind_and_removed_role_are_401(sidecar: Sidecar)
     now = int(sidecar.clock())
     claims = Claims("id1", "u", "Authenticated", now, now + 60, True, "refer")
     await _failure(sidecar, f"/?refer={foreign.seal(claims)}", 401, "unknown_key")
-    link, _ = sidecar.mint(kind="magiclink")
+    link, _ = sidecar.seal(kind="magiclink")
     await _failure(sidecar, f"/?refer={link}", 401, "malformed")
-    gone, _ = sidecar.mint(role="NoSuchRole")
+    gone, _ = sidecar.seal(role="NoSuchRole")
     await _failure(sidecar, f"/?refer={gone}", 401, "unknown_role")
 
 
@@ -165,7 +160,7 @@ async def test_failure_page_is_html_by_default(sidecar: Sidecar) -> None:
 
 
 async def test_head_never_burns(sidecar: Sidecar) -> None:
-    token, claims = sidecar.mint()
+    token, claims = sidecar.seal()
     response = await sidecar.client.head(f"/?refer={token}", allow_redirects=False)
     assert response.status == 200
     assert "Set-Cookie" not in response.headers
@@ -177,7 +172,7 @@ async def test_head_never_burns(sidecar: Sidecar) -> None:
 async def test_confirm_role_get_shows_button_and_only_post_burns(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
-    token, claims = sidecar.mint(role="Admin", module="admin-1")
+    token, claims = sidecar.seal(role="Admin", module="admin-1")
     url = f"/?refer={token}/"
     for _ in range(2):  # a mail scanner fetching twice changes nothing
         page = await sidecar.client.get(url, allow_redirects=False)
@@ -202,13 +197,13 @@ async def test_failed_redemptions_are_rate_limited_per_client(
     tmp_path: Path, upstream: Upstream
 ) -> None:
     config = make_config(tmp_path, upstream.url, {"failed_redeem_rate": "3/1m"})
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
         for _ in range(3):
             await _failure(sc, "/?refer=bad", 401, "malformed")
         response = await sc.client.get("/?refer=bad", headers=JSON)
         assert response.status == 429
         assert 1 <= int(response.headers["Retry-After"]) <= 60
-        token, _ = sc.mint()  # a good link is never held up by the failures' limit
+        token, _ = sc.seal()  # a good link is never held up by the failures' limit
         assert (await sc.client.get(f"/?refer={token}", allow_redirects=False)).status == 303
         # ...but replaying it is a failure, and the address is still over the limit
         assert (await sc.client.get(f"/?refer={token}", allow_redirects=False)).status == 429
@@ -217,7 +212,7 @@ async def test_failed_redemptions_are_rate_limited_per_client(
 
 
 async def test_store_down_fails_closed(sidecar: Sidecar, upstream: Upstream) -> None:
-    token, _ = sidecar.mint()
+    token, _ = sidecar.seal()
     await sidecar.store.close()
     try:
         # A one-time link: the page cannot say whether the burn landed, and says so.
@@ -234,9 +229,9 @@ async def test_store_down_fails_closed(sidecar: Sidecar, upstream: Upstream) -> 
 
 async def test_token_text_never_logged(sidecar: Sidecar, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    token, claims = sidecar.mint()
+    token, claims = sidecar.seal()
     await sidecar.client.get(f"/?refer={token}", allow_redirects=False)
-    sidecar.client.session.cookie_jar.clear()
+    sidecar.client.cookie_jar.clear()
     await sidecar.client.get(f"/?refer={token}", allow_redirects=False)
     await sidecar.client.get(f"/?refer={token[:-3]}", allow_redirects=False)
     events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sidecar.audit"]
@@ -248,7 +243,7 @@ async def test_token_text_never_logged(sidecar: Sidecar, caplog: pytest.LogCaptu
 
 # -- sidecar routes ------------------------------------------------------------------
 async def test_logout_get_shows_button_post_ends_session(sidecar: Sidecar) -> None:
-    await sidecar.login()
+    await sidecar.sign_in()
     page = await sidecar.client.get("/_sidecar/logout")
     assert page.status == 200
     assert '<form method="post">' in await page.text()
@@ -295,7 +290,7 @@ async def test_session_endpoint_reports_identity(sidecar: Sidecar) -> None:
     anonymous = await sidecar.client.get("/_sidecar/session")
     assert anonymous.status == 401
     assert (await anonymous.json())["error"] == "unauthenticated"
-    await sidecar.login(user="bob", params={"tenant": "t9"}, module="m1")
+    await sidecar.sign_in(user="bob", params={"tenant": "t9"}, module="m1")
     doc = await (await sidecar.client.get("/_sidecar/session")).json()
     assert doc["user_id"] == "bob"
     assert doc["role"] == "Authenticated"
@@ -305,7 +300,7 @@ async def test_session_endpoint_reports_identity(sidecar: Sidecar) -> None:
 
 async def test_prefix_is_configurable_and_owned(tmp_path: Path, upstream: Upstream) -> None:
     config = make_config(tmp_path, upstream.url, {"prefix": "/.auth"})
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
         assert (await sc.client.get("/.auth/healthz")).status == 200
         assert (await sc.client.get("/.auth/readyz")).status == 200
         assert (await sc.client.get("/.auth/nothing", headers=JSON)).status == 404
@@ -315,7 +310,7 @@ async def test_prefix_is_configurable_and_owned(tmp_path: Path, upstream: Upstre
 
 # -- authorisation -------------------------------------------------------------------
 async def test_path_rules_per_role(sidecar: Sidecar, upstream: Upstream) -> None:
-    await sidecar.login(role="Reader", one_time=False)
+    await sidecar.sign_in(role="Reader", one_time=False)
     for path, status in [
         ("/docs/a/b", 200),
         ("/api/v1/read", 200),
@@ -353,8 +348,10 @@ async def test_path_rules_per_role(sidecar: Sidecar, upstream: Upstream) -> None
 async def test_denied_paths_in_every_spelling(
     sidecar: Sidecar, upstream: Upstream, path: str
 ) -> None:
-    cookie = await sidecar.login()
-    response = await raw_http(sidecar, "GET", path, f"Cookie: sidecar_session={cookie}")
+    cookie = await sidecar.sign_in()
+    response = await raw_request(
+        sidecar.proxy_port, "GET", path, f"Cookie: sidecar_session={cookie}"
+    )
     assert response.status in (400, 403), path
     assert upstream.requests == []
 
@@ -363,8 +360,10 @@ async def test_denied_paths_in_every_spelling(
     "path", ["/..", "/a/%2e%2e/admin", "/a/..;/admin", "/%252e%252e/admin", "/a%00b", "/a/%zz"]
 )
 async def test_ambiguous_paths_are_400(sidecar: Sidecar, upstream: Upstream, path: str) -> None:
-    cookie = await sidecar.login()
-    response = await raw_http(sidecar, "GET", path, f"Cookie: sidecar_session={cookie}")
+    cookie = await sidecar.sign_in()
+    response = await raw_request(
+        sidecar.proxy_port, "GET", path, f"Cookie: sidecar_session={cookie}"
+    )
     assert response.status == 400
     assert upstream.requests == []
 
@@ -382,7 +381,7 @@ async def test_unauthenticated_redirect(tmp_path: Path, upstream: Upstream) -> N
         upstream.url,
         {"unauthenticated": "redirect", "login_url": "https://sso.test/login?app=1"},
     )
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
         response = await sc.client.get("/a/b?c=d", allow_redirects=False)
         assert response.status == 302
         assert response.headers["Location"] == "https://sso.test/login?app=1&rd=/a/b?c%3Dd"
@@ -395,7 +394,7 @@ async def test_unauthenticated_pass_still_strips_identity(
     tmp_path: Path, upstream: Upstream
 ) -> None:
     config = make_config(tmp_path, upstream.url, {"unauthenticated": "pass"})
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
         response = await sc.client.get(
             "/anything", headers={"X-Forwarded-User": "root", "x_forwarded_role": "Admin"}
         )
@@ -407,15 +406,15 @@ async def test_unauthenticated_pass_still_strips_identity(
 
 async def test_public_paths_forwarded_without_identity(tmp_path: Path, upstream: Upstream) -> None:
     config = make_config(tmp_path, upstream.url, {"public_paths": ["/static/**", "/favicon.ico"]})
-    async with running_sidecar(config) as sc:
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
         assert (await sc.client.get("/static/app.js")).status == 200
         assert "x-forwarded-user" not in upstream.last.header_names()
-        await sc.login()
+        await sc.sign_in()
         assert (await sc.client.get("/favicon.ico")).status == 200
         assert "x-forwarded-user" not in upstream.last.header_names()
         assert (await sc.client.get("/static/../private", headers=JSON)).status == 200
         assert upstream.last.values("X-Forwarded-User") == ["u1"]  # not public: identity
-        sc.client.session.cookie_jar.clear()
+        sc.client.cookie_jar.clear()
         assert (await sc.client.get("/static/../private", headers=JSON)).status == 401
 
 
@@ -436,7 +435,7 @@ SPOOFS = [
 async def test_spoofed_identity_headers_never_reach_upstream(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
-    await sidecar.login(user="real", params={"tenant": "t1"})
+    await sidecar.sign_in(user="real", params={"tenant": "t1"})
     raw = "".join(f"{name}: spoof{i}\r\n" for i, name in enumerate(SPOOFS))
     raw += "X-Forwarded-User: dup1\r\nX-Forwarded-User: dup2\r\nConnection: keep-alive\r\n"
     headers = [tuple(line.split(": ", 1)) for line in raw.strip().split("\r\n")]
@@ -451,8 +450,8 @@ async def test_spoofed_identity_headers_never_reach_upstream(
 
 
 async def test_own_cookie_removed_other_cookies_kept(sidecar: Sidecar, upstream: Upstream) -> None:
-    cookie = await sidecar.login()
-    sidecar.client.session.cookie_jar.clear()
+    cookie = await sidecar.sign_in()
+    sidecar.client.cookie_jar.clear()
     response = await sidecar.client.get(
         "/p", headers={"Cookie": f'a=1; sidecar_session={cookie}; b="x y"; c=%41'}
     )
@@ -475,7 +474,7 @@ PROXY_HINTS = (
 async def test_forwarded_headers_replaced_for_untrusted_peers(
     sidecar: Sidecar, upstream: Upstream
 ) -> None:
-    await sidecar.login()
+    await sidecar.sign_in()
     await sidecar.client.get(
         "/p",
         headers={
@@ -503,8 +502,8 @@ async def test_forwarded_headers_appended_for_trusted_proxies(
     config = make_config(
         tmp_path, upstream.url, {"trusted_proxies": ["127.0.0.0/8"], "failed_redeem_rate": "1/1m"}
     )
-    async with running_sidecar(config) as sc:
-        await sc.login()
+    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
+        await sc.sign_in()
         await sc.client.get(
             "/p",
             headers={

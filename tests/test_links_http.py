@@ -1,7 +1,7 @@
-"""Auth links over real sockets: the admin app mints, the proxy app verifies, the upstream sees.
+"""Auth links over real sockets: the admin port mints, the proxy port verifies, the upstream sees.
 
-``build_admin_app`` and ``build_proxy_app`` share one Services (real SQLite store, injected
-clock); a recording upstream shows what the unmodified app receives after each verification.
+One served sidecar (tests/harness: both listeners, real SQLite store, injected clock); a
+recording upstream shows what the unmodified app receives after each verification.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import pytest
-from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientResponse, ClientSession
 
-from sidecar.admin.api import build_admin_app
 from sidecar.links.passwords import verify_password
 from sidecar.store.base import User
-from tests.harness import ADMIN_KEY, Sidecar, make_config, running_sidecar
-from tests.upstream import Upstream, running_upstream
+from tests.harness import (
+    ADMIN_KEY,
+    Sidecar,
+    Upstream,
+    make_config,
+    running_sidecar,
+)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 JSON = {"Accept": "application/json"}
@@ -43,11 +46,11 @@ TYPE_ERROR = {
 @dataclass
 class Env:
     sc: Sidecar
-    admin: TestClient[web.Request, web.Application]
+    admin: ClientSession  # base URL = the admin port
     upstream: Upstream
 
     @property
-    def proxy(self) -> TestClient[web.Request, web.Application]:
+    def proxy(self) -> ClientSession:
         return self.sc.client
 
     async def generate(self, **body: object) -> ClientResponse:
@@ -80,21 +83,11 @@ class Env:
 
 async def env_for(tmp_path: Path, upstream: Upstream, **links: object) -> AsyncIterator[Env]:
     config = make_config(tmp_path, upstream.url, links={**LINKS, **links})
-    async with running_sidecar(config) as sc:
-        admin: TestClient[web.Request, web.Application] = TestClient(
-            TestServer(build_admin_app(sc.services), host="127.0.0.1")
-        )
-        await admin.start_server()
-        try:
-            yield Env(sc, admin, upstream)
-        finally:
-            await admin.close()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with running_upstream() as up:
-        yield up
+    async with (
+        running_sidecar(tmp_path, config=config, upstream=upstream) as sc,
+        ClientSession(base_url=sc.admin_url) as admin,
+    ):
+        yield Env(sc, admin, upstream)
 
 
 @pytest.fixture
@@ -511,7 +504,7 @@ async def test_link_failures(env: Env) -> None:
 
 
 async def test_a_refer_token_is_not_an_auth_link(env: Env) -> None:
-    token, _ = env.sc.mint(user="u1")
+    token, _ = env.sc.seal(user="u1")
     response = await env.proxy.get(
         f"/_sidecar/verify?token={token}&type=magiclink", headers=JSON, allow_redirects=False
     )

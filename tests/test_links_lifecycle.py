@@ -10,22 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientSession
 
-from sidecar.admin.api import build_admin_app
 from sidecar.store.base import Store
 from sidecar.store.redis import RedisStore
 from sidecar.store.sqlite import SQLiteStore
-from tests.harness import make_config, running_sidecar
+from tests.harness import Upstream, make_config, running_sidecar
 from tests.test_links_http import AUTH, LINKS, Env, env_for
-from tests.upstream import Upstream, running_upstream
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with running_upstream() as up:
-        yield up
 
 
 @pytest.fixture
@@ -86,7 +77,7 @@ async def test_a_magiclink_leaves_the_other_links_alone(env: Env) -> None:
 
 async def test_refer_links_outlive_an_email_change(env: Env) -> None:
     user = await env.user("f@example.com")
-    token, _ = env.sc.mint(user=user.id)
+    token, _ = env.sc.seal(user=user.id)
     change = await env.link(type="email_change", email="f@example.com", new_email="g@x.org")
     assert (await env.follow(change["action_link"])).status == 303
     response = await env.proxy.get(f"/?refer={token}", allow_redirects=False)
@@ -117,23 +108,19 @@ async def test_concurrent_generate_for_a_new_address_is_idempotent(
     tmp_path: Path, upstream: Upstream, any_store: Store, kind: str, extra: dict[str, object]
 ) -> None:
     config = make_config(tmp_path, upstream.url, links={**LINKS, "create_user_on_magiclink": True})
-    async with running_sidecar(config, any_store) as sc:
-        admin: TestClient[web.Request, web.Application] = TestClient(
-            TestServer(build_admin_app(sc.services), host="127.0.0.1")
-        )
-        await admin.start_server()
-        try:
-            body = {"type": kind, "email": "fresh@example.com", **extra}
-            responses = await asyncio.gather(
-                *(
-                    admin.post("/admin/generate_link", json=body, headers=AUTH)
-                    for _ in range(CONCURRENT)
-                )
+    async with (
+        running_sidecar(tmp_path, config=config, store=any_store, upstream=upstream) as sc,
+        ClientSession(base_url=sc.admin_url) as admin,
+    ):
+        body = {"type": kind, "email": "fresh@example.com", **extra}
+        responses = await asyncio.gather(
+            *(
+                admin.post("/admin/generate_link", json=body, headers=AUTH)
+                for _ in range(CONCURRENT)
             )
-            statuses = [r.status for r in responses]
-            texts = [await r.text() for r in responses]
-        finally:
-            await admin.close()
+        )
+        statuses = [r.status for r in responses]
+        texts = [await r.text() for r in responses]
         assert statuses == [200] * CONCURRENT, texts
         user = await sc.store.get_user_by_email("fresh@example.com")
         assert user is not None

@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
+from tests.harness import Upstream, running_upstream
 from tests.serve_process import Served, running_serve
-from tests.upstream import Upstream, running_upstream
 
 COOKIE = "sidecar_session"
 PASSWORD = "correct-Horse-battery-9"

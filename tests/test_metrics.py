@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
 from sidecar.telemetry import metrics
+from tests.harness import running_upstream
 from tests.serve_process import free_port, running_serve
-from tests.upstream import running_upstream
 
 Labels = Mapping[str, str]
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from sidecar.tokens.keys import generate_keyset
-from tests.upstream import Upstream, running_upstream
+from tests.harness import Upstream
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -77,12 +77,6 @@ async def _start(config: Path) -> Replica:
 
     replica.drain = asyncio.create_task(drain())
     return replica
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with running_upstream() as up:
-        yield up
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.harness import running_upstream
 from tests.serve_process import Served, running_serve
-from tests.upstream import running_upstream
 
 CHUNK = b"u" * 64 * 1024
 CHUNKS = 32  # 2 MiB, half before SIGTERM and half after

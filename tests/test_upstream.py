@@ -19,7 +19,7 @@ from sidecar.proxy.pool import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from tests.harness import Sidecar, make_config, raw_http, running_sidecar
+from tests.harness import Sidecar, make_config, raw_request, running_sidecar
 
 MiB = 1024 * 1024
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -530,7 +530,10 @@ async def sidecar_before(tmp_path: Path, answer: bytes) -> AsyncIterator[Sidecar
     async with (
         raw_upstream(script) as up,
         running_sidecar(
-            make_config(tmp_path, f"http://127.0.0.1:{up.port}", {"unauthenticated": "pass"})
+            tmp_path,
+            config=make_config(
+                tmp_path, f"http://127.0.0.1:{up.port}", {"unauthenticated": "pass"}
+            ),
         ) as sc,
     ):
         yield sc
@@ -552,7 +555,7 @@ async def test_the_content_type_passes_as_sent(
     tmp_path: Path, answer: bytes, content_type: str | None
 ) -> None:
     async with sidecar_before(tmp_path, answer) as sc:
-        response = await raw_http(sc, "GET", "/page")
+        response = await raw_request(sc.proxy_port, "GET", "/page")
     body = response.body
     if response.header("Transfer-Encoding") == "chunked":
         body = dechunk(body)
@@ -584,5 +587,5 @@ async def test_the_client_gets_the_final_answer_or_a_502(
     tmp_path: Path, answer: bytes, status: int
 ) -> None:
     async with sidecar_before(tmp_path, answer) as sc:
-        response = await raw_http(sc, "GET", "/page")
+        response = await raw_request(sc.proxy_port, "GET", "/page")
     assert response.status == status

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 from tests.conftest import skip_or_fail
+from tests.harness import Sidecar, running_sidecar
 from tests.security import casebook
-from tests.security.stack import Sidecar, running_sidecar
 
 pytestmark = pytest.mark.browser
 Browser = Any
@@ -77,7 +77,7 @@ async def _visit(browser: Browser, sc: Sidecar, evil_port: int) -> tuple[int, li
         response = await page.goto(f"http://app.site.localhost:{sc.proxy_port}/app")
         assert response is not None
         seen = sc.upstream.requests[before:]
-        users = [u for r in seen for u in r.header_values("X-Forwarded-User")]
+        users = [u for r in seen for u in r.values("X-Forwarded-User")]
         return response.status, users
     finally:
         await context.close()
@@ -136,6 +136,6 @@ async def test_the_host_prefixed_cookie_works_over_local_http(
             app_requests = [r for r in sc.upstream.requests if r.raw_path == "/app"]
             assert len(app_requests) == 2  # after the redirect, and again
             for seen in app_requests:
-                assert seen.header_values("X-Forwarded-User") == ["alice"]
+                assert seen.values("X-Forwarded-User") == ["alice"]
         finally:
             await context.close()

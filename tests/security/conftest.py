@@ -1,4 +1,4 @@
-"""Fixtures of the adversarial suite (see :mod:`tests.security.stack`) and its summary table."""
+"""Fixtures of the adversarial suite (see :mod:`tests.harness`) and its summary table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import Sidecar, running_sidecar
 from tests.security import casebook
-from tests.security.stack import Sidecar, running_sidecar
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

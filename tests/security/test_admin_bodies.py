@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
+from tests.harness import Sidecar
 from tests.security import casebook
 from tests.security.fuzzing import fuzz
-from tests.security.stack import Sidecar
 
 # -- bodies --------------------------------------------------------------------------------
 

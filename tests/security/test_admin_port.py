@@ -20,8 +20,7 @@ import yaml
 from sidecar.config import ConfigError, parse_config
 from sidecar.config.values import HostPort, InvalidField
 from tests.conftest import skip_or_fail
-from tests.security import casebook
-from tests.security.stack import (
+from tests.harness import (
     ADMIN_KEY,
     Sidecar,
     config_doc,
@@ -29,6 +28,7 @@ from tests.security.stack import (
     raw_http,
     running_sidecar,
 )
+from tests.security import casebook
 
 MINT_BODY = json.dumps({"userId": "attacker"}).encode()
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.harness import Sidecar, raw_http, running_sidecar
 from tests.security import casebook
-from tests.security.stack import Sidecar, raw_http, running_sidecar
 
 GARBAGE = ["x", "A" * 43, "not a cookie value at all", '"' + "B" * 43 + '"']
 
@@ -27,7 +27,7 @@ async def _as_seen(sc: Sidecar, cookie_header: str) -> tuple[int, list[str], lis
     if len(sc.upstream.requests) == before:
         return resp.status, [], []
     seen = sc.upstream.requests[-1]
-    return resp.status, seen.header_values("X-Forwarded-User"), seen.header_values("Cookie")
+    return resp.status, seen.values("X-Forwarded-User"), seen.values("Cookie")
 
 
 async def test_the_copy_with_a_live_session_wins(sidecar: Sidecar) -> None:

@@ -13,8 +13,8 @@ import redis.asyncio
 from aiohttp import web
 
 from tests.conftest import RedisServer
+from tests.harness import Sidecar, Upstream, raw_http, running_sidecar
 from tests.security import casebook
-from tests.security.stack import Sidecar, Upstream, raw_http, running_sidecar
 
 
 async def freeze(server: RedisServer) -> int:

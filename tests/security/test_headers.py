@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.harness import RawResponse, Recorded, Sidecar, raw_http, running_sidecar
 from tests.security import casebook
-from tests.security.stack import RawResponse, Seen, Sidecar, raw_http, running_sidecar
 
 SPOOF = "SPOOFED"
 IDENTITY = ("x-forwarded-user", "x-forwarded-role", "x-forwarded-tenant", "x-forwarded-email")
@@ -75,7 +75,7 @@ def request_bytes(path: str, host: str, lines: str, cookie: str | None) -> bytes
     return text.encode("utf-8")
 
 
-def leaks(seen: Seen, expected: dict[str, str]) -> list[tuple[str, str]]:
+def leaks(seen: Recorded, expected: dict[str, str]) -> list[tuple[str, str]]:
     """Identity headers the upstream saw with a value the session did not render."""
     bad = []
     counts: dict[str, int] = {}
@@ -184,7 +184,7 @@ async def test_other_cookies_reach_the_upstream_unchanged(sidecar: Sidecar) -> N
     headers = {"Cookie": f'app=1; {sidecar.cookie_name}={cookie}; pref="a b"'}
     async with sidecar.http.get(sidecar.proxy_url + "/app/x", headers=headers) as r:
         assert r.status == 200
-    assert sidecar.upstream.requests[-1].header_values("Cookie") == ['app=1; pref="a b"']
+    assert sidecar.upstream.requests[-1].values("Cookie") == ['app=1; pref="a b"']
 
 
 @pytest.mark.parametrize(
@@ -269,9 +269,9 @@ async def test_forwarding_headers_from_a_trusted_proxy_are_kept(tmp_path: Path) 
         async with sc.http.get(sc.proxy_url + "/app/trusted", headers=headers) as r:
             assert r.status == 200
         seen = sc.upstream.requests[-1]
-        assert seen.header_values("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
-        assert seen.header_values("X-Forwarded-Proto") == ["https"]
-        assert seen.header_values("X-Forwarded-Host") == ["app.example.com"]
+        assert seen.values("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
+        assert seen.values("X-Forwarded-Proto") == ["https"]
+        assert seen.values("X-Forwarded-Host") == ["app.example.com"]
 
 
 def test_spoof_table_covers_every_identity_header() -> None:
@@ -295,7 +295,7 @@ async def test_spoofed_identity_never_reaches_the_upstream_on_a_websocket(
             "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{lines}\r\n\r\n"
         ).encode()
-        resp = await raw_http(sidecar.proxy_port, data, first_only=True)
+        resp = await raw_http(sidecar.proxy_port, data)
         for seen in sidecar.upstream.requests:
             if seen.raw_path == path and leaks(seen, expected):
                 through.append((lines, leaks(seen, expected)))

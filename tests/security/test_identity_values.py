@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.harness import Sidecar
 from tests.security import casebook
-from tests.security.stack import Sidecar
 
 BAD_TEXT = [
     " admin",
@@ -83,10 +83,8 @@ async def test_accepted_values_reach_the_upstream_byte_for_byte(sidecar: Sidecar
             assert resp.status == 200
         seen = sidecar.upstream.requests[-1]
         # The wire carries UTF-8; the recording upstream decodes it as latin-1.
-        as_read = [v.encode("latin-1").decode() for v in seen.header_values("X-Forwarded-User")]
-        tenant_read = [
-            v.encode("latin-1").decode() for v in seen.header_values("X-Forwarded-Tenant")
-        ]
+        as_read = [v.encode("latin-1").decode() for v in seen.values("X-Forwarded-User")]
+        tenant_read = [v.encode("latin-1").decode() for v in seen.values("X-Forwarded-Tenant")]
         casebook.record("identity", through=int(as_read != [said["user_id"]]))
         assert said["user_id"] == user
         assert as_read == [user]

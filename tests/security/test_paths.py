@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.proxy.paths import GlobSet
+from tests.harness import Sidecar, raw_http
 from tests.security import casebook
 from tests.security.fuzzing import fuzz
-from tests.security.stack import Sidecar, raw_http
 
 DENY = GlobSet(["/admin/**", "/private/**", "/api/internal/**"], ignore_case=True)
 NARROW_ALLOW = GlobSet(["/app/**", "/index.html", "/favicon.ico", "/static/**"])  # + public
@@ -95,7 +95,7 @@ async def probe(
         for seen in sc.upstream.requests[before:]:
             bad = escapes(seen.raw_path, deny=deny, allow=allow)
             for header in ("X-Original-URL", "X-Rewrite-URL", "X-Forwarded-Uri", "X-Original-URI"):
-                for value in seen.header_values(header):
+                for value in seen.values(header):
                     bad += escapes(value, deny=deny, allow=allow)
             if bad:
                 through.append((target, (seen.raw_path, bad[:3])))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.store.base import TokenState
+from tests.harness import Sidecar, raw_http, running_sidecar
 from tests.security import casebook
-from tests.security.stack import Sidecar, raw_http, running_sidecar
 
 LIMITS: dict[str, object] = {
     "admin": {"mint_rate": "5/1m"},

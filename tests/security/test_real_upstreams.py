@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import PUBLIC_URL, Sidecar, Upstream, raw_http, running_sidecar
 from tests.security import casebook
 from tests.security.frameworks import FRAMEWORKS, Framework, running_framework
-from tests.security.stack import PUBLIC_URL, Sidecar, Upstream, raw_http, running_sidecar
 from tests.security.test_paths import TRICKS
 
 HOST = PUBLIC_URL.removeprefix("https://")
@@ -95,9 +95,7 @@ async def _attack(sc: Sidecar, fw: Framework, cookie: str | None, controls: list
 
     async def one(target: str, websocket: bool) -> None:
         async with gate:
-            resp = await raw_http(
-                sc.proxy_port, _request(target, cookie, websocket), quiet=2.0, first_only=True
-            )
+            resp = await raw_http(sc.proxy_port, _request(target, cookie, websocket), quiet=2.0)
             statuses[target] = resp.status
 
     cases = [(t, ws) for t in SPELLINGS + controls for ws in (False, True)]
@@ -119,7 +117,7 @@ async def test_framework_admin_handler_runs_when_asked_directly(
     # attack list is a real one, and the recorder records.
     before = len((await framework.hits(behind.http))["admin"])
     for target in ("/admin/../static/x", "/admin/x/../../app", "/admin/%2e%2e/app"):
-        await raw_http(framework.port, _request(target, None, False), first_only=True)
+        await raw_http(framework.port, _request(target, None, False))
     assert len((await framework.hits(behind.http))["admin"]) == before + 3
 
 

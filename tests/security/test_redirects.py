@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from ada_url import URL
 
+from tests.harness import PUBLIC_URL, Sidecar, raw_http, running_sidecar
 from tests.security import casebook
-from tests.security.stack import PUBLIC_URL, Sidecar, raw_http, running_sidecar
 
 APP_HOST = urlsplit(PUBLIC_URL).hostname or ""
 EVIL = "evil.example.net"

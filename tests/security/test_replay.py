@@ -11,8 +11,8 @@ import pytest
 from yarl import URL
 
 from sidecar.store.base import TokenState
+from tests.harness import Sidecar, running_sidecar
 from tests.security import casebook
-from tests.security.stack import Sidecar, running_sidecar
 
 RACERS = 500
 

@@ -19,8 +19,8 @@ import yaml
 import sidecar
 from sidecar.config import ConfigError, parse_config
 from sidecar.tokens.keys import KeysetError, parse_keyset
+from tests.harness import ADMIN_KEY, Sidecar, config_doc, running_sidecar
 from tests.security import casebook
-from tests.security.stack import ADMIN_KEY, Sidecar, config_doc, running_sidecar
 
 SOURCE = Path(sidecar.__file__).parent
 

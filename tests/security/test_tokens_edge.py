@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from sidecar.store.base import TokenState
 from sidecar.tokens.keys import KeySet
+from tests.harness import Sidecar, running_sidecar
 from tests.security import casebook
 from tests.security.fuzzing import B64URL, SEGMENTS, b64, fuzz, unb64
-from tests.security.stack import Sidecar, running_sidecar
 
 # -- the HTTP edge ----------------------------------------------------------------------------
 
