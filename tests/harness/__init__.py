@@ -16,7 +16,7 @@ process instead: ``tests/serve_process.py``.
 """
 
 from tests.harness.config import ADMIN_KEY, PUBLIC_URL, ROLES, config_doc, deep_merge, make_config
-from tests.harness.raw import RawResponse, raw_http, raw_request, request_bytes
+from tests.harness.raw import RawResponse, parse_raw, raw_http, raw_request, request_bytes
 from tests.harness.sidecar import Clock, Sidecar, free_port, running_sidecar
 from tests.harness.upstream import CHUNK, GZIP_TEXT, Recorded, Upstream, running_upstream
 
@@ -35,6 +35,7 @@ __all__ = [
     "deep_merge",
     "free_port",
     "make_config",
+    "parse_raw",
     "raw_http",
     "raw_request",
     "request_bytes",

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import PUBLIC_URL, Sidecar, parse_raw, running_sidecar
 from tests.security import casebook
-from tests.security.stack import PUBLIC_URL, Sidecar, parse_raw, running_sidecar
 
 HOST = PUBLIC_URL.removeprefix("https://")
 HEAD_TIMEOUT = 0.5

@@ -8,8 +8,7 @@ import contextlib
 
 import pytest
 
-from tests.security import casebook
-from tests.security.stack import (
+from tests.harness import (
     ADMIN_KEY,
     PUBLIC_URL,
     RawResponse,
@@ -18,6 +17,7 @@ from tests.security.stack import (
     raw_http,
     running_sidecar,
 )
+from tests.security import casebook
 
 HOST = PUBLIC_URL.removeprefix("https://")
 
@@ -129,7 +129,7 @@ class _FixedUpstream:
 
 
 class _Pointing(Upstream):
-    """The security stack's upstream slot, pointed at a server started elsewhere."""
+    """The harness upstream slot, pointed at a server started elsewhere."""
 
     async def start(self) -> None:
         return None

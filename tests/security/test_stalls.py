@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security import casebook
-from tests.security.stack import (
+from tests.harness import (
     PUBLIC_URL,
     Sidecar,
     Upstream,
@@ -29,6 +28,7 @@ from tests.security.stack import (
     raw_http,
     running_sidecar,
 )
+from tests.security import casebook
 
 HOST = PUBLIC_URL.removeprefix("https://")
 TIMEOUT = 1.0
