@@ -217,7 +217,7 @@ async def test_store_down_fails_closed(sidecar: Sidecar, upstream: Upstream) -> 
     try:
         # A one-time link: the page cannot say whether the burn landed, and says so.
         await _failure(sidecar, f"/?refer={token}", 503, "burn_unconfirmed")
-        reusable, _ = sidecar.mint(one_time=False)
+        reusable, _ = sidecar.seal(one_time=False)
         await _failure(sidecar, f"/?refer={reusable}", 503, "store_unavailable")
         assert (await sidecar.client.get("/_sidecar/readyz")).status == 503
         assert (await sidecar.client.get("/_sidecar/healthz")).status == 200
@@ -277,7 +277,7 @@ async def test_logout_redirects_only_to_same_origin_paths(
 
 async def test_logout_without_a_target_lands_on_the_signed_out_page(sidecar: Sidecar) -> None:
     """Not on the app's ``/``, which may answer 401 to someone who just signed out."""
-    await sidecar.login()
+    await sidecar.sign_in()
     done = await sidecar.client.post("/_sidecar/logout")  # the redirect is followed
     assert done.status == 200
     assert str(done.url).endswith("/_sidecar/signed-out")

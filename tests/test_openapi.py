@@ -24,9 +24,8 @@ from openapi_spec_validator import validate
 from sidecar.admin.api import build_admin_app
 from sidecar.admin.openapi import build_spec, render
 from tests.conftest import skip_or_fail
-from tests.harness import make_config
+from tests.harness import make_config, running_upstream
 from tests.serve_process import ROOT, running_serve
-from tests.upstream import running_upstream
 
 DOCUMENT = ROOT / "docs" / "openapi.json"
 ARTIFACTS = ROOT / "artifacts" / "schemathesis"
