@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import ConfigError, load_config, read_config
-from sidecar.config.reader import env_name
+from sidecar.config.env import env_name
 from sidecar.store import anchor_sqlite_url, open_store
 from tests.test_config import ENV, config_doc, write_config
 

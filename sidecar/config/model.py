@@ -1,4 +1,5 @@
-"""Configuration: YAML parsed once, at start-up, into frozen dataclasses.
+"""Configuration: YAML parsed once, at start-up, into the frozen dataclasses of
+:mod:`sidecar.config.options`.
 
 Every problem is collected with its YAML path (``roles.Admin.max_expiry: got '40d', at
 most 30d``) and reported together by :class:`ConfigError`. Secrets (the keyset and the
@@ -14,24 +15,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
 
 import yaml
 
 from sidecar.config.cookies import cookie_prefix_problem, default_cookie_name
-from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.config.options import (
+    DEFAULT_EXPIRY,
+    MAX_EXPIRY,
+    MODULE_NAME,
+    AdminConfig,
+    Config,
+    ForwardAuthConfig,
+    LinksConfig,
+    ProxyConfig,
+    RoleConfig,
+    SessionConfig,
+)
 from sidecar.config.pages import load_page_templates
 from sidecar.config.reader import Reader
-from sidecar.config.store import StoreConfig, read_store
-from sidecar.config.values import HostPort, InvalidField, Network, RateLimit, Secret
+from sidecar.config.store import read_store
+from sidecar.config.values import InvalidField, Secret
 from sidecar.links.redirects import RedirectPatternError, compile_pattern
 from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
 from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
-
-MAX_EXPIRY = 30 * 86400.0
-DEFAULT_EXPIRY = 3600.0
-MODULE_NAME = r"[A-Za-z0-9_-]{1,128}"  # what a mint's "module" may be
-LINK_TYPES = ("signup", "magiclink", "recovery", "invite", "email_change")
 
 
 class ConfigError(Exception):
@@ -40,115 +46,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         self.errors = errors
         super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
-
-
-@dataclass(frozen=True, slots=True)
-class RoleConfig:
-    name: str
-    max_expiry: float
-    one_time: bool
-    redeem: Literal["direct", "confirm"]
-    session_lifetime: float
-    idle_timeout: float
-    params: frozenset[str]
-    modules: tuple[str, ...]
-    allow: tuple[str, ...]
-    deny: tuple[str, ...]
-    headers: tuple[HeaderTemplate, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class AdminConfig:
-    listen: HostPort
-    key: Secret
-    allow_non_loopback: bool
-    allowed_peers: tuple[Network, ...]
-    max_body: int
-    mint_rate: RateLimit
-
-    def __post_init__(self) -> None:
-        if not self.listen.is_loopback and not self.allow_non_loopback:
-            raise InvalidField(
-                "listen",
-                f"got {self.listen}, which is not a loopback address; "
-                "set admin.allow_non_loopback: true to expose the admin port deliberately",
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyConfig:
-    listen: HostPort
-    upstream: str
-    prefix: str
-    connect_timeout: float
-    upstream_timeout: float
-    max_connections: int
-    trusted_proxies: tuple[Network, ...]
-    unauthenticated: Literal["deny", "redirect", "pass"]
-    login_url: str | None
-    public_paths: tuple[str, ...]
-    max_header_size: int
-    failed_redeem_rate: RateLimit
-    stream_idle_timeout: float
-    request_head_timeout: float
-    keepalive_timeout: float
-    max_client_connections: int
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardAuthConfig:
-    """Forward-auth mode (:mod:`sidecar.proxy.forward_auth`): ``envoy_path_prefix`` is where
-    Envoy's ext_authz HTTP service puts the original path (None: no Envoy route)."""
-
-    envoy_path_prefix: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    cookie_name: str
-    cookie_secure: bool
-    cookie_domain: str | None
-    cache_ttl: float
-    cache_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class LinksConfig:
-    role: str
-    default_redirect: str
-    redirect_allow: tuple[str, ...]
-    expiry: float
-    otp_length: int
-    max_otp_attempts: int
-    otp_rate: RateLimit
-    create_user_on_magiclink: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    public_url: str
-    keyset: KeySet
-    admin: AdminConfig
-    proxy: ProxyConfig
-    session: SessionConfig
-    store: StoreConfig
-    forward_auth: ForwardAuthConfig
-    default_expiry: float
-    max_expiry: float
-    default_role: str
-    roles: Mapping[str, RoleConfig]
-    links: LinksConfig
-    metrics_listen: HostPort | None
-    log_level: str
-    grace_period: float
-    # pages.dir: page name -> the operator's template (sidecar.config.pages); empty: built-in.
-    pages: Mapping[str, str]
-    watch_interval: float
-
-    @property
-    def identity_header_names(self) -> frozenset[str]:
-        """Canonical (lower-case, ``-``) names of every header any role injects."""
-        return frozenset(h.canonical for role in self.roles.values() for h in role.headers)
 
 
 # Routes the proxy listener serves under proxy.prefix (sidecar.proxy.gateway).
@@ -414,24 +311,10 @@ def _roles(root: Reader.Node, max_expiry: float) -> dict[str, RoleConfig]:
 
 
 __all__ = [
-    "LINK_TYPES",
-    "AdminConfig",
-    "Config",
+    "DEFAULT_HEADERS",
     "ConfigError",
-    "ForwardAuthConfig",
-    "HostPort",
-    "LinksConfig",
     "LoadedConfig",
-    "ProxyConfig",
-    "RateLimit",
-    "RoleConfig",
-    "Secret",
-    "SessionConfig",
-    "StoreConfig",
-    "format_duration",
     "load_config",
     "parse_config",
-    "parse_duration",
-    "parse_size",
     "read_config",
 ]

@@ -5,7 +5,7 @@ problem at once (like oauth2-proxy's validation). Keys nobody read are reported 
 by :meth:`Reader.finish`, which catches typos such as ``idle_timout``.
 
 Every scalar (and list) option can also come from the environment: ``proxy.upstream`` from
-``SIDECAR_PROXY__UPSTREAM`` (``__`` between levels, upper case; see :func:`env_name`). The
+``SIDECAR_PROXY__UPSTREAM`` (``__`` between levels, upper case; see :mod:`sidecar.config.env`). The
 environment beats the file; its errors name the variable (``SIDECAR_PROXY__UPSTREAM
 (proxy.upstream): got …``). :attr:`Reader.sources` records where every value that is not a
 default came from. An ``offline`` reader checks secrets' shape but never reads them.
@@ -17,40 +17,12 @@ import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
-
 from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.config.env import ENV_PREFIX, Kind, env_name, from_env
 from sidecar.config.values import HostPort, Network, RateLimit, Secret
 from sidecar.proxy.paths import GlobError, check_path_glob
-
-Kind = Literal["text", "bool", "int", "list", "map"]
-ENV_PREFIX = "SIDECAR_"
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def env_name(path: str) -> str:
-    """``proxy.upstream`` -> ``SIDECAR_PROXY__UPSTREAM``; ``roles.Admin.max_expiry`` ->
-    ``SIDECAR_ROLES__ADMIN__MAX_EXPIRY`` (characters a variable name cannot hold become ``_``)."""
-    levels = (re.sub(r"[^A-Z0-9_]", "_", level.upper()) for level in path.split("."))
-    return ENV_PREFIX + "__".join(levels)
-
-
-def _from_env(text: str, kind: Kind) -> object:
-    """An environment string as the YAML value it stands for; left as text when it is not
-    one, so the accessor's own message reports it."""
-    if kind == "bool" and text.strip().lower() in _TRUE + _FALSE:
-        return text.strip().lower() in _TRUE
-    if kind == "int" and re.fullmatch(r"\s*-?\d+\s*", text):
-        return int(text)
-    if kind in ("list", "map"):  # a YAML flow collection: [10.0.0.0/8, 192.168.0.0/16]
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
-            return text
-    return text
 
 
 class Reader:
@@ -110,7 +82,7 @@ class Reader:
         text = self.env.get(name)
         if text is not None:
             self.sources[path] = f"env {name}"
-            return _from_env(text, kind), f"{name} ({path})"
+            return from_env(text, kind), f"{name} ({path})"
         if value is not None:
             self.sources[path] = self.origin
         return value, path

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.config.reader import Reader, env_name
+from sidecar.config.env import env_name
+from sidecar.config.reader import Reader
 from sidecar.config.values import Secret
 from sidecar.store import anchor_sqlite_url
 from sidecar.store.redis_url import parse_redis_url

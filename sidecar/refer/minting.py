@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 
 from sidecar.config import Config, RoleConfig
 from sidecar.config.durations import format_duration
-from sidecar.config.model import MODULE_NAME
+from sidecar.config.options import MODULE_NAME
 from sidecar.tokens.codec import Claims, TokenCodec, has_control, new_token_id
 from sidecar.tokens.identity import identity_problem
 
