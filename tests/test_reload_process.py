@@ -23,8 +23,8 @@ import aiohttp
 import yaml
 
 from sidecar.tokens.keys import generate_keyset, parse_keyset
+from tests.harness import Upstream, running_upstream
 from tests.serve_process import ROOT, Served, running_serve
-from tests.upstream import Upstream, running_upstream
 
 POLL_TIMEOUT = 20.0
 FAST_WATCH = {"watch_interval": "100ms"}

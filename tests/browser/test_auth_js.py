@@ -24,8 +24,8 @@ import pytest
 
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Browser
 from tests.conftest import skip_or_fail
+from tests.harness import Upstream, running_upstream
 from tests.serve_process import ROOT, Served, running_serve
-from tests.upstream import Upstream, running_upstream
 
 pytestmark = pytest.mark.browser
 
