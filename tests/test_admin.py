@@ -477,7 +477,7 @@ async def test_unknown_route_and_method(client: TestClient[web.Request, web.Appl
     assert (await response.json())["code"] == 405
     response = await client.get("/nothing-here", headers=AUTH)
     assert response.status == 404
-    assert await response.json() == {"code": 404, "message": "Not Found"}
+    assert await response.json() == {"code": 404, "error_code": "not_found", "message": "Not Found"}
 
 
 async def test_unexpected_errors_are_a_plain_500(
@@ -492,7 +492,11 @@ async def test_unexpected_errors_are_a_plain_500(
     response = await client.get("/boom", headers=AUTH)
     assert response.status == 500
     text = await response.text()
-    assert json.loads(text) == {"code": 500, "message": "internal error"}
+    assert json.loads(text) == {
+        "code": 500,
+        "error_code": "unexpected_failure",
+        "message": "internal error",
+    }
     assert "secret detail" not in text
     assert "Traceback" not in text
     assert any("unhandled error during GET /boom" in r.getMessage() for r in caplog.records)
@@ -523,11 +527,12 @@ async def test_each_route_family_answers_its_own_error_shape(
     client: TestClient[web.Request, web.Application],
 ) -> None:
     """Refusals on the GoTrue-style route read like GoTrue's errors; elsewhere the admin
-    API's ``{code, message[, field]}``."""
+    API's ``{code, error_code, message[, field]}``."""
     gotrue = await client.post("/admin/generate_link", json={})
     assert gotrue.status == 401
     assert await gotrue.json() == {
         "code": 401,
+        "error_code": "no_authorization",
         "msg": "Unauthorized",
         "details": "missing admin key: send Authorization: Bearer <key>",
     }
@@ -537,8 +542,14 @@ async def test_each_route_family_answers_its_own_error_shape(
     assert admin.status == 401
     assert await admin.json() == {
         "code": 401,
+        "error_code": "no_authorization",
         "message": "missing admin key: send Authorization: Bearer <key>",
     }
     bad = await client.post("/referstring", json={"userId": 5}, headers=AUTH)
     assert bad.status == 400
-    assert set(await bad.json()) == {"code", "message", "field"}
+    assert await bad.json() == {
+        "code": 400,
+        "error_code": "validation_failed",
+        "message": "userId: expected a non-empty string, got 5",
+        "field": "userId",
+    }

@@ -38,6 +38,7 @@ LINKS: dict[str, object] = {
 }
 TYPE_ERROR = {
     "code": 400,
+    "error_code": "validation_failed",
     "msg": "Invalid link type",
     "details": "Link type must be one of: signup, magiclink, recovery, invite, email_change",
 }
@@ -606,6 +607,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         400,
         {
             "code": 400,
+            "error_code": "validation_failed",
             "msg": "Invalid request",
             "details": "unknown field(s): userId; allowed: "
             "type, email, redirect_to, redirectTo, data, password, new_email",
@@ -614,13 +616,19 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
     (
         {"type": "magiclink"},
         400,
-        {"code": 400, "msg": "Invalid email", "details": "email is required"},
+        {
+            "code": 400,
+            "error_code": "email_address_invalid",
+            "msg": "Invalid email",
+            "details": "email is required",
+        },
     ),
     (
         {"type": "magiclink", "email": "nope"},
         400,
         {
             "code": 400,
+            "error_code": "email_address_invalid",
             "msg": "Invalid email",
             "details": "Unable to validate email address: invalid format",
         },
@@ -630,6 +638,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         400,
         {
             "code": 400,
+            "error_code": "validation_failed",
             "msg": "Invalid redirect_to",
             "details": "redirect_to is not in the allow-list (links.redirect_allow)",
         },
@@ -639,6 +648,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         400,
         {
             "code": 400,
+            "error_code": "validation_failed",
             "msg": "Invalid redirect_to",
             "details": "redirect_to must not contain user info (@)",
         },
@@ -648,6 +658,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         404,
         {
             "code": 404,
+            "error_code": "user_not_found",
             "msg": "User not found",
             "details": "no user has this email; magiclink needs one",
         },
@@ -657,6 +668,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         404,
         {
             "code": 404,
+            "error_code": "user_not_found",
             "msg": "User not found",
             "details": "no user has this email; recovery needs one",
         },
@@ -666,6 +678,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         422,
         {
             "code": 422,
+            "error_code": "user_already_exists",
             "msg": "User already registered",
             "details": "a confirmed user has this email",
         },
@@ -675,6 +688,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         422,
         {
             "code": 422,
+            "error_code": "user_already_exists",
             "msg": "User already registered",
             "details": "a confirmed user has this email",
         },
@@ -684,8 +698,10 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         422,
         {
             "code": 422,
+            "error_code": "weak_password",
             "msg": "Signup requires a valid password",
             "details": "send password (at least 8 characters)",
+            "weak_password": {"reasons": ["length"]},
         },
     ),
     (
@@ -693,8 +709,10 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         422,
         {
             "code": 422,
+            "error_code": "weak_password",
             "msg": "Password should be at least 8 characters",
             "details": "weak_password: choose a longer password",
+            "weak_password": {"reasons": ["length"]},
         },
     ),
     (
@@ -702,6 +720,7 @@ GENERATE_ERRORS: list[tuple[dict[str, object], int, dict[str, object]]] = [
         422,
         {
             "code": 422,
+            "error_code": "validation_failed",
             "msg": "No email change pending",
             "details": "send new_email with the new address (email is the current address)",
         },
@@ -749,7 +768,12 @@ async def test_generate_link_bad_bodies(
         "/admin/generate_link", data=data, headers={**AUTH, "Content-Type": content_type}
     )
     assert response.status == 400
-    assert await response.json() == {"code": 400, "msg": "Invalid request", "details": details}
+    assert await response.json() == {
+        "code": 400,
+        "error_code": "bad_json",
+        "msg": "Invalid request",
+        "details": details,
+    }
 
 
 async def test_generate_link_needs_the_admin_key(env: Env) -> None:
@@ -758,6 +782,7 @@ async def test_generate_link_needs_the_admin_key(env: Env) -> None:
     assert missing.status == 401
     assert await missing.json() == {
         "code": 401,
+        "error_code": "no_authorization",
         "msg": "Unauthorized",
         "details": "missing admin key: send Authorization: Bearer <key>",
     }
@@ -765,11 +790,17 @@ async def test_generate_link_needs_the_admin_key(env: Env) -> None:
         "/admin/generate_link", json=body, headers={"Authorization": "Bearer " + "x" * 40}
     )
     assert wrong.status == 403
-    assert await wrong.json() == {"code": 403, "msg": "Forbidden", "details": "wrong admin key"}
+    assert await wrong.json() == {
+        "code": 403,
+        "error_code": "not_admin",
+        "msg": "Forbidden",
+        "details": "wrong admin key",
+    }
     # The Unqork-style route keeps its own {code, message} shape.
     refer = await env.admin.post("/referstring", json={"userId": "u"})
     assert await refer.json() == {
         "code": 401,
+        "error_code": "no_authorization",
         "message": "missing admin key: send Authorization: Bearer <key>",
     }
 

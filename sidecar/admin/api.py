@@ -21,6 +21,7 @@ from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import TokenTooLong
 from sidecar.tokens.records import remember_mint
+from sidecar.web import errorcodes as codes
 from sidecar.web import jsonbody
 from sidecar.web.appkeys import SERVICES
 from sidecar.web.listener import own_answer_headers
@@ -33,7 +34,7 @@ async def read_json_object(request: web.Request) -> dict[str, object]:
     try:
         return await jsonbody.read_json_object(request)
     except jsonbody.BadBody as exc:
-        raise RequestError(400, str(exc)) from None
+        raise RequestError(400, str(exc), error_code=codes.BAD_JSON) from None
 
 
 # -- handlers ----------------------------------------------------------------------------

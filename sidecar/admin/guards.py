@@ -6,10 +6,12 @@ options: the access log, the error mapper, the peer check (loopback or
 / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size limit and, for mints
 (``/referstring`` and ``/admin/generate_link``), a rate limit counted in the store.
 
-Errors are JSON ``{"code": <status>, "message": "..."[, "field"]}`` (:func:`admin_error`);
-on the GoTrue-style routes under ``/admin/`` every answer, refusals included, is GoTrue's
-``{code, msg, details}`` (:func:`sidecar.links.http.gotrue_error`). Nothing here answers 500
-with details, and no token text, admin key or traceback reaches a response or a log line.
+Errors are JSON ``{"code": <status>, "error_code", "message"[, "field"]}``
+(:func:`admin_error`); on the GoTrue-style routes under ``/admin/`` every answer, refusals
+included, is GoTrue's ``{code, error_code, msg, details}``
+(:func:`sidecar.links.http.gotrue_error`). ``error_code`` comes from
+:mod:`sidecar.web.errorcodes`. Nothing here answers 500 with details, and no token text,
+admin key or traceback reaches a response or a log line.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
+from sidecar.web import errorcodes as codes
 from sidecar.web.accesslog import access_middleware
 
 MINT_PATHS = frozenset({"/referstring", "/admin/generate_link"})
@@ -44,11 +47,19 @@ TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 class RequestError(Exception):
     """A request the admin API refuses; turned into a JSON error at the edge."""
 
-    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
+        error_code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.error_code = error_code
 
 
 def admin_error(
@@ -56,10 +67,13 @@ def admin_error(
     message: str,
     *,
     field: str | None = None,
+    error_code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """The admin API's error ``{code, message[, field]}`` — the one place that shape is built."""
-    body: dict[str, object] = {"code": status, "message": message}
+    """The admin API's error ``{code, error_code, message[, field]}`` — the one place that
+    shape is built. ``error_code`` defaults to the status's (:mod:`sidecar.web.errorcodes`)."""
+    code = error_code or codes.for_status(status)
+    body: dict[str, object] = {"code": status, "error_code": code, "message": message}
     if field is not None:
         body["field"] = field
     return web.json_response(body, status=status, headers=headers)
@@ -71,15 +85,18 @@ def json_error(
     message: str,
     *,
     field: str | None = None,
+    error_code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """A refusal in the shape of the route's family: GoTrue's ``{code, msg, details}`` on the
-    GoTrue-style routes under ``/admin/`` (so their clients read every error alike),
-    :func:`admin_error` elsewhere."""
+    """A refusal in the shape of the route's family: GoTrue's ``{code, error_code, msg,
+    details}`` on the GoTrue-style routes under ``/admin/`` (so their clients read every
+    error alike), :func:`admin_error` elsewhere."""
     if request.path.startswith(GOTRUE_PREFIX):
         phrase = HTTPStatus(status).phrase
-        return links_http.gotrue_error(status, phrase, message, headers=headers)
-    return admin_error(status, message, field=field, headers=headers)
+        return links_http.gotrue_error(
+            status, phrase, message, error_code=error_code, headers=headers
+        )
+    return admin_error(status, message, field=field, error_code=error_code, headers=headers)
 
 
 def peer_allowed(remote: str | None, allowed: tuple[Network, ...]) -> bool:
@@ -182,7 +199,9 @@ def errors(max_body: int) -> Middleware:
         try:
             return await handler(request)
         except RequestError as exc:
-            return json_error(request, exc.status, exc.message, field=exc.field)
+            return json_error(
+                request, exc.status, exc.message, field=exc.field, error_code=exc.error_code
+            )
         except web.HTTPRequestEntityTooLarge:
             return _too_large(request, max_body)
         except web.HTTPException as exc:
@@ -196,7 +215,7 @@ def errors(max_body: int) -> Middleware:
             return json_error(request, 503, "the store is unavailable; try again shortly")
         except Exception:
             _LOG.exception("unhandled error during %s %s", request.method, request.path)
-            return json_error(request, 500, "internal error")
+            return json_error(request, 500, "internal error", error_code=codes.UNEXPECTED_FAILURE)
 
     return middleware
 
@@ -206,7 +225,8 @@ def peer_check(allowed: tuple[Network, ...]) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not peer_allowed(request.remote, allowed):
             _LOG.warning("refused admin request from a peer outside admin.allowed_peers")
-            return json_error(request, 403, "this peer may not use the admin API")
+            message = "this peer may not use the admin API"
+            return json_error(request, 403, message, error_code=codes.PEER_NOT_ALLOWED)
         return await handler(request)
 
     return middleware
@@ -230,7 +250,8 @@ async def browser_check(request: web.Request, handler: Handler) -> web.StreamRes
     # Sec-Fetch-Site tells a page on another port of localhost ("same-site") from a backend.
     fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
     if hdrs.ORIGIN in request.headers or fetch_site not in ("none", "same-origin"):
-        return json_error(request, 403, "browser requests are refused by the admin API")
+        message = "browser requests are refused by the admin API"
+        return json_error(request, 403, message, error_code=codes.BROWSER_REFUSED)
     return await handler(request)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sidecar.config import LINK_TYPES
 from sidecar.links.generate import TYPE_ALIASES
 from sidecar.tokens.records import STATES
+from sidecar.web import errorcodes as codes
 
 Schema = dict[str, Any]
 
@@ -30,6 +31,12 @@ def obj(properties: Schema, required: list[str], **extra: Any) -> Schema:
 
 
 TIME = {"type": "string", "format": "date-time"}
+ERROR_CODE = {
+    "type": "string",
+    "enum": list(codes.ALL),
+    "description": "a stable machine-readable reason, in GoTrue's vocabulary "
+    "(auth-js reads it into AuthApiError.code)",
+}
 # What the server reads as an address (WHATWG's, ASCII, any case, trimmed); it refuses more
 # (over 254 characters, dots at the ends of the local part, ".."), which it leaves to it.
 EMAIL = {
@@ -43,14 +50,11 @@ SCHEMAS: dict[str, Schema] = {
     "AdminError": obj(
         {
             "code": {"type": "integer", "description": "the HTTP status"},
-            "error_code": {
-                "type": "string",
-                "description": "a stable machine-readable reason (GoTrue's error codes)",
-            },
+            "error_code": ERROR_CODE,
             "message": {"type": "string"},
             "field": {"type": "string", "description": "the request field at fault"},
         },
-        ["code", "message"],
+        ["code", "error_code", "message"],
         examples=[
             {
                 "code": 400,
@@ -63,11 +67,16 @@ SCHEMAS: dict[str, Schema] = {
     "GoTrueError": obj(
         {
             "code": {"type": "integer", "description": "the HTTP status"},
-            "error_code": {"type": "string", "description": "GoTrue's error code"},
+            "error_code": ERROR_CODE,
             "msg": {"type": "string"},
             "details": {"type": "string"},
+            "weak_password": obj(
+                {"reasons": {"type": "array", "items": {"type": "string"}}},
+                ["reasons"],
+                description="with error_code weak_password, as GoTrue sends it",
+            ),
         },
-        ["code", "msg", "details"],
+        ["code", "error_code", "msg", "details"],
         examples=[
             {
                 "code": 404,

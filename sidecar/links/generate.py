@@ -57,6 +57,7 @@ from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import Claims, TokenTooLong, new_token_id
 from sidecar.tokens.keys import KeySet
 from sidecar.tokens.records import remember_mint
+from sidecar.web import errorcodes as codes
 
 # redirectTo: @supabase/auth-js spreads its options ({redirectTo, data}) into the body.
 FIELDS = ("type", "email", "redirect_to", "redirectTo", "data", "password", "new_email")
@@ -75,10 +76,15 @@ _OTP_INFO = b"sidecar auth-link otp v1"
 
 
 class LinkRequestError(Exception):
-    def __init__(self, msg: str, details: str) -> None:
+    """``error_code`` is GoTrue's code for the refusal (:mod:`sidecar.web.errorcodes`)."""
+
+    default_code = codes.VALIDATION_FAILED
+
+    def __init__(self, msg: str, details: str, *, error_code: str | None = None) -> None:
         super().__init__(f"{msg}: {details}")
         self.msg = msg
         self.details = details
+        self.error_code = error_code or self.default_code
 
 
 class InvalidLinkRequest(LinkRequestError):
@@ -86,7 +92,7 @@ class InvalidLinkRequest(LinkRequestError):
 
 
 class UserNotFound(LinkRequestError):
-    pass
+    default_code = codes.USER_NOT_FOUND
 
 
 class UnprocessableLink(LinkRequestError):
@@ -182,11 +188,15 @@ def parse_link_request(
             f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(FIELDS)}",
         )
     if body.get("email") is None:
-        raise InvalidLinkRequest("Invalid email", "email is required")
+        raise InvalidLinkRequest(
+            "Invalid email", "email is required", error_code=codes.EMAIL_ADDRESS_INVALID
+        )
     email = normalise_email(body["email"])
     if email is None:
         raise InvalidLinkRequest(
-            "Invalid email", "Unable to validate email address: invalid format"
+            "Invalid email",
+            "Unable to validate email address: invalid format",
+            error_code=codes.EMAIL_ADDRESS_INVALID,
         )
     return LinkRequest(
         link_type=link_type,
@@ -238,7 +248,9 @@ def _password(value: object, link_type: str) -> str | None:
     if value is None:
         if link_type == "signup":
             raise UnprocessableLink(
-                "Signup requires a valid password", "send password (at least 8 characters)"
+                "Signup requires a valid password",
+                "send password (at least 8 characters)",
+                error_code=codes.WEAK_PASSWORD,
             )
         return None
     if link_type not in ("signup", "invite"):
@@ -252,7 +264,9 @@ def _password(value: object, link_type: str) -> str | None:
     try:
         check_policy(value)
     except PasswordPolicyError as exc:
-        raise UnprocessableLink(str(exc), "weak_password: choose a longer password") from None
+        raise UnprocessableLink(
+            str(exc), "weak_password: choose a longer password", error_code=codes.WEAK_PASSWORD
+        ) from None
     return value
 
 
@@ -264,7 +278,9 @@ def _new_email(value: object, link_type: str, email: str) -> str | None:
     new_email = normalise_email(value)
     if new_email is None:
         raise InvalidLinkRequest(
-            "Invalid new_email", "Unable to validate email address: invalid format"
+            "Invalid new_email",
+            "Unable to validate email address: invalid format",
+            error_code=codes.EMAIL_ADDRESS_INVALID,
         )
     if new_email == email:
         raise UnprocessableLink("Email address unchanged", "new_email is the current address")
@@ -350,7 +366,11 @@ async def _link_user(
     kind = request.link_type
     if kind in ("signup", "invite"):
         if user is not None and user.confirmed_at is not None:
-            raise UnprocessableLink("User already registered", "a confirmed user has this email")
+            raise UnprocessableLink(
+                "User already registered",
+                "a confirmed user has this email",
+                error_code=codes.USER_ALREADY_EXISTS,
+            )
         return await _save_user(services, user, request, now), None
     if user is None and kind == "magiclink" and services.config.links.create_user_on_magiclink:
         return await _save_user(services, None, request, now), None
@@ -394,7 +414,11 @@ async def _save_user(
         )
         await services.store.update_user(user)
     except UserExists:
-        raise UnprocessableLink("User already registered", "a user has this email") from None
+        raise UnprocessableLink(
+            "User already registered",
+            "a user has this email",
+            error_code=codes.USER_ALREADY_EXISTS,
+        ) from None
     return user
 
 
@@ -409,7 +433,9 @@ async def _new_address(services: Services, user: User, new_email: str | None, no
         new_email = pending.new_email
     if await services.store.get_user_by_email(new_email) is not None:
         raise UnprocessableLink(
-            "Email address already registered", "A user with new_email already exists"
+            "Email address already registered",
+            "A user with new_email already exists",
+            error_code=codes.EMAIL_EXISTS,
         )
     return new_email
 

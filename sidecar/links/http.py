@@ -55,6 +55,7 @@ from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry import metrics
 from sidecar.telemetry.context import set_route
+from sidecar.web import errorcodes as codes
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 from sidecar.web.appkeys import SERVICES
@@ -83,9 +84,14 @@ async def generate_link(request: web.Request) -> web.Response:
         )
         link = await generate(services, parsed)
     except BadBody as exc:
-        return gotrue_error(400, "Invalid request", str(exc))
+        return gotrue_error(400, "Invalid request", str(exc), error_code=codes.BAD_JSON)
     except LinkRequestError as exc:
-        return gotrue_error(_status(exc), exc.msg, exc.details)
+        # GoTrue says why a password is weak; auth-js turns it into AuthWeakPasswordError.
+        weak = {"weak_password": {"reasons": ["length"]}}
+        extra = weak if exc.error_code == codes.WEAK_PASSWORD else None
+        return gotrue_error(
+            _status(exc), exc.msg, exc.details, error_code=exc.error_code, extra=extra
+        )
     except web.HTTPRequestEntityTooLarge:
         limit = services.config.admin.max_body
         return gotrue_error(413, "Payload too large", f"the body is larger than {limit} bytes")
@@ -95,11 +101,19 @@ async def generate_link(request: web.Request) -> web.Response:
 
 
 def gotrue_error(
-    status: int, msg: str, details: str, *, headers: Mapping[str, str] | None = None
+    status: int,
+    msg: str,
+    details: str,
+    *,
+    error_code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> web.Response:
-    """GoTrue's error ``{"code", "msg", "details"}`` — the one place that shape is built
-    (this route's own answers, and the admin app's refusals on its GoTrue-style routes)."""
-    body = {"code": status, "msg": msg, "details": details}
+    """GoTrue's error ``{"code", "error_code", "msg", "details"}`` — the one place that shape
+    is built (this route's own answers, and the admin app's refusals on its GoTrue-style
+    routes). ``error_code`` defaults to the status's (:mod:`sidecar.web.errorcodes`)."""
+    code = error_code or codes.for_status(status)
+    body = {"code": status, "error_code": code, "msg": msg, "details": details, **(extra or {})}
     out = {hdrs.CACHE_CONTROL: "no-store", **(headers or {})}
     return web.json_response(body, status=status, headers=out)
 

@@ -23,6 +23,7 @@ async function main() {
         message: error.message,
         status: error.status,
         code: error.code,
+        reasons: error.reasons,
         isAuthApiError: isAuthApiError(error),
       },
     });
