@@ -86,6 +86,7 @@ class Node:
     args: list[str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    tls: dict[str, Any] = field(default_factory=dict)  # client TLS settings for cmd()
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -94,7 +95,11 @@ class Node:
     def cmd(self, *args: str | int, **kwargs: Any) -> Any:
         """Run one command on a fresh connection, closed afterwards."""
         with SyncRedis(
-            host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True, **kwargs
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=2,
+            decode_responses=True,
+            **{**self.tls, **kwargs},
         ) as client:
             return client.execute_command(*args)
 
@@ -148,17 +153,30 @@ class Topology:
 
 
 # -- Redis Cluster ----------------------------------------------------------------------
-def start_cluster(directory: Path, *, primaries: int = 3, replicas: int = 1) -> Topology:
-    """``primaries`` x (1 + ``replicas``) nodes joined by ``redis-cli --cluster create``."""
+def start_cluster(
+    directory: Path, *, primaries: int = 3, replicas: int = 1, pki: Pki | None = None
+) -> Topology:
+    """``primaries`` x (1 + ``replicas``) nodes joined by ``redis-cli --cluster create``;
+    with ``pki``, TLS only (clients, replication and the cluster bus)."""
     cli = redis_cli()
+    cli_tls = [] if pki is None else ["--tls", "--cacert", str(pki.ca)]
     nodes = []
     for i in range(primaries * (1 + replicas)):
+        port = free_port()
+        tls_args = [] if pki is None else [
+            "--tls-port", str(port), "--tls-cluster", "yes", "--tls-replication", "yes",
+            "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
+            "--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", "no",
+        ]  # fmt: skip
         node = _server(
             directory, f"cluster{i}", "--cluster-enabled", "yes",
             "--cluster-config-file", str(directory / f"nodes{i}.conf"),
             "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()),
-            "--cluster-replica-validity-factor", "0",
+            "--cluster-replica-validity-factor", "0", *tls_args, port=port,
         )  # fmt: skip
+        if pki is not None:
+            node.args[node.args.index("--port") + 1] = "0"
+            node.tls = {"ssl": True, "ssl_ca_certs": str(pki.ca)}
         node.start()
         nodes.append(node)
     topology = Topology("cluster", "", nodes=nodes)
@@ -167,8 +185,8 @@ def start_cluster(directory: Path, *, primaries: int = 3, replicas: int = 1) -> 
             wait_for(f"cluster node {node.port}", functools.partial(node.cmd, "PING"))
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas),
-             "--cluster-yes"],
+            [cli, *cli_tls, "--cluster", "create", *addresses, "--cluster-replicas",
+             str(replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         for node in nodes:
@@ -177,11 +195,13 @@ def start_cluster(directory: Path, *, primaries: int = 3, replicas: int = 1) -> 
         topology.stop()
         raise
     ports = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
-    topology.url = f"redis+cluster://{ports}/"
+    topology.url = f"redis{'' if pki is None else 's'}+cluster://{ports}/"
+    if pki is not None:
+        topology.options = RedisOptions(tls_ca_file=str(pki.ca))
 
     def admin() -> RedisCluster:
         start = [ClusterNode("127.0.0.1", n.port) for n in nodes if n.proc is not None]
-        return RedisCluster(startup_nodes=start, decode_responses=True)
+        return RedisCluster(startup_nodes=start, decode_responses=True, **nodes[0].tls)
 
     topology.admin = admin
     return topology
@@ -325,13 +345,16 @@ def make_pki(directory: Path) -> Pki:
         cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], server: bool
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         private = key()
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        # Servers are clients too: of each other's cluster bus and of a primary (replication).
+        usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server:
+            usage.append(ExtendedKeyUsageOID.SERVER_AUTH)
         builder = (
             x509.CertificateBuilder().subject_name(name(cn)).issuer_name(issuer[0].subject)
             .public_key(private.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         )  # fmt: skip
         if server:
             san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]

@@ -3,10 +3,12 @@ required) with an ACL user limited to the sidecar's key prefix: what the store r
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -14,7 +16,14 @@ from redis.exceptions import NoPermissionError
 
 from sidecar.store.base import BurnResult, StoreUnavailable
 from sidecar.store.redis import RedisStore
-from tests.redis_topologies import ACL_PASSWORD, ACL_PREFIX, Topology, pki_of
+from tests.redis_topologies import (
+    ACL_PASSWORD,
+    ACL_PREFIX,
+    Topology,
+    make_pki,
+    pki_of,
+    start_cluster,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -79,3 +88,22 @@ async def test_the_acl_user_reaches_only_its_prefix(redis_tls: Topology) -> None
             await outside.burn("t", time.time() + 60)
     finally:
         await outside.close()
+
+
+async def test_a_tls_cluster(tmp_path: Path) -> None:
+    """rediss+cluster:// — TLS to every node (the shared TLS context is swapped into the
+    cluster client's own connection class) and one burn wins among 300."""
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "nodes").mkdir()
+    topology = start_cluster(tmp_path / "nodes", replicas=0, pki=make_pki(tmp_path / "pki"))
+    store = RedisStore(topology.url, prefix="tls-cluster:", options=topology.options)
+    await store.open()
+    try:
+        expires = time.time() + 60
+        results = await asyncio.gather(*(store.burn("hot", expires) for _ in range(300)))
+        assert results.count(BurnResult.BURNED) == 1
+        many = await asyncio.gather(*(store.burn(f"id-{i}", expires) for i in range(300)))
+        assert many == [BurnResult.BURNED] * 300  # spread over all three primaries
+    finally:
+        await store.close()
+        topology.stop()

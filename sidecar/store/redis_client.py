@@ -108,6 +108,7 @@ def build_client(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             max_connections=max_connections,
             require_full_coverage=True,
+            ssl=target.tls,  # without it RedisCluster drops every ssl_* setting
             **common,
         )
         if target.tls:  # RedisCluster insists on its SSLConnection; swap it everywhere
