@@ -7,6 +7,7 @@ The test client connects from 127.0.0.1, which the configs below trust unless a 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -197,13 +198,19 @@ async def test_a_header_sent_twice_is_refused(sidecar: Sidecar) -> None:
     assert response.body == b""
 
 
-async def test_headers_from_an_untrusted_peer_are_ignored(tmp_path: Path) -> None:
+async def test_headers_from_an_untrusted_peer_are_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = make_config(tmp_path, UPSTREAM, {"public_paths": ["/static/**"]})
     async with running_sidecar(tmp_path, config=config) as sc:
         cookie = await sc.sign_in()
         # Judged: the sub-request's own path (under the prefix: 401), not the claimed one.
-        for claim in ({"X_Original_URI": "/static/x"}, {"X_Forwarded_Uri": "/static/x"}):
-            assert (await _auth(sc, cookie, **claim)).status == 401
+        with caplog.at_level(logging.WARNING, logger="sidecar.forward_auth"):
+            for claim in ({"x_original_uri": "/static/x"}, {"X_Forwarded_Uri": "/static/x"}):
+                assert (await _auth(sc, cookie, **claim)).status == 401
+        warnings = [r for r in caplog.records if r.name == "sidecar.forward_auth"]
+        assert len(warnings) == 1, "the set-up mistake is named, once"
+        assert "proxy.trusted_proxies" in warnings[0].getMessage()
 
 
 async def test_head_works_and_other_methods_are_405(sidecar: Sidecar) -> None:

@@ -42,6 +42,7 @@ goes to ``login_url`` (``unauthenticated: redirect``) or sees the "link needed" 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\
 _NO_STORE: Final[dict[str, str]] = {hdrs.CACHE_CONTROL: "no-store"}
 
 Trusts = Callable[[str | None], bool]
+LOG = logging.getLogger("sidecar.forward_auth")
+_DESCRIBING: Final = frozenset(
+    {"X-Original-URI", "X-Original-URL", "X-Forwarded-Uri", "X-Original-Method",
+     "X-Forwarded-Method"}
+)  # fmt: skip
 
 
 class BadOriginal(ValueError):
@@ -184,6 +190,7 @@ class ForwardAuth:
         self._login_url = URL(px.login_url) if px.login_url else None
         self._origin = URL(config.public_url).origin()
         self._identity = config.identity_header_names
+        self._warned = False
 
     def register(self, app: web.Application) -> None:
         """Add the routes (before the prefix's catch-all 404)."""
@@ -214,10 +221,18 @@ class ForwardAuth:
         return response
 
     async def _judge(self, request: web.Request, envoy_target: str | None) -> web.StreamResponse:
-        try:
-            original = original_request(
-                request, trusted=self._trusts(request.remote), envoy_target=envoy_target
+        trusted = self._trusts(request.remote)
+        if not trusted and not self._warned and any(h in request.headers for h in _DESCRIBING):
+            # The usual set-up mistake (the ingress missing from trusted_proxies) shows as
+            # every request refused: say why, once.
+            self._warned = True
+            LOG.warning(
+                "forward-auth: ignoring X-Original-*/X-Forwarded-* from %s, which is not in "
+                "proxy.trusted_proxies; the sub-request's own path is judged instead",
+                request.remote,
             )
+        try:
+            original = original_request(request, trusted=trusted, envoy_target=envoy_target)
         except BadOriginal:
             return _bare(403)
         raw_path, _, query = original.target.partition("?")
