@@ -176,6 +176,7 @@ def _build(r: Reader) -> Config | None:
         max_header_size=px.size("max_header_size", 16384),
         failed_redeem_rate=px.rate("failed_redeem_rate", "30/5m"),
         stream_idle_timeout=px.duration("stream_idle_timeout", 300.0, at_most=86400.0),
+        send_timeout=px.duration("send_timeout", 60.0, at_most=3600.0),
         request_head_timeout=px.duration("request_head_timeout", 10.0, at_most=300.0),
         keepalive_timeout=px.duration("keepalive_timeout", 75.0, at_most=3600.0),
         max_client_connections=px.integer("max_client_connections", 4096, low=1, high=1_000_000),

@@ -71,6 +71,7 @@ class ProxyConfig:
     max_header_size: int
     failed_redeem_rate: RateLimit
     stream_idle_timeout: float
+    send_timeout: float
     request_head_timeout: float
     keepalive_timeout: float
     max_client_connections: int

@@ -17,6 +17,7 @@ cookie jar, no redirects followed. The path and query reach the upstream byte fo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -64,6 +65,7 @@ class Forwarder:
         self._session_check = config.session.cache_ttl
         self._header_timeout = px.upstream_timeout
         self._stream_idle_timeout = px.stream_idle_timeout
+        self._send_timeout = px.send_timeout
         self._connect_timeout = px.connect_timeout
         self._max_connections = px.max_connections
         self._max_field_size = max(8190, px.max_header_size)
@@ -155,7 +157,7 @@ class Forwarder:
         if not upstream.complete:
             length = upstream.content_length
             if length is None or length > SMALL_BODY:
-                return await _stream(request, upstream, out_headers)
+                return await _stream(request, upstream, out_headers, self._send_timeout)
         try:
             payload = await upstream.read()
         except UpstreamBodyTimeout as exc:
@@ -227,14 +229,38 @@ class _Relayed(_RelayedStream, web.Response):
     __doc__ = _RelayedStream.__doc__
 
 
+class _ClientStopsReading(Exception):
+    """The client took more than ``proxy.send_timeout`` to accept the next chunk."""
+
+
+async def _send(response: web.StreamResponse, chunk: bytes, send_timeout: float) -> None:
+    # A client that stops reading would otherwise hold the upstream connection for ever.
+    sending = asyncio.timeout(send_timeout)
+    try:
+        async with sending:
+            await response.write(chunk)
+    except TimeoutError:
+        if sending.expired():
+            raise _ClientStopsReading from None
+        raise
+
+
 async def _stream(
-    request: web.Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]
+    request: web.Request,
+    upstream: UpstreamResponse,
+    headers: list[tuple[str, str]],
+    send_timeout: float,
 ) -> web.StreamResponse:
     response = _RelayedStream(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
         await response.prepare(request)
         async for chunk in upstream.chunks():
-            await response.write(chunk)
+            await _send(response, chunk, send_timeout)
+    except _ClientStopsReading:
+        set_upstream_error("client_send_timeout")
+        LOG.info("client stopped reading for %ss; cut off", send_timeout)
+        if request.transport is not None:
+            request.transport.abort()
     except _UPSTREAM_ERRORS as exc:
         # The upstream broke off or stalled, or the client left. Either way a truncated
         # body must not look complete: drop the client connection instead of ending it.
