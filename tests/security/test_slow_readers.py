@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import PUBLIC_URL, Sidecar, Upstream, raw_http, running_sidecar
 from tests.security import casebook
-from tests.security.stack import PUBLIC_URL, Sidecar, Upstream, raw_http, running_sidecar
 
 HOST = PUBLIC_URL.removeprefix("https://")
 CHUNK = b"z" * 65536
