@@ -228,14 +228,29 @@ def cluster_primary_for(topology: Topology, key: str) -> Node:
 
 
 # -- primary + replicas + 3 sentinels ---------------------------------------------------
-def start_sentinel(directory: Path, *, replicas: int = 1) -> Topology:
+def _tls_only(node: Node, pki: Pki) -> None:
+    """Make a not yet started server speak TLS only (clients, replication)."""
+    node.args[node.args.index("--port") + 1] = "0"
+    node.args += [
+        "--tls-port", str(node.port), "--tls-replication", "yes",
+        "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
+        "--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    node.tls = {"ssl": True, "ssl_ca_certs": str(pki.ca)}
+
+
+def start_sentinel(directory: Path, *, replicas: int = 1, pki: Pki | None = None) -> Topology:
     """A primary, ``replicas`` replicas and three Sentinels (quorum 2, down after 1 s)
-    that already know each other, so no gossip round is awaited."""
+    that already know each other, so no gossip round is awaited. With ``pki``, every
+    connection is TLS (clients, replication, Sentinels)."""
     primary = _server(directory, "primary")
     servers = [primary] + [
         _server(directory, f"replica{i}", "--replicaof", "127.0.0.1", str(primary.port))
         for i in range(replicas)
     ]
+    if pki is not None:
+        for server in servers:
+            _tls_only(server, pki)
     sentinel_ports = [free_port() for _ in range(3)]
     ids = [f"{i + 1:040x}" for i in range(3)]
     sentinels = []
@@ -253,10 +268,19 @@ def start_sentinel(directory: Path, *, replicas: int = 1) -> Topology:
             if j != i
         ]
         lines += [f"sentinel known-replica {SERVICE} 127.0.0.1 {s.port}" for s in servers[1:]]
+        if pki is not None:
+            lines[0] = "port 0"
+            lines += [
+                f"tls-port {port}", "tls-replication yes", f"tls-cert-file {pki.server_cert}",
+                f"tls-key-file {pki.server_key}", f"tls-ca-cert-file {pki.ca}",
+                "tls-auth-clients no",
+            ]  # fmt: skip
         config = directory / f"sentinel{i}.conf"
         config.write_text("\n".join(lines) + "\n")
         args = [redis_exe(), str(config), "--sentinel"]
         sentinels.append(Node(port, args, directory / f"sentinel{i}.log"))
+        if pki is not None:
+            sentinels[-1].tls = {"ssl": True, "ssl_ca_certs": str(pki.ca)}
     topology = Topology("sentinel", "", nodes=[*servers, *sentinels])
     try:
         for node in topology.nodes:
@@ -269,11 +293,13 @@ def start_sentinel(directory: Path, *, replicas: int = 1) -> Topology:
         topology.stop()
         raise
     hosts = ",".join(f"127.0.0.1:{p}" for p in sentinel_ports)
-    topology.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+    topology.url = f"redis{'' if pki is None else 's'}+sentinel://{hosts}/{SERVICE}/0"
+    if pki is not None:
+        topology.options = RedisOptions(tls_ca_file=str(pki.ca))
 
     def admin() -> Redis:
         host, port = sentinels[0].cmd("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
-        return Redis(host=host, port=int(port), decode_responses=True)
+        return Redis(host=host, port=int(port), decode_responses=True, **primary.tls)
 
     topology.admin = admin
     return topology

@@ -131,6 +131,10 @@ def build_client(
         sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             list(target.nodes), sentinel_kwargs=sentinel_kwargs
         )
+        if target.tls:  # each new primary connection asks a sentinel: share theirs too
+            shared_sentinel = _shared_tls_context(SSLConnection)
+            for asked in sentinel.sentinels:
+                asked.connection_pool.connection_class = shared_sentinel
         pool_kwargs: dict[str, Any] = {
             "db": target.db,
             "max_connections": max_connections,
