@@ -111,15 +111,6 @@ async def test_reusable_link_works_until_expiry(sidecar: Sidecar) -> None:
     await _failure(sidecar, f"/docs/?refer={token}", 410, "expired")
 
 
-async def test_revoked_links_are_refused(sidecar: Sidecar) -> None:
-    one_time, c1 = sidecar.seal()
-    reusable, c2 = sidecar.seal(role="Reader", one_time=False)
-    for claims in (c1, c2):
-        await sidecar.store.revoke(claims.token_id, claims.expires_at)
-    await _failure(sidecar, f"/?refer={one_time}", 410, "revoked")
-    await _failure(sidecar, f"/?refer={reusable}", 410, "revoked")
-
-
 async def test_expired_link_refused_with_injected_time(sidecar: Sidecar) -> None:
     token, claims = sidecar.seal(ttl=60)
     sidecar.clock.advance(61)
@@ -191,24 +182,6 @@ async def test_confirm_role_get_shows_button_and_only_post_burns(
     again = await sidecar.client.get(url, headers=JSON, allow_redirects=False)
     assert again.status == 410
     assert upstream.requests == []
-
-
-async def test_failed_redemptions_are_rate_limited_per_client(
-    tmp_path: Path, upstream: Upstream
-) -> None:
-    config = make_config(tmp_path, upstream.url, {"failed_redeem_rate": "3/1m"})
-    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
-        for _ in range(3):
-            await _failure(sc, "/?refer=bad", 401, "malformed")
-        response = await sc.client.get("/?refer=bad", headers=JSON)
-        assert response.status == 429
-        assert 1 <= int(response.headers["Retry-After"]) <= 60
-        token, _ = sc.seal()  # a good link is never held up by the failures' limit
-        assert (await sc.client.get(f"/?refer={token}", allow_redirects=False)).status == 303
-        # ...but replaying it is a failure, and the address is still over the limit
-        assert (await sc.client.get(f"/?refer={token}", allow_redirects=False)).status == 429
-        sc.clock.advance(61)
-        await _failure(sc, f"/?refer={token}", 410, "used")
 
 
 async def test_store_down_fails_closed(sidecar: Sidecar, upstream: Upstream) -> None:
@@ -419,36 +392,6 @@ async def test_public_paths_forwarded_without_identity(tmp_path: Path, upstream:
 
 
 # -- what reaches the upstream -------------------------------------------------------
-SPOOFS = [
-    "X-Forwarded-User",
-    "x-forwarded-user",
-    "X-FORWARDED-USER",
-    "X_Forwarded_User",
-    "x_forwarded-user",
-    "X-Forwarded_User",
-    "X-Auth-Email",
-    "x_auth_email",
-    "X-Forwarded-Tenant",
-]
-
-
-async def test_spoofed_identity_headers_never_reach_upstream(
-    sidecar: Sidecar, upstream: Upstream
-) -> None:
-    await sidecar.sign_in(user="real", params={"tenant": "t1"})
-    raw = "".join(f"{name}: spoof{i}\r\n" for i, name in enumerate(SPOOFS))
-    raw += "X-Forwarded-User: dup1\r\nX-Forwarded-User: dup2\r\nConnection: keep-alive\r\n"
-    headers = [tuple(line.split(": ", 1)) for line in raw.strip().split("\r\n")]
-    response = await sidecar.client.get("/p", headers=headers)  # type: ignore[arg-type]
-    assert response.status == 200
-    seen = upstream.last
-    for name, value in seen.headers:
-        assert "spoof" not in value, (name, value)
-        assert "dup" not in value, (name, value)
-    assert seen.values("X-Forwarded-User") == ["real"]
-    assert "x-auth-email" not in seen.header_names()  # another role's header, still stripped
-
-
 async def test_own_cookie_removed_other_cookies_kept(sidecar: Sidecar, upstream: Upstream) -> None:
     cookie = await sidecar.sign_in()
     sidecar.client.cookie_jar.clear()
@@ -458,73 +401,3 @@ async def test_own_cookie_removed_other_cookies_kept(sidecar: Sidecar, upstream:
     assert response.status == 200
     assert upstream.last.values("Cookie") == ['a=1; b="x y"; c=%41']
     assert upstream.last.values("X-Forwarded-User") == ["u1"]
-
-
-PROXY_HINTS = (
-    "X-Forwarded-Prefix",
-    "X-Forwarded-Port",
-    "X-Forwarded-Server",
-    "X-Forwarded-Scheme",
-    "X-Forwarded-Ssl",
-    "X-Url-Scheme",
-    "Front-End-Https",
-)
-
-
-async def test_forwarded_headers_replaced_for_untrusted_peers(
-    sidecar: Sidecar, upstream: Upstream
-) -> None:
-    await sidecar.sign_in()
-    await sidecar.client.get(
-        "/p",
-        headers={
-            "X-Forwarded-For": "6.6.6.6",
-            "X-Forwarded-Proto": "https",
-            "X-Forwarded-Host": "evil",
-            "Forwarded": "for=6.6.6.6",
-            "X-Real-IP": "6.6.6.6",
-            **dict.fromkeys(PROXY_HINTS, "evil"),
-        },
-    )
-    seen = upstream.last
-    assert seen.values("X-Forwarded-For") == ["127.0.0.1"]
-    assert seen.values("X-Forwarded-Proto") == ["http"]
-    assert seen.values("X-Forwarded-Host")[0].startswith("127.0.0.1:")
-    assert "forwarded" not in seen.header_names()
-    assert "x-real-ip" not in seen.header_names()
-    for name in PROXY_HINTS:
-        assert name.lower() not in seen.header_names(), name
-
-
-async def test_forwarded_headers_appended_for_trusted_proxies(
-    tmp_path: Path, upstream: Upstream
-) -> None:
-    config = make_config(
-        tmp_path, upstream.url, {"trusted_proxies": ["127.0.0.0/8"], "failed_redeem_rate": "1/1m"}
-    )
-    async with running_sidecar(tmp_path, config=config, upstream=upstream) as sc:
-        await sc.sign_in()
-        await sc.client.get(
-            "/p",
-            headers={
-                "X-Forwarded-For": "203.0.113.7",
-                "X-Forwarded-Proto": "https",
-                "X-Forwarded-Host": "app.example.com",
-                "X-Forwarded-Prefix": "/app",
-                "X_Forwarded_For": "6.6.6.6",
-                "X.Forwarded.Prefix": "/evil",
-            },
-        )
-        seen = upstream.last
-        assert seen.values("X-Forwarded-Prefix") == ["/app"]
-        assert "x_forwarded_for" not in seen.header_names()
-        assert "x.forwarded.prefix" not in seen.header_names()
-        assert seen.values("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
-        assert seen.values("X-Forwarded-Proto") == ["https"]
-        assert seen.values("X-Forwarded-Host") == ["app.example.com"]
-        # Rate limits count the real client behind the trusted proxy, not the proxy.
-        first = {"X-Forwarded-For": "203.0.113.7", **JSON}
-        second = {"X-Forwarded-For": "203.0.113.8", **JSON}
-        assert (await sc.client.get("/?refer=bad", headers=first)).status == 401
-        assert (await sc.client.get("/?refer=bad", headers=first)).status == 429
-        assert (await sc.client.get("/?refer=bad", headers=second)).status == 401

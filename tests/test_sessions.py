@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.config import RoleConfig
 from sidecar.services import Services
-from sidecar.sessions import SessionManager, session_key, split_cookie_header
+from sidecar.sessions import SessionManager, split_cookie_header
 from sidecar.store.base import SessionRecord, Store
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens.codec import TokenCodec
@@ -42,6 +43,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+def role(tmp_path: Path) -> RoleConfig:
+    return make_config(tmp_path, "http://127.0.0.1:9").roles["Authenticated"]
+
+
+@pytest.fixture
 def manager(tmp_path: Path, store: Store, clock: Clock) -> Factory:
     def make(**session: object) -> SessionManager:
         config = make_config(
@@ -56,10 +62,9 @@ def manager(tmp_path: Path, store: Store, clock: Clock) -> Factory:
 
 
 async def test_cached_lookups_skip_the_store_until_the_ttl(
-    manager: Factory, store: CountingStore, clock: Clock
+    manager: Factory, store: CountingStore, clock: Clock, role: RoleConfig
 ) -> None:
     sessions = manager(cache_ttl="2s")
-    role = sessions._services.config.roles["Authenticated"]
     cookie = await sessions.start(user_id="u1", role=role, token_id="t1", params={"tenant": "acme"})
     first = await sessions.lookup_value(cookie)
     assert first is not None
@@ -74,10 +79,9 @@ async def test_cached_lookups_skip_the_store_until_the_ttl(
 
 
 async def test_a_session_ended_elsewhere_is_refused_within_the_ttl(
-    manager: Factory, store: CountingStore, clock: Clock
+    manager: Factory, store: CountingStore, clock: Clock, role: RoleConfig
 ) -> None:
     here, there = manager(cache_ttl="2s"), manager(cache_ttl="2s")
-    role = here._services.config.roles["Authenticated"]
     cookie = await here.start(user_id="u1", role=role, token_id="t1")
     assert await here.lookup_value(cookie) is not None
     assert await there.end_user("u1") == 1  # another process (e.g. admin DELETE /sessions)
@@ -86,10 +90,9 @@ async def test_a_session_ended_elsewhere_is_refused_within_the_ttl(
 
 
 async def test_cache_size_zero_means_no_cache(
-    manager: Factory, store: CountingStore, clock: Clock
+    manager: Factory, store: CountingStore, clock: Clock, role: RoleConfig
 ) -> None:
     sessions = manager(cache_size=0)
-    role = sessions._services.config.roles["Authenticated"]
     cookie = await sessions.start(user_id="u1", role=role, token_id="t1")
     for _ in range(3):
         assert await sessions.lookup_value(cookie) is not None
@@ -97,25 +100,43 @@ async def test_cache_size_zero_means_no_cache(
     assert store.reads == 3
 
 
-async def test_the_cache_stays_bounded(manager: Factory) -> None:
-    sessions = manager(cache_size=2)
-    role = sessions._services.config.roles["Authenticated"]
+async def test_the_cache_stays_bounded(
+    manager: Factory, store: CountingStore, role: RoleConfig
+) -> None:
+    sessions = manager(cache_size=2, cache_ttl="60s")
     cookies = [await sessions.start(user_id=f"u{i}", role=role, token_id=f"t{i}") for i in range(5)]
     for cookie in cookies:
         assert await sessions.lookup_value(cookie) is not None
-    assert len(sessions._cache) == 2
+    reads = store.reads
+    for cookie in cookies[-2:]:  # the two most recent stay cached...
+        assert await sessions.lookup_value(cookie) is not None
+    assert store.reads == reads
+    assert await sessions.lookup_value(cookies[0]) is not None  # ...the others were evicted
+    assert store.reads == reads + 1
 
 
-async def test_idle_and_absolute_expiry(manager: Factory, clock: Clock) -> None:
+async def test_idle_and_absolute_expiry(manager: Factory, clock: Clock, role: RoleConfig) -> None:
     sessions = manager(cache_ttl="1s")
-    role = sessions._services.config.roles["Authenticated"]
     cookie = await sessions.start(user_id="u1", role=role, token_id="t1")
     clock.advance(role.idle_timeout + 1)
     assert await sessions.lookup_value(cookie) is None
 
 
-def test_only_a_well_formed_cookie_is_looked_up() -> None:
-    assert session_key("a" * 43) != session_key("b" * 43)
+@pytest.mark.parametrize(
+    "value",
+    ["", "a" * 42, "a" * 44, "a" * 42 + "!", "a" * 42 + "=", "a" * 21 + " " + "a" * 21, "é" * 43],
+)
+async def test_only_a_well_formed_cookie_is_looked_up(
+    manager: Factory, store: CountingStore, value: str
+) -> None:
+    sessions = manager()
+    assert await sessions.lookup_value(value) is None
+    assert store.reads == 0  # refused before the store is asked
+    assert await sessions.lookup_value("a" * 43) is None  # well-formed, unknown: asked
+    assert store.reads == 1
+
+
+def test_the_cookie_header_is_split_into_ours_and_the_rest() -> None:
     value, rest = split_cookie_header("theme=dark; sidecar_session=abc; x=1", "sidecar_session")
     assert value == "abc"
     assert rest == "theme=dark; x=1"

@@ -232,6 +232,18 @@ FORGED_FORWARDING = [
     "X-Real-IP: 203.0.113.7",
     "X_Real_IP: 203.0.113.7",
 ]
+# What other proxies add about themselves: from an untrusted peer, none of it passes.
+PROXY_HINTS = (
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+    "front-end-https",
+)
+FORGED_FORWARDING += [f"{name}: evil" for name in PROXY_HINTS]
+FORGED_FORWARDING.append("\r\n".join(f"{name.title()}: evil" for name in PROXY_HINTS))
 
 
 async def test_forwarding_headers_from_an_untrusted_peer_are_replaced(sidecar: Sidecar) -> None:
@@ -245,7 +257,8 @@ async def test_forwarding_headers_from_an_untrusted_peer_are_replaced(sidecar: S
         assert resp.status == 200, resp.raw[:300]
         (seen,) = [s for s in sidecar.upstream.requests if s.raw_path == path]
         wanted = {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"],
-                  "x-forwarded-host": [host], "forwarded": [], "x-real-ip": []}  # fmt: skip
+                  "x-forwarded-host": [host], "forwarded": [], "x-real-ip": [],
+                  **{hint: [] for hint in PROXY_HINTS}}  # fmt: skip
         got: dict[str, list[str]] = {k: [] for k in wanted}
         for name, value in seen.headers:
             if lenient_name(name) in got:
@@ -257,7 +270,9 @@ async def test_forwarding_headers_from_an_untrusted_peer_are_replaced(sidecar: S
 
 
 async def test_forwarding_headers_from_a_trusted_proxy_are_kept(tmp_path: Path) -> None:
-    overrides: dict[str, object] = {"proxy": {"trusted_proxies": ["127.0.0.1/32"]}}
+    overrides: dict[str, object] = {
+        "proxy": {"trusted_proxies": ["127.0.0.1/32"], "failed_redeem_rate": "1/1m"}
+    }
     async with running_sidecar(tmp_path, overrides=overrides) as sc:
         cookie = await sc.login()
         headers = {
@@ -265,6 +280,10 @@ async def test_forwarding_headers_from_a_trusted_proxy_are_kept(tmp_path: Path) 
             "X-Forwarded-For": "203.0.113.7",
             "X-Forwarded-Proto": "https",
             "X-Forwarded-Host": "app.example.com",
+            "X-Forwarded-Prefix": "/app",
+            # Look-alike spellings are never the trusted proxy's: they still go.
+            "X_Forwarded_For": "6.6.6.6",
+            "X.Forwarded.Prefix": "/evil",
         }
         async with sc.http.get(sc.proxy_url + "/app/trusted", headers=headers) as r:
             assert r.status == 200
@@ -272,6 +291,44 @@ async def test_forwarding_headers_from_a_trusted_proxy_are_kept(tmp_path: Path) 
         assert seen.values("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
         assert seen.values("X-Forwarded-Proto") == ["https"]
         assert seen.values("X-Forwarded-Host") == ["app.example.com"]
+        assert seen.values("X-Forwarded-Prefix") == ["/app"]
+        assert "x_forwarded_for" not in seen.header_names()
+        assert "x.forwarded.prefix" not in seen.header_names()
+        # Rate limits count the real client behind the trusted proxy, not the proxy.
+        for client, status in [("203.0.113.7", 401), ("203.0.113.7", 429), ("203.0.113.8", 401)]:
+            async with sc.http.get(
+                sc.proxy_url + "/",
+                params={"refer": "bad"},
+                headers={"X-Forwarded-For": client, "Accept": "application/json"},
+            ) as r:
+                assert r.status == status, client
+
+
+async def test_a_header_only_another_role_renders_never_reaches_the_upstream(
+    tmp_path: Path,
+) -> None:
+    """The sidecar strips every role's identity headers, not just the session role's."""
+    overrides: dict[str, object] = {"roles": {"Mailer": {"headers": {"X-Auth-Email": "{email}"}}}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = await sc.login(userId="real", additionalParams={"tenant": "t1"})
+        spoofs = [
+            "X-Forwarded-User", "x-forwarded-user", "X-FORWARDED-USER", "X_Forwarded_User",
+            "x_forwarded-user", "X-Forwarded_User", "X-Auth-Email", "x_auth_email",
+            "X-Forwarded-Tenant",
+        ]  # fmt: skip
+        lines = [f"{name}: spoof{i}" for i, name in enumerate(spoofs)]
+        lines += ["X-Forwarded-User: dup1", "X-Forwarded-User: dup2"]
+        host = f"127.0.0.1:{sc.proxy_port}"
+        data = request_bytes("/app/p", host, "\r\n".join(lines), f"{sc.cookie_name}={cookie}")
+        resp = await raw_http(sc.proxy_port, data)
+        assert resp.status == 200, resp.raw[:300]
+        seen = sc.upstream.last
+        leaked = [(n, v) for n, v in seen.headers if "spoof" in v or "dup" in v]
+        casebook.record("headers", tried=len(lines), through=len(leaked))
+        assert not leaked
+        assert seen.values("X-Forwarded-User") == ["real"]
+        assert seen.values("X-Forwarded-Tenant") == ["t1"]
+        assert "x-auth-email" not in seen.header_names()
 
 
 def test_spoof_table_covers_every_identity_header() -> None:

@@ -4,13 +4,14 @@ per client — each a 429 with ``Retry-After``, counted in the store so replicas
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sidecar.store.base import TokenState
-from tests.harness import Sidecar, raw_http, running_sidecar
+from tests.harness import RawResponse, Sidecar, raw_http, running_sidecar
 from tests.security import casebook
 
 LIMITS: dict[str, object] = {
@@ -91,13 +92,23 @@ async def test_the_mint_limit_is_global_across_replicas(tmp_path: Path, redis_ur
         await check_mint_limit(group)
 
 
-async def failed_redeem(sc: Sidecar, token: str, extra: str = "") -> tuple[int, str | None]:
+async def redeem_raw(sc: Sidecar, token: str, extra: str = "") -> RawResponse:
     data = (
         f"GET /?refer={token} HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n{extra}"
-        "Connection: close\r\n\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n"
     ).encode()
-    resp = await raw_http(sc.proxy_port, data)
+    return await raw_http(sc.proxy_port, data)
+
+
+async def failed_redeem(sc: Sidecar, token: str, extra: str = "") -> tuple[int, str | None]:
+    resp = await redeem_raw(sc, token, extra)
     return resp.status, resp.header("Retry-After")
+
+
+def reason(resp: RawResponse) -> str:
+    """The ``error`` of a JSON failure answer."""
+    error: str = json.loads(resp.body)["error"]
+    return error
 
 
 SPOOFED_CLIENTS = [
@@ -112,13 +123,13 @@ SPOOFED_CLIENTS = [
 async def check_failed_redeem_limit(group: list[Sidecar]) -> None:
     good = await group[0].mint(userId="victim-of-the-limit")
     for n in range(5):
-        status, _ = await failed_redeem(group[n % len(group)], "not-a-token")
-        assert status == 401
+        resp = await redeem_raw(group[n % len(group)], "not-a-token")
+        assert (resp.status, reason(resp)) == (401, "malformed")
     through = 0
     for n, extra in enumerate(SPOOFED_CLIENTS):
         for sc in group:
             status, retry = await failed_redeem(sc, "not-a-token", extra.format(n=n))
-            through += int(status != 429 or retry is None)
+            through += int(status != 429 or retry is None or not 1 <= int(retry) <= 300)
     casebook.record("ratelimits", tried=len(SPOOFED_CLIENTS) * len(group), through=through)
     assert through == 0
     # The limit only slows failures: a valid link from the blocked address still redeems
@@ -128,7 +139,8 @@ async def check_failed_redeem_limit(group: list[Sidecar]) -> None:
     assert await group[0].services.store.token_state(good["id"]) is TokenState.USED
     assert (await failed_redeem(group[0], good["referString"]))[0] == 429
     advance(group, 301)
-    assert (await failed_redeem(group[0], good["referString"]))[0] == 410
+    resp = await redeem_raw(group[0], good["referString"])
+    assert (resp.status, reason(resp)) == (410, "used")
 
 
 async def test_failed_redemptions_are_limited_per_client(tmp_path: Path) -> None:
