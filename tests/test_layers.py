@@ -19,6 +19,7 @@ DOMAIN_MODULES = [
     "sidecar.tokens.records",
     "sidecar.refer.minting",
     "sidecar.links.generate",
+    "sidecar.links.request",
     "sidecar.links.verify",
     "sidecar.links.passwords",
     "sidecar.links.redirects",

@@ -17,20 +17,22 @@ import pytest
 
 from sidecar.config import Config
 from sidecar.links.generate import (
-    INVALID_TYPE_DETAILS,
     GeneratedLink,
+    generate,
+    lookup_key,
+    otp_hash,
+    otp_matches,
+)
+from sidecar.links.passwords import verify_password
+from sidecar.links.request import (
+    INVALID_TYPE_DETAILS,
     InvalidLinkRequest,
     LinkRequestError,
     UnprocessableLink,
     UserNotFound,
-    generate,
-    lookup_key,
     normalise_email,
-    otp_hash,
-    otp_matches,
     parse_link_request,
 )
-from sidecar.links.passwords import verify_password
 from sidecar.links.verify import (
     VerifyFailed,
     check_token,

@@ -168,7 +168,7 @@ async def test_auth_js_email_change_types_are_the_one_email_change(env: Env, kin
 
 
 def test_a_non_ascii_letter_never_folds_into_an_ascii_address() -> None:
-    from sidecar.links.generate import normalise_email
+    from sidecar.links.request import normalise_email
 
     assert normalise_email("\u212aate@example.com") is None  # KELVIN SIGN lowers to "k"
     assert normalise_email(" Kate@Example.com ") == "kate@example.com"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.config import LINK_TYPES
-from sidecar.links.generate import TYPE_ALIASES
+from sidecar.links.request import TYPE_ALIASES
 from sidecar.tokens.records import STATES
 from sidecar.web import errorcodes as codes
 

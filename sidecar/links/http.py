@@ -31,13 +31,12 @@ from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from sidecar.config import RoleConfig
-from sidecar.links.generate import (
+from sidecar.links.generate import generate, user_json
+from sidecar.links.request import (
     LinkRequestError,
     UnprocessableLink,
     UserNotFound,
-    generate,
     parse_link_request,
-    user_json,
 )
 from sidecar.links.verify import (
     Verified,

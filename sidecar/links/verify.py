@@ -24,9 +24,10 @@ import re
 from dataclasses import dataclass, replace
 
 from sidecar.config import LINK_TYPES, Config
-from sidecar.links.generate import lookup_key, normalise_email, otp_matches
+from sidecar.links.generate import lookup_key, otp_matches
 from sidecar.links.passwords import PasswordPolicyError, check_policy, hash_password
 from sidecar.links.redirects import RedirectRejected, allow_list, parse_url
+from sidecar.links.request import normalise_email
 from sidecar.services import Services
 from sidecar.store.base import BurnResult, PendingLink, TokenState, User, UserExists
 from sidecar.store.ratelimit import enforce
