@@ -51,6 +51,8 @@ class ConnectionLimits:
 
 
 def error_document(status: int, error: str, message: str) -> bytes:
+    """The sidecar's JSON error ``{"code", "error", "message"}`` — the one place it is
+    written (:func:`sidecar.web.pages.failure_json` answers with it too)."""
     return json.dumps({"code": status, "error": error, "message": message}).encode()
 
 

@@ -9,7 +9,6 @@ Nothing request-controlled is echoed, so no page can carry a token, a cookie or 
 from __future__ import annotations
 
 import html
-import json
 import string
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -18,6 +17,7 @@ from aiohttp import hdrs, web
 
 from sidecar.config.pages import MESSAGES
 from sidecar.web.appkeys import SERVICES
+from sidecar.web.listener import error_document
 
 # Every answer the sidecar makes itself about a link or a session: never cached, and the
 # URL (it may carry a token) never sent on as a Referer.
@@ -92,14 +92,16 @@ def failure(
 
 
 def failure_json(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
-    """The proxy listener's JSON failure ``{"code", "error", "message"}`` — the one place
-    that shape is built (failure pages, ``<prefix>/verify``, ``<prefix>/session``)."""
+    """The proxy listener's JSON failure ``{"code", "error", "message"}`` (failure pages,
+    ``<prefix>/verify``, ``<prefix>/session``). The document itself comes from
+    :func:`~sidecar.web.listener.error_document`, which also writes the answers aiohttp's
+    server gives before any handler runs, so the shape has one author."""
     message = MESSAGES.get(reason, _phrase(status) + ".")
-    body = json.dumps({"code": status, "error": reason, "message": message})
     return web.Response(
         status=status,
-        text=body,
+        body=error_document(status, reason, message),
         content_type="application/json",
+        charset="utf-8",
         headers=_failure_headers(retry_after),
     )
 
