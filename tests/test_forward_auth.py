@@ -16,6 +16,8 @@ import pytest
 from aiohttp import ClientResponse
 
 from sidecar.config import ConfigError
+from sidecar.config.model import PREFIX_ROUTES
+from sidecar.proxy.gateway import build_proxy_app
 from sidecar.store.base import Store
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens.codec import TokenCodec
@@ -373,3 +375,16 @@ def test_envoy_path_prefix_must_be_a_new_path_under_the_prefix(tmp_path: Path, p
     with pytest.raises(ConfigError) as caught:
         make_config(tmp_path, UPSTREAM, forward_auth={"envoy_path_prefix": prefix})
     assert any(e.startswith("forward_auth.envoy_path_prefix: got") for e in caught.value.errors)
+
+
+async def test_the_config_knows_every_route_under_the_prefix(sidecar: Sidecar) -> None:
+    # forward_auth.envoy_path_prefix must not shadow one of them (sidecar/config/model.py).
+    prefix = sidecar.config.proxy.prefix
+    app = build_proxy_app(sidecar.services)
+    fixed = {
+        info["path"]
+        for route in app.router.routes()
+        if route.resource is not None and "path" in (info := route.resource.get_info())
+    }
+    own = {p.removeprefix(prefix) for p in fixed if p.startswith(prefix + "/")}
+    assert own <= set(PREFIX_ROUTES), own - set(PREFIX_ROUTES)

@@ -49,7 +49,7 @@ class ConfigError(Exception):
 
 
 # Routes the proxy listener serves under proxy.prefix (sidecar.proxy.gateway).
-_PREFIX_ROUTES = (
+PREFIX_ROUTES = (
     "/auth",
     "/signin",
     "/logout",
@@ -206,7 +206,7 @@ def _build(r: Reader) -> Config | None:
     if envoy_prefix is not None and not (
         re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", envoy_prefix)
         and envoy_prefix.startswith(prefix + "/")
-        and envoy_prefix not in {prefix + p for p in _PREFIX_ROUTES}
+        and envoy_prefix not in {prefix + p for p in PREFIX_ROUTES}
     ):
         # Under the prefix: the route must never shadow an application path.
         fa.error(
