@@ -32,16 +32,11 @@ as ``BURNED``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from sidecar.store import _codec
 from sidecar.store import redis_scripts as lua
@@ -57,23 +52,12 @@ from sidecar.store.base import (
     User,
     UserExists,
 )
-from sidecar.store.redis_client import CALL_TIMEOUT, RedisOptions, build_client
-from sidecar.store.redis_url import parse_redis_url
+from sidecar.store.redis_calls import RedisCalls, as_text
+from sidecar.store.redis_client import RedisOptions
 
 # A burn record outlives its token by at least this long: a replica whose clock runs
 # behind Redis' must still find the record while it still thinks the token is valid.
 _MIN_TOKEN_TTL_MS = 300_000
-_WAIT_TIMEOUT_MS = 1000  # below CALL_TIMEOUT: a slow replica is a clean 503
-_SHA = {
-    src: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
-    for src in (
-        lua.SET_STATE_ONCE, lua.INDEX_SESSION, lua.CREATE_SESSION, lua.TOUCH_SESSION,
-        lua.DELETE_SESSION, lua.DELETE_SESSION_OF, lua.DELETE_SESSION_OF_LINK, lua.CREATE_USER,
-        lua.UPDATE_USER, lua.PUT_LINK, lua.DELETE_LINK, lua.DELETE_INDEX_IF, lua.FAILED_ATTEMPT,
-        lua.HIT, lua.INDEX_MINT, lua.RECORD_MINT,
-    )
-}  # fmt: skip
-Client = Redis | RedisCluster
 _LOG = logging.getLogger(__name__)
 
 
@@ -85,23 +69,9 @@ def _flat(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, RedisClusterException, OSError) as exc:
-        raise StoreUnavailable(f"Redis: {exc}") from exc
-
-
-class RedisStore:
-    """A :class:`~sidecar.store.base.Store` in Redis.
-
-    :meth:`open` does not contact Redis, so a replica starts while Redis is down and
-    recovers by itself when it is back; until then every call raises
-    :class:`StoreUnavailable` within the 2 s connect/operation timeouts.
-    At most ``max_connections`` commands are in flight; callers beyond that queue in
-    order (redis-py's own blocking pool is not fair and starves some callers under load).
-    """
+class RedisStore(RedisCalls):
+    """A :class:`~sidecar.store.base.Store` in Redis: the records and their keys here,
+    connections, scripts and ``WAIT`` in :class:`~sidecar.store.redis_calls.RedisCalls`."""
 
     def __init__(
         self,
@@ -111,66 +81,13 @@ class RedisStore:
         max_connections: int = 32,
         options: RedisOptions | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        self._target = parse_redis_url(url)
-        self._options = options or RedisOptions()
+        super().__init__(url, max_connections=max_connections, options=options)
         self._prefix = prefix
-        self._redis: Client | None = None
-        self._helpers: list[Redis] = []
-        # redis-py's async cluster client loses connections when commands run while it
-        # loads the slot map (seen with 8.1): load it alone, before any command and again
-        # after any error (a failover), and let commands through only once it is loaded.
-        self._slot_map_lock = asyncio.Lock()
-        self._slot_map_loaded = False
-        self._slots = asyncio.Semaphore(max_connections)
-        self._max_connections = max_connections
         self._users = f"{prefix}{{u}}:" if self._target.mode == "cluster" else prefix
 
     def __repr__(self) -> str:
         # The URL may carry a password; the mode and prefix are what a log reader needs.
         return f"RedisStore({self._target.mode}, prefix={self._prefix!r})"
-
-    async def open(self) -> None:
-        self._redis, self._helpers = build_client(
-            self._target, self._options, max_connections=self._max_connections
-        )
-
-    async def close(self) -> None:
-        redis, self._redis = self._redis, None
-        helpers, self._helpers = self._helpers, []
-        with _unavailable():
-            for client in [redis, *helpers]:
-                if client is not None:
-                    await client.aclose()
-
-    @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[Client]:
-        """A client for one command, with a free connection; errors become StoreUnavailable."""
-        if self._redis is None:
-            raise StoreUnavailable("Redis store is not open")
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT):
-                await self._slots.acquire()
-        except TimeoutError as exc:
-            raise StoreUnavailable("Redis: no free connection") from exc
-        try:
-            with _unavailable():
-                if isinstance(self._redis, RedisCluster) and not self._slot_map_loaded:
-                    await self._load_slot_map(self._redis)
-                try:
-                    yield self._redis
-                except (RedisError, RedisClusterException):
-                    self._slot_map_loaded = False
-                    raise
-        finally:
-            self._slots.release()
-
-    async def _load_slot_map(self, cluster: RedisCluster) -> None:
-        async with self._slot_map_lock:
-            if not self._slot_map_loaded:
-                await cluster.initialize()
-                self._slot_map_loaded = True
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
@@ -200,7 +117,7 @@ class RedisStore:
             if isinstance(cause, ResponseError):  # NOPERM, unknown or renamed command
                 return Persistence(None, f"cannot read the Redis configuration ({cause})")
             raise
-        flat = {_text(k): _text(v) for k, v in _config_items(settings)}
+        flat = {as_text(k): as_text(v) for k, v in _config_items(settings)}
         aof = (flat.get("appendonly") or "").lower() == "yes"
         rdb = bool((flat.get("save") or "").strip())
         if aof or rdb:
@@ -364,7 +281,7 @@ class RedisStore:
         user_key = self._user_key("user", user.id)
         for _ in range(8):  # another replica changing the same user's email: read again
             async with self._call() as redis:
-                old = _text(await redis.hget(user_key, "email_key"))
+                old = as_text(await redis.hget(user_key, "email_key"))
             if old is None:
                 return
             keys = [user_key, self._user_key("email", email_key), self._user_key("email", old)]
@@ -378,7 +295,7 @@ class RedisStore:
 
     async def get_user(self, user_id: str) -> User | None:
         async with self._call() as redis:
-            data = _text(await redis.hget(self._user_key("user", user_id), "data"))
+            data = as_text(await redis.hget(self._user_key("user", user_id), "data"))
         return None if data is None else _codec.user_from_json(data)
 
     async def get_user_by_email(self, email: str) -> User | None:
@@ -436,48 +353,6 @@ class RedisStore:
         """Nothing to do: every record but users carries a Redis expiry."""
         return 0
 
-    # -- plumbing ---------------------------------------------------------------------
-    async def _get(self, key: str) -> str | None:
-        async with self._call() as redis:
-            return _text(await redis.get(key))
-
-    async def _eval(self, script: str, keys: list[str], args: Sequence[str | int] = ()) -> object:
-        async with self._call() as redis:
-            try:
-                result: object = await redis.evalsha(_SHA[script], len(keys), *keys, *args)
-            except NoScriptError:  # not run: this node has not cached the script yet
-                result = await redis.eval(script, len(keys), *keys, *args)
-        return result
-
-    async def _eval_acked(self, script: str, key: str, args: Sequence[str | int] = ()) -> object:
-        """Run a one-key write and, with ``min_replicas_ack``, ``WAIT`` for the replicas
-        on the same connection (``WAIT`` counts only that connection's writes)."""
-        need = self._options.min_replicas_ack
-        if need == 0:
-            return await self._eval(script, [key], args)
-        async with self._call() as redis:
-            if isinstance(redis, RedisCluster):
-                node = redis.get_node_from_key(key)
-                cpipe = redis.pipeline()
-                cpipe.eval(script, 1, key, *args)
-                cpipe.execute_command("WAIT", need, _WAIT_TIMEOUT_MS, target_nodes=node)
-                result, acked = await cpipe.execute()
-                if redis.get_node_from_key(key) is not node:  # redirected: WAIT went astray
-                    raise StoreUnavailable("Redis: the slot moved during an acknowledged write")
-            else:
-                pipe = redis.pipeline(transaction=False)
-                pipe.eval(script, 1, key, *args)
-                pipe.execute_command("WAIT", need, _WAIT_TIMEOUT_MS)
-                result, acked = await pipe.execute()
-        if not isinstance(acked, int) or acked < need:
-            raise StoreUnavailable(f"Redis: write acknowledged by {acked} of {need} replicas")
-        return result
-
-    async def _hgetall(self, key: str) -> dict[str, str]:
-        async with self._call() as redis:
-            fields = await redis.hgetall(key)
-        return {str(k): str(v) for k, v in fields.items()}
-
 
 def _config_items(settings: object) -> list[tuple[bytes | str, bytes | str]]:
     """``CONFIG GET``'s answer as pairs: a dict from Redis, or per node from a cluster."""
@@ -490,10 +365,6 @@ def _config_items(settings: object) -> list[tuple[bytes | str, bytes | str]]:
         else:
             pairs.append((key, value))
     return pairs
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _strs(values: object) -> list[str]:
