@@ -33,10 +33,24 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "deploy" / "nginx"
 CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
 START_TIMEOUT = 30.0
-_APP = (
-    "import sys; from aiohttp import web; from sidecar.demo_app import build_demo_app; "
-    "web.run_app(build_demo_app(), host='127.0.0.1', port=int(sys.argv[1]), print=None)"
-)
+# The demo app, plus a WebSocket that answers each message with the identity it was opened with
+# (the demo has none; nginx's recipe must pass upgrades with the identity headers).
+_APP = """
+import sys
+from aiohttp import web
+from sidecar.demo_app import build_demo_app
+
+async def ws(request):
+    socket = web.WebSocketResponse()
+    await socket.prepare(request)
+    async for message in socket:
+        await socket.send_str(request.headers.get("X-Forwarded-User", "") + ":" + message.data)
+    return socket
+
+app = build_demo_app()
+app.router.add_get("/ws", ws)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+"""
 
 
 @dataclass

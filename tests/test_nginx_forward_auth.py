@@ -6,6 +6,7 @@ requests nginx hands it (links, its own pages, refusals).
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import time
@@ -15,6 +16,7 @@ from email.message import Message
 from http.cookies import SimpleCookie
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import RedisServer
@@ -244,3 +246,31 @@ def test_stack_state_is_private(stack: Stack) -> None:
     log = (stack.state / "sidecar.log").read_text(encoding="utf-8")
     assert "refer=ey" not in log
     assert Path(stack.state / "error.log").exists()
+
+
+def _ws(stack: Stack, *headers: tuple[str, str]) -> tuple[int, str | None]:
+    """Open /ws through nginx (status of the handshake), send "hi", return the reply."""
+
+    async def go() -> tuple[int, str | None]:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(
+                    stack.nginx + "/ws",
+                    headers=dict(headers),
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                ) as socket:
+                    await socket.send_str("hi")
+                    message = await asyncio.wait_for(socket.receive(), 5)
+                    return 101, str(message.data)
+            except aiohttp.WSServerHandshakeError as refused:
+                return refused.status, None
+
+    return asyncio.run(go())
+
+
+def test_websockets_pass_with_the_identity_and_not_without_a_session(stack: Stack) -> None:
+    cookie = sign_in(stack, "ivan")
+    session = ("Cookie", f"sidecar_session={cookie}")
+    assert _ws(stack, session, ("X-Forwarded-User", "mallory")) == (101, "ivan:hi")
+    status, _ = _ws(stack, ("X-Forwarded-User", "mallory"))
+    assert status == 401
