@@ -1,4 +1,5 @@
-"""The store contract: one suite, run against SQLite and a real Redis.
+"""The store contract: one suite, run against SQLite (bare, and through the timing wrapper
+the product runs it in) and a real Redis in every supported topology.
 
 Time is injected: ``now`` is the real clock rounded down, because Redis expires keys
 by its own clock, and the tests move ``now`` forward instead of sleeping.
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -34,6 +37,9 @@ from sidecar.store import (
     UserExists,
     open_store,
 )
+from sidecar.store.base import CONCERNS, STORE_METHODS
+from sidecar.store.timed import timed
+from sidecar.telemetry.metrics import REGISTRY
 from tests.conftest import RedisServer
 from tests.redis_topologies import Topology
 
@@ -56,12 +62,17 @@ REDIS_BACKENDS = ["redis", *TOPOLOGIES]
 
 
 @pytest.fixture(
-    params=["sqlite", *(pytest.param(n, marks=pytest.mark.redis) for n in REDIS_BACKENDS)]
+    params=[
+        "sqlite",
+        "sqlite-timed",
+        *(pytest.param(n, marks=pytest.mark.redis) for n in REDIS_BACKENDS),
+    ]
 )
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "sqlite":
+    if request.param in ("sqlite", "sqlite-timed"):
         path = tmp_path / "store.db"
-        b = Backend("sqlite", SQLiteStore(str(path)), path=path)
+        sqlite: Store = SQLiteStore(str(path))
+        b = Backend("sqlite", timed(sqlite) if request.param == "sqlite-timed" else sqlite, path)
     elif request.param == "redis":
         url: str = request.getfixturevalue("redis_url")
         prefix = f"t{uuid.uuid4().hex[:12]}:"  # one shared server, one namespace per test
@@ -104,6 +115,68 @@ def link(now: float, *, ident: str = "t1", expires: float = HOUR) -> PendingLink
         user_id="u:1", link_type="recovery", token_id=ident, hashed_token=f"hash-{ident}",
         otp_hash=f"otp-{ident}", expires_at=now + expires,
     )  # fmt: skip
+
+
+# -- the protocols ------------------------------------------------------------------------
+def test_store_is_exactly_the_union_of_the_concerns() -> None:
+    members = {
+        name
+        for name in dir(Store)
+        if not name.startswith("_") and inspect.iscoroutinefunction(getattr(Store, name))
+    }
+    assert set(STORE_METHODS) == members
+    assert len(STORE_METHODS) == len(members)  # no method in two concerns
+    for concern in CONCERNS:
+        assert concern in Store.__mro__
+
+
+@pytest.mark.parametrize("backend_class", [SQLiteStore, RedisStore])
+def test_every_backend_implements_every_concern(backend_class: type) -> None:
+    for concern in CONCERNS:
+        assert concern in backend_class.__mro__, concern
+    for name in STORE_METHODS:
+        implementation = getattr(backend_class, name)
+        assert implementation is not getattr(Store, name), f"{name} is the protocol's stub"
+        assert inspect.iscoroutinefunction(implementation), name
+
+
+class Recorder:
+    """Answers any store method with its own name and records the call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[str]]:
+        async def method(*args: object, **kwargs: object) -> str:
+            self.calls.append((name, args, kwargs))
+            if name == "ping":
+                raise StoreUnavailable("down")
+            return name
+
+        return method
+
+
+async def test_the_timed_store_forwards_and_times_every_method() -> None:
+    inner = Recorder()
+    store = timed(cast(Store, inner))
+    for name in STORE_METHODS:
+        seconds = REGISTRY.get_sample_value("sidecar_store_seconds_count", {"op": name}) or 0
+        method = getattr(store, name)
+        assert method.__name__ == name
+        assert method.__doc__ == getattr(Store, name).__doc__
+        if name == "ping":
+            with pytest.raises(StoreUnavailable):
+                await method("a", 1, k=2.5)
+            assert REGISTRY.get_sample_value("sidecar_store_up") == 0
+        else:
+            assert await method("a", 1, k=2.5) == name
+            assert REGISTRY.get_sample_value("sidecar_store_up") == 1
+        assert inner.calls[-1] == (name, ("a", 1), {"k": 2.5})
+        after = REGISTRY.get_sample_value("sidecar_store_seconds_count", {"op": name})
+        assert after == seconds + 1, name
+    assert len(inner.calls) == len(STORE_METHODS)
+    with pytest.raises(AttributeError):
+        store.not_a_store_method  # type: ignore[attr-defined]  # noqa: B018
 
 
 # -- one-time tokens ----------------------------------------------------------------------

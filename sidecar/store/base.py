@@ -1,8 +1,10 @@
-"""The storage contract: one small async interface, implemented by SQLite and Redis.
+"""The storage contract: small async protocols, one per concern, that SQLite and Redis implement.
 
-Everything the product keeps goes through :class:`Store`. Both backends pass the
-same contract suite (``tests/test_store_contract.py``). Time is always a parameter
-(``now``, epoch seconds) so expiry is testable without sleeping.
+Everything the product keeps goes through :class:`Store`, the union of the concerns
+(:class:`StoreLifecycle`, :class:`BurnStore`, :class:`TokenRecordStore`,
+:class:`SessionStore`, :class:`UserStore`, :class:`LinkStore`, :class:`CounterStore`).
+Both backends pass the same contract suite (``tests/test_store_contract.py``). Time is
+always a parameter (``now``, epoch seconds) so expiry is testable without sleeping.
 
 Error model (domain errors, never HTTP):
 
@@ -14,6 +16,7 @@ Error model (domain errors, never HTTP):
 from __future__ import annotations
 
 import enum
+import inspect
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -133,10 +136,13 @@ class Persistence:
     detail: str
 
 
-class Store(Protocol):
-    """What the product keeps. Implementations must be safe under concurrency and across
-    processes sharing the backend; every method either completes or raises
-    :class:`StoreUnavailable` with nothing half-written."""
+# -- the contract, one protocol per concern ---------------------------------------------
+# A component that needs one concern takes that protocol (``enforce`` takes a
+# CounterStore); the backends implement them all, as :class:`Store`.
+
+
+class StoreLifecycle(Protocol):
+    """Connecting, health and housekeeping."""
 
     async def open(self) -> None: ...
 
@@ -149,7 +155,14 @@ class Store(Protocol):
         """Whether burns and revocations outlive a restart of the backend (a Redis without
         an append-only file or RDB snapshots forgets them: used links open again)."""
 
-    # -- one-time tokens -------------------------------------------------------------
+    async def purge_expired(self, now: float) -> int:
+        """Delete expired burns, revocations, sessions, links, link records and counters;
+        returns rows removed (Redis expires keys by itself and may return 0)."""
+
+
+class BurnStore(Protocol):
+    """One-time tokens: burned exactly once, or revoked before use."""
+
     async def burn(self, token_id: str, expires_at: float) -> BurnResult:
         """Mark ``token_id`` used, exactly once across all callers and processes.
 
@@ -164,7 +177,10 @@ class Store(Protocol):
     async def token_use(self, token_id: str) -> TokenUse:
         """The state and the time (the store's clock) it was burned or revoked."""
 
-    # -- minted-link records (read by the admin API) -----------------------------------
+
+class TokenRecordStore(Protocol):
+    """What each minted link was for (read by the admin API), never its text."""
+
     async def record_token(self, record: TokenRecord, keep_until: float) -> None:
         """Remember a minted link until ``keep_until`` (replaces a record with its id)."""
 
@@ -177,7 +193,10 @@ class Store(Protocol):
         descending), at most ``limit``, starting after the ``(created_at, token_id)``
         cursor when one is given."""
 
-    # -- sessions ---------------------------------------------------------------------
+
+class SessionStore(Protocol):
+    """Server-side sessions, keyed by a hash of the cookie."""
+
     async def create_session(self, session: SessionRecord) -> None: ...
 
     async def get_session(self, key: str) -> SessionRecord | None:
@@ -198,7 +217,10 @@ class Store(Protocol):
     async def delete_token_sessions(self, token_id: str) -> int:
         """End every session created from the link ``token_id``; returns how many."""
 
-    # -- users (auth links) -----------------------------------------------------------
+
+class UserStore(Protocol):
+    """Users of the auth-links API."""
+
     async def create_user(self, user: User) -> None:
         """Insert a user; raise :class:`UserExists` if the email (compared ignoring case)
         or the id is taken."""
@@ -212,7 +234,10 @@ class Store(Protocol):
     async def get_user_by_email(self, email: str) -> User | None:
         """The user whose email equals ``email`` ignoring case, or None."""
 
-    # -- pending auth links -----------------------------------------------------------
+
+class LinkStore(Protocol):
+    """Pending auth links: the newest one per (user, type), and its wrong-OTP count."""
+
     async def put_link(self, link: PendingLink) -> None:
         """Store ``link`` as the current one for its (user_id, link_type)."""
 
@@ -225,13 +250,46 @@ class Store(Protocol):
 
     async def delete_link(self, user_id: str, link_type: str) -> None: ...
 
-    # -- rate limits ------------------------------------------------------------------
+
+class CounterStore(Protocol):
+    """Fixed-window counters: the rate limits, shared by every replica."""
+
     async def hit(self, key: str, window: float, now: float) -> tuple[int, float]:
         """Count one event in the fixed window containing ``now``.
 
         Returns ``(count including this one, epoch second the window resets)``."""
 
-    # -- housekeeping -----------------------------------------------------------------
-    async def purge_expired(self, now: float) -> int:
-        """Delete expired burns, revocations, sessions, links, link records and counters;
-        returns rows removed (Redis expires keys by itself and may return 0)."""
+
+class Store(
+    StoreLifecycle,
+    BurnStore,
+    TokenRecordStore,
+    SessionStore,
+    UserStore,
+    LinkStore,
+    CounterStore,
+    Protocol,
+):
+    """Everything the product keeps: every concern above. Implementations must be safe
+    under concurrency and across processes sharing the backend; every method either
+    completes or raises :class:`StoreUnavailable` with nothing half-written."""
+
+
+CONCERNS: tuple[type, ...] = (
+    StoreLifecycle,
+    BurnStore,
+    TokenRecordStore,
+    SessionStore,
+    UserStore,
+    LinkStore,
+    CounterStore,
+)
+"""The protocols :class:`Store` is made of, in the order above."""
+
+STORE_METHODS: tuple[str, ...] = tuple(
+    name
+    for concern in CONCERNS
+    for name, value in vars(concern).items()
+    if inspect.iscoroutinefunction(value)
+)
+"""Every method of :class:`Store` (what a wrapper such as the timed store must cover)."""

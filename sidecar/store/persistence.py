@@ -13,14 +13,18 @@ import logging
 import time
 from collections.abc import Callable
 
-from sidecar.store.base import Persistence, Store, StoreUnavailable
+from sidecar.store.base import Persistence, StoreLifecycle, StoreUnavailable
 
 _LOG = logging.getLogger("sidecar.store")
 
 
 class PersistenceWatch:
     def __init__(
-        self, store: Store, *, every: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self,
+        store: StoreLifecycle,
+        *,
+        every: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._every = every

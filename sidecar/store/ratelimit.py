@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from sidecar.config.values import RateLimit
-from sidecar.store.base import Store
+from sidecar.store.base import CounterStore
 
 
 class RateLimited(Exception):
@@ -16,7 +16,7 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
-async def enforce(store: Store, key: str, limit: RateLimit, now: float) -> None:
+async def enforce(store: CounterStore, key: str, limit: RateLimit, now: float) -> None:
     """Count one event under ``key``; raise :class:`RateLimited` past ``limit``."""
     count, reset_at = await store.hit(key, limit.window, now)
     if count > limit.limit:

@@ -45,6 +45,7 @@ from sidecar.store.base import (
     PendingLink,
     Persistence,
     SessionRecord,
+    Store,
     StoreUnavailable,
     TokenRecord,
     TokenState,
@@ -69,7 +70,7 @@ def _flat(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
-class RedisStore(RedisCalls):
+class RedisStore(RedisCalls, Store):
     """A :class:`~sidecar.store.base.Store` in Redis: the records and their keys here,
     connections, scripts and ``WAIT`` in :class:`~sidecar.store.redis_calls.RedisCalls`."""
 

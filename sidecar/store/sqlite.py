@@ -24,6 +24,7 @@ from sidecar.store.base import (
     PendingLink,
     Persistence,
     SessionRecord,
+    Store,
     StoreUnavailable,
     TokenRecord,
     TokenState,
@@ -104,7 +105,7 @@ _PURGES = (
 )
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """A :class:`~sidecar.store.base.Store` in one SQLite file (created if missing).
 
     Several processes may share the file: the check-and-write of every op runs in a

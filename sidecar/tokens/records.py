@@ -21,7 +21,7 @@ import hashlib
 from datetime import UTC, datetime
 
 from sidecar.config import LINK_TYPES
-from sidecar.store.base import SessionRecord, Store, TokenRecord, TokenState
+from sidecar.store.base import SessionRecord, Store, TokenRecord, TokenRecordStore, TokenState
 from sidecar.tokens.codec import Claims
 
 KEEP_AFTER_EXPIRY = 7 * 86400.0  # seconds a record stays listed after its link expired
@@ -29,7 +29,7 @@ MAX_PAGE = 100
 STATES = ("unused", "used", "revoked", "expired", "superseded")
 
 
-async def remember_mint(store: Store, claims: Claims) -> None:
+async def remember_mint(store: TokenRecordStore, claims: Claims) -> None:
     """Record a minted link (raises ``StoreUnavailable`` like any store call)."""
     record = TokenRecord(
         token_id=claims.token_id,
