@@ -1,7 +1,7 @@
 """The one test harness: a real sidecar, a recording upstream, raw HTTP, an injected clock.
 
 =========================  ===============================================================
-:mod:`.sidecar`            :func:`running_sidecar` serves the product as ``sidecar serve``
+:mod:`.served`             :func:`running_sidecar` serves the product as ``sidecar serve``
                            does (both listeners) on free ports; :class:`Sidecar` holds the
                            ways in (``client`` with a cookie jar, ``http`` without, the
                            admin API helpers, :meth:`Sidecar.seal` for arbitrary claims)
@@ -17,7 +17,7 @@ process instead: ``tests/serve_process.py``.
 
 from tests.harness.config import ADMIN_KEY, PUBLIC_URL, ROLES, config_doc, deep_merge, make_config
 from tests.harness.raw import RawResponse, parse_raw, raw_http, raw_request, request_bytes
-from tests.harness.sidecar import Clock, Sidecar, free_port, running_sidecar
+from tests.harness.served import Clock, Sidecar, free_port, running_sidecar
 from tests.harness.upstream import CHUNK, GZIP_TEXT, Recorded, Upstream, running_upstream
 
 __all__ = [

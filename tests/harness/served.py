@@ -209,6 +209,8 @@ async def running_sidecar(
     (e.g. a counting wrapper); it is opened and closed by the sidecar. With
     ``public_host`` the preset's ``public_url`` is ``http://<public_host>:<proxy port>``
     (a browser's view of it)."""
+    if isinstance(tmp_path, Config):  # the old harness's running_sidecar(config)
+        raise TypeError("call running_sidecar(tmp_path, config=config)")
     if config is not None and (store_url or overrides or keyset or public_host):
         raise TypeError("pass either config or store_url/overrides/keyset/public_host")
     if store is not None and store_url:
