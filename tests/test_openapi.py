@@ -166,3 +166,23 @@ async def test_schemathesis_finds_nothing_against_a_real_serve(tmp_path: Path) -
     print(f"\nSchemathesis: {generated} cases, all passed (seed {SEED})")
     # Every operation but GET /openapi.json, which Schemathesis loads the document from.
     assert "8 selected / 8 total" in text, text[:2000]
+
+
+def test_every_example_matches_its_schema() -> None:
+    """The examples a reader copies (and Schemathesis replays) are valid by the document."""
+    from openapi_schema_validator import OAS31Validator
+
+    spec = build_spec()
+    checked = 0
+    for item in spec["paths"].values():
+        for operation in item.values():
+            bodies = [operation.get("requestBody", {}), *operation["responses"].values()]
+            for body in bodies:
+                for media in body.get("content", {}).values():
+                    examples = [media["example"]] if "example" in media else []
+                    examples += [e["value"] for e in media.get("examples", {}).values()]
+                    schema = {**media["schema"], "components": spec["components"]}
+                    for example in examples:
+                        OAS31Validator(schema).validate(example)
+                        checked += 1
+    assert checked >= 10

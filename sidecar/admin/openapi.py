@@ -114,6 +114,44 @@ _TOKEN_EXAMPLE = {
     "revoked_at": None,
 }
 
+_MINTED_EXAMPLE = {
+    "referString": "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIiwia2lkIjoiazEifQ..…",
+    "url": "https://app.example.com/?refer=eyJhbGciOiJkaXIi…/#/display/5e9f83275349fc020f8db299",
+    "expiresAt": "2026-12-07T09:00:00Z",
+    "id": _EXAMPLE_ID,
+}
+_SESSIONS_EXAMPLE = {
+    "user_id": "0000000abc",
+    "sessions": [
+        {
+            "id": "3f0c1e8a9b7d4c2e8f6a5b4c3d2e1f00",
+            "user_id": "0000000abc",
+            "role": "Authenticated",
+            "created_at": "2026-11-30T09:02:13.512Z",
+            "last_seen": "2026-11-30T09:40:01.207Z",
+            "expires_at": "2026-11-30T10:10:01.207Z",
+            "token_id": _EXAMPLE_ID,
+            "client": "203.0.113.7",
+            "module": "5e9f83275349fc020f8db299",
+        }
+    ],
+}
+_GENERATED_EXAMPLE: Schema = {
+    "id": "9b1f2c9e-5f0a-4c53-9d1e-2a7c1f0e8b44",
+    "email": "user@example.com",
+    "created_at": "2026-11-30T09:00:00Z",
+    "confirmed_at": None,
+    "email_confirmed_at": None,
+    "invited_at": None,
+    "user_metadata": {},
+    "action_link": "https://app.example.com/_sidecar/verify?token=eyJhbGciOiJkaXIi…"
+    "&type=magiclink&redirect_to=https%3A%2F%2Fapp.example.com%2Fdashboard",
+    "email_otp": "123456",
+    "hashed_token": "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+    "verification_type": "magiclink",
+    "redirect_to": "https://app.example.com/dashboard",
+}
+
 PATHS: dict[str, Schema] = {
     "/referstring": {
         "post": {
@@ -126,7 +164,7 @@ PATHS: dict[str, Schema] = {
                 },
             },
             "responses": _responses(
-                _ok("the link", "MintResponse"),
+                _ok("the link", "MintResponse", _MINTED_EXAMPLE),
                 mint=True,
                 s400="a field the config refuses (the field is named), or the token would "
                 "reach 4,096 characters",
@@ -139,7 +177,12 @@ PATHS: dict[str, Schema] = {
             "summary": "Revoke a token id (an unused link stops working)",
             "parameters": [_ID_PATH],
             "responses": _responses(
-                _ok("the previous and the new state", "Revoked"), s400="a malformed id"
+                _ok(
+                    "the previous and the new state",
+                    "Revoked",
+                    {"id": _EXAMPLE_ID, "previous": "unused", "state": "revoked"},
+                ),
+                s400="a malformed id",
             ),
         }
     },
@@ -190,7 +233,8 @@ PATHS: dict[str, Schema] = {
             "summary": "A user's live sessions (never a cookie value)",
             "parameters": [_USER_ID_QUERY],
             "responses": _responses(
-                _ok("the live sessions", "SessionList"), s400="a missing user_id"
+                _ok("the live sessions", "SessionList", _SESSIONS_EXAMPLE),
+                s400="a missing user_id",
             ),
         },
         "delete": {
@@ -251,7 +295,7 @@ PATHS: dict[str, Schema] = {
                 },
             },
             "responses": _responses(
-                _ok("the link and its user", "GeneratedLink"),
+                _ok("the link and its user", "GeneratedLink", _GENERATED_EXAMPLE),
                 "GoTrueError",
                 mint=True,
                 s400="an invalid type, field, email, redirect_to or data",
