@@ -54,7 +54,12 @@ def node_modules() -> Path:
 async def auth_js(served: Served, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the calls through auth-js in node; return its transcript."""
     env = {**os.environ, "NODE_PATH": str(node_modules())}
-    request = {"url": served.admin, "key": served.admin_key, "calls": calls}
+    request = {
+        "url": served.admin,
+        "key": served.admin_key,
+        "verifyUrl": served.proxy + "/_sidecar",
+        "calls": calls,
+    }
     proc = await asyncio.create_subprocess_exec(
         "node", str(SCRIPT), json.dumps(request),
         env=env,
@@ -237,3 +242,44 @@ async def test_auth_js_reads_the_sidecars_errors_as_auth_api_errors(
     ]
     assert errors["unknown user"]["isAuthApiError"] is True
     assert errors["weak password"]["reasons"] == ["length"]
+
+
+async def test_supabase_verify_otp_with_type_email(served: tuple[Served, Upstream]) -> None:
+    """supabase-js's ``verifyOtp({email, token, type: "email"})`` against ``<prefix>/verify``:
+    the user comes back (the session is the cookie, so auth-js sees none)."""
+    server, _ = served
+    [minted] = await auth_js(
+        server, [{"name": "mint", "params": {"type": "magiclink", "email": "otp@example.com"}}]
+    )
+    code = minted["data"]["properties"]["email_otp"]
+    wrong = "000000" if code != "000000" else "111111"
+    transcript = await auth_js(
+        server,
+        [
+            {
+                "name": "wrong code",
+                "op": "verifyOtp",
+                "params": {"email": "otp@example.com", "token": wrong, "type": "email"},
+            },
+            {
+                "name": "right code",
+                "op": "verifyOtp",
+                "params": {"email": "otp@example.com", "token": code, "type": "email"},
+            },
+            {
+                "name": "used code",
+                "op": "verifyOtp",
+                "params": {"email": "otp@example.com", "token": code, "type": "email"},
+            },
+        ],
+    )
+    (ARTIFACTS / "verify_otp.json").write_text(json.dumps(transcript, indent=2), "utf-8")
+    refused, accepted, again = transcript
+    assert accepted["error"] is None, accepted
+    assert accepted["data"]["user"]["id"] == minted["data"]["user"]["id"]
+    assert accepted["data"]["user"]["email"] == "otp@example.com"
+    assert accepted["data"]["session"] is None
+    for failed in (refused, again):
+        assert failed["error"]["name"] == "AuthApiError", failed
+        assert failed["error"]["status"] == 401, failed
+        assert failed["data"] == {"user": None, "session": None}
