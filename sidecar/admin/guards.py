@@ -1,10 +1,11 @@
 """What stands before every admin handler, and the admin API's error shapes.
 
-:func:`guards` gives the admin app's middlewares, outermost first, each bound once to its
-options: the access log, the error mapper, the peer check (loopback or
-``admin.allowed_peers``), the ``Host`` check (DNS rebinding), the browser check (``Origin``
-/ ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size limit and, for mints
-(``/referstring`` and ``/admin/generate_link``), a rate limit counted in the store.
+:func:`guards` gives the admin app's middlewares, outermost first, their options bound
+once (:class:`Guards`, bound again on a reload): the access log, the error mapper, the peer
+check (loopback or ``admin.allowed_peers``), the ``Host`` check (DNS rebinding), the
+browser check (``Origin`` / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size
+limit and, for mints (``/referstring`` and ``/admin/generate_link``), a rate limit counted
+in the store.
 
 Errors are JSON ``{"code": <status>, "error_code", "message"[, "field"]}``
 (:func:`admin_error`); on the GoTrue-style routes under ``/admin/`` every answer, refusals
@@ -21,13 +22,14 @@ import hmac
 import ipaddress
 import logging
 import re
-from functools import partial
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from sidecar.config.values import HostPort, Network, Secret
+from sidecar.config import AdminConfig, Config
+from sidecar.config.values import HostPort, Network, RateLimit
 from sidecar.links import http as links_http
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
@@ -131,36 +133,44 @@ def _host_name(host: str) -> str:
 
 
 def guards(services: Services) -> list[Middleware]:
-    """The admin app's middlewares, outermost first, each bound to its options once — and
-    bound again on a reload (a new admin key, allowed peers or mint rate apply at once)."""
-    current = _bound(services)
-
-    def reconfigure(_: object) -> None:
-        nonlocal current
-        current = _bound(services)
-
-    services.on_reconfigure.append(reconfigure)
-
-    @web.middleware
-    async def reloadable(request: web.Request, handler: Handler) -> web.StreamResponse:
-        for middleware in reversed(current):  # as aiohttp chains them: outermost first
-            handler = partial(middleware, handler=handler)
-        return await handler(request)
-
-    return [access_middleware("admin", route=lambda _: "admin"), count_mint_failures, reloadable]
-
-
-def _bound(services: Services) -> list[Middleware]:
-    admin = services.config.admin
+    """The admin app's middlewares, outermost first. Each check reads its options from one
+    :class:`Guards`, bound at start and bound again on a reload (a new admin key, allowed
+    peers or mint rate apply at once) — never from the config per request."""
+    g = Guards(services)
     return [
-        errors(admin.max_body),
-        peer_check(admin.allowed_peers),
-        host_check(admin.listen),
+        access_middleware("admin", route=lambda _: "admin"),
+        count_mint_failures,
+        g.errors,
+        g.peer_check,
+        g.host_check,
         browser_check,
-        bearer_check(admin.key),
-        size_limit(admin.max_body),
-        mint_rate(services),
+        g.bearer_check,
+        g.size_limit,
+        g.mint_rate,
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    max_body: int
+    allowed_peers: tuple[Network, ...]
+    listen: HostPort
+    key: bytes = field(repr=False)
+    mint_bucket: str
+    mint_rate: RateLimit
+
+    @classmethod
+    def of(cls, admin: AdminConfig) -> _Options:
+        key = admin.key.reveal().encode()
+        return cls(
+            max_body=admin.max_body,
+            allowed_peers=admin.allowed_peers,
+            listen=admin.listen,
+            key=key,
+            # One admin key today; keyed by a hash so a rotated key starts a fresh window.
+            mint_bucket="admin-mint:" + hashlib.sha256(key).hexdigest()[:16],
+            mint_rate=admin.mint_rate,
+        )
 
 
 # The two minting APIs, and what each refusal status means for sidecar_mint_failures_total.
@@ -191,11 +201,20 @@ async def count_mint_failures(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-def errors(max_body: int) -> Middleware:
-    """Map what handlers raise to JSON errors; never a traceback in an answer."""
+class Guards:
+    """The admin checks that depend on options, bound once (and again on a reload)."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._options = _Options.of(services.config.admin)
+        services.on_reconfigure.append(self.configure)
+
+    def configure(self, config: Config) -> None:
+        self._options = _Options.of(config.admin)
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Map what handlers raise to JSON errors; never a traceback in an answer."""
         try:
             return await handler(request)
         except RequestError as exc:
@@ -203,7 +222,7 @@ def errors(max_body: int) -> Middleware:
                 request, exc.status, exc.message, field=exc.field, error_code=exc.error_code
             )
         except web.HTTPRequestEntityTooLarge:
-            return _too_large(request, max_body)
+            return _too_large(request, self._options.max_body)
         except web.HTTPException as exc:
             if exc.status < 400 or exc.content_type == "application/json":
                 raise
@@ -217,49 +236,24 @@ def errors(max_body: int) -> Middleware:
             _LOG.exception("unhandled error during %s %s", request.method, request.path)
             return json_error(request, 500, "internal error", error_code=codes.UNEXPECTED_FAILURE)
 
-    return middleware
-
-
-def peer_check(allowed: tuple[Network, ...]) -> Middleware:
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not peer_allowed(request.remote, allowed):
+    async def peer_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not peer_allowed(request.remote, self._options.allowed_peers):
             _LOG.warning("refused admin request from a peer outside admin.allowed_peers")
             message = "this peer may not use the admin API"
             return json_error(request, 403, message, error_code=codes.PEER_NOT_ALLOWED)
         return await handler(request)
 
-    return middleware
-
-
-def host_check(listen: HostPort) -> Middleware:
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         host = request.headers.get(hdrs.HOST, "").strip().lower()
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        if host not in own_hosts(listen, sockname):
+        if host not in own_hosts(self._options.listen, sockname):
             return json_error(request, 421, "the Host header does not name the admin listener")
         return await handler(request)
 
-    return middleware
-
-
-@web.middleware
-async def browser_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # Backends never send Origin; browsers do on every cross-origin request, and
-    # Sec-Fetch-Site tells a page on another port of localhost ("same-site") from a backend.
-    fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
-    if hdrs.ORIGIN in request.headers or fetch_site not in ("none", "same-origin"):
-        message = "browser requests are refused by the admin API"
-        return json_error(request, 403, message, error_code=codes.BROWSER_REFUSED)
-    return await handler(request)
-
-
-def bearer_check(key: Secret) -> Middleware:
-    expected = key.reveal().encode()
-
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def bearer_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         given_headers = request.headers.getall(hdrs.AUTHORIZATION, ())
         if len(given_headers) > 1:
             # Which copy counts differs between proxies and servers: refuse, never pick one.
@@ -280,36 +274,29 @@ def bearer_check(key: Secret) -> Middleware:
                 "malformed Authorization header: expected Bearer <key>",
                 headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_request"'},
             )
+        expected = self._options.key
         # surrogateescape: aiohttp hands undecodable header bytes over as lone surrogates.
         given_bytes = given.encode("utf-8", "surrogateescape")
         if not expected or not hmac.compare_digest(given_bytes, expected):
             return json_error(request, 403, "wrong admin key")
         return await handler(request)
 
-    return middleware
-
-
-def size_limit(max_body: int) -> Middleware:
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def size_limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         length = request.content_length
+        max_body = self._options.max_body
         if length is not None and length > max_body:
             return _too_large(request, max_body)
         return await handler(request)
 
-    return middleware
-
-
-def mint_rate(services: Services) -> Middleware:
-    admin = services.config.admin
-    # One admin key today; keyed by a hash so a rotated key starts a fresh window.
-    bucket = "admin-mint:" + hashlib.sha256(admin.key.reveal().encode()).hexdigest()[:16]
-
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def mint_rate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == hdrs.METH_POST and request.path in MINT_PATHS:
+            options, services = self._options, self._services
             try:
-                await enforce(services.store, bucket, admin.mint_rate, services.clock())
+                await enforce(
+                    services.store, options.mint_bucket, options.mint_rate, services.clock()
+                )
             except RateLimited as exc:
                 return json_error(
                     request,
@@ -319,7 +306,16 @@ def mint_rate(services: Services) -> Middleware:
                 )
         return await handler(request)
 
-    return middleware
+
+@web.middleware
+async def browser_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Backends never send Origin; browsers do on every cross-origin request, and
+    # Sec-Fetch-Site tells a page on another port of localhost ("same-site") from a backend.
+    fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
+    if hdrs.ORIGIN in request.headers or fetch_site not in ("none", "same-origin"):
+        message = "browser requests are refused by the admin API"
+        return json_error(request, 403, message, error_code=codes.BROWSER_REFUSED)
+    return await handler(request)
 
 
 def _too_large(request: web.Request, max_body: int) -> web.Response:
