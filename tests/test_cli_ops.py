@@ -345,3 +345,25 @@ async def test_the_quick_start_works_from_a_second_shell(
             public + "/hello", headers={"Cookie": cookie, "Accept": "application/json"}
         ) as response:
             assert response.status == 401
+
+
+def test_admin_commands_need_only_the_admin_key_from_the_config(tmp_path: Path) -> None:
+    """The server may read its keyset from a variable this shell does not have."""
+    args = ("--upstream", "http://127.0.0.1:3000", "--public-url", "http://127.0.0.1:8080")
+    sidecar("init", "conf", *args, cwd=tmp_path)
+    (tmp_path / "conf" / "keyset.json").unlink()
+    result = sidecar(
+        "mint",
+        "--config",
+        "conf/sidecar.yaml",
+        "--admin-url",
+        "http://127.0.0.1:9",
+        "--user",
+        "u",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "cannot reach the admin port at http://127.0.0.1:9" in result.stderr
+    (tmp_path / "conf" / "admin.key").unlink()
+    result = sidecar("revoke", "--config", "conf/sidecar.yaml", "some-id", cwd=tmp_path)
+    assert "admin.key.file: cannot read" in result.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
 from sidecar.cli.base import CliError
-from sidecar.config import LINK_TYPES, Config, ConfigError, load_config
+from sidecar.config import LINK_TYPES, Config, ConfigError, read_config
 from sidecar.config.durations import parse_duration
 
 # The admin API's expireMeasure units, largest first: a lifetime is sent in the largest
@@ -189,7 +189,8 @@ class AdminClient:
         cfg: Config | None = None
         if args.config:
             try:
-                cfg = load_config(args.config)
+                # Only the admin key: the keyset may live where this shell cannot see it.
+                cfg = read_config(args.config, offline=True, read_secrets=("admin.key",)).config
             except ConfigError as exc:
                 raise CliError(str(exc)) from None
         if args.admin_key_file:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -91,9 +91,14 @@ def load_config(
 
 
 def read_config(
-    path: str | Path, env: Mapping[str, str] | None = None, *, offline: bool = False
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    offline: bool = False,
+    read_secrets: Collection[str] = (),
 ) -> LoadedConfig:
-    """:func:`load_config`, keeping the sources of the values."""
+    """:func:`load_config`, keeping the sources of the values. ``offline`` with
+    ``read_secrets`` (YAML paths such as ``"admin.key"``) reads those secrets only."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -101,7 +106,7 @@ def read_config(
     # Absolute (not resolved: a Kubernetes mount's ..data symlinks must keep working).
     base_dir = Path(os.path.abspath(path)).parent
     env = os.environ if env is None else env
-    return _parse(text, env=env, base_dir=base_dir, offline=offline)
+    return _parse(text, env=env, base_dir=base_dir, offline=offline, read_secrets=read_secrets)
 
 
 def parse_config(
@@ -110,14 +115,27 @@ def parse_config(
     return _parse(text, env=env, base_dir=base_dir, offline=offline).config
 
 
-def _parse(text: str, *, env: Mapping[str, str], base_dir: Path, offline: bool) -> LoadedConfig:
+def _parse(
+    text: str,
+    *,
+    env: Mapping[str, str],
+    base_dir: Path,
+    offline: bool,
+    read_secrets: Collection[str] = (),
+) -> LoadedConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"(file): not valid YAML{where}"]) from exc
-    r = Reader(raw if raw is not None else {}, env=env, base_dir=base_dir, offline=offline)
+    r = Reader(
+        raw if raw is not None else {},
+        env=env,
+        base_dir=base_dir,
+        offline=offline,
+        read_secrets=frozenset(read_secrets),
+    )
     cfg = _build(r)
     if r.errors or cfg is None:
         raise ConfigError(r.errors)

@@ -33,12 +33,14 @@ class Reader:
         env: Mapping[str, str],
         base_dir: Path,
         offline: bool = False,
+        read_secrets: frozenset[str] = frozenset(),
         origin: str = "file",
     ) -> None:
         self.errors: list[str] = []
         self.env = env
         self.base_dir = base_dir
         self.offline = offline
+        self.read_secrets = read_secrets  # read even offline
         self.origin = origin
         #: YAML path -> where its value came from (``origin`` or ``env NAME``), for every
         #: option that was given rather than defaulted.
@@ -350,7 +352,7 @@ class Reader:
             if file is not None and var is not None:
                 self.reader.error(path, f"give exactly one of file: or env: for the {what}")
                 return None
-            if self.reader.offline:
+            if self.reader.offline and path not in self.reader.read_secrets:
                 return None
             if file is not None:
                 target = self.reader.base_dir / file
