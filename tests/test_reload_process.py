@@ -176,13 +176,20 @@ async def test_a_rewritten_keyset_file_is_picked_up_without_a_signal(tmp_path: P
 
         # The admin key file is a secret file too: a new key works at once, the old one not.
         new_key = "rotated-admin-key-" + "x" * 32
-        (served.state / "admin.key").write_text(new_key)
+        staged = served.state / ".admin.key.new"
+        staged.write_text(new_key)
+        staged.rename(served.state / "admin.key")  # whole, as a Secret update lands
         await eventually(lambda: _admin_status(http, served, served.admin_key, 403))
-        assert messages(served)[-1] == (
+        expected = (
             "info",
             f"reload (secret file changed: {served.state / 'keyset.json'}, "
             f"{served.state / 'admin.key'}): changed admin.key (replaced)",
         )
+
+        async def reload_logged() -> bool:  # log lines reach the file a moment later
+            return expected in messages(served)
+
+        await eventually(reload_logged)
         assert await _admin_status(http, served, new_key, 200)
 
 
