@@ -15,6 +15,7 @@ tests/test_forward_auth.py.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
@@ -82,6 +83,12 @@ def test_traefik_middleware_uses_documented_fields() -> None:
     assert forward["address"].endswith(_sidecar_prefix() + "/auth")
     assert forward["trustForwardHeader"] is False, "Traefik must set X-Forwarded-* itself"
     assert sorted(forward["authResponseHeaders"]) == _role_headers()
+    # The regex (Go RE2; this one reads the same in Python) strips every spelling first.
+    spellings = re.compile(forward["authResponseHeadersRegex"])
+    for name in _role_headers():
+        for variant in (name, name.lower(), name.replace("-", "_"), name.replace("-", ".")):
+            assert spellings.search(variant), variant
+    assert not spellings.search("X-Forwarded-For")
     assert "Cookie" in forward["authRequestHeaders"]
     routers = doc["http"]["routers"]
     for name, router in routers.items():
@@ -111,6 +118,9 @@ def _envoy_hcm() -> dict[str, Any]:
 
 def test_envoy_filter_uses_documented_fields(tmp_path: Path) -> None:
     hcm = _envoy_hcm()
+    # config/core/v3/protocol.proto HttpProtocolOptions.HeadersWithUnderscoresAction
+    options = hcm["common_http_protocol_options"]
+    assert options == {"headers_with_underscores_action": "DROP_HEADER"}
     ext_authz = hcm["http_filters"][0]
     assert ext_authz["name"] == "envoy.filters.http.ext_authz"
     authz = ext_authz["typed_config"]
