@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TypedDict
@@ -20,7 +21,7 @@ from typing import TypedDict
 from aiohttp import web
 
 from sidecar.admin.api import build_admin_app
-from sidecar.config import Config, ConfigError, read_config
+from sidecar.config import Config, ConfigError, LoadedConfig, read_config
 from sidecar.reload import Reloader
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
@@ -31,7 +32,8 @@ from sidecar.telemetry import metrics
 from sidecar.tokens.codec import TokenCodec
 from sidecar.web.drain import Drain
 from sidecar.web.listener import ConnectionLimits, ListenerRunner, raise_fd_limit
-from sidecar.web.logsetup import configure_logging
+from sidecar.web.logsetup import configure_logging, set_levels
+from sidecar.web.loop import run_loop
 from sidecar.web.metrics import metrics_app
 
 _LOG = logging.getLogger("sidecar.app")
@@ -93,13 +95,15 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     reloader: Reloader | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Open the store, serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down.
 
     ``ready`` is set once every listener accepts connections. With a ``reloader``, SIGHUP
     and changed secret files reload the config (:mod:`sidecar.reload`); without one,
-    SIGHUP is logged and ignored. Raises :class:`ServeError` when a listener cannot start;
-    the store is closed on every path."""
+    SIGHUP is logged and ignored. ``reuse_port``: every listener binds with ``SO_REUSEPORT``
+    (the workers of :mod:`sidecar.workers` share the ports). Raises :class:`ServeError`
+    when a listener cannot start; the store is closed on every path."""
     # the proxy side imports the whole gateway
     from sidecar.proxy.gateway import PERSISTENCE, build_proxy_app
 
@@ -154,7 +158,8 @@ async def serve(
             await runner.setup()
             runners.append(runner)
             try:
-                await web.TCPSite(runner, listen.host, listen.port).start()
+                site = web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port or None)
+                await site.start()
             except OSError as exc:
                 raise ServeError(f"cannot listen on {listen} ({name}): {exc.strerror}") from None
             for address in runner.addresses:
@@ -225,30 +230,92 @@ def listener_options(cfg: Config) -> ListenerOptions:
     }
 
 
-def run(config_path: str | Path) -> int:
-    """Load the config and serve until a signal; returns the process exit code."""
+def run(config_path: str | Path, workers: int = 1) -> int:
+    """Load the config and serve until a signal; returns the process exit code. With
+    ``workers`` above 1, that many processes serve on the same ports (:mod:`sidecar.workers`;
+    the caller sets up :func:`~sidecar.workers.shared_metrics_dir` before importing this
+    module, as ``sidecar serve`` does)."""
+    if workers > 1:
+        from sidecar.workers import Supervisor
+
+        if not metrics.MULTIPROCESS:
+            # Each worker would show only its own figures.
+            raise RuntimeError("workers need PROMETHEUS_MULTIPROC_DIR set before start-up")
+        shared = _load(config_path)
+        if shared is None:
+            return 1
+        configure_logging(shared.config.log_level, access=shared.config.access_log)
+
+        def worker(on_ready: Callable[[], None]) -> int:
+            # A worker started again after a reload reads the file as it is now.
+            try:
+                loaded = read_config(config_path)
+            except ConfigError as exc:
+                _LOG.warning(
+                    "%s is invalid now (%s); this worker starts with the config read at start-up",
+                    config_path,
+                    "; ".join(exc.errors),
+                )
+                loaded = shared
+            return _serve_loaded(config_path, loaded, reuse_port=True, on_ready=on_ready)
+
+        return Supervisor(workers, worker, shared.config.grace_period).run()
+    loaded = _load(config_path)
+    if loaded is None:
+        return 1
+    configure_logging(loaded.config.log_level, access=loaded.config.access_log)
+    return _serve_loaded(config_path, loaded)
+
+
+def _load(config_path: str | Path) -> LoadedConfig | None:
     try:
-        loaded = read_config(config_path)
+        return read_config(config_path)
     except ConfigError as exc:
         print(f"{config_path}: invalid configuration", file=sys.stderr)
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
-        return 1
-    config = loaded.config
-    configure_logging(config.log_level)
+        return None
+
+
+def _serve_loaded(
+    config_path: str | Path,
+    loaded: LoadedConfig,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
     try:
-        services = build_services(config)
+        services = build_services(loaded.config)
         reloader = Reloader(config_path, loaded, partial(_apply, services))
-        asyncio.run(serve(services, reloader=reloader))
+        run_loop(_serve_then(services, reloader, reuse_port, on_ready))
     except ServeError as exc:
         _LOG.error("%s", exc)
         return 1
     return 0
 
 
+async def _serve_then(
+    services: Services,
+    reloader: Reloader,
+    reuse_port: bool,
+    on_ready: Callable[[], None] | None,
+) -> None:
+    ready = asyncio.Event()
+    serving = asyncio.create_task(
+        serve(services, ready=ready, reloader=reloader, reuse_port=reuse_port)
+    )
+    if on_ready is not None:
+        listening = asyncio.create_task(ready.wait())
+        await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            on_ready()
+        listening.cancel()
+    await serving
+
+
 def _apply(services: Services, config: Config) -> None:
     services.reconfigure(config)
-    logging.getLogger().setLevel(config.log_level.upper())
+    set_levels(config.log_level, access=config.access_log)
 
 
 def _on_sighup(reloader: Reloader | None) -> None:

@@ -59,6 +59,7 @@ _YAML_NAMES = {
     "max_expiry": "tokens.max_expiry",
     "metrics_listen": "metrics.listen",
     "log_level": "logging.level",
+    "access_log": "logging.access",
     "grace_period": "shutdown.grace_period",
     "watch_interval": "reload.watch_interval",
 }

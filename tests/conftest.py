@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,3 +142,14 @@ async def upstream() -> AsyncIterator[Upstream]:
     """A recording upstream on a free loopback port (:mod:`tests.harness.upstream`)."""
     async with running_upstream() as up:
         yield up
+
+
+if os.environ.get("SIDECAR_TEST_UVLOOP") == "1":
+    import uvloop
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        """``SIDECAR_TEST_UVLOOP=1``: in-process servers and clients run on uvloop, as
+        ``sidecar serve`` does when it is installed (asyncio's loop otherwise)."""
+        return {"uvloop": uvloop.new_event_loop}

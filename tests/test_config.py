@@ -380,3 +380,12 @@ def test_an_exposed_admin_port_cannot_even_be_built() -> None:
     local = _admin("::1", allow_non_loopback=False)
     with pytest.raises(InvalidField):
         dataclasses.replace(local, listen=exposed.listen)
+
+
+def test_logging_access_is_on_by_default_and_a_boolean(tmp_path: Path) -> None:
+    assert build_config(tmp_path).access_log is True
+    off = build_config(tmp_path, config_doc(logging={"access": False}))
+    assert off.access_log is False
+    assert errors_of(tmp_path, config_doc(logging={"access": "no"})) == [
+        "logging.access: got 'no', expected true or false"
+    ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import re
 import signal
@@ -23,6 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
+from sidecar.telemetry.audit import ACCESS, AUDIT
+from sidecar.web.logsetup import set_levels
 from tests.harness import Upstream, running_upstream
 from tests.serve_process import Served, running_serve
 
@@ -258,3 +261,18 @@ async def test_access_remote_is_the_real_client_behind_a_trusted_proxy(
             await served.proc.wait()
     (line,) = [json.loads(x) for x in served.logs() if "req-remote" in x]
     assert line["remote"] == remote
+
+
+def test_logging_access_false_silences_access_lines_only() -> None:
+    """``logging.access: false``: no access line, and the other loggers keep the level."""
+    root = logging.getLogger()
+    level = root.level
+    try:
+        set_levels("info", access=False)
+        assert not ACCESS.isEnabledFor(logging.INFO)
+        assert AUDIT.isEnabledFor(logging.INFO)
+        set_levels("info", access=True)
+        assert ACCESS.isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(level)
+        ACCESS.setLevel(logging.NOTSET)

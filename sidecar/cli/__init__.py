@@ -19,12 +19,30 @@ __all__ = ["COMMANDS", "CliError", "Command", "build_parser", "main"]
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, metavar="FILE", help="the YAML config")
+    p.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="serving processes sharing the ports (SO_REUSEPORT) under one supervisor; "
+        "auto: one per core (default 1: a single process, no supervisor)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sidecar.app import run  # imports the whole server only when serving
+    from sidecar.workers import parse_workers, shared_metrics_dir
 
-    return run(args.config)
+    try:
+        workers = parse_workers(args.workers)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if workers == 1:
+        from sidecar.app import run  # imports the whole server only when serving
+
+        return run(args.config)
+    with shared_metrics_dir():  # set before anything imports prometheus-client
+        from sidecar.app import run
+
+        return run(args.config, workers)
 
 
 COMMANDS: list[Command] = [

@@ -266,6 +266,7 @@ def _build(r: Reader) -> Config | None:
     metrics = root.section("metrics")
     metrics_listen = metrics.optional_hostport("listen")
     log_level = root.choice("logging.level", ("debug", "info", "warning", "error"), "info")
+    access_log = root.boolean("logging.access", True)
     grace = root.duration("shutdown.grace_period", 30.0, at_most=3600.0)
     pages: dict[str, str] = {}
     pages_dir = root.optional_string("pages.dir")
@@ -294,6 +295,7 @@ def _build(r: Reader) -> Config | None:
         links=links,
         metrics_listen=metrics_listen,
         log_level=log_level,
+        access_log=access_log,
         grace_period=grace,
         pages=MappingProxyType(pages),
         watch_interval=watch_interval,

@@ -122,6 +122,7 @@ class Config:
     links: LinksConfig
     metrics_listen: HostPort | None
     log_level: str
+    access_log: bool  # logging.access: one JSON line per request
     grace_period: float
     # pages.dir: page name -> the operator's template (sidecar.config.pages); empty: built-in.
     pages: Mapping[str, str]

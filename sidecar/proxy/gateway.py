@@ -32,6 +32,7 @@ from sidecar.proxy.forward_auth import ForwardAuth
 from sidecar.proxy.headers import HeaderPolicy
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
 from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
+from sidecar.proxy.router import proxy_application
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
@@ -62,7 +63,7 @@ def build_proxy_app(services: Services) -> web.Application:
         return "page" if request.path.startswith(prefix) else "proxied"
 
     access = access_middleware("proxy", route=route, client=clients.of)
-    app = web.Application(middlewares=[access, header_limits(limit)])
+    app, router = proxy_application(middlewares=[access, header_limits(limit)])
     app.on_response_prepare.append(own_answer_headers)
     app[SERVICES] = services
     sessions = SessionManager(services)
@@ -77,7 +78,6 @@ def build_proxy_app(services: Services) -> web.Application:
     gateway = Gateway(services, sessions, forwarder, redeemer)
     app[PERSISTENCE] = gateway.persistence
     prefix = services.config.proxy.prefix
-    router = app.router
     router.add_route("*", prefix + "/logout", gateway.logout)
     router.add_route("*", prefix + "/signed-out", gateway.signed_out)
     router.add_route("*", prefix + "/session", gateway.session)
@@ -96,7 +96,7 @@ def build_proxy_app(services: Services) -> web.Application:
 
     services.on_reconfigure.append(reconfigure)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
-    router.add_route("*", "/{tail:.*}", gateway.proxy)
+    router.add_catch_all(gateway.proxy)
     return app
 
 

@@ -53,6 +53,23 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+def direct_sink(logger: logging.Logger) -> LoopBatchedHandler | None:
+    """The one :class:`LoopBatchedHandler` every record of ``logger`` ends in, if that is
+    all that would happen to an INFO record: no handler, filter or level of its own on the
+    way but the root's. Then a finished line can go straight to it, skipping the
+    ``LogRecord``; with anything else installed (a test's capture, an operator's handler)
+    records go through ``logging`` as usual."""
+    root = logging.getLogger()
+    if logger.handlers or logger.filters or not logger.propagate or len(root.handlers) != 1:
+        return None
+    handler = root.handlers[0]
+    if type(handler) is not LoopBatchedHandler or handler.filters or root.filters:
+        return None
+    if handler.level > logging.INFO:
+        return None
+    return handler
+
+
 class LoopBatchedHandler(logging.StreamHandler[TextIO]):
     """A stream handler that writes the lines of one event-loop iteration in one ``write``.
 
@@ -72,6 +89,10 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         except Exception:  # logging's contract: a bad record must not break the caller
             self.handleError(record)
             return
+        self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        """Queue one finished line (no ``LogRecord``: the access log's fast path)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -33,6 +33,8 @@ counter and histogram with a timestamp nobody graphs).
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -44,17 +46,29 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
+    multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
 
 from sidecar import __version__
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+# Under `sidecar serve --workers N` every worker writes its figures to files in this
+# directory (prometheus-client's multiprocess mode) and a scrape of any worker reports them
+# all; the process and GC collectors, which would describe the scraped worker alone, are
+# left out then.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+if MULTIPROCESS:
+    multiprocess.MultiProcessCollector(REGISTRY)  # type: ignore[no-untyped-call]
+    _OWN: CollectorRegistry | None = None  # the metrics below are read from the files
+else:
+    ProcessCollector(registry=REGISTRY)
+    PlatformCollector(registry=REGISTRY)
+    GCCollector(registry=REGISTRY)
+    _OWN = REGISTRY
 
+LIVE_EVERY = 1.0  # seconds between a worker's writes of the live gauges
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 
@@ -62,7 +76,7 @@ REQUESTS = Counter(
     "sidecar_requests",
     "HTTP requests answered, by listener and status code.",
     ("listener", "status"),
-    registry=REGISTRY,
+    registry=_OWN,
 )
 REQUEST_SECONDS = Histogram(
     "sidecar_request_duration_seconds",
@@ -70,58 +84,65 @@ REQUEST_SECONDS = Histogram(
     "redeem, verify, page (the sidecar's own pages and endpoints), admin.",
     ("route",),
     buckets=_LATENCY_BUCKETS,
-    registry=REGISTRY,
+    registry=_OWN,
 )
 REDEMPTIONS = Counter(
     "sidecar_redemptions",
     "Link redemptions, by outcome: success, or the failure reason (used, expired, tampered, ...).",
     ("outcome",),
-    registry=REGISTRY,
+    registry=_OWN,
 )
 MINTS = Counter(
     "sidecar_mints",
     "Links minted, by kind: refer, or the auth link type (magiclink, signup, ...).",
     ("kind",),
-    registry=REGISTRY,
+    registry=_OWN,
 )
 MINT_FAILURES = Counter(
     "sidecar_mint_failures",
     "Mints refused, by API (referstring, generate_link) and reason (invalid_request, "
     "rate_limited, user_exists, store_unavailable, ...).",
     ("api", "reason"),
-    registry=REGISTRY,
+    registry=_OWN,
 )
 STORE_UP = Gauge(
     "sidecar_store_up",
     "1 while the store answered its last call, 0 after a call it did not answer.",
-    registry=REGISTRY,
+    registry=_OWN,
+    multiprocess_mode="mostrecent",
 )
 UPSTREAM_SECONDS = Histogram(
     "sidecar_upstream_seconds",
     "Time from sending a request upstream to receiving its response headers.",
     buckets=_LATENCY_BUCKETS,
-    registry=REGISTRY,
+    registry=_OWN,
 )
 STORE_SECONDS = Histogram(
     "sidecar_store_seconds",
     "Latency of store operations, by Store method.",
     ("op",),
     buckets=_STORE_BUCKETS,
-    registry=REGISTRY,
+    registry=_OWN,
 )
 
 IN_FLIGHT = Gauge(
     "sidecar_requests_in_flight",
     "Requests being handled now, every listener.",
-    registry=REGISTRY,
+    registry=_OWN,
+    multiprocess_mode="livesum",
 )
 CONNECTIONS = Gauge(
     "sidecar_client_connections",
     "Client connections open now, every listener (idle keep-alive ones included).",
-    registry=REGISTRY,
+    registry=_OWN,
+    multiprocess_mode="livesum",
 )
 BUILD_INFO = Gauge(
-    "sidecar_build_info", "Always 1; the version is the label.", ("version",), registry=REGISTRY
+    "sidecar_build_info",
+    "Always 1; the version is the label.",
+    ("version",),
+    registry=_OWN,
+    multiprocess_mode="max",
 )
 BUILD_INFO.labels(__version__).set(1)
 
@@ -166,9 +187,22 @@ def observe_store(op: str, seconds: float) -> None:
 
 
 def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> None:
-    """Read the two live gauges from the running server when scraped (nothing per request)."""
-    IN_FLIGHT.set_function(in_flight)
-    CONNECTIONS.set_function(connections)
+    """Read the two live gauges from the running server when scraped (nothing per request).
+
+    Under workers a scrape cannot call into the other processes: each worker writes its
+    own figures every :data:`LIVE_EVERY` seconds instead (call this inside the loop)."""
+    if not MULTIPROCESS:
+        IN_FLIGHT.set_function(in_flight)
+        CONNECTIONS.set_function(connections)
+        return
+    loop = asyncio.get_running_loop()
+
+    def write() -> None:
+        IN_FLIGHT.set(in_flight())
+        CONNECTIONS.set(connections())
+        loop.call_later(LIVE_EVERY, write)
+
+    write()
 
 
 def render(accept: str = "") -> tuple[bytes, str]:

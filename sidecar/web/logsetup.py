@@ -8,7 +8,7 @@ from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from sidecar.telemetry.audit import JsonLineFormatter, LoopBatchedHandler
+from sidecar.telemetry.audit import ACCESS, JsonLineFormatter, LoopBatchedHandler
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -37,13 +37,22 @@ def _reason(exc: HttpProcessingError) -> str:
     return first.strip().rstrip(":")[:120]
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """One JSON line per record on ``stream`` (stderr by default), at ``level`` and above."""
+def configure_logging(
+    level: str = "info", stream: TextIO | None = None, *, access: bool = True
+) -> None:
+    """One JSON line per record on ``stream`` (stderr by default), at ``level`` and above;
+    ``access=False`` turns off the access lines (``logging.access``)."""
     handler = LoopBatchedHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_levels(level, access=access)
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
         server.addFilter(MalformedRequestFilter())
+
+
+def set_levels(level: str, *, access: bool) -> None:
+    """The root logger at ``level``; the access log at the same level, or off."""
+    logging.getLogger().setLevel(level.upper())
+    ACCESS.setLevel(logging.NOTSET if access else logging.CRITICAL + 1)
