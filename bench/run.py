@@ -40,6 +40,8 @@ from bench.target import COOKIE, Sidecar, session_cookie, sqlite_url, start_side
 LAYOUTS = {
     "A": "sidecar/nginx + upstream on core 0, load generator on core 1",
     "C": "sidecar/nginx alone on core 0, upstream + load generator on core 1",
+    "W": "nothing pinned: the proxy's workers, the upstream and the load generator share "
+    "both cores (sidecar --workers 1 and 2; nginx with its 1 worker)",
 }
 
 
@@ -146,6 +148,34 @@ def run(settings: Settings, note: str, log: Log) -> Results:
                 duration=4,
             )
             results.profile = profile_proxied(sc.pid, spec, [c1], seconds=3)
+
+        log(f"workers: 1 and 2, nothing pinned: {settings.trials} x 4 runs")
+        sc2 = start_sidecar(
+            work,
+            name="sidecar-2-workers",
+            upstream_port=upstream.port,
+            store_url=sqlite_url(work / "sidecar.db"),  # the same store: the cookie works
+            cores=None,
+            workers=2,
+        )
+        kids.append(sc2.child)
+        everywhere = [c0, c1] if c0 != c1 else [c0]
+        pin([upstream.pid, sc.pid] + ([nginx.pid] if nginx else []), everywhere)
+        results.proxied["W"] = proxied(
+            [
+                ProxyTarget("direct", upstream.port, upstream.pid),
+                ProxyTarget("sidecar", sc.proxy_port, sc.pid),
+                ProxyTarget("sidecar, 2 workers", sc2.proxy_port, sc2.pid),
+                *([ProxyTarget("nginx", nginx.port, nginx.pid)] if nginx else []),
+            ],
+            cookie,
+            load_cores=everywhere,
+            trials=settings.trials,
+            duration=settings.duration,
+            warmup=settings.warmup,
+        )
+        _stop(sc2.child, kids)
+        pin([sc.pid], [c0])
 
         log("mints through the admin port")
         results.mints = mints(

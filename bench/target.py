@@ -91,8 +91,11 @@ def start_sidecar(
     cores: Sequence[int] | None,
     log_level: str = "info",
     trusted_proxies: Sequence[str] = (),
+    workers: int = 1,
 ) -> Sidecar:
-    """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``."""
+    """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``
+    (``--workers workers``: ``pid`` is then the supervisor's, and the CPU figures, summed
+    over the process tree, include every worker)."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     (home / "keyset.json").write_text(generate_keyset().to_json())
@@ -111,7 +114,7 @@ def start_sidecar(
             trusted=", ".join(trusted_proxies),
         )
     )
-    argv = [PYTHON, "-m", "sidecar", "serve", "--config", str(config)]
+    argv = [PYTHON, "-m", "sidecar", "serve", "--config", str(config), "--workers", str(workers)]
     child = spawn(name, argv, logdir=workdir, cores=cores, cwd=home)
     wait_port(child, admin_port)
     wait_port(child, proxy_port)

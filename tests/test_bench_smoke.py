@@ -57,6 +57,10 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
             _measure_ok(proxied[name])
             if name != "direct":
                 assert proxied[name]["ratio"] > 0
+    workers = doc["proxied"]["W"]  # nothing pinned: 1 and 2 workers side by side
+    assert sorted(workers) == sorted([*names, "sidecar, 2 workers"])
+    for name in workers:
+        _measure_ok(workers[name])
     _measure_ok(doc["mints"])
     for store in ("sqlite", "redis"):
         _measure_ok(doc["redemptions"][store])
@@ -67,8 +71,16 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert memory["connections_open"] == memory["connections"] > 0
     mib = ("idle_mib", "after_mib", "peak_mib", "upstream_idle_mib", "upstream_after_mib")
     assert all(v > 0 for v in _numbers(memory, *mib))
-    assert len(doc["targets"]) == 7
-    assert all(t["value"] is not None for t in doc["targets"]), doc["targets"]
+    assert len(doc["targets"]) == 8
+    # Without nginx, the two rows measured against it have nothing to divide by.
+    against_nginx = [t for t in doc["targets"] if "nginx's" in t["name"]]
+    assert len(against_nginx) == 2
+    expected = (
+        doc["targets"]
+        if doc["meta"]["nginx"]
+        else [t for t in doc["targets"] if t not in against_nginx]
+    )
+    assert all(t["value"] is not None for t in expected), doc["targets"]
 
     markdown = (tmp_path / "benchmarks.md").read_text()
     for target in doc["targets"]:
