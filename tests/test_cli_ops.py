@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from tests.upstream import Upstream, running_upstream
 
 from sidecar import __version__
 from sidecar.cli import build_parser

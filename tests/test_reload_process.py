@@ -21,7 +21,6 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from tests.upstream import Upstream, running_upstream
 
 from sidecar.tokens.keys import generate_keyset, parse_keyset
 from tests.harness import Upstream, running_upstream

@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from tests.upstream import Upstream, running_upstream
 
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Browser
 from tests.conftest import skip_or_fail
