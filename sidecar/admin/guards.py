@@ -17,6 +17,7 @@ admin key or traceback reaches a response or a log line.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -101,6 +102,7 @@ def json_error(
     return admin_error(status, message, field=field, error_code=error_code, headers=headers)
 
 
+@functools.lru_cache(maxsize=1024)  # every admin request asks; the answers repeat
 def peer_allowed(remote: str | None, allowed: tuple[Network, ...]) -> bool:
     """Loopback peers always; others only inside ``admin.allowed_peers``; non-IP peers never."""
     try:

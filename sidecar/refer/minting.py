@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
 from sidecar.config import Config, RoleConfig
@@ -119,7 +119,7 @@ def refer_url(public_url: str, token: str, module: str | None) -> str:
 
 
 def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _user_id(value: object) -> str:

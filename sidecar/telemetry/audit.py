@@ -32,7 +32,14 @@ def audit(event: str, **fields: Field) -> None:
         request_id = current_request_id()
         if request_id is not None and "request_id" not in doc:
             doc["request_id"] = request_id
-        AUDIT.info(json.dumps(doc))
+        line = json.dumps(doc)
+        # As the access log does: no LogRecord (and no caller lookup) when nothing but the
+        # batched handler would see the line.
+        sink = direct_sink(AUDIT)
+        if sink is not None:
+            sink.write_line(line)
+        else:
+            AUDIT.handle(AUDIT.makeRecord(AUDIT.name, logging.INFO, "", 0, line, (), None))
 
 
 class JsonLineFormatter(logging.Formatter):
