@@ -82,6 +82,12 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     )
     assert all(t["value"] is not None for t in expected), doc["targets"]
 
+    from bench.compare import ROWS, table
+
+    rows = table(doc, doc).splitlines()[2:]  # the run against itself: every row filled in
+    assert len(rows) == len(ROWS)
+    assert not [row for row in rows if "| — |" in row and doc["meta"]["nginx"]], rows
+
     markdown = (tmp_path / "benchmarks.md").read_text()
     for target in doc["targets"]:
         assert target["name"] in markdown
