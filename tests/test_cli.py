@@ -381,6 +381,7 @@ async def test_serve_mints_proxies_and_shuts_down_gracefully(tmp_path: Path) -> 
             "upstream": str(upstream.make_url("")).rstrip("/"),
             "unauthenticated": "pass",
             "max_header_size": "1KiB",
+            "allowed_hosts": ["127.0.0.1"],
         },
         admin={"key": {"env": "SIDECAR_ADMIN_KEY"}, "listen": "127.0.0.1:0"},
         store={"url": "sqlite:///" + str(tmp_path / "store.db")},

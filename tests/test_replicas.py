@@ -89,7 +89,11 @@ async def replicas(
         "public_url": "http://app.test",
         "keys": {"file": "keyset.json"},
         "admin": {"listen": "127.0.0.1:0", "key": {"file": "admin.key"}},
-        "proxy": {"listen": "127.0.0.1:0", "upstream": upstream.url},
+        "proxy": {
+            "listen": "127.0.0.1:0",
+            "upstream": upstream.url,
+            "allowed_hosts": ["127.0.0.1"],
+        },
         "session": {"cookie_secure": False, "cache_ttl": f"{int(CACHE_TTL * 1000)}ms"},
         "store": {"url": redis_url, "key_prefix": f"replicas-{uuid.uuid4().hex[:8]}:"},
         "roles": {"Authenticated": {}},

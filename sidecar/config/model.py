@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +36,8 @@ from sidecar.config.reader import Reader
 from sidecar.config.store import read_store
 from sidecar.config.values import InvalidField, Secret
 from sidecar.links.redirects import RedirectPatternError, compile_pattern
+from sidecar.proxy.origins import parse_host, parse_origin
+from sidecar.proxy.strip import DEFAULT_STRIP_HEADERS, check_strip_name
 from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
 from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
@@ -198,6 +200,9 @@ def _build(r: Reader) -> Config | None:
         request_head_timeout=px.duration("request_head_timeout", 10.0, at_most=300.0),
         keepalive_timeout=px.duration("keepalive_timeout", 75.0, at_most=3600.0),
         max_client_connections=px.integer("max_client_connections", 4096, low=1, high=1_000_000),
+        allowed_hosts=_checked(px, "allowed_hosts", parse_host),
+        allowed_origins=_checked(px, "allowed_origins", parse_origin),
+        strip_headers=DEFAULT_STRIP_HEADERS + _checked(px, "strip_headers", check_strip_name),
     )
 
     se = root.section("session")
@@ -300,6 +305,17 @@ def _build(r: Reader) -> Config | None:
         pages=MappingProxyType(pages),
         watch_interval=watch_interval,
     )
+
+
+def _checked(node: Reader.Node, key: str, parse: Callable[[str], str]) -> tuple[str, ...]:
+    """A list of strings, each normalised by ``parse`` (a ValueError names the item)."""
+    out: list[str] = []
+    for i, item in enumerate(node.strings(key, ())):
+        try:
+            out.append(parse(item))
+        except ValueError as exc:
+            node.error(f"{key}[{i}]", str(exc))
+    return tuple(out)
 
 
 def _roles(root: Reader.Node, max_expiry: float) -> dict[str, RoleConfig]:

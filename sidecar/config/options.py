@@ -75,6 +75,9 @@ class ProxyConfig:
     request_head_timeout: float
     keepalive_timeout: float
     max_client_connections: int
+    allowed_hosts: tuple[str, ...]
+    allowed_origins: tuple[str, ...]
+    strip_headers: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,8 @@ MESSAGES = {
     "bad_gateway": "The application is not reachable right now. Try again in a moment.",
     "gateway_timeout": "The application took too long to answer. Try again in a moment.",
     "not_found": "There is nothing here.",
+    "misdirected": "This address is not served here.",
+    "cross_origin": "This request came from another site and was refused.",
     "method_not_allowed": "This method is not allowed here.",
     # auth links (sidecar.links.verify)
     "invalid_otp": "The code is wrong or has expired. Check it, or ask for a new one.",

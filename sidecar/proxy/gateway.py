@@ -30,6 +30,7 @@ from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.forward_auth import ForwardAuth
 from sidecar.proxy.headers import HeaderPolicy
+from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
 from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
 from sidecar.proxy.router import proxy_application
@@ -63,7 +64,17 @@ def build_proxy_app(services: Services) -> web.Application:
         return "page" if request.path.startswith(prefix) else "proxied"
 
     access = access_middleware("proxy", route=route, client=clients.of)
-    app, router = proxy_application(middlewares=[access, header_limits(limit)])
+    public = PublicOrigin(
+        services.config.public_url,
+        services.config.proxy.allowed_hosts,
+        services.config.proxy.allowed_origins,
+    )
+    # Probes (kubelet sends the pod IP as Host) and the ingress's forward-auth sub-requests
+    # (answered to the ingress, never forwarded) may name any host.
+    any_host = {prefix + "/healthz", prefix + "/readyz", prefix + "/auth"}
+    envoy_prefix = services.config.forward_auth.envoy_path_prefix
+    checked = host_check(public, clients, frozenset(any_host), envoy_prefix)
+    app, router = proxy_application(middlewares=[access, checked, header_limits(limit)])
     app.on_response_prepare.append(own_answer_headers)
     app[SERVICES] = services
     sessions = SessionManager(services)
@@ -75,7 +86,7 @@ def build_proxy_app(services: Services) -> web.Application:
     failures = FailedRedemptions(services, clients)
     app[FAILED_REDEMPTIONS] = failures
     redeemer = Redeemer(services, sessions, clients, failures)
-    gateway = Gateway(services, sessions, forwarder, redeemer)
+    gateway = Gateway(services, sessions, forwarder, redeemer, public)
     app[PERSISTENCE] = gateway.persistence
     prefix = services.config.proxy.prefix
     router.add_route("*", prefix + "/logout", gateway.logout)
@@ -109,8 +120,10 @@ class Gateway:
         sessions: SessionManager,
         forwarder: Forwarder,
         redeemer: Redeemer,
+        public: PublicOrigin,
     ) -> None:
         cfg = services.config
+        self._public_origin = public
         self._services = services
         self._sessions = sessions
         self._forwarder = forwarder
@@ -146,6 +159,12 @@ class Gateway:
         if cut >= 0 and has_refer(request):
             return await self._redeemer.redeem(request)
         websocket = _is_websocket(request)
+        if websocket and not self._public_origin.websocket_origin_allowed(
+            request.headers.get(hdrs.ORIGIN)
+        ):
+            # Cross-site WebSocket hijacking: a page elsewhere opening a socket that the
+            # browser authenticates with our cookie. Browsers always send Origin here.
+            return pages.failure(request, 403, "cross_origin")
         cookies = self._sessions.cookies(request)  # read once: the session and the upstream
         if self._public and path.matched_by(self._public):
             return await self._send(request, cookies, (), websocket)
@@ -206,6 +225,12 @@ class Gateway:
             return pages.logout_page(request)
         if request.method != hdrs.METH_POST:
             return pages.method_not_allowed(request, "GET, HEAD, POST")
+        if not self._public_origin.same_origin(
+            request.headers.get(hdrs.ORIGIN), request.headers.get("Sec-Fetch-Site")
+        ):
+            # A page elsewhere (a sibling subdomain is "same-site": SameSite=Lax still sends
+            # the cookie) must not sign the user out.
+            return pages.failure(request, 403, "cross_origin")
         try:
             record = await self._sessions.end(request)
         except StoreUnavailable:
@@ -283,6 +308,33 @@ def safe_return_path(request: web.BaseRequest, default: str = "/") -> str:
         if value is not None:
             return value if _SAFE_RETURN.fullmatch(value) else "/"
     return default
+
+
+def host_check(
+    public: PublicOrigin,
+    clients: ClientAddresses,
+    any_host: frozenset[str],
+    envoy_prefix: str | None,
+) -> Middleware:
+    """421 for a ``Host`` that is not the public one (:class:`PublicOrigin`), and for a
+    trusted proxy's ``X-Forwarded-Host`` that is not either: the upstream builds links from
+    them. ``any_host`` paths (probes, forward-auth) are exempt."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path in any_host or (envoy_prefix is not None and path.startswith(envoy_prefix + "/")):
+            return await handler(request)
+        hosts = request.headers.getall(hdrs.HOST, ())
+        ok = len(hosts) <= 1 and public.host_allowed(hosts[0] if hosts else None)
+        if ok and clients.trusts(request.remote):
+            for value in request.headers.getall(hdrs.X_FORWARDED_HOST, ()):
+                ok = ok and all(public.host_allowed(h) for h in value.split(","))
+        if not ok:
+            return pages.failure(request, 421, "misdirected")
+        return await handler(request)
+
+    return middleware
 
 
 def header_limits(limit: int) -> Middleware:

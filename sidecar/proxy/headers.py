@@ -5,6 +5,8 @@ Request headers sent upstream:
 * every client-supplied copy of an identity header is dropped, in any spelling
   (:func:`~sidecar.proxy.templates.canonical_header`: case and ``_``/``-``), then the session's
   rendered identity headers are added;
+* well-known identity, override and client-address headers the config does not inject
+  (:mod:`sidecar.proxy.strip`, plus ``proxy.strip_headers``) are dropped, in any spelling;
 * the sidecar's own cookie is cut out of ``Cookie`` (from the request's
   :class:`~sidecar.sessions.RequestCookies`, read once); other cookies pass unchanged;
 * hop-by-hop headers (RFC 9110 §7.6.1: ``Connection`` and every header it names,
@@ -35,6 +37,7 @@ from yarl import URL
 
 from sidecar.config import Config
 from sidecar.proxy.clientaddr import ClientAddresses
+from sidecar.proxy.strip import StripList
 from sidecar.proxy.templates import canonical_header
 from sidecar.sessions import RequestCookies
 from sidecar.telemetry.context import current_request_id
@@ -79,6 +82,7 @@ class HeaderPolicy:
     def __init__(self, config: Config, clients: ClientAddresses) -> None:
         self._own_cookie = config.session.cookie_name.lower()
         self._identity = config.identity_header_names
+        self._strip = StripList(config.proxy.strip_headers)
         self._clients = clients
         # Host when the client sent none (HTTP/1.0): the upstream's own authority.
         self._default_host = (URL(config.proxy.upstream).raw_authority or "").encode("idna")
@@ -91,6 +95,7 @@ class HeaderPolicy:
             action = Action.CONNECTION
         elif (
             canonical in self._identity
+            or canonical in self._strip
             or canonical in HOP_BY_HOP
             or canonical in ("expect", REQUEST_ID.lower())
             or canonical.startswith("sec-websocket-")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, Browser
+from tests.browser.sites import chromium  # noqa: F401  # the async fixture, for every module
 from tests.conftest import skip_or_fail
 
 

@@ -12,57 +12,16 @@ loopback names and dropped from any other http host.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
-from tests.conftest import skip_or_fail
+from tests.browser.chromium import TIMEOUT_MS, Browser
+from tests.browser.sites import sibling_host
 from tests.harness import Sidecar, running_sidecar
 from tests.security import casebook
 
 pytestmark = pytest.mark.browser
-Browser = Any
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        skip_or_fail("Playwright for Python is not installed (pip install playwright)")
-        raise
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-async def _sibling_host(cookies: list[str]) -> tuple[web.AppRunner, int]:
-    """``evil.site.localhost``: a page that sets ``cookies`` (raw Set-Cookie values)."""
-
-    async def toss(request: web.Request) -> web.Response:
-        response = web.Response(text="nothing to see")
-        for cookie in cookies:
-            response.headers.add("Set-Cookie", cookie)
-        return response
-
-    app = web.Application()
-    app.router.add_get("/", toss)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, runner.addresses[0][1]
 
 
 async def _visit(browser: Browser, sc: Sidecar, evil_port: int) -> tuple[int, list[str]]:
@@ -100,7 +59,7 @@ async def test_a_sibling_host_cannot_log_the_user_in_as_itself(
                 ("__Host-sidecar_session", "; Secure"),
             ]
         ]
-        runner, evil_port = await _sibling_host(tossed)
+        runner, evil_port = await sibling_host(tossed)
         try:
             status, users = await _visit(chromium, sc, evil_port)
         finally:

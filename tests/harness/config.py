@@ -58,7 +58,12 @@ def make_config(
         "public_url": "http://app.test",
         "keys": {"env": "SIDECAR_KEYSET"},
         "admin": {"key": {"env": "SIDECAR_ADMIN_KEY"}},
-        "proxy": {"upstream": upstream, "upstream_timeout": "500ms", **(proxy or {})},
+        "proxy": {
+            "upstream": upstream,
+            "upstream_timeout": "500ms",
+            "allowed_hosts": ["127.0.0.1"],  # the test clients' Host
+            **(proxy or {}),
+        },
         "session": {"cookie_secure": False},
         "store": {"url": f"sqlite:///{tmp}/sidecar.db"},
         "default_role": "Authenticated",
@@ -101,6 +106,8 @@ def config_doc(
             "public_paths": ["/favicon.ico", "/static/**"],
             "max_header_size": "8KiB",
             "failed_redeem_rate": "100000/5m",
+            # Tests reach the listener as 127.0.0.1:<port>; browsers use the public URL.
+            "allowed_hosts": ["127.0.0.1"],
         },
         "session": {"cookie_secure": False},
         "store": {"url": store_url},

@@ -26,6 +26,9 @@ CATEGORIES = (
     "connections",
     "leaks",
     "cookies",
+    "strip",
+    "hosts",
+    "origins",
 )
 
 TRIED: Counter[str] = Counter()

@@ -1,13 +1,15 @@
 """A real Flask/Werkzeug upstream for the path tests: ``/admin`` and ``/admin/<path:rest>``
 record every hit (the raw request target as Werkzeug's server received it); everything else
-is a catch-all. ``GET /__hits`` (asked directly, not through the sidecar) answers the record.
+is a catch-all; ``/reset-link`` answers the absolute link Flask builds from ``Host`` (what a
+password-reset mail would carry). ``GET /__hits`` (asked directly, not through the sidecar)
+answers the record.
 
 Run as ``python flask_app.py``: it serves on a free loopback port and prints the port.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, request, url_for
 from werkzeug.serving import make_server
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -22,6 +24,17 @@ def _target() -> str:
 @app.route("/__hits")
 def hits() -> Response:
     return jsonify(HITS)
+
+
+@app.route("/reset-link")
+def reset_link() -> str:
+    # What a password-reset mail would carry: built from the request's Host.
+    return url_for("reset", token="t", _external=True)
+
+
+@app.route("/reset")
+def reset() -> str:
+    return "reset form"
 
 
 @app.route("/admin", defaults={"rest": ""}, methods=METHODS)
