@@ -18,8 +18,8 @@ from aiohttp import web
 
 from tests.browser.chromium import TIMEOUT_MS, Browser, Page
 from tests.browser.sites import sibling_host
-from tests.security import casebook
 from tests.harness import Sidecar, Upstream, running_sidecar
+from tests.security import casebook
 
 pytestmark = pytest.mark.browser
 OVERRIDES: dict[str, object] = {"session": {"cookie_secure": True}}
@@ -105,7 +105,7 @@ async def test_a_sibling_page_cannot_open_a_socket_as_the_user(
             own = await _title(page)
         finally:
             await _cleanup(runner.cleanup(), page.context.close())
-        upgrades = [r for r in sc.upstream.requests if r.header_values("Upgrade") == ["websocket"]]
+        upgrades = [r for r in sc.upstream.requests if r.values("Upgrade") == ["websocket"]]
         casebook.record("origins", through=int(hijack.startswith("got:")))
         assert hijack.startswith("closed:"), hijack
         assert own == "got:alice"

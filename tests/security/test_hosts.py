@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.harness import Sidecar, raw_http, running_sidecar
 from tests.security import casebook
 from tests.security.frameworks import Framework, running_framework
-from tests.harness import Sidecar, raw_http, running_sidecar
 from tests.security.test_real_upstreams import _External
 
 FOREIGN = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.security import casebook
 from tests.harness import Sidecar, raw_http, running_sidecar
+from tests.security import casebook
 
 FOREIGN_ORIGINS = [
     "https://evil.example",
@@ -39,7 +39,7 @@ def _upgrade(sc: Sidecar, cookie: str, origin: str | None) -> bytes:
 
 async def _try_upgrade(sc: Sidecar, cookie: str, origin: str | None) -> tuple[int, int]:
     before = len(sc.upstream.requests)
-    resp = await raw_http(sc.proxy_port, _upgrade(sc, cookie, origin), quiet=1.0, first_only=True)
+    resp = await raw_http(sc.proxy_port, _upgrade(sc, cookie, origin), quiet=1.0)
     return resp.status, len(sc.upstream.requests) - before
 
 

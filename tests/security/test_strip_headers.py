@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sidecar.proxy.strip import DEFAULT_STRIP_HEADERS
-from tests.security import casebook
 from tests.harness import Sidecar, raw_http, running_sidecar
+from tests.security import casebook
 from tests.security.test_headers import lenient_name
 
 SPOOF = "SPOOFED-7f3a"
@@ -70,7 +70,7 @@ async def test_with_a_session(tmp_path: Path) -> None:
         assert tried > 300
         assert through == []
         # The one X-Forwarded-User the upstream gets is the session's.
-        assert sc.upstream.requests[-1].header_values("X-Forwarded-User") == ["user-1"]
+        assert sc.upstream.requests[-1].values("X-Forwarded-User") == ["user-1"]
 
 
 async def test_on_a_public_path(tmp_path: Path) -> None:
@@ -97,4 +97,4 @@ async def test_other_headers_still_pass(sidecar: Sidecar) -> None:
     )
     assert (await raw_http(sidecar.proxy_port, data.encode())).status == 200
     seen = sidecar.upstream.requests[-1]
-    assert all(seen.header_values(k) == ["kept"] for k in kept)
+    assert all(seen.values(k) == ["kept"] for k in kept)
