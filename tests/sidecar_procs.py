@@ -148,6 +148,7 @@ def start_fleet(
             "listen": "127.0.0.1:0",
             "upstream": "http://127.0.0.1:9",
             "failed_redeem_rate": "1000000/1m",
+            "allowed_hosts": ["127.0.0.1"],  # the clients' Host
         },
         "session": {"cookie_secure": False},
         "store": store,
