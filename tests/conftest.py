@@ -75,7 +75,11 @@ class RedisServer:
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # e.g. stuck finishing an AOF rewrite
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
