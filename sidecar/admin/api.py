@@ -21,7 +21,7 @@ from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import TokenTooLong
 from sidecar.tokens.records import remember_mint
-from sidecar.web import errorcodes as codes
+from sidecar.links import errorcodes as codes
 from sidecar.web import jsonbody
 from sidecar.web.appkeys import SERVICES
 from sidecar.web.listener import own_answer_headers

@@ -11,7 +11,7 @@ Errors are JSON ``{"code": <status>, "error_code", "message"[, "field"]}``
 (:func:`admin_error`); on the GoTrue-style routes under ``/admin/`` every answer, refusals
 included, is GoTrue's ``{code, error_code, msg, details}``
 (:func:`sidecar.links.http.gotrue_error`). ``error_code`` comes from
-:mod:`sidecar.web.errorcodes`. Nothing here answers 500 with details, and no token text,
+:mod:`sidecar.links.errorcodes`. Nothing here answers 500 with details, and no token text,
 admin key or traceback reaches a response or a log line.
 """
 
@@ -36,7 +36,7 @@ from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
-from sidecar.web import errorcodes as codes
+from sidecar.links import errorcodes as codes
 from sidecar.web.accesslog import access_middleware
 
 MINT_PATHS = frozenset({"/referstring", "/admin/generate_link"})
@@ -74,7 +74,7 @@ def admin_error(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """The admin API's error ``{code, error_code, message[, field]}`` — the one place that
-    shape is built. ``error_code`` defaults to the status's (:mod:`sidecar.web.errorcodes`)."""
+    shape is built. ``error_code`` defaults to the status's (:mod:`sidecar.links.errorcodes`)."""
     code = error_code or codes.for_status(status)
     body: dict[str, object] = {"code": status, "error_code": code, "message": message}
     if field is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from sidecar.config import LINK_TYPES
 from sidecar.links.request import TYPE_ALIASES
 from sidecar.tokens.records import STATES
-from sidecar.web import errorcodes as codes
+from sidecar.links import errorcodes as codes
 
 Schema = dict[str, Any]
 

@@ -54,7 +54,7 @@ from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import Claims, TokenTooLong, new_token_id
 from sidecar.tokens.keys import KeySet
 from sidecar.tokens.records import remember_mint
-from sidecar.web import errorcodes as codes
+from sidecar.links import errorcodes as codes
 
 _OTP_INFO = b"sidecar auth-link otp v1"
 

@@ -54,7 +54,7 @@ from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry import metrics
 from sidecar.telemetry.context import set_route
-from sidecar.web import errorcodes as codes
+from sidecar.links import errorcodes as codes
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 from sidecar.web.appkeys import SERVICES
@@ -110,7 +110,7 @@ def gotrue_error(
 ) -> web.Response:
     """GoTrue's error ``{"code", "error_code", "msg", "details"}`` — the one place that shape
     is built (this route's own answers, and the admin app's refusals on its GoTrue-style
-    routes). ``error_code`` defaults to the status's (:mod:`sidecar.web.errorcodes`)."""
+    routes). ``error_code`` defaults to the status's (:mod:`sidecar.links.errorcodes`)."""
     code = error_code or codes.for_status(status)
     body = {"code": status, "error_code": code, "msg": msg, "details": details, **(extra or {})}
     out = {hdrs.CACHE_CONTROL: "no-store", **(headers or {})}

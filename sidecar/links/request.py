@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from sidecar.config import LINK_TYPES, Config
 from sidecar.links.passwords import PasswordPolicyError, check_policy
 from sidecar.links.redirects import RedirectRejected, allow_list
-from sidecar.web import errorcodes as codes
+from sidecar.links import errorcodes as codes
 
 # redirectTo: @supabase/auth-js spreads its options ({redirectTo, data}) into the body.
 FIELDS = ("type", "email", "redirect_to", "redirectTo", "data", "password", "new_email")
@@ -38,7 +38,7 @@ _EMAIL = re.compile(
 
 
 class LinkRequestError(Exception):
-    """``error_code`` is GoTrue's code for the refusal (:mod:`sidecar.web.errorcodes`)."""
+    """``error_code`` is GoTrue's code for the refusal (:mod:`sidecar.links.errorcodes`)."""
 
     default_code = codes.VALIDATION_FAILED
 
