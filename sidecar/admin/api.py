@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from sidecar.admin import openapi, reads
 from sidecar.admin.guards import TOKEN_ID, RequestError, guards
 from sidecar.config import MAX_EXPIRY
+from sidecar.links import errorcodes as codes
 from sidecar.links import http as links_http
 from sidecar.refer.minting import MintError, iso_utc, mint_refer, parse_refer_request
 from sidecar.services import Services
@@ -21,7 +22,6 @@ from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import TokenTooLong
 from sidecar.tokens.records import remember_mint
-from sidecar.links import errorcodes as codes
 from sidecar.web import jsonbody
 from sidecar.web.appkeys import SERVICES
 from sidecar.web.listener import own_answer_headers

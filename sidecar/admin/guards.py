@@ -31,12 +31,12 @@ from aiohttp.typedefs import Handler, Middleware
 
 from sidecar.config import AdminConfig, Config
 from sidecar.config.values import HostPort, Network, RateLimit
+from sidecar.links import errorcodes as codes
 from sidecar.links import http as links_http
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
-from sidecar.links import errorcodes as codes
 from sidecar.web.accesslog import access_middleware
 
 MINT_PATHS = frozenset({"/referstring", "/admin/generate_link"})

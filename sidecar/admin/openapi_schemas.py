@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.config import LINK_TYPES
+from sidecar.links import errorcodes as codes
 from sidecar.links.request import TYPE_ALIASES
 from sidecar.tokens.records import STATES
-from sidecar.links import errorcodes as codes
 
 Schema = dict[str, Any]
 

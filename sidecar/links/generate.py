@@ -39,6 +39,7 @@ from urllib.parse import urlencode
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sidecar.links import errorcodes as codes
 from sidecar.links.passwords import hash_password
 from sidecar.links.request import (
     InvalidLinkRequest,
@@ -54,7 +55,6 @@ from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import Claims, TokenTooLong, new_token_id
 from sidecar.tokens.keys import KeySet
 from sidecar.tokens.records import remember_mint
-from sidecar.links import errorcodes as codes
 
 _OTP_INFO = b"sidecar auth-link otp v1"
 

@@ -31,6 +31,7 @@ from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from sidecar.config import RoleConfig
+from sidecar.links import errorcodes as codes
 from sidecar.links.generate import generate, user_json
 from sidecar.links.request import (
     LinkRequestError,
@@ -54,7 +55,6 @@ from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry import metrics
 from sidecar.telemetry.context import set_route
-from sidecar.links import errorcodes as codes
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 from sidecar.web.appkeys import SERVICES

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sidecar.config import LINK_TYPES, Config
+from sidecar.links import errorcodes as codes
 from sidecar.links.passwords import PasswordPolicyError, check_policy
 from sidecar.links.redirects import RedirectRejected, allow_list
-from sidecar.links import errorcodes as codes
 
 # redirectTo: @supabase/auth-js spreads its options ({redirectTo, data}) into the body.
 FIELDS = ("type", "email", "redirect_to", "redirectTo", "data", "password", "new_email")
