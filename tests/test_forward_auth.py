@@ -388,3 +388,67 @@ async def test_the_config_knows_every_route_under_the_prefix(sidecar: Sidecar) -
     }
     own = {p.removeprefix(prefix) for p in fixed if p.startswith(prefix + "/")}
     assert own <= set(PREFIX_ROUTES), own - set(PREFIX_ROUTES)
+
+
+# -- the public origin, applied to the original request --------------------------------
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"X_Forwarded_Uri": "/app", "X_Forwarded_Host": "app.test"}, 200, id="ok"),
+        pytest.param({"X_Forwarded_Uri": "/app", "X_Forwarded_Host": "evil.test"}, 403, id="xfh"),
+        pytest.param({"X_Original_URL": "https://evil.test/app"}, 403, id="original-url"),
+        pytest.param({"X_Original_URL": "https://app.test:8443/app"}, 200, id="port-ignored"),
+        pytest.param({"X_Original_URI": "/app", "Host": "evil.test"}, 403, id="nginx-host"),
+    ],
+)
+async def test_the_original_host_must_be_the_public_one(
+    sidecar: Sidecar, headers: dict[str, str], status: int
+) -> None:
+    cookie = await sidecar.login()
+    assert (await _auth(sidecar, cookie, **headers)).status == status
+
+
+async def test_envoy_original_host_is_checked(sidecar: Sidecar) -> None:
+    cookie = await sidecar.login()
+    for host, status in (("app.test", 200), ("evil.test", 403)):
+        response = await sidecar.client.get(
+            "/_sidecar/envoy/app",
+            headers={"Cookie": f"sidecar_session={cookie}", "Host": host},
+        )
+        assert response.status == status, host
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [(None, 200), ("http://app.test", 200), ("http://evil.test", 403), ("null", 403)],
+)
+async def test_a_websocket_handshake_from_another_origin_is_refused(
+    sidecar: Sidecar, origin: str | None, status: int
+) -> None:
+    cookie = await sidecar.login()
+    # Sec-WebSocket-Key is what tells: nginx, Traefik and Caddy drop the hop-by-hop Upgrade.
+    headers = {"X_Original_URI": "/ws", "Sec_WebSocket_Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    if origin is not None:
+        headers["Origin"] = origin
+    assert (await _auth(sidecar, cookie, **headers)).status == status
+
+
+async def test_signin_post_from_another_origin_is_refused(sidecar: Sidecar) -> None:
+    token, _ = sidecar.seal(user="max", role="Admin")
+    rd = f"http://app.test/?refer={token}"
+    refused = await sidecar.client.post(
+        "/_sidecar/signin",
+        params={"rd": rd},
+        headers={"Origin": "http://evil.test", "Accept": "application/json"},
+        allow_redirects=False,
+    )
+    assert refused.status == 403
+    assert (await refused.json())["error"] == "cross_origin"
+    assert "Set-Cookie" not in refused.headers
+    posted = await sidecar.client.post(
+        "/_sidecar/signin",
+        params={"rd": rd},
+        headers={"Origin": "http://app.test"},
+        allow_redirects=False,
+    )
+    assert posted.status == 303, "the link was not used up by the refused POST"

@@ -274,3 +274,7 @@ def test_websockets_pass_with_the_identity_and_not_without_a_session(stack: Stac
     assert _ws(stack, session, ("X-Forwarded-User", "mallory")) == (101, "ivan:hi")
     status, _ = _ws(stack, ("X-Forwarded-User", "mallory"))
     assert status == 401
+    # Cross-site WebSocket hijacking: the browser would send the cookie; the Origin tells.
+    assert _ws(stack, session, ("Origin", stack.nginx)) == (101, "ivan:hi")
+    status, _ = _ws(stack, session, ("Origin", "http://evil.example"))
+    assert status == 403

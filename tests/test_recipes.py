@@ -89,7 +89,7 @@ def test_traefik_middleware_uses_documented_fields() -> None:
         for variant in (name, name.lower(), name.replace("-", "_"), name.replace("-", ".")):
             assert spellings.search(variant), variant
     assert not spellings.search("X-Forwarded-For")
-    assert "Cookie" in forward["authRequestHeaders"]
+    assert {"Cookie", "Origin", "Sec-WebSocket-Key"} <= set(forward["authRequestHeaders"])
     routers = doc["http"]["routers"]
     for name, router in routers.items():
         assert set(router) <= TRAEFIK_ROUTER, name
@@ -134,7 +134,7 @@ def test_envoy_filter_uses_documented_fields(tmp_path: Path) -> None:
     upstream = service["authorization_response"]["allowed_upstream_headers"]["patterns"]
     assert sorted(p["exact"] for p in upstream) == sorted(h.lower() for h in _role_headers())
     sent = {p["exact"] for p in authz["allowed_headers"]["patterns"]}
-    assert "cookie" in sent
+    assert {"cookie", "origin", "sec-websocket-key"} <= sent
 
     # path_prefix is a valid forward_auth.envoy_path_prefix for the sidecar.
     keyset = generate_keyset().to_json()

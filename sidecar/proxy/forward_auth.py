@@ -53,6 +53,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from sidecar.config import Config
+from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
 from sidecar.proxy.templates import canonical_header
 from sidecar.refer.redeem import Redeemer, has_refer
@@ -155,6 +156,13 @@ def original_request(
     return Original(method.upper(), target, host, scheme)
 
 
+def _websocket_handshake(request: web.BaseRequest) -> bool:
+    """Whether the sub-request describes a WebSocket handshake. ``Upgrade`` is hop-by-hop
+    (nginx, Traefik and Caddy drop it), ``Sec-WebSocket-Key`` is not: browsers always send it."""
+    upgrade = request.headers.get(hdrs.UPGRADE, "")
+    return hdrs.SEC_WEBSOCKET_KEY in request.headers or upgrade.lower() == "websocket"
+
+
 def _query_has_refer(query: str) -> bool:
     if "refer" not in query and "%" not in query:
         return False
@@ -170,11 +178,17 @@ class ForwardAuth:
     """The ``<prefix>/auth`` and ``<prefix>/signin`` handlers of one proxy app."""
 
     def __init__(
-        self, config: Config, sessions: SessionManager, redeemer: Redeemer, trusts: Trusts
+        self,
+        config: Config,
+        sessions: SessionManager,
+        redeemer: Redeemer,
+        trusts: Trusts,
+        public: PublicOrigin,
     ) -> None:
         self._sessions = sessions
         self._redeemer = redeemer
         self._trusts = trusts
+        self._public_origin = public  # like the gateway's: a restart changes it
         self._prefix = config.proxy.prefix  # routes: a restart changes them
         self._envoy_prefix = config.forward_auth.envoy_path_prefix
         self.configure(config)
@@ -235,6 +249,16 @@ class ForwardAuth:
             original = original_request(request, trusted=trusted, envoy_target=envoy_target)
         except BadOriginal:
             return _bare(403)
+        # The proxy's origin rules, applied to the original request: its Host (421 there; a
+        # 403 here, the one refusal every ingress passes on) and a WebSocket's Origin.
+        if not self._public_origin.host_allowed(original.host):
+            return _bare(403)
+        if (
+            original.method == hdrs.METH_GET
+            and _websocket_handshake(request)
+            and not self._public_origin.websocket_origin_allowed(request.headers.get(hdrs.ORIGIN))
+        ):
+            return _bare(403)
         raw_path, _, query = original.target.partition("?")
         try:
             path = normalise(raw_path)
@@ -272,6 +296,12 @@ class ForwardAuth:
         """Redeem the ``refer`` link of ``rd`` (same origin only), or send the user to sign in."""
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_POST):
             return pages.method_not_allowed(request, "GET, HEAD, POST")
+        if request.method == hdrs.METH_POST and not self._public_origin.same_origin(
+            request.headers.get(hdrs.ORIGIN), request.headers.get("Sec-Fetch-Site")
+        ):
+            # The confirm button's POST burns a link and starts a session: never from a page
+            # elsewhere (the logout rule).
+            return pages.failure(request, 403, "cross_origin")
         target = self._same_origin_target(request.query.get("rd", "/"))
         if target is None:
             return pages.failure(request, 400, "bad_request")

@@ -95,7 +95,7 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_route("*", prefix + "/healthz", gateway.healthz)
     router.add_route("*", prefix + "/readyz", gateway.readyz)
     links_http.register_verify(app)
-    forward_auth = ForwardAuth(services.config, sessions, redeemer, clients.trusts)
+    forward_auth = ForwardAuth(services.config, sessions, redeemer, clients.trusts, public)
     forward_auth.register(app)
 
     def reconfigure(cfg: Config) -> None:
