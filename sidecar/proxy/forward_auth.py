@@ -122,13 +122,12 @@ def original_request(
         # Envoy's check request keeps the method and :authority of the original.
         target, method, host, scheme = envoy_target, request.method, own_host, forwarded_proto
     else:
-        url_target = url_host = url_scheme = None
+        url_target: str | None = None
+        url_host: str | None = None
+        url_scheme: str | None = None
         full = _single(request, "X-Original-URL")
         if full is not None:
-            url = URL(full, encoded=True)
-            if url.scheme not in ("http", "https") or not url.raw_authority:
-                raise BadOriginal("X-Original-URL is not an absolute http(s) URL")
-            url_target, url_host, url_scheme = url.raw_path_qs, url.raw_authority, url.scheme
+            url_scheme, url_host, url_target = _split_original_url(full)
         target = _agree(
             "target",
             url_target,
@@ -161,6 +160,23 @@ def _websocket_handshake(request: web.BaseRequest) -> bool:
     (nginx, Traefik and Caddy drop it), ``Sec-WebSocket-Key`` is not: browsers always send it."""
     upgrade = request.headers.get(hdrs.UPGRADE, "")
     return hdrs.SEC_WEBSOCKET_KEY in request.headers or upgrade.lower() == "websocket"
+
+
+_ORIGINAL_URL = re.compile(r"(https?)://([^/]*)(/.*)", re.IGNORECASE | re.DOTALL)
+
+
+def _split_original_url(full: str) -> tuple[str, str, str]:
+    """``X-Original-URL`` as ingress-nginx builds it (``$scheme://$http_host$request_uri``):
+    the scheme, the host, and everything after the host as the target.
+
+    ``$http_host`` is the client's ``Host``, which nginx routes by its name alone: a
+    ``Host: app.example.com:80?`` would make a URL parser read the ``$request_uri`` after
+    it as a query (or, after ``#``, a fragment) and judge ``/`` instead. So the host must
+    be a plain ``host[:port]`` up to the first ``/``, and the target is the rest, verbatim."""
+    match = _ORIGINAL_URL.fullmatch(full)
+    if match is None or not _HOST.fullmatch(match[2]):
+        raise BadOriginal("X-Original-URL is not http(s)://host[:port]/path")
+    return match[1].lower(), match[2], match[3]
 
 
 def _query_has_refer(query: str) -> bool:

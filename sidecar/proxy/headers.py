@@ -14,9 +14,10 @@ Request headers sent upstream:
   ``Upgrade``) and ``Expect`` (the sidecar already answered ``100 Continue``) are dropped;
 * ``X-Forwarded-For/Proto/Host``: appended to when the peer is a trusted proxy
   (:class:`~sidecar.proxy.clientaddr.ClientAddresses`), otherwise replaced (and
-  ``Forwarded``/``X-Real-IP``, the path overrides ``X-Original-URL``, ``X-Rewrite-URL``,
-  ``X-Original-URI``, ``X-Forwarded-Uri`` and the prefix/port/scheme hints from an
+  ``Forwarded``/``X-Real-IP`` and the prefix/port/scheme hints from an
   untrusted peer are dropped);
+* the path overrides ``X-Original-URL``, ``X-Rewrite-URL``, ``X-Original-URI`` and
+  ``X-Forwarded-Uri`` are dropped from every peer, trusted or not;
 * ``X-Request-Id`` is the sidecar's own request id, never the client's.
 
 Response headers sent back: all but hop-by-hop ones, and never a ``Set-Cookie`` for the
@@ -47,11 +48,14 @@ HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
      "upgrade"}
 )  # fmt: skip
+# Path overrides (IIS, Symfony, Zend, nginx auth_request): an upstream that honours them
+# would serve a path the role rules never judged. Dropped from every peer: the sidecar judges
+# its own request line, even behind a trusted proxy (which passes on what its client sent).
+_PATH_OVERRIDES: Final = frozenset(
+    {"x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri"}
+)
 _FORWARDING: Final = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip",
-     # Path overrides (IIS, Symfony, Zend, nginx auth_request): an upstream that honours
-     # them would serve a path the role rules never judged.
-     "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri",
      # Prefix, port and scheme hints (Spring, Symfony, Rails, Werkzeug's ProxyFix): an
      # upstream that honours them builds absolute URLs and redirects from them.
      "x-forwarded-prefix", "x-forwarded-port", "x-forwarded-server", "x-forwarded-scheme",
@@ -97,6 +101,7 @@ class HeaderPolicy:
             canonical in self._identity
             or canonical in self._strip
             or canonical in HOP_BY_HOP
+            or canonical in _PATH_OVERRIDES
             or canonical in ("expect", REQUEST_ID.lower())
             or canonical.startswith("sec-websocket-")
         ):
