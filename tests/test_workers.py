@@ -118,6 +118,7 @@ def serve_workers(directory: Path, store_url: str, tag: str) -> Served:
             "upstream": "http://127.0.0.1:9",
             # All clients are 127.0.0.1 here: the per-client failure limit must not answer 429.
             "failed_redeem_rate": "1000000/1m",
+            "allowed_hosts": ["127.0.0.1"],  # the clients' Host (else 421)
         },
         "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
         "session": {"cookie_secure": False},
