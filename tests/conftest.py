@@ -63,6 +63,12 @@ class RedisServer:
                 pytest.fail("redis-server did not start")
             time.sleep(0.01)
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id (for SIGSTOP/SIGCONT)."""
+        assert self._proc is not None, "redis-server is not running"
+        return self._proc.pid
+
     def _accepts(self) -> bool:
         with socket.socket(socket.AF_UNIX) as probe:
             try:

@@ -20,7 +20,8 @@ Redemption failures take the proxy's one failure path (:mod:`sidecar.proxy.redem
 metrics, audit line, status table, ``proxy.failed_redeem_rate``) and answer the shared
 failure pages (JSON ``{"code", "error", "message"}`` for the JSON API): 400 bad request, 401
 malformed/tampered/unknown key/wrong code, 409 address taken, 410 expired/used/revoked/
-superseded, 422 weak password, 429 too many attempts, 503 store down.
+superseded, 422 weak password, 429 too many attempts, 503 store down (``store_unavailable``
+before the burn; ``burn_unconfirmed`` once it is sent, as for refer links).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ async def _verify_link(request: web.Request) -> web.StreamResponse:
             await check_token(services, token, link_type, redirect_to)
             return _no_store(pages.confirm_page(request))
         verified = await redeem_token(services, token, link_type, redirect_to)
-        cookie = await _start_session(request, verified, role)
+        cookie = await _session_after_burn(request, verified, role)
     except VerifyFailed as failed:
         return await _failed(request, failed.reason, failed.token_id)
     except StoreUnavailable:
@@ -205,7 +206,7 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
             )
         else:
             return pages.failure_json(400, "bad_request")
-        cookie = await _start_session(request, verified, role)
+        cookie = await _session_after_burn(request, verified, role)
     except RateLimited as limited:  # OTP guesses: their own budget, not counted again
         return await _failed(
             request, "rate_limited", count=False, as_json=True, retry_after=limited.retry_after
@@ -229,6 +230,15 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
     response = web.json_response(doc, headers=pages.NO_STORE)
     request.app[SESSIONS].set_cookie(response, cookie, role)
     return response
+
+
+async def _session_after_burn(request: web.Request, verified: Verified, role: RoleConfig) -> str:
+    """The session of a redeemed link. The link is burned by now, so a store failure here
+    is ``burn_unconfirmed`` (retrying may say "used"), not a plain ``store_unavailable``."""
+    try:
+        return await _start_session(request, verified, role)
+    except StoreUnavailable:
+        raise VerifyFailed("burn_unconfirmed", verified.token_id) from None
 
 
 async def _start_session(request: web.Request, verified: Verified, role: RoleConfig) -> str:

@@ -12,8 +12,9 @@ the query's copy must agree, and the claim must still be allowed by today's conf
 
 Errors: :class:`VerifyFailed` with a ``reason`` the failure pages know (malformed,
 tampered, unknown_key, expired, used, revoked, superseded, invalid_otp, invalid_link,
-redirect_mismatch, email_exists, weak_password, bad_request);
-:class:`~sidecar.store.ratelimit.RateLimited` for OTP guesses; ``StoreUnavailable`` from the store.
+redirect_mismatch, email_exists, weak_password, bad_request, and burn_unconfirmed when the
+store fails once the burn is sent); :class:`~sidecar.store.ratelimit.RateLimited` for OTP
+guesses; ``StoreUnavailable`` from the store before any burn.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from sidecar.links.passwords import PasswordPolicyError, check_policy, hash_pass
 from sidecar.links.redirects import RedirectRejected, allow_list, parse_url
 from sidecar.links.request import normalise_email
 from sidecar.services import Services
-from sidecar.store.base import BurnResult, PendingLink, TokenState, User, UserExists
+from sidecar.store.base import (
+    BurnResult,
+    PendingLink,
+    StoreUnavailable,
+    TokenState,
+    User,
+    UserExists,
+)
 from sidecar.store.ratelimit import enforce
 from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
@@ -180,7 +188,7 @@ async def verify_token_hash(
 
 async def _consume(services: Services, link: PendingLink, password: str | None) -> Verified:
     """Burn the link once and apply its type's effect to the user."""
-    store, now, kind = services.store, services.clock(), link.link_type
+    store, kind = services.store, link.link_type
     if password is not None:
         if kind not in PASSWORD_TYPES:
             raise VerifyFailed("bad_request", link.token_id)
@@ -189,9 +197,21 @@ async def _consume(services: Services, link: PendingLink, password: str | None) 
         except PasswordPolicyError:
             raise VerifyFailed("weak_password", link.token_id) from None
     # Checked before the burn so a taken address does not use the link up (the update
-    # below still catches a race).
+    # after it still catches a race).
     if link.new_email is not None and await store.get_user_by_email(link.new_email) is not None:
         raise VerifyFailed("email_exists", link.token_id)
+    try:
+        return await _burn_and_apply(services, link, password)
+    except StoreUnavailable:
+        # Once the burn is sent a store failure cannot say whether it landed (a frozen
+        # Redis may still run the queued write, a replica may not have acknowledged it):
+        # the honest answer, as refer links give it (``refer.redeem``).
+        raise VerifyFailed("burn_unconfirmed", link.token_id) from None
+
+
+async def _burn_and_apply(services: Services, link: PendingLink, password: str | None) -> Verified:
+    """The part of :func:`_consume` from the burn on: every store failure here is after it."""
+    store, now, kind = services.store, services.clock(), link.link_type
     result = await store.burn(link.token_id, link.expires_at)
     if result is not BurnResult.BURNED:
         raise VerifyFailed(
