@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from sidecar.proxy.strip import DEFAULT_STRIP_HEADERS
 from tests.conftest import RedisServer
 from tests.nginx_stack import RECIPE, Stack, running_stack
 
@@ -239,6 +240,19 @@ def test_the_recipe_copies_every_identity_header_the_roles_render() -> None:
             assert variable in conf, f"no auth_request_set for {name}"
             assert f"proxy_set_header {name} " in conf, f"{name} is not set for the app"
     assert doc["proxy"]["trusted_proxies"] == ["127.0.0.1/32"]
+
+
+def test_the_recipe_strips_the_sidecars_well_known_headers() -> None:
+    conf = (RECIPE / "forward-auth.conf").read_text(encoding="utf-8")
+    app_location = conf[conf.index("        location / {") :]
+    set_for_app = {
+        line.split()[1].lower()
+        for line in app_location.splitlines()
+        if line.strip().startswith("proxy_set_header ")
+    }
+    exact = [n for n in DEFAULT_STRIP_HEADERS if not n.endswith("*")]
+    missing = [n for n in exact if n.lower() not in set_for_app]
+    assert not missing, f'add proxy_set_header <name> "" for {missing}'
 
 
 def test_stack_state_is_private(stack: Stack) -> None:

@@ -219,7 +219,9 @@ class ForwardAuth:
         self._unauthenticated = px.unauthenticated
         self._login_url = URL(px.login_url) if px.login_url else None
         self._origin = URL(config.public_url).origin()
-        self._identity = config.identity_header_names
+        self._envoy_removes = config.identity_header_names | {
+            canonical_header(n) for n in px.strip_headers if not n.endswith("*")
+        }
         self._warned = False
 
     def register(self, app: web.Application) -> None:
@@ -242,10 +244,11 @@ class ForwardAuth:
 
         Envoy's ``allowed_upstream_headers`` only *overrides* headers the answer carries; a
         client's copy of one it does not carry (no tenant, a public path) would pass. So a 200
-        names every other identity header in ``x-envoy-auth-headers-to-remove``."""
+        names every other identity header in ``x-envoy-auth-headers-to-remove``, and every
+        name of ``proxy.strip_headers`` (Envoy removes by exact name: not the ``*`` ones)."""
         response = await self._judge(request, request.raw_path[len(self._envoy_prefix or "") :])
         if response.status == 200:
-            unset = sorted(self._identity - {canonical_header(n) for n in response.headers})
+            unset = sorted(self._envoy_removes - {canonical_header(n) for n in response.headers})
             if unset:
                 response.headers[ENVOY_REMOVE] = ", ".join(unset)
         return response
