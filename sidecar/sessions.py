@@ -106,21 +106,44 @@ def split_cookie_header(header: str, name: str) -> tuple[str | None, str]:
 
 
 def _split_cookie_header(header: str, name: str) -> tuple[list[str], str]:
-    """Every value of cookie ``name`` in order, and the header without them."""
+    """Every value of cookie ``name`` in order, and the header without them.
+
+    Every spelling of the name with or without a ``__Host-``/``__Secure-`` prefix is cut
+    out too (only ``name`` itself is read): after the default name gained its prefix,
+    browsers still send the old cookie, whose session is live until it expires."""
     found: list[str] = []
     kept: list[str] = []
+    base = _base_name(name)
+    spellings = _spellings(base)
     for part in header.split(";"):
         key, sep, value = part.strip().partition("=")
-        if sep and key.rstrip() == name:
+        key = key.rstrip()
+        if sep and key == name:
             found.append(value.strip().strip('"'))
-        elif part.strip() and not (name in part and _hidden_cookie(name).search(part)):
+        elif sep and spellings.fullmatch(key):
+            continue
+        elif part.strip() and not (base in part and _hidden_cookie(base).search(part)):
             kept.append(part.strip())
     return found, "; ".join(kept)
 
 
+def _base_name(name: str) -> str:
+    """``name`` without its cookie prefix (browsers read prefixes in any letter case)."""
+    lower = name.lower()
+    for prefix in ("__host-", "__secure-"):
+        if lower.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
 @functools.lru_cache(maxsize=4)
-def _hidden_cookie(name: str) -> re.Pattern[str]:
-    return re.compile(r"[\s,]" + re.escape(name) + r"\s*=")
+def _spellings(base: str) -> re.Pattern[str]:
+    return re.compile(r"(?i:__host-|__secure-)?" + re.escape(base))
+
+
+@functools.lru_cache(maxsize=4)
+def _hidden_cookie(base: str) -> re.Pattern[str]:
+    return re.compile(r"[\s,](?i:__host-|__secure-)?" + re.escape(base) + r"\s*=")
 
 
 class SessionManager:

@@ -134,6 +134,9 @@ def test_the_app_receives_identity_and_never_a_spoofed_copy(stack: Stack) -> Non
         ("sidecar_session={c}; a=1", ["a"]),
         ("a=1;sidecar_session={c}", ["a"]),
         ("sidecar_session={c}; a=1; sidecar_session=old; b=2", ["a", "b"]),
+        # sidecar.yaml's name (cookie_secure: true) beside the pre-prefix one
+        ("sidecar_session={c}; a=1; __Host-sidecar_session=new", ["a"]),
+        ("__Secure-sidecar_session=x; sidecar_session={c}; b=2", ["b"]),
     ],
 )
 def test_the_session_cookie_never_reaches_the_app(
