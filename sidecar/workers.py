@@ -177,12 +177,15 @@ class Supervisor:
     def _ready(self, fd: int) -> None:
         for worker in self._workers.values():
             if worker.ready_fd == fd:
+                said = b""
                 with contextlib.suppress(OSError):
-                    os.read(fd, 1)
+                    said = os.read(fd, 1)
                 os.close(fd)
                 worker.ready_fd = None
-                worker.ready = True
-                _LOG.info("worker %d listening (pid %d)", worker.slot, worker.pid)
+                # Nothing to read: the worker ended before it listened (reaped next).
+                worker.ready = said == b"1"
+                if worker.ready:
+                    _LOG.info("worker %d listening (pid %d)", worker.slot, worker.pid)
 
     def _reap(self, starting: bool) -> bool:
         failed_start = False

@@ -307,3 +307,51 @@ def test_a_killed_worker_is_replaced_and_sighup_reaches_every_worker(
         code = served.stop()
     assert code == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+def test_a_worker_that_cannot_listen_fails_the_whole_start(tmp_path: Path) -> None:
+    """The proxy port is held by a socket without SO_REUSEPORT: no worker can bind it, the
+    supervisor stops the others and exits 1, as a single process would."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        keyset = generate_keyset()
+        (tmp_path / "keyset.json").write_text(keyset.to_json())
+        (tmp_path / "admin.key").write_text(ADMIN_KEY)
+        doc = {
+            "public_url": "http://app.test",
+            "keys": {"file": "keyset.json"},
+            "admin": {"listen": f"127.0.0.1:{free_port()}", "key": {"file": "admin.key"}},
+            "proxy": {"listen": f"127.0.0.1:{port}", "upstream": "http://127.0.0.1:9"},
+            "session": {"cookie_secure": False},
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "roles": {"Authenticated": {}},
+            "shutdown": {"grace_period": "1s"},
+        }
+        config = tmp_path / "sidecar.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", "serve", "--config", str(config),
+             "--workers", "2"],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "cannot listen on" in result.stderr
+    assert "a worker failed to start: stopping" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two", "-1"])
+def test_workers_must_be_auto_or_a_number_from_1_to_64(value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "serve", "--config", "unused.yaml",
+         "--workers", value],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--workers: expected auto or a number from 1 to 64" in result.stderr
