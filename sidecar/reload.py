@@ -43,6 +43,11 @@ RESTART_ONLY = (
     "proxy.connect_timeout",
     "proxy.upstream_timeout",
     "proxy.stream_idle_timeout",
+    # Bound into the forwarder and the listeners at start (sidecar.app, proxy.forward).
+    "proxy.send_timeout",
+    "proxy.request_head_timeout",
+    "proxy.keepalive_timeout",
+    "proxy.max_client_connections",
     "proxy.max_connections",
     "proxy.max_header_size",
     "session.cache_size",

@@ -204,7 +204,7 @@ class ForwardAuth:
         self._sessions = sessions
         self._redeemer = redeemer
         self._trusts = trusts
-        self._public_origin = public  # like the gateway's: a restart changes it
+        self._public_origin = public  # shared with the gateway, which reconfigures it
         self._prefix = config.proxy.prefix  # routes: a restart changes them
         self._envoy_prefix = config.forward_auth.envoy_path_prefix
         self.configure(config)

@@ -101,6 +101,7 @@ def build_proxy_app(services: Services) -> web.Application:
     def reconfigure(cfg: Config) -> None:
         """A reload: everything derived from the config, rebuilt; the pool and routes stay."""
         clients.configure(cfg.proxy.trusted_proxies)
+        public.configure(cfg.public_url, cfg.proxy.allowed_hosts, cfg.proxy.allowed_origins)
         forwarder.configure(cfg, HeaderPolicy(cfg, clients))
         gateway.configure(cfg)
         forward_auth.configure(cfg)

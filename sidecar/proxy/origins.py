@@ -79,11 +79,17 @@ def host_name(host_header: str) -> str:
 
 
 class PublicOrigin:
-    """The listener's accepted hosts and origins, compiled once from the config."""
+    """The listener's accepted hosts and origins, compiled from the config at start and
+    again on every reload (:meth:`configure`: one object shared by every check)."""
 
     __slots__ = ("_hosts", "_origins")
 
     def __init__(
+        self, public_url: str, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]
+    ) -> None:
+        self.configure(public_url, allowed_hosts, allowed_origins)
+
+    def configure(
         self, public_url: str, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]
     ) -> None:
         parts = urlsplit(public_url)

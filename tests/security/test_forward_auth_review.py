@@ -25,6 +25,7 @@ import pytest
 from tests.harness import RawResponse, Sidecar, raw_http, running_sidecar
 from tests.nginx_stack import free_port, nginx_binary
 from tests.security import casebook
+from tests.security.test_paths import DENY, TRICKS, escapes
 
 TRUSTED: dict[str, object] = {"proxy": {"trusted_proxies": ["127.0.0.1/32"]}}
 
@@ -178,3 +179,26 @@ async def test_path_overrides_from_a_trusted_peer_never_reach_the_upstream(
                 leaked.append((name, seen.values(name)))
     casebook.record("strip", tried=len(PATH_OVERRIDES), through=len(leaked))
     assert not leaked, leaked
+
+
+async def test_forward_auth_holds_the_deny_rules_against_path_tricks(trusting: Sidecar) -> None:
+    """Every trick of the proxy-mode suite, as nginx (X-Original-URI) and Traefik/Caddy
+    (X-Forwarded-Uri) describe it: a 200 lets the ingress forward that very target."""
+    cookie = f"{trusting.cookie_name}={await trusting.login()}"
+    through: list[tuple[str, str, int]] = []
+    tried = 0
+    for header in ("X-Original-URI", "X-Forwarded-Uri"):
+        for target in TRICKS:
+            if not target.startswith("/"):
+                continue
+            tried += 1
+            data = (
+                f"GET /_sidecar/auth HTTP/1.1\r\nHost: app.example.com\r\nCookie: {cookie}\r\n"
+                f"{header}: {target}\r\nConnection: close\r\n\r\n"
+            ).encode("utf-8", "surrogateescape")
+            answer = await raw_http(trusting.proxy_port, data)
+            opened = answer.status == 200 and escapes(target, deny=DENY, allow=None)
+            if opened or answer.status not in (200, 401, 403):
+                through.append((header, target, answer.status))
+    casebook.record("paths", tried=tried, through=len(through))
+    assert not through, through
