@@ -70,12 +70,23 @@ def parse_origin(text: str) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+_PORT = re.compile(r"(?::[0-9]{1,5})?")
+
+
 def host_name(host_header: str) -> str:
-    """The host part of a ``Host`` value, lower case (``[::1]:8080`` -> ``[::1]``)."""
+    """The host part of a ``Host`` value, lower case (``[::1]:8080`` -> ``[::1]``); ``""``
+    (which no allowed host equals) when what follows it is not ``:<port>`` or nothing.
+
+    The port is left out of the comparison, so it must be a port: an app building
+    ``https://{Host}/reset`` from ``app.example.com:@evil.example`` links to evil.example."""
     host = host_header.strip().lower()
     if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    return host.rpartition(":")[0] if ":" in host else host
+        name, bracket, rest = host.partition("]")
+        name += bracket
+    else:
+        name, colon, port = host.partition(":")
+        rest = colon + port
+    return name if _PORT.fullmatch(rest) else ""
 
 
 class PublicOrigin:
