@@ -295,7 +295,9 @@ class ForwardAuth:
             return _bare(503)
         if session is not None:
             set_user(session.record.user_id)
-            if not self._rules[session.record.role].permits(path):
+            # .get: a reload may have removed the role while the lookup awaited the store.
+            rules = self._rules.get(session.record.role)
+            if rules is None or not rules.permits(path):
                 return _bare(403)
             return _bare(200, dict(session.headers))
         if self._unauthenticated == "pass":

@@ -175,7 +175,9 @@ class Gateway:
             return pages.failure(request, 503, "store_unavailable")
         if session is not None:
             set_user(session.record.user_id)
-            if not self._rules[session.record.role].permits(path):
+            # .get: a reload may have removed the role while the lookup awaited the store.
+            rules = self._rules.get(session.record.role)
+            if rules is None or not rules.permits(path):
                 return pages.failure(request, 403, "forbidden")
             if websocket:
                 return await self._forwarder.forward_websocket(

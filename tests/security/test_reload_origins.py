@@ -9,9 +9,11 @@ partner origin on SIGHUP must not keep serving it silently.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.reload import changes
+from sidecar.store.sqlite import SQLiteStore
 from tests.harness import raw_http, running_sidecar
 from tests.security import casebook
 
@@ -85,3 +87,49 @@ async def test_options_bound_at_start_are_reported_as_needing_a_restart(tmp_path
     casebook.record("config", tried=len(bound), through=len(live))
     assert set(reported) == {f"proxy.{name}" for name in bound}
     assert not live, live
+
+
+class _ReloadDuringTouch(SQLiteStore):
+    """A real SQLite store that runs ``during_touch`` while a session's last_seen is being
+    written: a reload landing in the middle of a request's session lookup."""
+
+    during_touch: Callable[[], None] | None = None
+
+    async def touch_session(self, key: str, now: float) -> None:
+        if self.during_touch is not None:
+            self.during_touch()
+            self.during_touch = None
+        await super().touch_session(key, now)
+
+
+async def test_a_role_removed_while_a_request_looks_up_its_session_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The session was read under the old roles, the rules are the new ones: the request
+    must be refused (403), never a 500 from a rule table without the role."""
+    store = _ReloadDuringTouch(str(tmp_path / "race.db"))
+    overrides: dict[str, object] = {"proxy": {"trusted_proxies": ["127.0.0.1/32"]}}
+    async with running_sidecar(tmp_path, store=store, overrides=overrides) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login(additionalParams={'role': 'Narrow'})}"
+        old = sc.services.config
+        without = dataclasses.replace(
+            old, roles={k: v for k, v in old.roles.items() if k != "Narrow"}
+        )
+        answers: list[tuple[str, int, int]] = []
+        for target, extra in (
+            ("/app/x", ""),
+            ("/_sidecar/auth", "X-Original-URI: /app/x\r\nX-Forwarded-Host: app.example.com\r\n"),
+        ):
+            sc.services.reconfigure(old)  # drops the session cache
+            sc.clock.advance(120)  # last_seen is due to be written: the lookup awaits it
+            store.during_touch = lambda: sc.services.reconfigure(without)
+            data = (
+                f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n{extra}"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            before = len(sc.upstream.requests)
+            answer = await raw_http(sc.proxy_port, data)
+            assert store.during_touch is None, "the reload ran inside the lookup"
+            answers.append((target, answer.status, len(sc.upstream.requests) - before))
+    casebook.record("config", tried=2, through=sum(a[1] != 403 for a in answers))
+    assert answers == [("/app/x", 403, 0), ("/_sidecar/auth", 403, 0)]
