@@ -101,7 +101,11 @@ def token_of(action_link: str) -> str:
     return parse_qs(urlsplit(action_link).query)["token"][0]
 
 
-async def assert_failure(response: ClientResponse, status: int, reason: str) -> None:
+async def assert_failure(
+    response: ClientResponse, status: int, reason: str, error_code: str | None = None
+) -> None:
+    """A JSON failure: ``error_code`` (GoTrue's) only where given — ``POST <prefix>/verify``,
+    which auth-js reads — and absent from every other proxy-side failure."""
     assert response.status == status, await response.text()
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Referrer-Policy"] == "no-referrer"
@@ -110,6 +114,7 @@ async def assert_failure(response: ClientResponse, status: int, reason: str) -> 
     assert doc["code"] == status
     assert doc["error"] == reason
     assert isinstance(doc["message"], str)
+    assert doc.get("error_code") == error_code
 
 
 async def assert_reaches_upstream_as(env: Env, user_id: str, path: str = "/dashboard") -> None:
@@ -275,7 +280,7 @@ async def test_otp_verification_answers_identity_json_and_sets_the_cookie(env: E
         "/_sidecar/verify",
         json={"type": "magiclink", "email": "otp@example.com", "token": doc["email_otp"]},
     )
-    await assert_failure(again, 401, "invalid_otp")
+    await assert_failure(again, 401, "invalid_otp", "otp_expired")
     await assert_failure(await env.follow(doc["action_link"], headers=JSON), 410, "used")
 
 
@@ -286,11 +291,11 @@ async def test_token_hash_verification_and_recovery_password(env: Env) -> None:
         "/_sidecar/verify",
         json={"type": "recovery", "token_hash": doc["hashed_token"], "password": "short"},
     )
-    await assert_failure(weak, 422, "weak_password")
+    await assert_failure(weak, 422, "weak_password", "weak_password")
     wrong_type = await env.proxy.post(
         "/_sidecar/verify", json={"type": "magiclink", "token_hash": doc["hashed_token"]}
     )
-    await assert_failure(wrong_type, 401, "invalid_link")
+    await assert_failure(wrong_type, 401, "invalid_link", "otp_expired")
     response = await env.proxy.post(
         "/_sidecar/verify",
         json={"type": "recovery", "token_hash": doc["hashed_token"], "password": "brand-new-pass"},
@@ -338,20 +343,21 @@ async def test_wrong_otps_lock_the_link(env: Env) -> None:
             json={"type": "magiclink", "email": "l@example.com", "token": wrong},
             headers={"X-Forwarded-For": f"10.0.0.{n}"},  # not trusted: one client anyway
         )
-        await assert_failure(response, 401, "invalid_otp")
+        await assert_failure(response, 401, "invalid_otp", "otp_expired")
     # Per-email and per-client budgets are spent too (5/15m): the next guess waits.
     limited = await env.proxy.post(
         "/_sidecar/verify",
         json={"type": "magiclink", "email": "l@example.com", "token": doc["email_otp"]},
     )
-    await assert_failure(limited, 429, "rate_limited")
+    await assert_failure(limited, 429, "rate_limited", "over_request_rate_limit")
     assert 0 < int(limited.headers["Retry-After"]) <= 900
     env.sc.clock.advance(900)
     dead = await env.proxy.post(
         "/_sidecar/verify",
         json={"type": "magiclink", "email": "l@example.com", "token": doc["email_otp"]},
     )
-    await assert_failure(dead, 401, "invalid_otp")  # five wrong codes killed the link
+    # Five wrong codes killed the link.
+    await assert_failure(dead, 401, "invalid_otp", "otp_expired")
     await assert_failure(await env.follow(doc["action_link"], headers=JSON), 410, "revoked")
     assert env.upstream.requests == []
 
@@ -368,12 +374,11 @@ async def test_wrong_otps_lock_the_link(env: Env) -> None:
         {"type": 1, "token_hash": "a" * 64},
         {"type": "magiclink", "token_hash": "a" * 64, "redirect_to": "http://app.test/"},
         {"type": "magiclink", "token_hash": "a" * 64, "password": ["x"]},
-        [1, 2],
     ],
 )
 async def test_bad_verify_bodies(env: Env, body: object) -> None:
     response = await env.proxy.post("/_sidecar/verify", json=body)
-    await assert_failure(response, 400, "bad_request")
+    await assert_failure(response, 400, "bad_request", "validation_failed")
 
 
 @pytest.mark.parametrize(
@@ -384,13 +389,15 @@ async def test_bad_verify_bodies(env: Env, body: object) -> None:
         (b'{"type": NaN}', "application/json"),
         (b"type=magiclink", "application/x-www-form-urlencoded"),
         (b"\xff\xfe", "application/json"),
+        (b"[1, 2]", "application/json"),
     ],
 )
 async def test_undecodable_verify_bodies(env: Env, data: bytes, content_type: str) -> None:
+    """Not a JSON object: GoTrue's ``bad_json``."""
     response = await env.proxy.post(
         "/_sidecar/verify", data=data, headers={"Content-Type": content_type}
     )
-    await assert_failure(response, 400, "bad_request")
+    await assert_failure(response, 400, "bad_request", "bad_json")
 
 
 async def test_malformed_fields_are_precise(env: Env) -> None:
@@ -406,7 +413,8 @@ async def test_malformed_fields_are_precise(env: Env) -> None:
         ),
     ]
     for body, status, reason in cases:
-        await assert_failure(await env.proxy.post("/_sidecar/verify", json=body), status, reason)
+        response = await env.proxy.post("/_sidecar/verify", json=body)
+        await assert_failure(response, status, reason, "otp_expired")
 
 
 # -- GET <prefix>/verify failures ---------------------------------------------------------
@@ -444,12 +452,12 @@ async def test_store_down_fails_closed(env: Env) -> None:
     response = await env.proxy.post(
         "/_sidecar/verify", json={"type": "magiclink", "token_hash": doc["hashed_token"]}
     )
-    await assert_failure(response, 503, "store_unavailable")
+    await assert_failure(response, 503, "store_unavailable", "service_unavailable")
     response = await env.proxy.post(
         "/_sidecar/verify",
         json={"type": "magiclink", "email": "a@example.com", "token": doc["email_otp"]},
     )
-    await assert_failure(response, 503, "store_unavailable")
+    await assert_failure(response, 503, "store_unavailable", "service_unavailable")
 
 
 async def test_head_never_consumes(env: Env) -> None:

@@ -18,7 +18,10 @@ Proxy side (:func:`register_verify`):
 
 Redemption failures take the proxy's one failure path (:mod:`sidecar.proxy.redemptions`:
 metrics, audit line, status table, ``proxy.failed_redeem_rate``) and answer the shared
-failure pages (JSON ``{"code", "error", "message"}`` for the JSON API): 400 bad request, 401
+failure pages (for the JSON API, ``{"code", "error", "message", "error_code"}`` with GoTrue's
+``error_code``: ``otp_expired`` for any bad, expired or used token or code, as GoTrue says
+it, ``validation_failed``, ``bad_json``, ``email_exists``, ``weak_password``,
+``over_request_rate_limit``, ``request_too_large``, ``service_unavailable``): 400 bad request, 401
 malformed/tampered/unknown key/wrong code, 409 address taken, 410 expired/used/revoked/
 superseded, 422 weak password, 429 too many attempts, 503 store down (``store_unavailable``
 before the burn; ``burn_unconfirmed`` once it is sent, as for refer links).
@@ -181,9 +184,9 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_json_object(request)
     except BadBody:
-        return pages.failure_json(400, "bad_request")
+        return _bad_verify(400, codes.BAD_JSON)
     except web.HTTPRequestEntityTooLarge:
-        return pages.failure_json(413, "bad_request")
+        return _bad_verify(413, codes.REQUEST_TOO_LARGE)
     fields = {k: v for k, v in body.items() if k != "gotrue_meta_security"}
     password = fields.get("password")
     if (
@@ -192,7 +195,7 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
         or not isinstance(link_type := fields.get("type"), str)
         or (password is not None and not isinstance(password, str))
     ):
-        return pages.failure_json(400, "bad_request")
+        return _bad_verify(400, codes.VALIDATION_FAILED)
     token_hash, email, otp = fields.get("token_hash"), fields.get("email"), fields.get("token")
     try:
         if isinstance(token_hash, str) and email is None and otp is None:
@@ -205,18 +208,18 @@ async def _verify_api(request: web.Request) -> web.StreamResponse:
                 services, link_type, email, otp, client=client, password=_str(password)
             )
         else:
-            return pages.failure_json(400, "bad_request")
+            return _bad_verify(400, codes.VALIDATION_FAILED)
         cookie = await _session_after_burn(request, verified, role)
     except RateLimited as limited:  # OTP guesses: their own budget, not counted again
         return await _failed(
-            request, "rate_limited", count=False, as_json=True, retry_after=limited.retry_after
+            request, "rate_limited", count=False, gotrue_json=True, retry_after=limited.retry_after
         )
     except VerifyFailed as failed:
         # A wrong OTP counts against the OTP's own budget (verify_otp), not this one.
         count = token_hash is not None
-        return await _failed(request, failed.reason, failed.token_id, count=count, as_json=True)
+        return await _failed(request, failed.reason, failed.token_id, count=count, gotrue_json=True)
     except StoreUnavailable:
-        return await _failed(request, "store_unavailable", as_json=True)
+        return await _failed(request, "store_unavailable", gotrue_json=True)
     now = services.clock()
     doc = {
         "user": user_json(verified.user),
@@ -266,12 +269,22 @@ async def _failed(
     token_id: str | None = None,
     *,
     count: bool = True,
-    as_json: bool = False,
+    gotrue_json: bool = False,
     retry_after: int | None = None,
 ) -> web.Response:
     return await request.app[FAILED_REDEMPTIONS].answer(
-        request, reason, token_id=token_id, count=count, as_json=as_json, retry_after=retry_after
+        request,
+        reason,
+        token_id=token_id,
+        count=count,
+        gotrue_json=gotrue_json,
+        retry_after=retry_after,
     )
+
+
+def _bad_verify(status: int, error_code: str) -> web.Response:
+    """A verify API body refused before any token is looked at (not a failed redemption)."""
+    return pages.failure_json(status, "bad_request", error_code=error_code)
 
 
 def _links_role(request: web.Request) -> RoleConfig:

@@ -12,8 +12,8 @@ A failed redemption is, in order:
   ``redeem-fail:<client>`` in the store, so the limit holds across replicas; past it the
   answer is 429. Each process remembers a block until its window ends, so a blocked
   client's further failures cost no store write;
-* answered with the failure page (or the JSON ``{"code", "error", "message"}``) whose status
-  :data:`STATUS` gives for the reason.
+* answered with the failure page (or the JSON ``{"code", "error", "message"}``, plus GoTrue's
+  ``error_code`` on the verify API) whose status :data:`STATUS` gives for the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Final
 
 from aiohttp import web
 
+from sidecar.links import errorcodes as codes
 from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
@@ -77,13 +78,14 @@ class FailedRedemptions:
         *,
         token_id: str | None = None,
         count: bool = True,
-        as_json: bool = False,
+        gotrue_json: bool = False,
         retry_after: int | None = None,
     ) -> web.Response:
         """Record the failure ``reason`` and answer it (see the module docstring).
 
-        ``count=False`` leaves ``proxy.failed_redeem_rate`` alone; ``as_json`` answers JSON
-        whatever the client accepts; ``retry_after`` goes with a 429 decided elsewhere."""
+        ``count=False`` leaves ``proxy.failed_redeem_rate`` alone; ``gotrue_json`` answers
+        JSON whatever the client accepts, with GoTrue's ``error_code`` (the verify API);
+        ``retry_after`` goes with a 429 decided elsewhere."""
         client = self._clients.of(request)
         audit(
             "replay" if reason == "used" else "redeem_failed",
@@ -100,8 +102,9 @@ class FailedRedemptions:
             except StoreUnavailable:
                 status, reason = 503, "store_unavailable"
         metrics.redemption(reason)  # the outcome the client got: rate_limited included
-        if as_json:
-            return pages.failure_json(status, reason, retry_after=retry_after)
+        if gotrue_json:
+            code = codes.for_verify_failure(reason)
+            return pages.failure_json(status, reason, retry_after=retry_after, error_code=code)
         return pages.failure(request, status, reason, retry_after=retry_after)
 
     async def _count(self, client: str) -> None:

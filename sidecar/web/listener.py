@@ -50,10 +50,14 @@ class ConnectionLimits:
     max_connections: int | None = None
 
 
-def error_document(status: int, error: str, message: str) -> bytes:
+def error_document(status: int, error: str, message: str, error_code: str | None = None) -> bytes:
     """The sidecar's JSON error ``{"code", "error", "message"}`` — the one place it is
-    written (:func:`sidecar.web.pages.failure_json` answers with it too)."""
-    return json.dumps({"code": status, "error": error, "message": message}).encode()
+    written (:func:`sidecar.web.pages.failure_json` answers with it too) — plus GoTrue's
+    ``error_code`` on a GoTrue-shaped route (``POST <prefix>/verify``)."""
+    doc = {"code": status, "error": error, "message": message}
+    if error_code is not None:
+        doc["error_code"] = error_code
+    return json.dumps(doc).encode()
 
 
 def canned_answer(status: int, error: str, message: str, *extra: str) -> bytes:

@@ -91,15 +91,18 @@ def failure(
     return _html(status, headers, title, f"<p>{html.escape(message)}</p>")
 
 
-def failure_json(status: int, reason: str, *, retry_after: int | None = None) -> web.Response:
+def failure_json(
+    status: int, reason: str, *, retry_after: int | None = None, error_code: str | None = None
+) -> web.Response:
     """The proxy listener's JSON failure ``{"code", "error", "message"}`` (failure pages,
-    ``<prefix>/verify``, ``<prefix>/session``). The document itself comes from
+    ``<prefix>/verify``, ``<prefix>/session``), with ``error_code`` when given (GoTrue's, for
+    the verify API). The document itself comes from
     :func:`~sidecar.web.listener.error_document`, which also writes the answers aiohttp's
     server gives before any handler runs, so the shape has one author."""
     message = MESSAGES.get(reason, _phrase(status) + ".")
     return web.Response(
         status=status,
-        body=error_document(status, reason, message),
+        body=error_document(status, reason, message, error_code),
         content_type="application/json",
         charset="utf-8",
         headers=_failure_headers(retry_after),

@@ -246,7 +246,8 @@ async def test_auth_js_reads_the_sidecars_errors_as_auth_api_errors(
 
 async def test_supabase_verify_otp_with_type_email(served: tuple[Served, Upstream]) -> None:
     """supabase-js's ``verifyOtp({email, token, type: "email"})`` against ``<prefix>/verify``:
-    the user comes back (the session is the cookie, so auth-js sees none)."""
+    the user comes back (the session is the cookie, so auth-js sees none). Its failures
+    carry GoTrue's ``error_code``, which auth-js reads into ``AuthApiError.code``."""
     server, _ = served
     [minted] = await auth_js(
         server, [{"name": "mint", "params": {"type": "magiclink", "email": "otp@example.com"}}]
@@ -271,15 +272,31 @@ async def test_supabase_verify_otp_with_type_email(served: tuple[Served, Upstrea
                 "op": "verifyOtp",
                 "params": {"email": "otp@example.com", "token": code, "type": "email"},
             },
+            {
+                "name": "unknown token_hash",
+                "op": "verifyOtp",
+                "params": {"token_hash": "0" * 64, "type": "magiclink"},
+            },
+            {
+                "name": "bad body",
+                "op": "verifyOtp",
+                "params": {"email": "otp@example.com", "type": "email"},
+            },
         ],
     )
     (ARTIFACTS / "verify_otp.json").write_text(json.dumps(transcript, indent=2), "utf-8")
-    refused, accepted, again = transcript
+    refused, accepted, again, unknown, bad = transcript
     assert accepted["error"] is None, accepted
     assert accepted["data"]["user"]["id"] == minted["data"]["user"]["id"]
     assert accepted["data"]["user"]["email"] == "otp@example.com"
     assert accepted["data"]["session"] is None
-    for failed in (refused, again):
+    for failed, status, error_code in [
+        (refused, 401, "otp_expired"),
+        (again, 401, "otp_expired"),
+        (unknown, 401, "otp_expired"),
+        (bad, 400, "validation_failed"),
+    ]:
         assert failed["error"]["name"] == "AuthApiError", failed
-        assert failed["error"]["status"] == 401, failed
+        assert failed["error"]["isAuthApiError"] is True, failed
+        assert (failed["error"]["status"], failed["error"]["code"]) == (status, error_code)
         assert failed["data"] == {"user": None, "session": None}
