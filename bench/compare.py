@@ -45,6 +45,11 @@ def _p99_ratio(doc: Doc) -> float | None:
 ROWS: list[tuple[str, str, Callable[[Doc], Any]]] = [
     ("sidecar CPU µs per proxied request ÷ nginx's (worse layout)", "≤ 2.0", _cpu_ratio),
     ("sidecar CPU µs per proxied request, layout C", "", _px("C", "sidecar", "cpu_us")),
+    (
+        "the same with logging.access false, layout C",
+        "",
+        _px("C", "sidecar, logging.access false", "cpu_us"),
+    ),
     ("nginx CPU µs per proxied request, layout C", "", _px("C", "nginx", "cpu_us")),
     ("throughput ÷ direct, layout C", "≥ 0.75", _px("C", "sidecar", "ratio")),
     ("nginx throughput ÷ direct, layout C", "", _px("C", "nginx", "ratio")),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.run import Results
+from bench.run import NO_ACCESS_LOG, Results
 from bench.scenarios import Measure
 
 
@@ -36,6 +36,9 @@ def _check(
     return Target(name, f"{sign} {goal:g}{unit}", value, unit, met, nginx)
 
 
+_NONE = Measure(0.0, 0.0, 0.0, None, None, None, [])
+
+
 def _pair(r: Results, layout: str) -> tuple[Measure | None, Measure | None]:
     by_target = r.proxied.get(layout, {})
     return by_target.get("sidecar"), by_target.get("nginx")
@@ -56,6 +59,12 @@ def targets(r: Results) -> list[Target]:
     ]
     worst = max(cpu_ratios, key=lambda kv: kv[1] or 0.0, default=(None, None))
     worst_nginx = {"A": a_nginx, "C": c_nginx}.get(worst[0] or "")
+    quiet = [
+        _over(r.proxied.get(k, {}).get(NO_ACCESS_LOG, _NONE).cpu_us, n.cpu_us)
+        for k, n in (("A", a_nginx), ("C", c_nginx))
+        if n is not None and NO_ACCESS_LOG in r.proxied.get(k, {})
+    ]
+    quiet_worst = max((q for q in quiet if q is not None), default=None)
     sqlite = r.redemptions.get("sqlite")
     full = r.latency.get(str(r.settings.burned))
 
@@ -72,6 +81,13 @@ def targets(r: Results) -> list[Target]:
             " times",
             at_least=False,
             nginx=us(worst_nginx),
+        ),
+        _check(
+            "The same with logging.access false (nginx's access_log is off here)",
+            quiet_worst,
+            2.0,
+            " times",
+            at_least=False,
         ),
         _check(
             "Throughput ÷ direct, layout C",

@@ -37,6 +37,7 @@ from bench.scenarios import (
 from bench.servers import start_nginx, start_redis, start_upstream
 from bench.target import COOKIE, Sidecar, session_cookie, sqlite_url, start_sidecar
 
+NO_ACCESS_LOG = "sidecar, logging.access false"
 LAYOUTS = {
     "A": "sidecar/nginx + upstream on core 0, load generator on core 1",
     "C": "sidecar/nginx alone on core 0, upstream + load generator on core 1",
@@ -119,9 +120,21 @@ def run(settings: Settings, note: str, log: Log) -> Results:
 
         sc = sidecar("sidecar-sqlite", sqlite_url(work / "sidecar.db"))
         cookie = session_cookie(sc)
+        # nginx runs with access_log off: the same sidecar without its access lines (on the
+        # same store, so the cookie works) is the like-for-like row.
+        quiet = start_sidecar(
+            work,
+            name="sidecar-no-access-log",
+            upstream_port=upstream.port,
+            store_url=sqlite_url(work / "sidecar.db"),
+            cores=[c0],
+            access_log=False,
+        )
+        kids.append(quiet.child)
         targets = [
             ProxyTarget("direct", upstream.port, upstream.pid),
             ProxyTarget("sidecar", sc.proxy_port, sc.pid),
+            ProxyTarget(NO_ACCESS_LOG, quiet.proxy_port, quiet.pid),
         ]
         if nginx is not None:
             targets.append(ProxyTarget("nginx", nginx.port, nginx.pid))
@@ -138,6 +151,7 @@ def run(settings: Settings, note: str, log: Log) -> Results:
                 duration=settings.duration,
                 warmup=settings.warmup,
             )
+        _stop(quiet.child, kids)
         if settings.profile:
             log("profile: py-spy on the sidecar, layout C")
             spec = LoadSpec(

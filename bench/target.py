@@ -52,6 +52,7 @@ roles:
       X-Forwarded-Role: "{{role}}"
 logging:
   level: {log_level}
+  access: {access_log}
 shutdown:
   grace_period: 2s
 """
@@ -92,6 +93,7 @@ def start_sidecar(
     log_level: str = "info",
     trusted_proxies: Sequence[str] = (),
     workers: int = 1,
+    access_log: bool = True,
 ) -> Sidecar:
     """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``
     (``--workers workers``: ``pid`` is then the supervisor's, and the CPU figures, summed
@@ -111,10 +113,13 @@ def start_sidecar(
             store_url=store_url,
             cookie=COOKIE,
             log_level=log_level,
+            access_log="true" if access_log else "false",
             trusted=", ".join(trusted_proxies),
         )
     )
-    argv = [PYTHON, "-m", "sidecar", "serve", "--config", str(config), "--workers", str(workers)]
+    argv = [PYTHON, "-m", "sidecar", "serve", "--config", str(config)]
+    if workers != 1:
+        argv += ["--workers", str(workers)]
     child = spawn(name, argv, logdir=workdir, cores=cores, cwd=home)
     wait_port(child, admin_port)
     wait_port(child, proxy_port)

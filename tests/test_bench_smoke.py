@@ -49,7 +49,8 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
 
-    names = ["direct", "sidecar"] + (["nginx"] if doc["meta"]["nginx"] else [])
+    names = ["direct", "sidecar", "sidecar, logging.access false"]
+    names += ["nginx"] if doc["meta"]["nginx"] else []
     for layout in ("A", "C"):
         proxied = doc["proxied"][layout]
         assert sorted(proxied) == sorted(names)
@@ -58,7 +59,9 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
             if name != "direct":
                 assert proxied[name]["ratio"] > 0
     workers = doc["proxied"]["W"]  # nothing pinned: 1 and 2 workers side by side
-    assert sorted(workers) == sorted([*names, "sidecar, 2 workers"])
+    assert sorted(workers) == sorted(
+        ["direct", "sidecar", "sidecar, 2 workers"] + (["nginx"] if doc["meta"]["nginx"] else [])
+    )
     for name in workers:
         _measure_ok(workers[name])
     _measure_ok(doc["mints"])
@@ -71,10 +74,10 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert memory["connections_open"] == memory["connections"] > 0
     mib = ("idle_mib", "after_mib", "peak_mib", "upstream_idle_mib", "upstream_after_mib")
     assert all(v > 0 for v in _numbers(memory, *mib))
-    assert len(doc["targets"]) == 8
+    assert len(doc["targets"]) == 9
     # Without nginx, the two rows measured against it have nothing to divide by.
-    against_nginx = [t for t in doc["targets"] if "nginx's" in t["name"]]
-    assert len(against_nginx) == 2
+    against_nginx = [t for t in doc["targets"] if "nginx's" in t["name"] or "same" in t["name"]]
+    assert len(against_nginx) == 3
     expected = (
         doc["targets"]
         if doc["meta"]["nginx"]
@@ -87,6 +90,7 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     rows = table(doc, doc).splitlines()[2:]  # the run against itself: every row filled in
     assert len(rows) == len(ROWS)
     assert not [row for row in rows if "| — |" in row and doc["meta"]["nginx"]], rows
+    assert "| — |" in table({}, doc)  # an older run without a row shows a dash
 
     markdown = (tmp_path / "benchmarks.md").read_text()
     for target in doc["targets"]:
