@@ -1,0 +1,101 @@
+"""The SQLite store's file: its tables, the columns later versions added (migrated on
+open), and the bounded purges of expired rows. No I/O but :func:`prepare_file`'s.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+PURGE_CHUNK = 5000  # rows per purge transaction, so burns are never stalled for long
+
+SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY, user_id TEXT NOT NULL, role TEXT NOT NULL, params TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, idle_timeout REAL NOT NULL,
+    last_seen REAL NOT NULL, token_id TEXT NOT NULL, email TEXT, module TEXT,
+    dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
+CREATE INDEX IF NOT EXISTS sessions_token_id ON sessions (token_id);
+CREATE INDEX IF NOT EXISTS sessions_dead_at ON sessions (dead_at);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY, email TEXT NOT NULL, email_key TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL, confirmed_at REAL, invited_at REAL, password_hash TEXT,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS links (
+    user_id TEXT NOT NULL, link_type TEXT NOT NULL, token_id TEXT NOT NULL,
+    hashed_token TEXT NOT NULL, otp_hash TEXT NOT NULL, expires_at REAL NOT NULL,
+    new_email TEXT, failed_attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, link_type)
+);
+CREATE INDEX IF NOT EXISTS links_hashed_token ON links (hashed_token);
+CREATE INDEX IF NOT EXISTS links_expires_at ON links (expires_at);
+CREATE TABLE IF NOT EXISTS token_records (
+    token_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, kind TEXT NOT NULL, role TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, one_time INTEGER NOT NULL,
+    email TEXT, module TEXT, keep_until REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS token_records_user
+    ON token_records (user_id, created_at, token_id);
+CREATE INDEX IF NOT EXISTS token_records_keep_until ON token_records (keep_until);
+CREATE TABLE IF NOT EXISTS ratelimits (
+    key TEXT PRIMARY KEY, count INTEGER NOT NULL, reset_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ratelimits_reset_at ON ratelimits (reset_at);
+COMMIT;
+"""
+
+# Columns added after version 1, as (table, column, declaration). A file written by an
+# older release gets them on open; their rows read back as NULL.
+_ADDED_COLUMNS = (
+    ("tokens", "at", "REAL"),  # when the token was burned or revoked (store clock)
+    ("sessions", "client", "TEXT"),  # the address a session was started from
+)
+_USER_VERSION = 2
+
+# Bounded deletes (see PURGE_CHUNK); table and column names are constants.
+# A burn record outlives its token by 5 minutes (as on Redis): a redemption that opened
+# the token just before expiry must still find the record when its burn lands.
+PURGES = (
+    "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens WHERE expires_at < ? - 300 LIMIT ?)",
+    "DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions WHERE dead_at < ? LIMIT ?)",
+    "DELETE FROM links WHERE rowid IN (SELECT rowid FROM links WHERE expires_at < ? LIMIT ?)",
+    "DELETE FROM token_records WHERE token_id IN"
+    " (SELECT token_id FROM token_records WHERE keep_until < ? LIMIT ?)",
+    "DELETE FROM ratelimits WHERE rowid IN"
+    " (SELECT rowid FROM ratelimits WHERE reset_at < ? LIMIT ?)",
+)
+
+
+def prepare_file(path: str) -> None:
+    """Open ``path`` (created if missing) in WAL mode and bring its schema up to date."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        row = conn.execute("PRAGMA journal_mode = WAL").fetchone()  # persists in the file
+        if row is None or str(row[0]).lower() != "wal":
+            raise sqlite3.OperationalError("the database refused WAL journal mode")
+        conn.executescript(SCHEMA)
+        _add_columns(conn)
+    finally:
+        conn.close()
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, declaration in _ADDED_COLUMNS:
+            have = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        conn.execute(f"PRAGMA user_version = {_USER_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
