@@ -325,7 +325,9 @@ def host_check(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
+        # Raw, as written: the decoded path of "/_sidecar%2Fauth" is "/_sidecar/auth", but the
+        # router sends that request to the proxy, with its Host, not to forward-auth.
+        path = request.rel_url.raw_path
         if path in any_host or (envoy_prefix is not None and path.startswith(envoy_prefix + "/")):
             return await handler(request)
         hosts = request.headers.getall(hdrs.HOST, ())
