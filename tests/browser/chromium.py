@@ -7,10 +7,12 @@ tests skip on a laptop and fail in CI (``tests.conftest.skip_or_fail``). Screens
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import skip_or_fail
 from tests.demo_process import ROOT
 
 CHROMIUM = Path(os.environ.get("SIDECAR_CHROMIUM", "/usr/lib/chromium/chromium"))
@@ -32,6 +34,16 @@ TIMEOUT_MS = 15_000
 # Playwright ships no type information mypy can use; the page objects are typed as Any here.
 Page = Any
 Browser = Any
+
+
+def launch_options() -> dict[str, Any]:
+    """Playwright's ``chromium.launch`` options for the system Chromium. Skips the test
+    (fails under ``SIDECAR_REQUIRE_ALL=1``) when Chromium or Playwright is missing."""
+    if not CHROMIUM.exists():
+        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    if importlib.util.find_spec("playwright") is None:
+        skip_or_fail("Playwright for Python is not installed (pip install playwright)")
+    return {"executable_path": str(CHROMIUM), "headless": True, "args": CHROMIUM_ARGS}
 
 
 def fresh_page(browser: Browser) -> Page:

@@ -1,4 +1,4 @@
-"""Real sites for browser tests of cross-site rules: an async Chromium and a sibling host.
+"""Real sites for browser tests of cross-site rules: a sibling host.
 
 ``*.localhost`` names resolve to loopback inside Chromium and count as potentially
 trustworthy, so ``http://app.site.localhost:<port>`` behaves for cookies and fetch metadata
@@ -8,33 +8,9 @@ origin on the same site (a sibling subdomain: SameSite=Lax cookies still flow).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
-import pytest
 from aiohttp import web
-
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, Browser
-from tests.conftest import skip_or_fail
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    """Debian's Chromium through Playwright's async API (no browser is downloaded)."""
-    if not CHROMIUM.exists():
-        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        skip_or_fail("Playwright for Python is not installed (pip install playwright)")
-        raise
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def sibling_host(

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Browser
+from tests.browser.chromium import TIMEOUT_MS, Browser
 from tests.conftest import skip_or_fail
 from tests.harness import Upstream, running_upstream
 from tests.serve_process import ROOT, Served, running_serve
@@ -71,25 +71,6 @@ async def auth_js(served: Served, calls: list[dict[str, Any]]) -> list[dict[str,
     assert proc.returncode == 0, err.decode()
     transcript: list[dict[str, Any]] = json.loads(out)
     return transcript
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        skip_or_fail("Playwright for Python is not installed (pip install playwright)")
-        raise
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@
 :mod:`.upstream`           :class:`Upstream`, the recording app behind it (``upstream``
                            fixture in ``tests/conftest.py``)
 :mod:`.raw`                :func:`raw_http`: bytes as written, answers read by their framing
+:mod:`.rawupstream`        :class:`RawUpstream`: a raw-socket upstream that misbehaves exactly
 :mod:`.config`             the two config presets (:func:`make_config`, :func:`config_doc`)
 =========================  ===============================================================
 
@@ -17,6 +18,7 @@ process instead: ``tests/serve_process.py``.
 
 from tests.harness.config import ADMIN_KEY, PUBLIC_URL, ROLES, config_doc, deep_merge, make_config
 from tests.harness.raw import RawResponse, parse_raw, raw_http, raw_request, request_bytes
+from tests.harness.rawupstream import RawUpstream, request_path
 from tests.harness.served import Clock, Sidecar, free_port, running_sidecar
 from tests.harness.upstream import CHUNK, GZIP_TEXT, Recorded, Upstream, running_upstream
 
@@ -28,6 +30,7 @@ __all__ = [
     "ROLES",
     "Clock",
     "RawResponse",
+    "RawUpstream",
     "Recorded",
     "Sidecar",
     "Upstream",
@@ -39,6 +42,7 @@ __all__ = [
     "raw_http",
     "raw_request",
     "request_bytes",
+    "request_path",
     "running_sidecar",
     "running_upstream",
 ]

@@ -9,7 +9,6 @@ and the only pool slot serves the next request at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PUBLIC_URL, Sidecar, Upstream, raw_http, running_sidecar
+from tests.harness import PUBLIC_URL, RawUpstream, Sidecar, raw_http, request_path, running_sidecar
 from tests.security import casebook
 
 HOST = PUBLIC_URL.removeprefix("https://")
@@ -26,53 +25,34 @@ CHUNK = b"z" * 65536
 SETTINGS: dict[str, object] = {"proxy": {"send_timeout": "1s", "max_connections": 1}}
 
 
-class FloodingUpstream:
+class FloodingUpstream(RawUpstream):
     """``/static/flood``: an endless chunked body; anything else a small 200. Counts the
     flood connections that ended (the sidecar dropped them)."""
 
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__(self._flood)
         self.ended = 0
-        self._server: asyncio.Server | None = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                if head.split(b" ", 2)[1] == b"/static/flood":
-                    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    try:
-                        while True:
-                            writer.write(b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK))
-                            await writer.drain()
-                    finally:
-                        self.ended += 1
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                await writer.drain()
-        writer.close()
-
-    async def __aenter__(self) -> FloodingUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
-class _Pointing(Upstream):
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+    async def _flood(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if request_path(head) == b"/static/flood":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                while True:
+                    writer.write(b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK))
+                    await writer.drain()
+            finally:
+                self.ended += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
 
 
 @pytest.fixture
 async def flooding(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, FloodingUpstream]]:
     async with (
         FloodingUpstream() as up,
-        running_sidecar(tmp_path, overrides=SETTINGS, upstream=_Pointing(port=up.port)) as sc,
+        running_sidecar(tmp_path, overrides=SETTINGS, upstream=up.pointing()) as sc,
     ):
         yield sc, up
 

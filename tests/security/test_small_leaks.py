@@ -4,7 +4,6 @@ JSON, a doubled ``Authorization`` on the admin port, a flood of header lines."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -12,8 +11,8 @@ from tests.harness import (
     ADMIN_KEY,
     PUBLIC_URL,
     RawResponse,
+    RawUpstream,
     Sidecar,
-    Upstream,
     raw_http,
     running_sidecar,
 )
@@ -102,40 +101,17 @@ async def test_two_authorization_headers_on_the_admin_port_are_400(
     assert b"more than one Authorization header" in answer.body
 
 
-class _FixedUpstream:
+def _fixed_upstream(answer: bytes) -> RawUpstream:
     """An upstream that answers every request with the same raw bytes (so its headers are
     exactly what the test says: aiohttp's own server would add a ``Server``)."""
 
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.port = 0
-        self._server: asyncio.Server | None = None
+    async def always(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(answer)
+        return True
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(self.answer)
-                await writer.drain()
-        writer.close()
-
-    async def __aenter__(self) -> _FixedUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
-class _Pointing(Upstream):
-    """The harness upstream slot, pointed at a server started elsewhere."""
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+    return RawUpstream(always)
 
 
 @pytest.mark.parametrize(
@@ -149,12 +125,10 @@ async def test_relayed_answers_keep_the_upstreams_server_header_and_add_none(
     head = [b"HTTP/1.1 200 OK", b"Content-Length: %d" % len(body), b"Content-Type: text/plain"]
     if sent is not None:
         head.append(b"Server: " + sent.encode())
-    fixed = _FixedUpstream(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    fixed = _fixed_upstream(b"\r\n".join(head) + b"\r\n\r\n" + body)
     async with (
         fixed,
-        running_sidecar(
-            tmp_path_factory.mktemp("relayed"), upstream=_Pointing(port=fixed.port)
-        ) as sc,
+        running_sidecar(tmp_path_factory.mktemp("relayed"), upstream=fixed.pointing()) as sc,
     ):
         answer = await raw_http(sc.proxy_port, get("/static/x"))
     assert answer.status == 200

@@ -11,7 +11,6 @@ Server-sent events that keep talking are never cut, however long they last.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -22,10 +21,11 @@ import pytest
 
 from tests.harness import (
     PUBLIC_URL,
+    RawUpstream,
     Sidecar,
-    Upstream,
     parse_raw,
     raw_http,
+    request_path,
     running_sidecar,
 )
 from tests.security import casebook
@@ -38,70 +38,49 @@ SETTINGS: dict[str, object] = {
 }
 
 
-class StallingUpstream:
+class StallingUpstream(RawUpstream):
     """Answers by path, under the public ``/static``: ``/stall-small`` (Content-Length 5000,
     100 bytes sent), ``/stall-stream`` (Content-Length 200000, 70000 sent), ``/sse`` (an
     event every 300 ms, 8 of them, then the end), anything else a small 200. Counts the
     connections the sidecar dropped while a body was stalled."""
 
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__(self._stall)
         self.dropped = 0
-        self.opened = 0
-        self._server: asyncio.Server | None = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.opened += 1
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                path = head.split(b" ", 2)[1].removeprefix(b"/static")
-                if path.startswith(b"/stall-"):
-                    length, sent = (5000, 100) if path == b"/stall-small" else (200_000, 70_000)
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
-                    writer.write(b"x" * sent)
-                    await writer.drain()
-                    await reader.read()  # until the sidecar gives up on us
-                    self.dropped += 1
-                    break
-                if path == b"/sse":
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                        b"Transfer-Encoding: chunked\r\n\r\n"
-                    )
-                    for i in range(8):
-                        event = b"data: beat %d\n\n" % i
-                        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-                        await writer.drain()
-                        await asyncio.sleep(0.3)  # the upstream's own pace, under the timeout
-                    writer.write(b"0\r\n\r\n")
-                    continue
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async def _stall(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        path = request_path(head).removeprefix(b"/static")
+        if path.startswith(b"/stall-"):
+            length, sent = (5000, 100) if path == b"/stall-small" else (200_000, 70_000)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
+            writer.write(b"x" * sent)
+            await writer.drain()
+            await reader.read()  # until the sidecar gives up on us
+            self.dropped += 1
+            return False
+        if path == b"/sse":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            for i in range(8):
+                event = b"data: beat %d\n\n" % i
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
-        writer.close()
-
-    async def __aenter__(self) -> StallingUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
-class _Pointing(Upstream):
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+                await asyncio.sleep(0.3)  # the upstream's own pace, under the timeout
+            writer.write(b"0\r\n\r\n")
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
 
 
 @pytest.fixture
 async def stalling(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, StallingUpstream]]:
     async with (
         StallingUpstream() as up,
-        running_sidecar(tmp_path, overrides=SETTINGS, upstream=_Pointing(port=up.port)) as sc,
+        running_sidecar(tmp_path, overrides=SETTINGS, upstream=up.pointing()) as sc,
     ):
         yield sc, up
 
