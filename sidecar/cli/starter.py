@@ -1,7 +1,8 @@
 """``sidecar init DIR``: a starter config, keyset and admin key that serve as they are.
 
 Nothing is overwritten: if any of the three files exists, nothing is written. The keyset
-and the admin key are 0600, the directory (when created) 0700. Every path in the config is
+and the admin key are 0600, the directory (when created) 0700; an existing one that group or
+others may write (and is not sticky) is refused. Every path in the config is
 relative to its directory, so the directory can be moved as a whole.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import ipaddress
 import json
 import secrets
+import stat
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -115,6 +117,7 @@ def run(ns: argparse.Namespace) -> int:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"{directory}: cannot create: {exc.strerror}") from None
+    _refuse_shared(directory)
     write_private(directory / "keyset.json", generate_keyset().to_json(), replace=False)
     write_private(directory / "admin.key", secrets.token_urlsafe(32) + "\n", replace=False)
     write_private(config, text, replace=False)
@@ -122,6 +125,18 @@ def run(ns: argparse.Namespace) -> int:
     print(f"  serve:  sidecar serve --config {config}")
     print(f"  mint:   sidecar mint --config {config} --user alice")
     return 0
+
+
+def _refuse_shared(directory: Path) -> None:
+    """Whoever can write ``directory`` can replace the keyset (and forge every link) or the
+    admin key after they are written: refuse one writable by group or others, unless it is
+    sticky (as /tmp is: others cannot replace files they do not own)."""
+    mode = directory.stat().st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        raise CliError(
+            f"{directory}: writable by other users (mode {stat.S_IMODE(mode):o}), who could "
+            "replace the keyset or the admin key; chmod go-w it or choose another directory"
+        )
 
 
 def _default_listen(public_url: str) -> str:

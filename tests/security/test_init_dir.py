@@ -1,0 +1,37 @@
+"""``sidecar init`` into a directory others can write: they could swap the keyset it writes
+(and forge every link) or the admin key. It refuses before writing anything, unless the
+directory is sticky (like /tmp: others cannot replace what they do not own)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from tests.security import casebook
+from tests.test_cli_ops import sidecar
+
+ARGS = ("--upstream", "http://127.0.0.1:3000", "--public-url", "http://127.0.0.1:8080")
+
+
+def test_init_refuses_a_directory_others_can_write(tmp_path: Path) -> None:
+    refused = 0
+    for mode in (0o777, 0o775, 0o757):
+        shared = tmp_path / f"shared-{mode:o}"
+        shared.mkdir()
+        shared.chmod(mode)  # exact bits, whatever the umask
+        done = sidecar("init", str(shared), *ARGS, cwd=tmp_path)
+        if done.returncode == 1 and "writable by other users" in done.stderr:
+            refused += 1
+        assert list(shared.iterdir()) == [], f"{mode:o}: nothing may be written"
+    casebook.record("secrets", tried=3, through=3 - refused)
+    assert refused == 3
+
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    done = sidecar("init", str(sticky / "conf"), *ARGS, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((sticky / "conf").stat().st_mode) == 0o700
+    own = tmp_path / "own"
+    own.mkdir(mode=0o755)
+    assert sidecar("init", str(own), *ARGS, cwd=tmp_path).returncode == 0
