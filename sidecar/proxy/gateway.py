@@ -30,7 +30,7 @@ from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.forward_auth import ForwardAuth
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.origins import PublicOrigin
+from sidecar.proxy.origins import PublicOrigin, forwarded_hosts
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
 from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
 from sidecar.proxy.router import proxy_application
@@ -320,8 +320,8 @@ def host_check(
     envoy_prefix: str | None,
 ) -> Middleware:
     """421 for a ``Host`` that is not the public one (:class:`PublicOrigin`), and for a
-    trusted proxy's ``X-Forwarded-Host`` that is not either: the upstream builds links from
-    them. ``any_host`` paths (probes, forward-auth) are exempt."""
+    trusted proxy's ``X-Forwarded-Host`` or ``Forwarded: host=`` that is not either: the
+    upstream builds links from them. ``any_host`` paths (probes, forward-auth) are exempt."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -335,6 +335,9 @@ def host_check(
         if ok and clients.trusts(request.remote):
             for value in request.headers.getall(hdrs.X_FORWARDED_HOST, ()):
                 ok = ok and all(public.host_allowed(h) for h in value.split(","))
+            # RFC 7239's host= (Rack 3 and Spring read it before X-Forwarded-Host).
+            for value in request.headers.getall(hdrs.FORWARDED, ()):
+                ok = ok and all(public.host_allowed(h) for h in forwarded_hosts(value))
         if not ok:
             return pages.failure(request, 421, "misdirected")
         return await handler(request)

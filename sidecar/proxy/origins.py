@@ -73,6 +73,19 @@ def parse_origin(text: str) -> str:
 _PORT = re.compile(r"(?::[0-9]{1,5})?")
 
 
+def forwarded_hosts(value: str) -> list[str]:
+    """Every ``host=`` of an RFC 7239 ``Forwarded`` value, unquoted. Quotes are not honoured
+    when splitting at ``,`` and ``;``: a quoted ``,`` only yields more candidates to check,
+    never hides one a stricter parser would read."""
+    hosts = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, sep, given = pair.partition("=")
+            if sep and name.strip().lower() == "host":
+                hosts.append(given.strip().strip('"'))
+    return hosts
+
+
 def host_name(host_header: str) -> str:
     """The host part of a ``Host`` value, lower case (``[::1]:8080`` -> ``[::1]``); ``""``
     (which no allowed host equals) when what follows it is not ``:<port>`` or nothing.

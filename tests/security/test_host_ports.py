@@ -8,7 +8,9 @@ the reset-link poisoning the 421 exists to stop.
 
 from __future__ import annotations
 
-from tests.harness import Sidecar, raw_http
+from pathlib import Path
+
+from tests.harness import Sidecar, raw_http, running_sidecar
 from tests.security import casebook
 
 PORT_TRICKS = [
@@ -74,4 +76,42 @@ async def test_only_the_probe_and_auth_paths_themselves_escape_the_host_check(
         data = f"GET {target} HTTP/1.1\r\nHost: 10.1.2.3\r\nConnection: close\r\n\r\n".encode()
         assert (await raw_http(sidecar.proxy_port, data)).status == 200
     casebook.record("hosts", tried=len(EXEMPT_SPELLINGS), through=len(through))
+    assert not through, through
+
+
+FORWARDED_HOSTS = [
+    "for=203.0.113.7;host=evil.example",
+    'for=203.0.113.7;host="evil.example"',
+    "for=203.0.113.7;proto=https;HOST=evil.example:443",
+    "for=198.51.100.1, for=203.0.113.7;host=evil.example",
+    "host=app.example.com, host=evil.example",
+    "for=203.0.113.7;host=app.example.com:@evil.example",
+    'for=203.0.113.7;host="app.example.com";host=evil.example',
+]
+
+
+async def test_a_trusted_proxy_may_not_forward_a_foreign_host_in_forwarded(
+    tmp_path: Path,
+) -> None:
+    """RFC 7239 ``Forwarded: host=`` (Rack 3 and Spring read it first) is checked like
+    ``X-Forwarded-Host``: a load balancer passing on what its client wrote must not get a
+    foreign host to the upstream."""
+    overrides: dict[str, object] = {"proxy": {"trusted_proxies": ["127.0.0.1/32"]}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        through = []
+        for value in [*FORWARDED_HOSTS, "for=203.0.113.7;host=app.example.com"]:
+            data = (
+                f"GET /app HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"
+                f"Forwarded: {value}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            before = len(sc.upstream.requests)
+            answer = await raw_http(sc.proxy_port, data)
+            reached = len(sc.upstream.requests) > before
+            if value.endswith("host=app.example.com"):  # the public host itself passes
+                assert answer.status == 200, answer.raw[:300]
+                assert reached
+            elif reached or answer.status != 421:
+                through.append((value, answer.status))
+    casebook.record("hosts", tried=len(FORWARDED_HOSTS), through=len(through))
     assert not through, through
