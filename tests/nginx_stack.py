@@ -28,6 +28,7 @@ import yaml
 
 from sidecar.tokens.keys import generate_keyset
 from tests.conftest import skip_or_fail
+from tests.processes import executable, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "deploy" / "nginx"
@@ -92,13 +93,6 @@ class Stack:
             conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def nginx_binary() -> str:
     """Debian's nginx (auth_request built in), or a skip (a failure in CI)."""
     exe = shutil.which("nginx") or next(
@@ -115,11 +109,7 @@ def nginx_binary() -> str:
 
 def caddy_binary() -> str:
     """Debian's Caddy (forward_auth since 2.5.1), or a skip (a failure in CI)."""
-    exe = shutil.which("caddy")
-    if exe is None:
-        skip_or_fail("caddy is not installed (apt-get install caddy)")
-        raise AssertionError("unreachable")
-    return exe
+    return executable("caddy", "caddy is not installed (apt-get install caddy)")
 
 
 def _caddyfile(port: int, app: int, sidecar: int) -> str:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import datetime
 import functools
 import ipaddress
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,7 +31,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from sidecar.store.redis_client import RedisOptions
-from tests.conftest import skip_or_fail
+from tests.processes import executable, free_port
 
 READY_TIMEOUT = 20.0
 ACL_PREFIX = "sidecar-acl:"
@@ -43,25 +41,11 @@ SERVICE = "sidecar"
 
 
 def redis_exe() -> str:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        skip_or_fail("redis-server is not installed")
-        raise AssertionError("unreachable")
-    return exe
+    return executable("redis-server", "redis-server is not installed")
 
 
 def redis_cli() -> str:
-    exe = shutil.which("redis-cli")
-    if exe is None:
-        skip_or_fail("redis-cli (Debian redis-tools) is not installed")
-        raise AssertionError("unreachable")
-    return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return executable("redis-cli", "redis-cli (Debian redis-tools) is not installed")
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = READY_TIMEOUT) -> float:

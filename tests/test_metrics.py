@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar import __version__
 from sidecar.telemetry import metrics
 from tests.harness import running_upstream
-from tests.serve_process import free_port, running_serve
+from tests.processes import free_port
+from tests.serve_process import running_serve
 
 Labels = Mapping[str, str]
 

@@ -30,6 +30,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from sidecar.tokens.codec import Claims, TokenCodec, new_token_id
 from sidecar.tokens.keys import generate_keyset
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +40,6 @@ WORKERS = 2
 CONCURRENT = 500
 MINT_LIMIT = 20
 STARTUP = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 from tests.browser.chromium import TIMEOUT_MS, Browser
 from tests.conftest import skip_or_fail
 from tests.harness import Upstream, running_upstream
+from tests.processes import executable
 from tests.serve_process import ROOT, Served, running_serve
 
 pytestmark = pytest.mark.browser
@@ -41,8 +41,7 @@ ROLES = {
 
 
 def node_modules() -> Path:
-    if shutil.which("node") is None:
-        skip_or_fail("node is not installed (apt-get install nodejs npm)")
+    executable("node", "node is not installed (apt-get install nodejs npm)")
     package = NODE_DIR / "node_modules" / "@supabase" / "auth-js" / "package.json"
     if not package.exists():
         skip_or_fail(f"@supabase/auth-js is not installed in {NODE_DIR} (run scripts/test)")

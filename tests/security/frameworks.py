@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import skip_or_fail
+from tests.processes import executable
 
 APPS = Path(__file__).parent / "apps"
 NODE_DIR = Path(
@@ -56,10 +56,7 @@ def _command(name: str) -> tuple[list[str], dict[str, str]]:
         if importlib.util.find_spec("flask") is None:
             skip_or_fail("Flask is not installed (pip install -e '.[test]')")
         return [sys.executable, str(APPS / "flask_app.py")], env
-    node = shutil.which("node")
-    if node is None:
-        skip_or_fail("node is not installed")
-        raise AssertionError("unreachable")
+    node = executable("node", "node is not installed (apt-get install nodejs npm)")
     if not (NODE_DIR / "node_modules" / "express").is_dir():
         skip_or_fail(f"Express is not installed in {NODE_DIR} (scripts/test installs it)")
     env["NODE_PATH"] = str(NODE_DIR / "node_modules")
