@@ -61,7 +61,7 @@ from sidecar.telemetry import metrics
 from sidecar.telemetry.context import set_route
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
-from sidecar.web.appkeys import SERVICES
+from sidecar.web.appkeys import PUBLIC_ORIGIN, SERVICES
 from sidecar.web.jsonbody import BadBody, read_json_object
 
 VERIFY_FIELDS = ("type", "email", "token", "token_hash", "password", "gotrue_meta_security")
@@ -147,6 +147,10 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if request.method == hdrs.METH_GET:
         return await _verify_link(request)
     if request.method == hdrs.METH_POST:
+        if not request.app[PUBLIC_ORIGIN].same_origin_request(request.headers):
+            # Login CSRF: another site must not sign the visitor in with its own code/link.
+            api = "token" not in request.query  # the JSON API, not the confirm button
+            return await _failed(request, "cross_origin", count=False, gotrue_json=api)
         if "token" in request.query:  # the confirm page's button posts to the link itself
             return await _verify_link(request)
         return await _verify_api(request)

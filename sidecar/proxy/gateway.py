@@ -43,7 +43,7 @@ from sidecar.store.persistence import PersistenceWatch
 from sidecar.telemetry.audit import audit
 from sidecar.web import pages
 from sidecar.web.accesslog import access_middleware, set_user
-from sidecar.web.appkeys import SERVICES
+from sidecar.web.appkeys import PUBLIC_ORIGIN, SERVICES
 from sidecar.web.listener import own_answer_headers
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
@@ -80,12 +80,13 @@ def build_proxy_app(services: Services) -> web.Application:
     sessions = SessionManager(services)
     app[SESSIONS] = sessions
     app[CLIENT_ADDRESSES] = clients
+    app[PUBLIC_ORIGIN] = public
     forwarder = Forwarder(services.config, HeaderPolicy(services.config, clients))
     app[FORWARDER] = forwarder
     app.cleanup_ctx.append(forwarder.cleanup_ctx)
     failures = FailedRedemptions(services, clients)
     app[FAILED_REDEMPTIONS] = failures
-    redeemer = Redeemer(services, sessions, clients, failures)
+    redeemer = Redeemer(services, sessions, clients, failures, public)
     gateway = Gateway(services, sessions, forwarder, redeemer, public)
     app[PERSISTENCE] = gateway.persistence
     prefix = services.config.proxy.prefix

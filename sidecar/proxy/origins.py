@@ -10,9 +10,11 @@
   and port, as browsers send it) or one of ``proxy.allowed_origins``. ``Origin: null``
   (sandboxed frames, some redirects) is never allowed.
 * **Same-origin requests** (:meth:`PublicOrigin.same_origin`, for state-changing
-  endpoints such as logout): an allowed ``Origin``, or else ``Sec-Fetch-Site:
-  same-origin``/``none`` (Chromium sends ``Origin: null`` for a ``POST`` from a page with
-  ``Referrer-Policy: no-referrer``, as the sidecar's own pages are). Any other ``Origin`` or
+  endpoints: logout, and the POSTs that sign a browser in — a confirm button, ``POST
+  <prefix>/verify`` — so no other site can sign a visitor in as someone else): an
+  allowed ``Origin``, or else ``Sec-Fetch-Site: same-origin``/``none`` (Chromium sends
+  ``Origin: null`` for a ``POST`` from a page with ``Referrer-Policy: no-referrer``, as the
+  sidecar's own pages are). Any other ``Origin`` or
   ``Sec-Fetch-Site`` is refused; a request with neither comes from no browser (every
   current browser sends ``Origin`` on a ``POST``) and cannot be a cross-site forgery.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -135,6 +137,10 @@ class PublicOrigin:
     def websocket_origin_allowed(self, origin: str | None) -> bool:
         """An upgrade's ``Origin``: allowed, or absent (no browser sent the upgrade)."""
         return origin is None or self.origin_allowed(origin)
+
+    def same_origin_request(self, headers: Mapping[str, str]) -> bool:
+        """:meth:`same_origin` for a request's ``Origin`` and ``Sec-Fetch-Site`` headers."""
+        return self.same_origin(headers.get("Origin"), headers.get("Sec-Fetch-Site"))
 
     def same_origin(self, origin: str | None, fetch_site: str | None) -> bool:
         if origin is not None and origin.strip().lower() != "null":

@@ -50,6 +50,7 @@ STATUS: Final[dict[str, int]] = {
     "redirect_mismatch": 400,
     "email_exists": 409,
     "weak_password": 422,
+    "cross_origin": 403,  # a sign-in POST from another site (login CSRF)
     "rate_limited": 429,
     "store_unavailable": 503,
     "burn_unconfirmed": 503,  # the store failed after a burn was sent (see refer.redeem)

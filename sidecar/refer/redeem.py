@@ -29,6 +29,7 @@ from urllib.parse import unquote_plus
 from aiohttp import hdrs, web
 
 from sidecar.proxy.clientaddr import ClientAddresses
+from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.redemptions import FailedRedemptions
 from sidecar.refer.minting import MODULE
 from sidecar.services import Services
@@ -65,11 +66,13 @@ class Redeemer:
         sessions: SessionManager,
         clients: ClientAddresses,
         failures: FailedRedemptions,
+        public: PublicOrigin,
     ) -> None:
         self._services = services
         self._sessions = sessions
         self._clients = clients
         self._failures = failures
+        self._public = public
 
     async def redeem(self, request: web.Request) -> web.StreamResponse:
         set_route("redeem")
@@ -78,6 +81,10 @@ class Redeemer:
             return pages.confirm_page(request)
         if method not in (hdrs.METH_GET, hdrs.METH_POST):
             return pages.method_not_allowed(request, "GET, HEAD, POST")
+        if method == hdrs.METH_POST and not self._public.same_origin_request(request.headers):
+            # Login CSRF: another site posting its own link would sign the visitor in as
+            # someone else. Our confirm button posts from our own page.
+            return pages.failure(request, 403, "cross_origin")
         try:
             return await self._redeem(request)
         except RedeemFailed as failed:

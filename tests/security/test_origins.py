@@ -118,3 +118,38 @@ async def test_cross_origin_logout_is_refused(sidecar: Sidecar) -> None:
         resp = await raw_http(sidecar.proxy_port, _logout(f"{sidecar.cookie_name}={mine}", headers))
         assert resp.status == 303, headers
         assert not await _alive(sidecar, mine), headers
+
+
+def _post(target: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    typed = "Content-Type: application/json\r\n" if body else ""
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: app.example.com\r\n{lines}{typed}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+OWN_PAGE = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}  # our confirm page's button
+
+
+async def test_cross_origin_sign_in_posts_are_refused(sidecar: Sidecar) -> None:
+    """Login CSRF: another site posting its own confirm link or OTP must not sign the
+    visitor in as someone else; the link stays unused for its owner's own button."""
+    through = []
+    for headers in FORGED:
+        link = await sidecar.mint(userId="someone-else", additionalParams={"role": "Confirm"})
+        target = f"/?refer={link['referString']}"
+        resp = await raw_http(sidecar.proxy_port, _post(target, headers))
+        if resp.status != 403 or resp.header("Set-Cookie") is not None:
+            through.append(("confirm", headers, resp.status))
+        own = await raw_http(sidecar.proxy_port, _post(target, OWN_PAGE))
+        assert own.status == 303, "the refused POST did not use the link up"
+    otp = b'{"type": "magiclink", "email": "a@example.com", "token": "123456"}'
+    for headers in FORGED:
+        resp = await raw_http(sidecar.proxy_port, _post("/_sidecar/verify", headers, otp))
+        if resp.status != 403:
+            through.append(("verify", headers, resp.status))
+    casebook.record("origins", tried=2 * len(FORGED), through=len(through))
+    assert through == []
+    backend = await raw_http(sidecar.proxy_port, _post("/_sidecar/verify", {}, otp))
+    assert backend.status == 401, "no browser, no forgery: the code itself is judged"
