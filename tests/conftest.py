@@ -29,6 +29,15 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def executable(name: str, missing: str) -> str:
+    """The path of the program ``name`` on ``PATH``; else skip (or fail), saying ``missing``."""
+    exe = shutil.which(name)
+    if exe is None:
+        skip_or_fail(missing)
+        raise AssertionError("unreachable")
+    return exe
+
+
 class RedisServer:
     """A private redis-server on a unix socket that a test may stop and start again."""
 
@@ -44,10 +53,7 @@ class RedisServer:
         return f"unix://{self.socket}"
 
     def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            skip_or_fail("redis-server is not installed")
-            raise AssertionError("unreachable")
+        exe = executable("redis-server", "redis-server is not installed")
         self.socket.unlink(missing_ok=True)  # a stale file would pass the readiness check
         self._proc = proc = subprocess.Popen(
             [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from sidecar.tokens.keys import generate_keyset
-from tests.conftest import skip_or_fail
-from tests.processes import executable, free_port
+from tests.conftest import executable, skip_or_fail
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "deploy" / "nginx"

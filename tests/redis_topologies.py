@@ -31,7 +31,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from sidecar.store.redis_client import RedisOptions
-from tests.processes import executable, free_port
+from tests.conftest import executable
+from tests.harness import free_port
 
 READY_TIMEOUT = 20.0
 ACL_PREFIX = "sidecar-acl:"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from sidecar.tokens.keys import KeySet, generate_keyset
-from tests.processes import free_port
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0

@@ -22,8 +22,7 @@ from sidecar.cli import build_parser
 from sidecar.cli.admin import refer_body
 from sidecar.cli.keys import _retire_warning
 from sidecar.tokens.keys import generate_keyset, parse_keyset
-from tests.harness import Upstream, running_upstream
-from tests.processes import free_port
+from tests.harness import Upstream, free_port, running_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 # No SIDECAR_ADMIN_KEY: every admin command must find the key through --config.

@@ -15,8 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
 from sidecar.telemetry import metrics
-from tests.harness import running_upstream
-from tests.processes import free_port
+from tests.harness import free_port, running_upstream
 from tests.serve_process import running_serve
 
 Labels = Mapping[str, str]

@@ -30,7 +30,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from sidecar.tokens.codec import Claims, TokenCodec, new_token_id
 from sidecar.tokens.keys import generate_keyset
-from tests.processes import free_port
+from tests.harness import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.browser.chromium import TIMEOUT_MS, Browser
-from tests.conftest import skip_or_fail
+from tests.conftest import executable, skip_or_fail
 from tests.harness import Upstream, running_upstream
-from tests.processes import executable
 from tests.serve_process import ROOT, Served, running_serve
 
 pytestmark = pytest.mark.browser

@@ -19,9 +19,8 @@ process instead: ``tests/serve_process.py``.
 from tests.harness.config import ADMIN_KEY, PUBLIC_URL, ROLES, config_doc, deep_merge, make_config
 from tests.harness.raw import RawResponse, parse_raw, raw_http, raw_request, request_bytes
 from tests.harness.rawupstream import RawUpstream, request_path
-from tests.harness.served import Clock, Sidecar, running_sidecar
+from tests.harness.served import Clock, Sidecar, free_port, running_sidecar
 from tests.harness.upstream import CHUNK, GZIP_TEXT, Recorded, Upstream, running_upstream
-from tests.processes import free_port
 
 __all__ = [
     "ADMIN_KEY",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ from sidecar.tokens.codec import Claims, TokenCodec, new_token_id
 from sidecar.tokens.keys import KeySet, generate_keyset
 from tests.harness.config import ADMIN_KEY, config_doc, deep_merge, environment
 from tests.harness.upstream import Upstream
-from tests.processes import free_port
 
 
 class Clock:
@@ -49,6 +49,14 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import skip_or_fail
-from tests.processes import executable
+from tests.conftest import executable, skip_or_fail
 
 APPS = Path(__file__).parent / "apps"
 NODE_DIR = Path(

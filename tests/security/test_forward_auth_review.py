@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import RawResponse, Sidecar, raw_http, running_sidecar
+from tests.harness import RawResponse, Sidecar, free_port, raw_http, running_sidecar
 from tests.nginx_stack import nginx_binary
-from tests.processes import free_port
 from tests.security import casebook
 from tests.security.test_paths import DENY, TRICKS, escapes
 
