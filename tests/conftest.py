@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.harness.links import Env, env_for
 from tests.harness.upstream import Upstream, running_upstream
 
 if TYPE_CHECKING:
@@ -158,6 +159,14 @@ async def upstream() -> AsyncIterator[Upstream]:
     """A recording upstream on a free loopback port (:mod:`tests.harness.upstream`)."""
     async with running_upstream() as up:
         yield up
+
+
+@pytest.fixture
+async def env(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Env]:
+    """A served sidecar with auth links (SQLite) in front of ``upstream``
+    (:mod:`tests.harness.links`)."""
+    async for e in env_for(tmp_path, upstream):
+        yield e
 
 
 if os.environ.get("SIDECAR_TEST_UVLOOP") == "1":

@@ -3,22 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from sidecar.sessions import session_key
-from tests.harness import Upstream
-from tests.test_links_http import AUTH, Env, env_for, token_of
+from tests.harness.links import AUTH, Env, token_of
 
 JSON = {"Accept": "application/json"}
-
-
-@pytest.fixture
-async def env(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Env]:
-    async for e in env_for(tmp_path, upstream):
-        yield e
 
 
 async def mint_refer(env: Env, user: str = "0000000abc", **extra: object) -> dict[str, str]:

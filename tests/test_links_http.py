@@ -10,95 +10,24 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import pytest
-from aiohttp import ClientResponse, ClientSession
+from aiohttp import ClientResponse
 
 from sidecar.links.passwords import verify_password
-from sidecar.store.base import User
-from tests.harness import (
-    ADMIN_KEY,
-    Sidecar,
-    Upstream,
-    make_config,
-    running_sidecar,
-)
+from tests.harness import Upstream
+from tests.harness.links import AUTH, Env, env_for, token_of
 
-AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 JSON = {"Accept": "application/json"}
-LINKS: dict[str, object] = {
-    "default_redirect": "http://app.test/home",
-    "redirect_allow": ["http://app.test/**", "https://*.example.com/welcome"],
-    "otp_rate": "5/15m",
-    "max_otp_attempts": 5,
-}
 TYPE_ERROR = {
     "code": 400,
     "error_code": "validation_failed",
     "msg": "Invalid link type",
     "details": "Link type must be one of: signup, magiclink, recovery, invite, email_change",
 }
-
-
-@dataclass
-class Env:
-    sc: Sidecar
-    admin: ClientSession  # base URL = the admin port
-    upstream: Upstream
-
-    @property
-    def proxy(self) -> ClientSession:
-        return self.sc.client
-
-    async def generate(self, **body: object) -> ClientResponse:
-        return await self.admin.post("/admin/generate_link", json=body, headers=AUTH)
-
-    async def link(self, **body: object) -> dict[str, str]:
-        response = await self.generate(**body)
-        assert response.status == 200, await response.text()
-        doc: dict[str, str] = await response.json()
-        return doc
-
-    async def user(self, email: str, *, confirmed: bool = True) -> User:
-        now = self.sc.clock()
-        user = User(
-            id=f"uid-{email}", email=email, created_at=now, confirmed_at=now if confirmed else None
-        )
-        await self.sc.store.create_user(user)
-        return user
-
-    async def follow(
-        self, action_link: str, method: str = "GET", headers: Mapping[str, str] | None = None
-    ) -> ClientResponse:
-        """Request the action link on the proxy exactly as a browser would (no redirects)."""
-        parts = urlsplit(action_link)
-        assert f"{parts.scheme}://{parts.netloc}" == "http://app.test"
-        return await self.proxy.request(
-            method, f"{parts.path}?{parts.query}", allow_redirects=False, headers=headers
-        )
-
-
-async def env_for(tmp_path: Path, upstream: Upstream, **links: object) -> AsyncIterator[Env]:
-    config = make_config(tmp_path, upstream.url, links={**LINKS, **links})
-    async with (
-        running_sidecar(tmp_path, config=config, upstream=upstream) as sc,
-        ClientSession(base_url=sc.admin_url) as admin,
-    ):
-        yield Env(sc, admin, upstream)
-
-
-@pytest.fixture
-async def env(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Env]:
-    async for e in env_for(tmp_path, upstream):
-        yield e
-
-
-def token_of(action_link: str) -> str:
-    return parse_qs(urlsplit(action_link).query)["token"][0]
 
 
 async def assert_failure(

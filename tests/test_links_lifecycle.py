@@ -16,13 +16,7 @@ from sidecar.store.base import Store
 from sidecar.store.redis import RedisStore
 from sidecar.store.sqlite import SQLiteStore
 from tests.harness import Upstream, make_config, running_sidecar
-from tests.test_links_http import AUTH, LINKS, Env, env_for
-
-
-@pytest.fixture
-async def env(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Env]:
-    async for e in env_for(tmp_path, upstream):
-        yield e
+from tests.harness.links import AUTH, LINKS, Env
 
 
 async def test_email_change_kills_links_sent_to_the_old_address(env: Env) -> None:

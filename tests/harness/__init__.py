@@ -9,6 +9,8 @@
                            fixture in ``tests/conftest.py``)
 :mod:`.raw`                :func:`raw_http`: bytes as written, answers read by their framing
 :mod:`.rawupstream`        :class:`RawUpstream`: a raw-socket upstream that misbehaves exactly
+:mod:`.links`              auth links on a served sidecar: :class:`~.links.Env` (``env``
+                           fixture in ``tests/conftest.py``)
 :mod:`.config`             the two config presets (:func:`make_config`, :func:`config_doc`)
 =========================  ===============================================================
 
