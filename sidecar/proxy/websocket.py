@@ -1,7 +1,8 @@
 """WebSockets: open the same socket upstream (with the identity headers) and relay messages.
 
 Each side keeps its own handshake, pings and compression; the relay copies text and binary
-messages and carries a close from either side to the other.
+messages and carries a close from either side to the other. Both sides are pinged every
+:data:`HEARTBEAT` seconds: one that stops answering is closed, and with it the other.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ LOG = logging.getLogger("sidecar.forward")
 # aiohttp assembles each message whole: without a cap one frame could fill the memory.
 # 4 MiB is aiohttp's own default; a bigger message closes the socket with 1009.
 MAX_MESSAGE = 4 * 1024 * 1024
+# Both sockets are pinged this often (seconds); a side that has not answered half an
+# interval later is closed, and so the other: a vanished or stalled peer (a dropped phone,
+# a NAT that forgot the flow, a client that stopped reading) frees its upstream socket
+# instead of holding it until the session ends.
+HEARTBEAT = 30.0
 _ABNORMAL = 1006
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -57,6 +63,7 @@ async def relay_websocket(
                 headers=headers,
                 protocols=protocols,
                 autoping=True,
+                heartbeat=HEARTBEAT,
                 compress=0,
                 max_msg_size=MAX_MESSAGE,
             )
@@ -70,6 +77,7 @@ async def relay_websocket(
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoping=True,
+            heartbeat=HEARTBEAT,
             compress=False,
             max_msg_size=MAX_MESSAGE,
         )
