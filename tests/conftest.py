@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -28,6 +28,18 @@ def skip_or_fail(reason: str) -> None:
     if REQUIRE_ALL:
         pytest.fail(f"{reason} (SIDECAR_REQUIRE_ALL=1 makes this a failure)")
     pytest.skip(reason)
+
+
+def end_process(proc: subprocess.Popen[Any], *, within: float = 10) -> None:
+    """SIGTERM ``proc``, give it ``within`` seconds, then SIGKILL: a child always ends, and
+    no wait is unbounded."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=within)
+        except subprocess.TimeoutExpired:  # e.g. redis-server stuck finishing an AOF rewrite
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def executable(name: str, missing: str) -> str:
@@ -87,12 +99,7 @@ class RedisServer:
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # e.g. stuck finishing an AOF rewrite
-                proc.kill()
-                proc.wait(timeout=10)
+            end_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from sidecar.tokens.keys import generate_keyset
-from tests.conftest import executable, skip_or_fail
+from tests.conftest import end_process, executable, skip_or_fail
 from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,13 +210,7 @@ def _process(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_process(proc)
 
 
 @contextmanager

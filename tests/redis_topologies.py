@@ -31,7 +31,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from sidecar.store.redis_client import RedisOptions
-from tests.conftest import executable
+from tests.conftest import end_process, executable
 from tests.harness import free_port
 
 READY_TIMEOUT = 20.0
@@ -101,12 +101,7 @@ class Node:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGCONT)  # a frozen server cannot exit
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            end_process(proc)
 
 
 def _server(directory: Path, name: str, *extra: str, port: int | None = None) -> Node:

@@ -25,6 +25,7 @@ import yaml
 from sidecar.store.redis_client import RedisOptions
 from sidecar.tokens.codec import Claims, TokenCodec, new_token_id
 from sidecar.tokens.keys import generate_keyset
+from tests.conftest import end_process
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "topology-admin-key-" + "x" * 32
@@ -39,13 +40,7 @@ class SidecarProc:
     log: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        end_process(self.proc, within=15)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import executable, skip_or_fail
+from tests.conftest import end_process, executable, skip_or_fail
 
 APPS = Path(__file__).parent / "apps"
 NODE_DIR = Path(
@@ -81,11 +81,6 @@ def running_framework(name: str) -> Iterator[Framework]:
             line += os.read(proc.stdout.fileno(), 64)
         yield Framework(name, int(line.decode().strip()))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import end_process
 from tests.harness import RawResponse, Sidecar, free_port, raw_http, running_sidecar
 from tests.nginx_stack import nginx_binary
 from tests.security import casebook
@@ -106,12 +107,7 @@ def ingress_nginx(state: Path, sidecar_port: int, app_port: int) -> Iterator[int
                 time.sleep(0.02)  # polling a starting process
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
 
 
 # Hosts nginx routes to server_name app.example.com (what follows ":" is not matched) whose
