@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PUBLIC_URL, RawUpstream, Sidecar, raw_http, request_path, running_sidecar
+from tests.harness import (
+    PUBLIC_URL,
+    RawUpstream,
+    Sidecar,
+    raw_http,
+    request_bytes,
+    request_path,
+    running_sidecar,
+)
 from tests.security import casebook
 
 HOST = PUBLIC_URL.removeprefix("https://")
@@ -73,7 +81,9 @@ async def test_a_client_that_stops_reading_is_cut_off_and_frees_the_upstream(
         await asyncio.sleep(0.05)
     took = time.monotonic() - started
     # The one pool slot is free: another client is served at once.
-    after = await asyncio.wait_for(raw_http(sc.proxy_port, _get("/static/ok")), 5)
+    after = await asyncio.wait_for(
+        raw_http(sc.proxy_port, request_bytes("GET", "/static/ok", host=HOST)), 5
+    )
     writer.close()
     casebook.record("failure", through=int(after.status != 200))
     assert after.status == 200
@@ -81,7 +91,3 @@ async def test_a_client_that_stops_reading_is_cut_off_and_frees_the_upstream(
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sidecar.access"]
     flood = next(x for x in lines if x["path"] == "/static/flood")
     assert flood["upstream_error"] == "client_send_timeout"
-
-
-def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()

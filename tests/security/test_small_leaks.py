@@ -14,6 +14,7 @@ from tests.harness import (
     RawUpstream,
     Sidecar,
     raw_http,
+    request_bytes,
     running_sidecar,
 )
 from tests.security import casebook
@@ -22,8 +23,7 @@ HOST = PUBLIC_URL.removeprefix("https://")
 
 
 def get(target: str, *extra: str, host: str = HOST) -> bytes:
-    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *extra, "Connection: close"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return request_bytes("GET", target, *extra, host=host)
 
 
 def admin_request(sc: Sidecar, *extra: str, method: str = "GET", path: str = "/healthz") -> bytes:

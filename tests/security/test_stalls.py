@@ -25,6 +25,7 @@ from tests.harness import (
     Sidecar,
     parse_raw,
     raw_http,
+    request_bytes,
     request_path,
     running_sidecar,
 )
@@ -86,7 +87,7 @@ async def stalling(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, StallingUpstr
 
 
 def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+    return request_bytes("GET", path, host=HOST)
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
