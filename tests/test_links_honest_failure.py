@@ -28,19 +28,27 @@ JSON = {"Accept": "application/json"}
 
 
 class FreezesAtTheBurn(RedisStore):
-    """The real Redis store, which SIGSTOPs its server right before sending an armed burn."""
+    """The real Redis store, which SIGSTOPs its server right before sending an armed burn
+    (``when="before"``) or right after the burn's answer (``"after"``: the user update,
+    link deletion and session that follow find the store frozen)."""
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisServer, when: str = "before") -> None:
         super().__init__(server.url, prefix=f"honest-{os.getpid()}-{time.monotonic_ns()}:")
         self.server = server
+        self.when = when
         self.armed = False
         self.frozen = False
 
     async def burn(self, token_id: str, expires_at: float) -> BurnResult:
-        if self.armed:
-            self.armed, self.frozen = False, True
+        if not self.armed:
+            return await super().burn(token_id, expires_at)
+        self.armed, self.frozen = False, True
+        if self.when == "before":
             os.kill(self.server.pid, signal.SIGSTOP)
-        return await super().burn(token_id, expires_at)
+            return await super().burn(token_id, expires_at)
+        result = await super().burn(token_id, expires_at)
+        os.kill(self.server.pid, signal.SIGSTOP)
+        return result
 
 
 async def _redeem(sc: Sidecar, how: str, link: dict[str, str]) -> tuple[int, str, bool]:
@@ -58,17 +66,18 @@ async def _redeem(sc: Sidecar, how: str, link: dict[str, str]) -> tuple[int, str
         return response.status, str(doc.get("error", "")), sc.cookie_name in response.cookies
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("how", ["action_link", "token_hash"])
 async def test_a_burn_sent_to_a_frozen_redis_is_burn_unconfirmed(
-    tmp_path: Path, redis_server: RedisServer, how: str
+    tmp_path: Path, redis_server: RedisServer, how: str, when: str
 ) -> None:
-    store = FreezesAtTheBurn(redis_server)
+    store = FreezesAtTheBurn(redis_server, when)
     async with running_sidecar(tmp_path, store=store) as sc:
         # A first redemption loads the burn's script, so the frozen one is the write itself
         # (an EVALSHA that would only answer NOSCRIPT could not burn anything).
-        warm_up = await sc.generate_link(type="magiclink", email=f"warm-{how}@example.com")
+        warm_up = await sc.generate_link(type="magiclink", email=f"warm-{how}-{when}@example.com")
         assert (await _redeem(sc, how, warm_up))[0] in (200, 303)
-        email = f"frozen-{how.replace('_', '-')}@example.com"
+        email = f"frozen-{how.replace('_', '-')}-{when}@example.com"
         link = await sc.generate_link(type="magiclink", email=email)
         store.armed = True
         started = time.monotonic()
