@@ -27,6 +27,7 @@ replicas.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -123,6 +124,9 @@ class Supervisor:
 
     def _spawn(self, slot: int, wake: int) -> None:
         ready_r, ready_w = os.pipe()
+        # The modules imported so far stay shared with the workers: a collection in a
+        # worker that touched them would copy their pages.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
