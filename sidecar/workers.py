@@ -271,15 +271,19 @@ def _forget(pid: int) -> None:
 
 @contextlib.contextmanager
 def shared_metrics_dir() -> Iterator[Path]:
-    """``PROMETHEUS_MULTIPROC_DIR`` for the workers: as set, or a private temporary one
-    (removed at exit). Set before anything imports prometheus-client."""
+    """``PROMETHEUS_MULTIPROC_DIR`` for the workers: as set (emptied of a previous run's
+    files), or a private temporary one, on ``/dev/shm`` when it can be, removed at exit.
+    Set before anything imports prometheus-client."""
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         for stale in Path(given).glob("*.db"):  # a previous run's figures are not ours
             stale.unlink(missing_ok=True)
         yield Path(given)
         return
-    made = Path(tempfile.mkdtemp(prefix="sidecar-metrics-"))
+    # In memory where there is a tmpfs for it: every request writes to these files.
+    shm = Path("/dev/shm")  # noqa: S108  # mkdtemp below makes a private 0700 directory
+    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    made = Path(tempfile.mkdtemp(prefix="sidecar-metrics-", dir=where))
     os.environ[MULTIPROC_ENV] = str(made)
     try:
         yield made

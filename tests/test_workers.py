@@ -350,3 +350,25 @@ def test_workers_must_be_auto_or_a_number_from_1_to_64(value: str) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "--workers: expected auto or a number from 1 to 64" in result.stderr
+
+
+def test_the_shared_metrics_dir_is_private_and_removed_or_emptied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sidecar.workers import MULTIPROC_ENV, shared_metrics_dir
+
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with shared_metrics_dir() as made:
+        assert os.environ[MULTIPROC_ENV] == str(made)
+        assert made.stat().st_mode & 0o777 == 0o700
+    assert not made.exists()
+    assert MULTIPROC_ENV not in os.environ
+
+    given = tmp_path / "metrics"
+    given.mkdir()
+    (given / "counter_123.db").write_bytes(b"stale")
+    monkeypatch.setenv(MULTIPROC_ENV, str(given))
+    with shared_metrics_dir() as used:
+        assert used == given
+        assert list(given.iterdir()) == []  # a previous run's figures are not this one's
+    assert given.is_dir()
