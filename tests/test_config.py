@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from sidecar.config import (
     parse_config,
 )
 from sidecar.config.durations import format_duration, parse_duration, parse_size
+from sidecar.config.reader import Reader
 from sidecar.config.values import HostPort, InvalidField, RateLimit, Secret
 from sidecar.tokens.keys import generate_keyset
 
@@ -389,3 +391,73 @@ def test_logging_access_is_on_by_default_and_a_boolean(tmp_path: Path) -> None:
     assert errors_of(tmp_path, config_doc(logging={"access": "no"})) == [
         "logging.access: got 'no', expected true or false"
     ]
+
+
+# -- config/sidecar.yaml documents every key ------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "sidecar.yaml"
+# A commented-out option in the example: `  # key: value` (prose comments are capitalised
+# or do not start with `name:`).
+_COMMENTED_KEY = re.compile(r"^(?P<indent>\s*)# (?P<key>[a-z_]+):(?:\s|$)")
+
+
+def _key_paths(doc: object, prefix: str = "") -> set[str]:
+    """Every key path of a parsed YAML mapping; a role's name becomes ``*``."""
+    out: set[str] = set()
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            name = "*" if prefix == "roles." else str(key)
+            out.add(prefix + name)
+            out |= _key_paths(value, f"{prefix}{name}.")
+    return out
+
+
+def _normalised(paths: set[str]) -> set[str]:
+    """Role names as ``*``; a secret's ``file``/``env`` choice as the secret itself; a
+    role's header names (free-form keys of ``headers``) left out."""
+    out = set()
+    for path in paths:
+        parts = path.split(".")
+        if len(parts) > 1 and parts[0] == "roles":
+            parts[1] = "*"
+        if parts[:3] == ["roles", "*", "headers"] and len(parts) > 3:
+            continue
+        if parts[-1] in ("file", "env") and len(parts) > 1:
+            parts.pop()
+        out.add(".".join(parts))
+    return out
+
+
+def documented_keys(text: str) -> set[str]:
+    """The keys config/sidecar.yaml shows, set or commented out (``# key: value``)."""
+    lines = []
+    for line in text.splitlines():
+        m = _COMMENTED_KEY.match(line)
+        lines.append(m["indent"] + line[m.end("indent") + 2 :] if m else line)
+    return _normalised(_key_paths(yaml.safe_load("\n".join(lines))))
+
+
+def test_documented_keys_reads_commented_out_options() -> None:
+    text = "a:\n  b: 1\n  # c: 2   # why\n  # Prose: not a key\n  #   # d: a note\n# e: x\n"
+    assert documented_keys(text) == {"a", "a.b", "a.c", "e"}
+
+
+def test_example_config_documents_every_key_the_loader_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every key the loader asks for (given or not) appears in config/sidecar.yaml, set or
+    as a commented-out `# key:` line, and the file shows no key the loader does not read."""
+    readers: list[Reader] = []
+
+    class Recording(Reader):
+        def finish(self) -> None:
+            readers.append(self)
+            super().finish()
+
+    monkeypatch.setattr("sidecar.config.model.Reader", Recording)
+    load_config(EXAMPLE, env={}, offline=True)
+    assert len(readers) == 1
+    asked = _normalised(readers[0].asked())
+    documented = documented_keys(EXAMPLE.read_text(encoding="utf-8"))
+    assert sorted(asked - documented) == [], "read by the loader, missing from the example"
+    assert sorted(documented - asked) == [], "in the example, never read by the loader"

@@ -76,6 +76,11 @@ class Reader:
                     "SIDECAR_PROXY__UPSTREAM for proxy.upstream)",
                 )
 
+    def asked(self) -> set[str]:
+        """The YAML path of every key an accessor asked for, given or not (sections
+        included): what a complete reference file has to document."""
+        return {node.join(key) for node in self._nodes for key in node.seen}
+
     def lookup(self, path: str, value: object, kind: Kind) -> tuple[object, str]:
         """The value for ``path`` (the environment's if set, else ``value`` from the file)
         and the place to name in an error about it."""
