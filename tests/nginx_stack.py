@@ -137,8 +137,11 @@ def _nginx_conf(state: Path, port: int, app: int, sidecar: int) -> str:
         f"    {kind}_temp_path {state / kind};\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    local = f"    access_log {state / 'access.log'};\n{temp}"
-    return _replace_once(text, "http {\n", "http {\n" + local)
+    # The recipe's own access_log line (its log_format is what tests check), in state/.
+    text = _replace_once(
+        text, "access_log /var/log/nginx/access.log ", f"access_log {state / 'access.log'} "
+    )
+    return _replace_once(text, "http {\n", "http {\n" + temp)
 
 
 def _sidecar_yaml(state: Path, public: str, admin: int, proxy: int, app: int, store: str) -> str:

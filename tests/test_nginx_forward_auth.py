@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from email.message import Message
 from http.cookies import SimpleCookie
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -295,3 +296,23 @@ def test_websockets_pass_with_the_identity_and_not_without_a_session(stack: Stac
     assert _ws(stack, session, ("Origin", stack.nginx)) == (101, "ivan:hi")
     status, _ = _ws(stack, session, ("Origin", "http://evil.example"))
     assert status == 403
+
+
+def test_no_token_reaches_nginxs_access_log(stack: Stack) -> None:
+    """The recipe's log_format cuts the query: a ?refer= token, in the URL, in signin's rd= or
+    in a Referer, is never written (reusable and confirm links stay valid after use)."""
+    link = stack.mint("lena", module="orders", tenant="acme")
+    target = link.removeprefix(stack.nginx).partition("#")[0]
+    token = target.partition("refer=")[2]
+    assert len(token) > 20
+    assert call(stack.nginx, "GET", target).status == 303
+    signin = "/_sidecar/signin?rd=" + quote(link, safe="")
+    call(stack.nginx, "GET", signin)
+    call(stack.nginx, "GET", "/api/whoami?x=1", ("Referer", link))
+    log = (stack.state / "access.log").read_text(encoding="utf-8")
+    assert token not in log
+    assert quote(token, safe="") not in log
+    assert '"GET /?... HTTP/1.1" 303' in log, "the request is still logged, query cut"
+    assert '"GET /_sidecar/signin?... HTTP/1.1"' in log
+    assert '"GET /api/whoami?... HTTP/1.1"' in log
+    assert f'"{stack.nginx}/?..."' in log, "the Referer is cut too"
