@@ -234,3 +234,28 @@ def test_through_caddy_link_identity_refusals(caddy: Stack) -> None:
                ("Origin", caddy.nginx))  # fmt: skip
     assert out.status == 303
     assert call(caddy.nginx, "GET", "/api/whoami", session).status == 401
+
+
+@pytest.mark.parametrize(
+    ("header", "kept"),
+    [
+        ("sidecar_session={c}", []),
+        ("sidecar_session={c}; a=1", ["a"]),
+        ("a=1;sidecar_session={c}", ["a"]),
+        ("a=1; mysidecar_session=2; sidecar_session={c}", ["a", "mysidecar_session"]),
+        ("sidecar_session={c}; a=1; sidecar_session=old; b=2", ["a", "b"]),
+        ("sidecar_session={c}; a=1; __Host-sidecar_session=new", ["a"]),
+        ("__Secure-sidecar_session=x; sidecar_session={c}; b=2", ["b"]),
+    ],
+)
+def test_through_caddy_the_session_cookie_never_reaches_the_app(
+    caddy: Stack, header: str, kept: list[str]
+) -> None:
+    link = caddy.mint("hal")
+    redeemed = call(caddy.nginx, "GET", link.removeprefix(caddy.nginx).partition("#")[0])
+    assert redeemed.status == 303, redeemed.body
+    cookie = SimpleCookie(redeemed.headers["Set-Cookie"])["sidecar_session"].value
+    answer = call(caddy.nginx, "GET", "/api/whoami", ("Cookie", header.format(c=cookie)))
+    assert answer.status == 200, answer.body
+    assert answer.json()["user"] == "hal", "forward_auth still got the session cookie"
+    assert answer.json()["cookies"] == kept
