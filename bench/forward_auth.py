@@ -71,6 +71,8 @@ def recipe_conf(prefix: Path, port: int, app: int, sidecar: int) -> str:
         ("server 127.0.0.1:8080;", f"server 127.0.0.1:{sidecar};"),
         ("listen 80;", f"listen 127.0.0.1:{port};"),
         ("events {}", "events { worker_connections 4096; }"),
+        # The recipe's token-free access log, off (as for nginx → app in bench/servers.py).
+        ("access_log /var/log/nginx/access.log sidecar_no_query;", "access_log off;"),
     ):
         if text.count(old) != 1:
             raise BenchError(f"{RECIPE.name}: expected {old!r} once")
@@ -79,7 +81,7 @@ def recipe_conf(prefix: Path, port: int, app: int, sidecar: int) -> str:
         f"    {kind}_temp_path {prefix / kind};\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    return text.replace("http {\n", "http {\n    access_log off;\n" + temp, 1)
+    return text.replace("http {\n", "http {\n" + temp, 1)
 
 
 def _measure(
