@@ -163,3 +163,25 @@ def test_a_misspelt_annotation_is_caught() -> None:
     kubernetes_validate.validate(ingress, K8S_VERSION, strict=True)
     names = {k.removeprefix(PREFIX) for k in annotations}
     assert not names <= AUTH_ANNOTATIONS
+
+
+def test_redis_wants_the_secret_password_and_the_sidecar_insists_it_persists(
+    docs: dict[str, Doc], tmp_path: Path
+) -> None:
+    config = _parse_with_secrets(
+        _config_text(docs),
+        tmp_path / "secrets",
+        keyset=generate_keyset().to_json(),
+        admin_key=secrets.token_urlsafe(32),
+    )
+    assert config.store.password is not None
+    assert config.store.require_persistence is True
+    secret = docs["Secret/legacy-app-sidecar"]
+    assert "redis-password" in secret["stringData"]
+    redis = _container(docs["StatefulSet/legacy-app-redis"]["spec"]["template"]["spec"], "redis")
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--appendonly") + 1] == "yes"
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+        assert refs[name] == {"name": secret["metadata"]["name"], "key": "redis-password"}
