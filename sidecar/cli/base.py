@@ -28,8 +28,12 @@ def write_private(path: Path, text: str, *, replace: bool) -> None:
     try:
         if not replace:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
+            except BaseException:
+                path.unlink(missing_ok=True)  # ours (O_EXCL): never leave half a file
+                raise
             return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
         try:

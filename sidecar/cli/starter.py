@@ -118,9 +118,21 @@ def run(ns: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"{directory}: cannot create: {exc.strerror}") from None
     _refuse_shared(directory)
-    write_private(directory / "keyset.json", generate_keyset().to_json(), replace=False)
-    write_private(directory / "admin.key", secrets.token_urlsafe(32) + "\n", replace=False)
-    write_private(config, text, replace=False)
+    files = (
+        (directory / "keyset.json", generate_keyset().to_json()),
+        (directory / "admin.key", secrets.token_urlsafe(32) + "\n"),
+        (config, text),
+    )
+    written: list[Path] = []
+    try:
+        for path, content in files:
+            write_private(path, content, replace=False)
+            written.append(path)
+    except CliError:
+        # All three or none: a half-made directory would be refused by the next try.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     print(f"{directory}: wrote sidecar.yaml, keyset.json and admin.key (0600)")
     print(f"  serve:  sidecar serve --config {config}")
     print(f"  mint:   sidecar mint --config {config} --user alice")
