@@ -64,6 +64,8 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
                 assert response.status in (400, 401)
         async with http.get(served.proxy + "/metrics") as response:
             assert response.status == 401, "the proxy port does not serve metrics"
+        async with http.get(served.proxy + "/_sidecarish") as response:
+            assert response.status == 401, "the app's path, not one of the sidecar's pages"
 
         async with http.get(metrics_url) as response:
             assert response.status == 200
@@ -92,9 +94,9 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
     assert sample(text, "sidecar_upstream_seconds_bucket", {"le": "+Inf"}) == 3
     assert sample(text, "sidecar_store_seconds_count", {"op": "burn"}) == 2
     assert sample(text, "sidecar_store_seconds_count", {"op": "ping"}) >= 1
-    # The duration histogram by route kind: 3 proxied, 4 redemptions, 3 mints, the 401 page
-    # for /metrics on the proxy port, and the readiness polls under the prefix.
-    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) == 4
+    # The duration histogram by route kind: 3 proxied + the 401s for /metrics and
+    # /_sidecarish on the proxy port, 4 redemptions, 3 mints, the readiness polls (pages).
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) == 5
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "redeem"}) == 4
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "admin"}) == 3
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "page"}) >= 1

@@ -58,10 +58,14 @@ def build_proxy_app(services: Services) -> web.Application:
     # The access line's remote is the real client, also behind a trusted ingress.
     prefix = services.config.proxy.prefix
 
+    own = prefix + "/"
+
     def route(request: web.BaseRequest) -> str:
-        # The prefix holds the sidecar's own pages and endpoints; redemptions and /verify
-        # name themselves (set_route).
-        return "page" if request.path.startswith(prefix) else "proxied"
+        # The prefix holds the sidecar's own pages and endpoints (judged on the raw path, as
+        # the router and the Host check read it; "/_sidecarx" is the app's); redemptions and
+        # /verify name themselves (set_route).
+        path = request.raw_path
+        return "page" if path.startswith(own) or path == prefix else "proxied"
 
     access = access_middleware("proxy", route=route, client=clients.of)
     public = PublicOrigin(
