@@ -82,3 +82,25 @@ async def test_acknowledged_burns_survive_sigkill(tmp_path: Path) -> None:
     assert rows >= len(acknowledged)
     assert states == [TokenState.USED] * len(acknowledged)
     assert burns == [BurnResult.ALREADY_USED] * len(acknowledged)
+
+
+async def test_an_open_waits_for_another_process_preparing_the_same_new_file(
+    tmp_path: Path,
+) -> None:
+    """``serve --workers``: workers open one new database at the same moment. While one
+    holds its write lock (schema, WAL switch), SQLite refuses the other's journal-mode
+    switch at once, without its busy timeout; the open must wait for it, not fail."""
+    db = tmp_path / "new.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process, half way through preparing it
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, holder.execute, "COMMIT")
+    store = SQLiteStore(str(db))
+    started = time.monotonic()
+    try:
+        await store.open()
+        assert await store.burn("t-1", 4102444800.0) is BurnResult.BURNED
+        await store.close()
+    finally:
+        holder.close()
+    assert 0.3 <= time.monotonic() - started < 5

@@ -39,6 +39,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 Conn = sqlite3.Connection
 _SQLITE_ERRORS = (sqlite3.Error, ValueError, OSError)  # ValueError: aiosqlite's "closed"
+_OPEN_WAIT = 10.0  # seconds an open may wait for other processes opening the same file
 
 
 class SQLiteStore(Store):
@@ -62,7 +63,27 @@ class SQLiteStore(Store):
 
     # -- lifetime ---------------------------------------------------------------------
     async def open(self) -> None:
-        """Create the file and schema if missing, start the writer and the purge task."""
+        """Create the file and schema if missing, start the writer and the purge task.
+
+        Processes opening one new file at once (``serve --workers``) can meet SQLite's lock
+        on the journal-mode switch or the schema, which it reports at once instead of
+        waiting: such an open is tried again, for at most :data:`_OPEN_WAIT` seconds."""
+        deadline = time.monotonic() + _OPEN_WAIT
+        while True:
+            try:
+                self._reader, self._writer = await self._open_once()
+                break
+            except StoreUnavailable as exc:
+                cause = exc.__cause__
+                locked = isinstance(cause, sqlite3.OperationalError) and (
+                    "locked" in str(cause) or "busy" in str(cause)
+                )
+                if not locked or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        self._purge_task = asyncio.create_task(self._purge_loop(), name="sqlite-purge")
+
+    async def _open_once(self) -> tuple[aiosqlite.Connection, GroupCommitWriter]:
         writer = GroupCommitWriter(self._path)
         reader: aiosqlite.Connection | None = None
         try:
@@ -79,8 +100,7 @@ class SQLiteStore(Store):
             if reader is not None:
                 await reader.close()
             raise StoreUnavailable(f"cannot open SQLite store {self._path!r}: {exc}") from exc
-        self._reader, self._writer = reader, writer
-        self._purge_task = asyncio.create_task(self._purge_loop(), name="sqlite-purge")
+        return reader, writer
 
     async def close(self) -> None:
         """Finish queued writes, stop the tasks, close both connections."""
