@@ -33,11 +33,13 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from publicsuffixlist import PublicSuffixList
-
 from sidecar.proxy.paths import check_segment_globs, glob_regex
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
 
 MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -201,6 +203,10 @@ def _host_glob(host: str, fail: Callable[[str], RedirectPatternError]) -> str:
 
 @lru_cache(maxsize=1)
 def _psl() -> PublicSuffixList:
+    # Only a wildcard pattern needs the list: imported and parsed on first use, so a
+    # config without one never holds it (the result of every check is the same).
+    from publicsuffixlist import PublicSuffixList
+
     return PublicSuffixList()
 
 
