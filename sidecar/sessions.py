@@ -179,6 +179,26 @@ class SessionManager:
         client: str | None = None,
     ) -> str:
         """Store a new session and return the cookie value to send (once) to the browser."""
+        cookie_value, record = self.new(
+            user_id=user_id, role=role, token_id=token_id, params=params, email=email,
+            module=module, client=client,
+        )  # fmt: skip
+        await self._services.store.create_session(record)
+        return cookie_value
+
+    def new(
+        self,
+        *,
+        user_id: str,
+        role: RoleConfig,
+        token_id: str,
+        params: dict[str, str] | None = None,
+        email: str | None = None,
+        module: str | None = None,
+        client: str | None = None,
+    ) -> tuple[str, SessionRecord]:
+        """A new session's cookie value and the record to store for it (nothing stored:
+        :meth:`start` does both; a redemption stores it with its burn)."""
         cookie_value = secrets.token_urlsafe(32)
         now = self._services.clock()
         record = SessionRecord(
@@ -195,8 +215,7 @@ class SessionManager:
             module=module,
             client=client,
         )
-        await self._services.store.create_session(record)
-        return cookie_value
+        return cookie_value, record
 
     def set_cookie(self, response: web.StreamResponse, cookie_value: str, role: RoleConfig) -> None:
         response.set_cookie(

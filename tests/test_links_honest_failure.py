@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sidecar.store.base import BurnResult
+from sidecar.store.base import BurnResult, SessionRecord
 from sidecar.store.redis import RedisStore
 from tests.conftest import RedisServer
 from tests.harness import Sidecar, running_sidecar
@@ -39,14 +39,16 @@ class FreezesAtTheBurn(RedisStore):
         self.armed = False
         self.frozen = False
 
-    async def burn(self, token_id: str, expires_at: float) -> BurnResult:
+    async def burn(
+        self, token_id: str, expires_at: float, session: SessionRecord | None = None
+    ) -> BurnResult:
         if not self.armed:
-            return await super().burn(token_id, expires_at)
+            return await super().burn(token_id, expires_at, session)
         self.armed, self.frozen = False, True
         if self.when == "before":
             os.kill(self.server.pid, signal.SIGSTOP)
-            return await super().burn(token_id, expires_at)
-        result = await super().burn(token_id, expires_at)
+            return await super().burn(token_id, expires_at, session)
+        result = await super().burn(token_id, expires_at, session)
         os.kill(self.server.pid, signal.SIGSTOP)
         return result
 

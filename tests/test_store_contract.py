@@ -212,6 +212,39 @@ async def test_concurrent_burns_of_many_ids(store: Store, now: float) -> None:
     assert results.count(BurnResult.ALREADY_USED) == 400
 
 
+async def test_burn_with_a_session(store: Store, now: float) -> None:
+    first = replace(session("s1", now), token_id="once")
+    assert await store.burn("once", now + HOUR, first) is BurnResult.BURNED
+    assert await store.get_session("s1") == first
+    assert await store.token_state("once") is TokenState.USED
+    # a replay, and a revoked link: no session
+    replay = replace(session("s2", now), token_id="once")
+    assert await store.burn("once", now + HOUR, replay) is (BurnResult.ALREADY_USED)
+    await store.revoke("gone", now + HOUR)
+    late = replace(session("s3", now), token_id="gone")
+    assert await store.burn("gone", now + HOUR, late) is BurnResult.REVOKED
+    assert await store.get_session("s2") is None
+    assert await store.get_session("s3") is None
+    # a token burned the plain way is used for this call too
+    await store.burn("plain", now + HOUR)
+    other = replace(session("s4", now), token_id="plain")
+    assert await store.burn("plain", now + HOUR, other) is (BurnResult.ALREADY_USED)
+    assert await store.get_session("s4") is None
+    assert await store.delete_token_sessions("once") == 1  # indexed like any session
+
+
+async def test_200_concurrent_redemptions_of_one_link_make_one_session(
+    store: Store, now: float
+) -> None:
+    sessions = [replace(session(f"c{i}", now), token_id="hot") for i in range(200)]
+    results = await asyncio.gather(*(store.burn("hot", now + HOUR, s) for s in sessions))
+    assert results.count(BurnResult.BURNED) == 1
+    winner = sessions[results.index(BurnResult.BURNED)]
+    found = [await store.get_session(s.key) for s in sessions]
+    assert [s for s in found if s is not None] == [winner]
+    assert await store.delete_token_sessions("hot") == 1
+
+
 async def test_token_use_says_when(store: Store, now: float) -> None:
     assert await store.token_use("t") == TokenUse(TokenState.UNUSED, None)
     before = time.time()
@@ -572,6 +605,31 @@ async def test_sqlite_failed_write_fails_alone_and_writes_nothing(
         assert results[:100] + results[101:] == [BurnResult.BURNED] * 200
         assert await store.token_state("bad") is TokenState.UNUSED
         assert await store.burn("ok0", now + HOUR) is BurnResult.ALREADY_USED
+    finally:
+        await store.close()
+
+
+async def test_sqlite_burn_and_its_session_are_one_transaction(tmp_path: Path, now: float) -> None:
+    """A session row that cannot be written takes its burn with it (the token stays
+    usable, the caller gets StoreUnavailable), and fails no neighbour in its batch."""
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        with sqlite3.connect(path) as db:  # a fault the writer cannot foresee
+            db.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON sessions WHEN NEW.key LIKE 'bad%'"
+                " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+        db.close()
+        keys = [f"ok{i}" for i in range(50)] + ["bad"] + [f"ok{i}" for i in range(50, 100)]
+        calls = [store.burn(f"t-{k}", now + HOUR, session(k, now)) for k in keys]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[50], StoreUnavailable)
+        assert results[:50] + results[51:] == [BurnResult.BURNED] * 100
+        assert await store.token_state("t-bad") is TokenState.UNUSED
+        assert await store.get_session("ok0") is not None
+        assert await store.token_state("t-ok0") is TokenState.USED
     finally:
         await store.close()
 

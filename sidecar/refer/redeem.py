@@ -105,18 +105,7 @@ class Redeemer:
                 state = await self._services.store.token_state(claims.token_id)
                 _check_state(state, claims)
                 return pages.confirm_page(request)
-            if claims.one_time:
-                unavailable = "burn_unconfirmed"
-                result = await self._services.store.burn(claims.token_id, claims.expires_at)
-                if result is BurnResult.ALREADY_USED:
-                    raise RedeemFailed("used", claims.token_id)
-                if result is BurnResult.REVOKED:
-                    raise RedeemFailed("revoked", claims.token_id)
-            else:
-                _check_state(await self._services.store.token_state(claims.token_id), claims)
-            # A browser that still holds another session starts afresh.
-            await self._sessions.end(request)
-            cookie = await self._sessions.start(
+            cookie, session = self._sessions.new(
                 user_id=claims.subject,
                 role=role,
                 token_id=claims.token_id,
@@ -125,6 +114,21 @@ class Redeemer:
                 module=claims.module,
                 client=self._clients.of(request),
             )
+            store = self._services.store
+            if claims.one_time:
+                # The burn and the new session in one store call (one SQLite commit).
+                unavailable = "burn_unconfirmed"
+                result = await store.burn(claims.token_id, claims.expires_at, session)
+                if result is BurnResult.ALREADY_USED:
+                    raise RedeemFailed("used", claims.token_id)
+                if result is BurnResult.REVOKED:
+                    raise RedeemFailed("revoked", claims.token_id)
+            else:
+                _check_state(await store.token_state(claims.token_id), claims)
+                await store.create_session(session)
+            # A browser that still holds another session starts afresh (its old cookie
+            # names another record: ending it cannot touch the one just created).
+            await self._sessions.end(request)
         except StoreUnavailable:
             raise RedeemFailed(unavailable, claims.token_id) from None
         metrics.redemption("success")

@@ -76,11 +76,15 @@ class _Write(Generic[T]):
 
 @dataclass(slots=True)
 class _Burn:
-    """Burns are batched apart from other ops: two statements per chunk, not two per id."""
+    """Burns are batched apart from other ops: two statements per chunk, not two per id.
+
+    ``then`` is written in the same transaction when, and only when, this op burned the
+    token (a redemption's session: one commit for both)."""
 
     token_id: str
     expires_at: float
     future: asyncio.Future[BurnResult]
+    then: Callable[[sqlite3.Connection], object] | None = None
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
@@ -94,12 +98,15 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
     states = {str(row[0]): str(row[1]) for row in rows}
     fresh: dict[str, float] = {}
     answers: list[Answer] = []
+    followers: list[Callable[[sqlite3.Connection], object]] = []
     for burn in burns:
         state = states.get(burn.token_id)
         if state is None:
             states[burn.token_id] = TokenState.USED.value
             fresh[burn.token_id] = burn.expires_at
             result = BurnResult.BURNED
+            if burn.then is not None:
+                followers.append(burn.then)
         elif state == TokenState.REVOKED.value:
             result = BurnResult.REVOKED
         else:
@@ -110,6 +117,8 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
         values = ",".join("(?, 'used', ?, ?)" for _ in fresh)
         params = tuple(item for pair in fresh.items() for item in (*pair, at))
         conn.execute(f"INSERT INTO tokens (id, state, expires_at, at) VALUES {values}", params)  # noqa: S608
+    for then in followers:  # after the burns: a session row never precedes its burn
+        then(conn)
     return answers
 
 
@@ -203,9 +212,16 @@ class GroupCommitWriter:
         self._enqueue(_Write(apply, future))
         return await future
 
-    async def burn(self, token_id: str, expires_at: float) -> BurnResult:
+    async def burn(
+        self,
+        token_id: str,
+        expires_at: float,
+        then: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> BurnResult:
+        """Burn ``token_id`` in the next group transaction; if this call burned it, run
+        ``then`` (in the writer thread) in that same transaction."""
         future: asyncio.Future[BurnResult] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Burn(token_id, expires_at, future))
+        self._enqueue(_Burn(token_id, expires_at, future, then))
         return await future
 
     def _enqueue(self, op: _Op | _Burn) -> None:

@@ -163,11 +163,21 @@ class StoreLifecycle(Protocol):
 class BurnStore(Protocol):
     """One-time tokens: burned exactly once, or revoked before use."""
 
-    async def burn(self, token_id: str, expires_at: float) -> BurnResult:
+    async def burn(
+        self, token_id: str, expires_at: float, session: SessionRecord | None = None
+    ) -> BurnResult:
         """Mark ``token_id`` used, exactly once across all callers and processes.
 
         Durable before returning ``BURNED``. The record may be purged after ``expires_at``
-        (the token itself is dead by then)."""
+        (the token itself is dead by then).
+
+        With ``session`` (a redemption's writes in one call), the session is created
+        (:meth:`SessionStore.create_session`) when, and only when, this call burned the
+        token, and ``BURNED`` comes once both are durable; any other answer writes no
+        session. SQLite writes both in one transaction (one commit, one thread hop); Redis
+        in two steps (their keys live in different cluster slots), so a failure between
+        them can leave the token burned with no session — the caller cannot tell either
+        way and must say so."""
 
     async def revoke(self, token_id: str, expires_at: float) -> TokenState:
         """Revoke an unused token; returns the state it had before (USED stays USED)."""

@@ -151,9 +151,13 @@ class RedisStore(RedisCalls, Store):
         except StoreUnavailable as exc:
             _LOG.warning("could not record when a token was used or revoked: %s", exc)
 
-    async def burn(self, token_id: str, expires_at: float) -> BurnResult:
+    async def burn(
+        self, token_id: str, expires_at: float, session: SessionRecord | None = None
+    ) -> BurnResult:
         old = await self._set_state(token_id, TokenState.USED, expires_at)
         if old is None:
+            if session is not None:  # another slot than the token's on a cluster: a step
+                await self.create_session(session)
             return BurnResult.BURNED
         return BurnResult.REVOKED if old == TokenState.REVOKED.value else BurnResult.ALREADY_USED
 

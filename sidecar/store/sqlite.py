@@ -154,10 +154,13 @@ class SQLiteStore(Store):
         return dict(rows[0]) if rows else None
 
     # -- one-time tokens --------------------------------------------------------------
-    async def burn(self, token_id: str, expires_at: float) -> BurnResult:
+    async def burn(
+        self, token_id: str, expires_at: float, session: SessionRecord | None = None
+    ) -> BurnResult:
         if self._writer is None:
             raise StoreUnavailable("SQLite store is not open")
-        return await self._writer.burn(token_id, expires_at)
+        then = None if session is None else _insert_session(session)
+        return await self._writer.burn(token_id, expires_at, then)
 
     async def revoke(self, token_id: str, expires_at: float) -> TokenState:
         def apply(conn: Conn) -> TokenState:
@@ -218,18 +221,7 @@ class SQLiteStore(Store):
 
     # -- sessions ---------------------------------------------------------------------
     async def create_session(self, session: SessionRecord) -> None:
-        s = session
-        params = (
-            s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
-            s.idle_timeout, s.last_seen, s.token_id, s.email, s.module,
-            _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout), s.client,
-        )  # fmt: skip
-        sql = (
-            "INSERT OR REPLACE INTO sessions (key, user_id, role, params, created_at,"
-            " expires_at, idle_timeout, last_seen, token_id, email, module, dead_at, client)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-        )
-        await self._write(statement(sql, params))
+        await self._write(_insert_session(session))
 
     async def list_user_sessions(self, user_id: str) -> list[SessionRecord]:
         sql = "SELECT * FROM sessions WHERE user_id = ? ORDER BY created_at, key"
@@ -354,6 +346,22 @@ class SQLiteStore(Store):
                 if count < PURGE_CHUNK:
                     break
         return removed
+
+
+def _insert_session(s: SessionRecord) -> Callable[[Conn], int]:
+    params = (
+        s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
+        s.idle_timeout, s.last_seen, s.token_id, s.email, s.module,
+        _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout), s.client,
+    )  # fmt: skip
+    return statement(_INSERT_SESSION, params)
+
+
+_INSERT_SESSION = (
+    "INSERT OR REPLACE INTO sessions (key, user_id, role, params, created_at,"
+    " expires_at, idle_timeout, last_seen, token_id, email, module, dead_at, client)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 def _user_columns(user: User) -> Iterable[str | float | None]:
