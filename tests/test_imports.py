@@ -7,10 +7,10 @@ stderr (the serve log) for each module at the moment it is imported, lazily or n
 log holds exactly what the process loaded until it exited.
 
 * On SQLite, after start, a mint, a redemption and a proxied request: no redis-py, no Public
-  Suffix List (only a wildcard in ``links.redirect_allow`` needs it), no
-  ``importlib.metadata`` (only ``GET /openapi.json`` needs it).
-* The controls show the probe sees each of them when the config does need it, and that the
-  lazy Public Suffix List still judges the allow-list at start (a bad wildcard is a start-up
+  Suffix List (only a wildcard in ``links.redirect_allow`` needs it), no OpenAPI document
+  builder and no ``importlib.metadata`` (only ``GET /openapi.json`` needs them).
+* The controls show the probe sees each of them when they are needed, and that the lazy
+  Public Suffix List still judges the allow-list at start (a bad wildcard is a start-up
   error, not a first-request one).
 """
 
@@ -31,10 +31,10 @@ from tests.serve_process import ROOT, START_TIMEOUT, running_serve, write_config
 
 COOKIE = "sidecar_session"
 IMPORT_LOG = {"PYTHONPROFILEIMPORTTIME": "1"}
-# Loaded only when the config needs them (what each costs in a serving process, measured
-# with /proc/<pid>/status VmRSS: redis-py ~19 MiB on its own, importlib.metadata with
-# zipfile/csv/importlib.resources ~1.3 MiB, the Public Suffix List ~0.5 MiB + ~2 MiB parsed).
-NOT_ON_SQLITE = ("redis", "publicsuffixlist", "importlib.metadata")
+# Loaded only when needed. What each costs a serving process (VmRSS, measured): redis-py
+# ~19 MiB on its own; importlib.metadata with zipfile/csv/importlib.resources ~1.3 MiB and
+# the OpenAPI builder ~0.1-0.4 MiB more; the Public Suffix List ~0.5 MiB + ~2 MiB parsed.
+NOT_ON_SQLITE = ("redis", "publicsuffixlist", "importlib.metadata", "sidecar.admin.openapi")
 
 
 def imported(log: str) -> set[str]:
@@ -120,6 +120,25 @@ def test_a_wildcard_over_a_public_suffix_still_fails_the_start(tmp_path: Path) -
     assert "links.redirect_allow[0]" in result.stderr
     assert "Public Suffix List" in result.stderr
     assert "publicsuffixlist" in imported(result.stderr)
+
+
+async def test_the_openapi_document_is_loaded_by_its_request(tmp_path: Path) -> None:
+    """The control for the lazy document: the route answers, and only then is it loaded."""
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, env=_env()) as served,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(
+            served.admin + "/openapi.json", headers=served.admin_headers()
+        ) as answer:
+            assert answer.status == 200
+            doc = await answer.json()
+        await _stop(served.proc)
+        names = imported(served.log_path.read_text(encoding="utf-8"))
+    assert doc["openapi"] == "3.1.0"
+    assert "/referstring" in doc["paths"]
+    assert {"sidecar.admin.openapi", "importlib.metadata"} <= names
 
 
 @pytest.mark.redis

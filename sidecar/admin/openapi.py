@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
@@ -319,10 +320,6 @@ PATHS: dict[str, Schema] = {
 def build_spec() -> Schema:
     """The whole admin API as an OpenAPI 3.1 document (the same on every install); a
     fresh copy each time, so a caller may change it."""
-    # importlib.metadata (with zipfile, csv, importlib.resources) holds ~1.3 MiB in every
-    # serving process; only this rare request needs it.
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         release = version("sidecar")
     except PackageNotFoundError:  # running from a source tree that was never installed
@@ -354,10 +351,6 @@ def render() -> str:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(text=render(), content_type=JSON)
-
-
-def register(app: web.Application) -> None:
-    app.router.add_get("/openapi.json", openapi_json, allow_head=False)
 
 
 if __name__ == "__main__":
