@@ -7,7 +7,10 @@ import io
 import json
 import logging
 
-from sidecar.telemetry.audit import JsonLineFormatter, LoopBatchedHandler
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.telemetry.audit import AUDIT, Field, JsonLineFormatter, LoopBatchedHandler, audit
 
 
 class CountingStream(io.StringIO):
@@ -56,3 +59,42 @@ async def test_flush_writes_what_is_queued() -> None:
     logger.warning("before shutdown")
     logger.handlers[0].flush()  # what logging.shutdown() does at exit
     assert json.loads(stream.getvalue())["level"] == "warning"
+
+
+class Capture(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+_FIELD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+)
+
+
+@given(
+    event=st.text(min_size=1),
+    fields=st.dictionaries(st.text().filter(lambda k: k not in ("event",)), _FIELD, max_size=6),
+)
+def test_an_audit_line_is_what_json_dumps_writes(event: str, fields: dict[str, Field]) -> None:
+    """The audit line is built without ``json.dumps``; it must be byte for byte its text."""
+    records: list[logging.LogRecord] = []
+    handler = Capture(records)
+    AUDIT.addHandler(handler)  # not the direct sink: the line goes through a LogRecord
+    level = AUDIT.level
+    AUDIT.setLevel(logging.INFO)
+    try:
+        audit(event, **fields)
+    finally:
+        AUDIT.removeHandler(handler)
+        AUDIT.setLevel(level)
+    line = records[0].getMessage()
+    stamp = json.loads(line.replace("NaN", "0").replace("Infinity", "0"))["ts"]
+    assert line == json.dumps({"ts": stamp, "level": "info", "event": event, **fields})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
+from aiohttp import web
 
 from sidecar.config import RoleConfig
 from sidecar.services import Services
@@ -140,3 +142,35 @@ def test_the_cookie_header_is_split_into_ours_and_the_rest() -> None:
     value, rest = split_cookie_header("theme=dark; sidecar_session=abc; x=1", "sidecar_session")
     assert value == "abc"
     assert rest == "theme=dark; x=1"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"cookie_secure": False},
+        {"cookie_secure": True},
+        {"cookie_secure": True, "cookie_domain": "example.test"},
+        {"cookie_secure": False, "cookie_domain": ".example.test"},
+    ],
+)
+def test_the_session_cookie_is_what_aiohttp_would_write(
+    manager: Factory, role: RoleConfig, settings: dict[str, object]
+) -> None:
+    """set_cookie writes its header itself; it must be byte for byte aiohttp's (and a value
+    that needs quoting, never one of ours, goes through aiohttp)."""
+    sessions = manager(**settings)
+    for value in ("A" * 21 + "-_" + "z9" * 10, 'needs "quoting"'):
+        ours = web.Response()
+        sessions.set_cookie(ours, value, role)
+        theirs = web.Response()
+        theirs.set_cookie(
+            sessions.cookie_name, value, max_age=int(role.session_lifetime), path="/",
+            domain=cast(str | None, settings.get("cookie_domain")),
+            secure=bool(settings["cookie_secure"]),
+            httponly=True, samesite="Lax",
+        )  # fmt: skip
+        expected = [m.output(header="")[1:] for m in theirs.cookies.values()]
+        written = ours.headers.getall("Set-Cookie", []) + [
+            m.output(header="")[1:] for m in ours.cookies.values()
+        ]
+        assert written == expected

@@ -114,6 +114,7 @@ def peer_allowed(remote: str | None, allowed: tuple[Network, ...]) -> bool:
     return address.is_loopback or any(address in net for net in allowed)
 
 
+@functools.lru_cache(maxsize=64)  # every admin request asks; one answer per listener
 def own_hosts(listen: HostPort, sockname: object) -> frozenset[str]:
     """The ``Host`` values that name this listener: its configured and bound address and
     the loopback names, each with the bound port. A page on an attacker's domain that

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import TextIO
 
 from sidecar.telemetry.context import current_request_id, rfc3339
@@ -27,12 +29,10 @@ def audit(event: str, **fields: Field) -> None:
     The line carries the ``request_id`` of the request that caused it (when there is one),
     so an audit event and its access line can be joined."""
     if AUDIT.isEnabledFor(logging.INFO):
-        doc: dict[str, Field] = {"ts": rfc3339(time.time()), "level": "info", "event": event}
-        doc.update(fields)
         request_id = current_request_id()
-        if request_id is not None and "request_id" not in doc:
-            doc["request_id"] = request_id
-        line = json.dumps(doc)
+        if request_id is not None and "request_id" not in fields:
+            fields["request_id"] = request_id
+        line = _line(event, fields)
         # As the access log does: no LogRecord (and no caller lookup) when nothing but the
         # batched handler would see the line.
         sink = direct_sink(AUDIT)
@@ -40,6 +40,34 @@ def audit(event: str, **fields: Field) -> None:
             sink.write_line(line)
         else:
             AUDIT.handle(AUDIT.makeRecord(AUDIT.name, logging.INFO, "", 0, line, (), None))
+
+
+def _line(event: str, fields: dict[str, Field]) -> str:
+    """The line ``json.dumps`` writes for ``{"ts", "level", "event", **fields}``, built
+    directly at a fraction of its cost (every mint and redemption writes one)."""
+    ts = rfc3339(time.time())
+    if "ts" in fields or "level" in fields:  # an override keeps json.dumps' key order
+        return json.dumps({"ts": ts, "level": "info", "event": event, **fields})
+    parts = [f'{{"ts": "{ts}", "level": "info", "event": {_json_str(event)}']
+    for name, value in fields.items():
+        parts.append(f", {_json_str(name)}: {_value(value)}")
+    parts.append("}")
+    return "".join(parts)
+
+
+def _value(value: Field) -> str:
+    """``value`` as ``json.dumps`` writes it."""
+    if isinstance(value, str):
+        return _json_str(value)
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value)  # NaN, Infinity
 
 
 class JsonLineFormatter(logging.Formatter):

@@ -162,12 +162,25 @@ def observe_request(status: int, seconds: float, listener: str, route: str) -> N
     series[1].observe(seconds)
 
 
+# The same for the other labelled series on the paths of every redemption, mint and store
+# call: label values come from the code (see above), so these maps stay small.
+_REDEMPTION_SERIES: dict[str, Counter] = {}
+_MINT_SERIES: dict[str, Counter] = {}
+_STORE_SERIES: dict[str, Histogram] = {}
+
+
 def redemption(outcome: str) -> None:
-    REDEMPTIONS.labels(outcome).inc()
+    series = _REDEMPTION_SERIES.get(outcome)
+    if series is None:
+        series = _REDEMPTION_SERIES[outcome] = REDEMPTIONS.labels(outcome)
+    series.inc()
 
 
 def mint(kind: str) -> None:
-    MINTS.labels(kind).inc()
+    series = _MINT_SERIES.get(kind)
+    if series is None:
+        series = _MINT_SERIES[kind] = MINTS.labels(kind)
+    series.inc()
 
 
 def mint_failure(api: str, reason: str) -> None:
@@ -183,7 +196,10 @@ def observe_upstream(seconds: float) -> None:
 
 
 def observe_store(op: str, seconds: float) -> None:
-    STORE_SECONDS.labels(op).observe(seconds)
+    series = _STORE_SERIES.get(op)
+    if series is None:
+        series = _STORE_SERIES[op] = STORE_SECONDS.labels(op)
+    series.observe(seconds)
 
 
 def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> None:
