@@ -174,10 +174,12 @@ class BurnStore(Protocol):
         With ``session`` (a redemption's writes in one call), the session is created
         (:meth:`SessionStore.create_session`) when, and only when, this call burned the
         token, and ``BURNED`` comes once both are durable; any other answer writes no
-        session. SQLite writes both in one transaction (one commit, one thread hop); Redis
-        in two steps (their keys live in different cluster slots), so a failure between
-        them can leave the token burned with no session — the caller cannot tell either
-        way and must say so."""
+        session. SQLite writes both in one transaction (one commit, one thread hop).
+        Redis takes two steps, the session only once the burn was answered (and, with
+        ``min_replicas_ack``, acknowledged): a burn that times out may still land later
+        (a frozen server runs what it queued), and it must not bring a session with it.
+        A failure between the steps leaves the token burned with no session — the caller
+        cannot tell either way and must say so."""
 
     async def revoke(self, token_id: str, expires_at: float) -> TokenState:
         """Revoke an unused token; returns the state it had before (USED stays USED)."""

@@ -156,7 +156,7 @@ class RedisStore(RedisCalls, Store):
     ) -> BurnResult:
         old = await self._set_state(token_id, TokenState.USED, expires_at)
         if old is None:
-            if session is not None:  # another slot than the token's on a cluster: a step
+            if session is not None:  # only after the answer: see Store.burn
                 await self.create_session(session)
             return BurnResult.BURNED
         return BurnResult.REVOKED if old == TokenState.REVOKED.value else BurnResult.ALREADY_USED
