@@ -24,11 +24,12 @@ PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child_env() -> dict[str, str]:
-    """This environment with the repo root first on ``PYTHONPATH``, so ``python -m sidecar``
-    and ``python -m bench.*`` work from any directory, installed or not."""
+def child_env(root: Path = ROOT) -> dict[str, str]:
+    """This environment with the repo root (or another checkout's ``root``) first on
+    ``PYTHONPATH``, so ``python -m sidecar`` and ``python -m bench.*`` work from any
+    directory, installed or not, and run that checkout's code."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
 
 

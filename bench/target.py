@@ -94,10 +94,12 @@ def start_sidecar(
     trusted_proxies: Sequence[str] = (),
     workers: int = 1,
     access_log: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Sidecar:
     """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``
     (``--workers workers``: ``pid`` is then the supervisor's, and the CPU figures, summed
-    over the process tree, include every worker)."""
+    over the process tree, include every worker). ``env``: the child's whole environment
+    (default :func:`~bench.procs.child_env`)."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     (home / "keyset.json").write_text(generate_keyset().to_json())
@@ -120,7 +122,7 @@ def start_sidecar(
     argv = [PYTHON, "-m", "sidecar", "serve", "--config", str(config)]
     if workers != 1:
         argv += ["--workers", str(workers)]
-    child = spawn(name, argv, logdir=workdir, cores=cores, cwd=home)
+    child = spawn(name, argv, logdir=workdir, cores=cores, env=env, cwd=home)
     wait_port(child, admin_port)
     wait_port(child, proxy_port)
     return Sidecar(child, proxy_port, admin_port, admin_key)
