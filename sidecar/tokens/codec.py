@@ -170,6 +170,9 @@ def _header_kid(segment: str) -> str | None:
         raise MalformedToken("bad protected header")
     if header.get("alg") != "dir" or header.get("enc") != "A256GCM":
         raise MalformedToken("unsupported alg/enc")
+    if not all(isinstance(header.get(name, ""), str) for name in ("typ", "cty")):
+        # RFC 7515 §4.1.9-10: strings. joserfc refused anything else; so does this.
+        raise MalformedToken("bad protected header")
     kid = header.get("kid")
     return kid if isinstance(kid, str) else None
 
