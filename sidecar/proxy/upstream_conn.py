@@ -64,6 +64,39 @@ class Connection(asyncio.Protocol):
     :meth:`exchange` returns; the body is read with :meth:`next_chunk` or :meth:`read`, and
     :meth:`finish` ends the exchange."""
 
+    # Up to proxy.max_connections of these sit in the pool: no per-instance dict.
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_drain",
+        "_error",
+        "_head_only",
+        "_head_size",
+        "_headers",
+        "_interim",
+        "_keep_alive",
+        "_loop",
+        "_max_head",
+        "_parser",
+        "_reading_paused",
+        "_reason",
+        "_received",
+        "_sender",
+        "_state",
+        "_transport",
+        "_until_eof",
+        "_waiter",
+        "_writing_paused",
+        "closed",
+        "deadline",
+        "headers",
+        "idle_since",
+        "reason",
+        "reused",
+        "status",
+        "timeout",
+    )
+
     def __init__(self, loop: asyncio.AbstractEventLoop, max_head: int, timeout: float) -> None:
         self._loop = loop
         self._max_head = max_head
@@ -332,6 +365,10 @@ class Connection(asyncio.Protocol):
         self._state = _IDLE
         self._chunks.clear()
         self._buffered = 0
+        # The answer's head belongs to its UpstreamResponse now; an idle connection in the
+        # pool need not keep it alive.
+        self.headers = []
+        self.reason = b""
         if self._reading_paused:
             self._reading_paused = False
             if reusable and self._transport is not None:
