@@ -145,6 +145,7 @@ async def serve(
             limits = ConnectionLimits(
                 head_timeout=cfg.proxy.request_head_timeout,
                 max_connections=cfg.proxy.max_client_connections if name == "proxy" else None,
+                max_head_size=cfg.proxy.max_header_size,
             )
             runner = ListenerRunner(
                 app,

@@ -17,6 +17,7 @@ import hashlib
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from aiohttp import hdrs, web
@@ -69,14 +70,19 @@ NO_COOKIES = RequestCookies((), ())
 
 def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
     """Split every ``Cookie`` header of ``request`` into the copies of the sidecar's
-    cookie ``name`` and the rest (see :func:`split_cookie_header`). Raw bytes are read as
-    latin-1, so other cookies reach the upstream byte for byte."""
+    cookie ``name`` and the rest (see :func:`split_cookie_header`)."""
     if hdrs.COOKIE not in request.headers:
         return NO_COOKIES
+    return cookies_of(request.raw_headers, name)
+
+
+def cookies_of(raw_headers: Iterable[tuple[bytes, bytes]], name: str) -> RequestCookies:
+    """:func:`read_cookies` for a request head's raw ``(name, value)`` header pairs. Raw
+    bytes are read as latin-1, so other cookies reach the upstream byte for byte."""
     found: list[str] = []
     others: list[bytes] = []
-    for header, raw in request.raw_headers:
-        if header.lower() != b"cookie":
+    for header, raw in raw_headers:
+        if len(header) != 6 or header.lower() != b"cookie":
             continue
         values, rest = _split_cookie_header(raw.decode("latin-1"), name)
         for value in values:
@@ -87,6 +93,8 @@ def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
             ):
                 found.append(value)
         others.append(rest.encode("latin-1"))
+    if not others:
+        return NO_COOKIES
     return RequestCookies(tuple(found), tuple(others))
 
 

@@ -10,6 +10,7 @@ of refer links and auth links (:mod:`sidecar.refer.redeem`, :mod:`sidecar.links.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -50,14 +51,14 @@ class ClientAddresses:
     def of(self, request: web.BaseRequest) -> str:
         """The client's address: the peer, or through trusted proxies the nearest
         untrusted hop of ``X-Forwarded-For`` (the peer when every hop is trusted)."""
-        peer = request.remote or ""
+        return self.client(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
+
+    def client(self, peer: str | None, forwarded_for: Iterable[str]) -> str:
+        """:meth:`of` for a peer and the values of its ``X-Forwarded-For`` headers."""
+        peer = peer or ""
         if not self.trusts(peer):
             return peer
-        hops = [
-            h.strip()
-            for v in request.headers.getall(hdrs.X_FORWARDED_FOR, ())
-            for h in v.split(",")
-        ]
+        hops = [h.strip() for v in forwarded_for for h in v.split(",")]
         for hop in reversed(hops):
             if hop and not self.trusts(hop):
                 return hop

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
@@ -30,7 +31,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import Config
-from sidecar.proxy.headers import HeaderPolicy
+from sidecar.proxy.headers import Header, HeaderPolicy
 from sidecar.proxy.pool import (
     UpstreamBodyTimeout,
     UpstreamError,
@@ -50,7 +51,7 @@ LOG = logging.getLogger("sidecar.forward")
 # which costs less per request than a StreamResponse; anything bigger streams.
 SMALL_BODY: Final = 64 * 1024
 
-_UPSTREAM_ERRORS = (UpstreamError, aiohttp.ClientError, HttpProcessingError, OSError)
+UPSTREAM_ERRORS = (UpstreamError, aiohttp.ClientError, HttpProcessingError, OSError)
 
 
 class Forwarder:
@@ -119,62 +120,83 @@ class Forwarder:
 
         ``cookies`` are the request's, as read for the session lookup; identity headers
         are added after the client's copies of them are dropped."""
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("Forwarder used outside its cleanup_ctx")
         headers, has_length = self.headers.request_headers(request, cookies, identity)
         chunked = request.body_exists and not has_length
         if chunked:
             headers.append((b"Transfer-Encoding", b"chunked"))
-        head = b"".join(
+        target = request.raw_path.encode("utf-8", "surrogateescape")
+        head = self.upstream_head(request.method, target, headers)
+        body = request.content.iter_any() if request.body_exists else None
+        upstream = await self.exchange(request.method, head, body, chunked)
+        if isinstance(upstream, Failure):
+            return pages.failure(request, upstream.status, upstream.reason)
+        out_headers = self.headers.response_headers(upstream.headers)
+        if not self.buffered(upstream):
+            return await _stream(request, upstream, out_headers, self._send_timeout)
+        payload = await read_whole(upstream)
+        if isinstance(payload, Failure):
+            return pages.failure(request, payload.status, payload.reason)
+        return _Relayed(
+            status=upstream.status, reason=upstream.reason, headers=out_headers, body=payload
+        )
+
+    @property
+    def send_timeout(self) -> float:
+        """How long a client may take to accept the next chunk of a streamed answer."""
+        return self._send_timeout
+
+    def upstream_head(self, method: str, target: bytes, headers: list[Header]) -> bytes:
+        """The request head sent upstream: ``target`` (path and query, as the client sent
+        them) below the upstream's base path, and ``headers`` as given."""
+        return b"".join(
             [
-                request.method.encode(),
+                method.encode(),
                 b" ",
                 self._base_path,
-                request.raw_path.encode("utf-8", "surrogateescape"),
+                target,
                 b" HTTP/1.1\r\n",
                 *[name + b": " + value + b"\r\n" for name, value in headers],
                 b"\r\n",
             ]
         )
-        body = request.content.iter_any() if request.body_exists else None
+
+    async def exchange(
+        self,
+        method: str,
+        head: bytes,
+        body: AsyncIterable[bytes] | None = None,
+        chunked: bool = False,
+    ) -> UpstreamResponse | Failure:
+        """Send the request and wait for the response head; the failure to answer with
+        (502/504, logged and recorded for the access line) when none came."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("Forwarder used outside its cleanup_ctx")
         started = time.perf_counter()
         try:
             # The pool's deadline for the response head counts from the last body byte sent.
-            upstream = await pool.request(request.method, head, body, chunked=chunked)
+            upstream = await pool.request(method, head, body, chunked=chunked)
         except UpstreamTimeout:
             set_upstream_time(time.perf_counter() - started)
             LOG.warning("upstream did not answer within %ss", self._header_timeout)
-            return pages.failure(request, 504, "gateway_timeout")
+            return GATEWAY_TIMEOUT
         except UpstreamError as exc:
             set_upstream_time(time.perf_counter() - started)
             LOG.warning("upstream request failed: %s", exc)
-            return pages.failure(request, 502, "bad_gateway")
+            return BAD_GATEWAY
         elapsed = time.perf_counter() - started
         set_upstream_time(elapsed)
         metrics.observe_upstream(elapsed)
-        out_headers = self.headers.response_headers(upstream.headers)
-        if not upstream.complete:
-            length = upstream.content_length
-            if length is None or length > SMALL_BODY:
-                return await _stream(request, upstream, out_headers, self._send_timeout)
-        try:
-            payload = await upstream.read()
-        except UpstreamBodyTimeout as exc:
-            # Nothing was sent yet: the client gets a clear 504, the stalled connection is
-            # dropped (release() closes what did not end cleanly) and its slot freed.
-            set_upstream_error("body_timeout")
-            LOG.warning("upstream response body stalled: %s", exc)
-            return pages.failure(request, 504, "gateway_timeout")
-        except UpstreamError as exc:
-            set_upstream_error("body_broken")
-            LOG.warning("upstream response failed: %s", exc)
-            return pages.failure(request, 502, "bad_gateway")
-        finally:
-            upstream.release()
-        return _Relayed(
-            status=upstream.status, reason=upstream.reason, headers=out_headers, body=payload
-        )
+        return upstream
+
+    @staticmethod
+    def buffered(upstream: UpstreamResponse) -> bool:
+        """Whether the answer is relayed whole (it is in, or small and of known length)
+        rather than streamed."""
+        if upstream.complete:
+            return True
+        length = upstream.content_length
+        return length is not None and length <= SMALL_BODY
 
     # -- WebSocket -------------------------------------------------------------------
     async def forward_websocket(
@@ -203,6 +225,38 @@ class Forwarder:
             alive=alive,
             check_every=self._session_check,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The upstream's answer could not be relayed: answer ``status`` with the page for
+    ``reason`` (nothing has been sent to the client)."""
+
+    status: int
+    reason: str
+
+
+GATEWAY_TIMEOUT: Final = Failure(504, "gateway_timeout")
+BAD_GATEWAY: Final = Failure(502, "bad_gateway")
+
+
+async def read_whole(upstream: UpstreamResponse) -> bytes | Failure:
+    """The whole body of a :meth:`Forwarder.buffered` answer, and the upstream connection
+    released; the failure to answer with if the body stalled or broke off."""
+    try:
+        return await upstream.read()
+    except UpstreamBodyTimeout as exc:
+        # Nothing was sent yet: the client gets a clear 504, the stalled connection is
+        # dropped (release() closes what did not end cleanly) and its slot freed.
+        set_upstream_error("body_timeout")
+        LOG.warning("upstream response body stalled: %s", exc)
+        return GATEWAY_TIMEOUT
+    except UpstreamError as exc:
+        set_upstream_error("body_broken")
+        LOG.warning("upstream response failed: %s", exc)
+        return BAD_GATEWAY
+    finally:
+        upstream.release()
 
 
 class _RelayedStream(web.StreamResponse):
@@ -261,7 +315,7 @@ async def _stream(
         LOG.info("client stopped reading for %ss; cut off", send_timeout)
         if request.transport is not None:
             request.transport.abort()
-    except _UPSTREAM_ERRORS as exc:
+    except UPSTREAM_ERRORS as exc:
         # The upstream broke off or stalled, or the client left. Either way a truncated
         # body must not look complete: drop the client connection instead of ending it.
         if isinstance(exc, UpstreamBodyTimeout):

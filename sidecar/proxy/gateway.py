@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -27,24 +29,25 @@ from yarl import URL
 from sidecar.config import Config
 from sidecar.links import http as links_http
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
+from sidecar.proxy.express import ExpressLane
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.forward_auth import ForwardAuth
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.origins import PublicOrigin, forwarded_hosts
-from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
+from sidecar.proxy.origins import PublicOrigin, hosts_allowed
+from sidecar.proxy.paths import GlobSet, NormalPath, PathRules, UnsafePath, normalise
 from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
 from sidecar.proxy.router import proxy_application
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
-from sidecar.sessions import SESSIONS, RequestCookies, SessionManager
+from sidecar.sessions import SESSIONS, RequestCookies, Session, SessionManager
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.persistence import PersistenceWatch
 from sidecar.telemetry.audit import audit
 from sidecar.web import pages
 from sidecar.web.accesslog import access_middleware, set_user
 from sidecar.web.appkeys import PUBLIC_ORIGIN, SERVICES
-from sidecar.web.listener import own_answer_headers
+from sidecar.web.listener import LANE, own_answer_headers
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 PERSISTENCE = web.AppKey("persistence", PersistenceWatch)
@@ -114,7 +117,27 @@ def build_proxy_app(services: Services) -> web.Application:
     services.on_reconfigure.append(reconfigure)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
     router.add_catch_all(gateway.proxy)
+    # The hot path, served before aiohttp's server sees it (sidecar.web.lean).
+    lane = ExpressLane(services, gateway, forwarder, public, clients, sessions.cookie_name)
+    lane.own_routes(router.own_literals())
+    app[LANE] = lane
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """:meth:`Gateway.judge`'s answer: ``forward`` with the ``identity`` headers, or not;
+    ``session`` is the request's live session, if any (not forwarded with one: the role's
+    rules refuse the path)."""
+
+    forward: bool
+    identity: tuple[tuple[str, str], ...] = ()
+    session: Session | None = None
+
+
+PUBLIC: Final = Verdict(True)
+ANONYMOUS: Final = Verdict(False)  # no live session: proxy.unauthenticated decides
+STORE_DOWN: Final = Verdict(False)  # the session could not be looked up: 503
 
 
 class Gateway:
@@ -172,23 +195,19 @@ class Gateway:
             # browser authenticates with our cookie. Browsers always send Origin here.
             return pages.failure(request, 403, "cross_origin")
         cookies = self._sessions.cookies(request)  # read once: the session and the upstream
-        if self._public and path.matched_by(self._public):
-            return await self._send(request, cookies, (), websocket)
-        try:
-            session = await self._sessions.lookup_cookies(cookies)
-        except StoreUnavailable:
+        verdict = await self.judge(path, cookies)
+        if verdict is STORE_DOWN:
             return pages.failure(request, 503, "store_unavailable")
-        if session is not None:
-            set_user(session.record.user_id)
-            # .get: a reload may have removed the role while the lookup awaited the store.
-            rules = self._rules.get(session.record.role)
-            if rules is None or not rules.permits(path):
+        if verdict.session is not None:
+            set_user(verdict.session.record.user_id)
+            if not verdict.forward:  # the role's rules refuse the path
                 return pages.failure(request, 403, "forbidden")
-            if websocket:
+        if verdict.forward:
+            if websocket and verdict.session is not None:
                 return await self._forwarder.forward_websocket(
-                    request, cookies, session.headers, alive=self._still_signed_in(cookies)
+                    request, cookies, verdict.identity, alive=self._still_signed_in(cookies)
                 )
-            return await self._forwarder.forward(request, cookies, session.headers)
+            return await self._send(request, cookies, verdict.identity, websocket)
         if self._unauthenticated == "pass":
             return await self._send(request, cookies, (), websocket)
         if (
@@ -204,6 +223,25 @@ class Gateway:
                 status=status, headers={hdrs.LOCATION: str(location), **pages.NO_STORE}
             )
         return pages.failure(request, 401, "unauthenticated")
+
+    async def judge(self, path: NormalPath, cookies: RequestCookies) -> Verdict:
+        """Whether a request for ``path`` with ``cookies`` is forwarded, and with which
+        identity: the one judgement of both the handler above and the lean front's lane
+        (:mod:`sidecar.proxy.express`). ``public_paths`` go without identity, session or
+        not; with a live session the role's rules decide."""
+        if self._public and path.matched_by(self._public):
+            return PUBLIC
+        try:
+            session = await self._sessions.lookup_cookies(cookies)
+        except StoreUnavailable:
+            return STORE_DOWN
+        if session is None:
+            return ANONYMOUS
+        # .get: a reload may have removed the role while the lookup awaited the store.
+        rules = self._rules.get(session.record.role)
+        if rules is None or not rules.permits(path):
+            return Verdict(False, session=session)
+        return Verdict(True, session.headers, session)
 
     def _still_signed_in(self, cookies: RequestCookies) -> Alive:
         async def alive() -> bool:
@@ -335,15 +373,14 @@ def host_check(
         path = request.rel_url.raw_path
         if path in any_host or (envoy_prefix is not None and path.startswith(envoy_prefix + "/")):
             return await handler(request)
-        hosts = request.headers.getall(hdrs.HOST, ())
-        ok = len(hosts) <= 1 and public.host_allowed(hosts[0] if hosts else None)
-        if ok and clients.trusts(request.remote):
-            for value in request.headers.getall(hdrs.X_FORWARDED_HOST, ()):
-                ok = ok and all(public.host_allowed(h) for h in value.split(","))
-            # RFC 7239's host= (Rack 3 and Spring read it before X-Forwarded-Host).
-            for value in request.headers.getall(hdrs.FORWARDED, ()):
-                ok = ok and all(public.host_allowed(h) for h in forwarded_hosts(value))
-        if not ok:
+        headers = request.headers
+        trusted = clients.trusts(request.remote)
+        if not hosts_allowed(
+            public,
+            headers.getall(hdrs.HOST, ()),
+            headers.getall(hdrs.X_FORWARDED_HOST, ()) if trusted else (),
+            headers.getall(hdrs.FORWARDED, ()) if trusted else (),
+        ):
             return pages.failure(request, 421, "misdirected")
         return await handler(request)
 

@@ -127,15 +127,29 @@ class HeaderPolicy:
         identity: Iterable[tuple[str, str]],
     ) -> tuple[list[Header], bool]:
         """The headers to send upstream, and whether the client gave a Content-Length."""
+        return self.raw_request_headers(
+            request.raw_headers, request.remote, request.scheme, cookies, identity
+        )
+
+    def raw_request_headers(
+        self,
+        raw_headers: Iterable[Header],
+        remote: str | None,
+        scheme: str,
+        cookies: RequestCookies,
+        identity: Iterable[tuple[str, str]],
+    ) -> tuple[list[Header], bool]:
+        """:meth:`request_headers` for a request head's raw ``(name, value)`` pairs, from
+        the peer ``remote`` over ``scheme``."""
         actions = self._actions
         out: list[Header] = []
         named: set[bytes] | None = None
-        trusted = self._clients.trusts(request.remote)
+        trusted = self._clients.trusts(remote)
         cookie_rest = iter(cookies.others)
         xff: list[bytes] = []
         proto = forwarded_host = host = None
         has_length = False
-        for name, value in request.raw_headers:
+        for name, value in raw_headers:
             action = actions.get(name)
             if action is None:
                 action = self._classify(name)
@@ -177,9 +191,9 @@ class HeaderPolicy:
         if host is None:
             host = self._default_host
             out.append((b"Host", host))
-        xff.append((request.remote or "").encode())
+        xff.append((remote or "").encode())
         out.append((b"X-Forwarded-For", b", ".join(xff)))
-        out.append((b"X-Forwarded-Proto", proto or request.scheme.encode()))
+        out.append((b"X-Forwarded-Proto", proto or scheme.encode()))
         out.append((b"X-Forwarded-Host", forwarded_host or host))
         request_id = current_request_id()
         if request_id is not None:

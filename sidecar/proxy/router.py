@@ -35,6 +35,11 @@ class ProxyRouter(UrlDispatcher):
 
     def freeze(self) -> None:
         super().freeze()
+        self._own = self.own_literals()
+
+    def own_literals(self) -> tuple[str, ...]:
+        """The literal beginnings of every route but the catch-all (the sidecar's own
+        paths: a path that begins with none of them is the catch-all's)."""
         catch_all = self._catch_all
         own = []
         for resource in self.resources():
@@ -42,7 +47,7 @@ class ProxyRouter(UrlDispatcher):
                 continue
             # A route's path can only begin with the literal part of its pattern.
             own.append(resource.canonical.split("{", 1)[0])
-        self._own = tuple(own)
+        return tuple(own)
 
     async def resolve(self, request: web.Request) -> UrlMappingMatchInfo:
         route = self._catch_all

@@ -103,7 +103,7 @@ def access_middleware(
     ``route(request)`` is the request's kind unless a handler names another (``set_route``);
     ``client`` gives the client's address for ``remote`` (behind trusted proxies, the real
     client rather than the proxy; the socket's peer by default)."""
-    prefix = f'"level": "info", "event": "access", "listener": {_json_str(listener)}, "method": '
+    done = AccessLine(listener)
     remote_of = client or _peer
 
     @web.middleware
@@ -127,18 +127,44 @@ def access_middleware(
         finally:
             CURRENT.reset(token)
             elapsed = time.perf_counter() - started
-            metrics.observe_request(status, elapsed, listener, record.route)
-            if ACCESS.isEnabledFor(logging.INFO):
-                line = _line(prefix, request, status, elapsed, record, remote_of(request))
-                sink = direct_sink(ACCESS)
-                if sink is not None:
-                    sink.write_line(line)
-                else:
-                    ACCESS.handle(
-                        ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None)
-                    )
+            path = request.rel_url.raw_path
+            done(request.method, path, status, elapsed, record, remote_of(request))
 
     return middleware
+
+
+class AccessLine:
+    """Counts a finished request of ``listener`` and writes its access line (when the
+    ``sidecar.access`` logger is on): the middleware's end, and the proxy listener's lean
+    front's (:mod:`sidecar.web.lean`)."""
+
+    __slots__ = ("_listener", "_prefix")
+
+    def __init__(self, listener: str) -> None:
+        self._listener = listener
+        self._prefix = (
+            f'"level": "info", "event": "access", "listener": {_json_str(listener)}, "method": '
+        )
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        elapsed: float,
+        record: RequestRecord,
+        remote: str | None,
+    ) -> None:
+        """``path``: the raw path without the query."""
+        metrics.observe_request(status, elapsed, self._listener, record.route)
+        if not ACCESS.isEnabledFor(logging.INFO):
+            return
+        line = _line(self._prefix, method, path, status, elapsed, record, remote)
+        sink = direct_sink(ACCESS)
+        if sink is not None:
+            sink.write_line(line)
+        else:
+            ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None))
 
 
 def _peer(request: web.BaseRequest) -> str | None:
@@ -147,21 +173,21 @@ def _peer(request: web.BaseRequest) -> str | None:
 
 def _line(
     prefix: str,
-    request: web.Request,
+    method: str,
+    path: str,
     status: int,
     elapsed: float,
     record: RequestRecord,
     remote: str | None,
 ) -> str:
     """The JSON object ``json.dumps`` would write for the fields in the module docstring."""
-    path = request.rel_url.raw_path
     if len(path) > _MAX_PATH:
         path = path[:_MAX_PATH] + "…"
     upstream = "null" if record.upstream_s is None else round(record.upstream_s * 1000, 2)
     user = "null" if record.user_id is None else _json_str(record.user_id)
     error = "" if record.upstream_error is None else _error_field(record.upstream_error)
     return (
-        f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(request.method)}, '
+        f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(method)}, '
         f'"path": {_json_str(path)}, "status": {status}, '
         f'"duration_ms": {round(elapsed * 1000, 2)}, "upstream_ms": {upstream}, '
         f'"user_id": {user}, "request_id": {_json_str(record.request_id)}, '

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from sidecar.web.listener import LANE
+
 
 class Drain:
     """Counts the requests in flight on every app it is attached to."""
@@ -32,17 +34,28 @@ class Drain:
     def attach(self, app: web.Application) -> None:
         """Track ``app``'s requests (before the app is started; outermost middleware)."""
         app.middlewares.insert(0, self._middleware)
+        lane = app.get(LANE)
+        if lane is not None:
+            lane.drain = self  # the lean front's requests count too (sidecar.web.lean)
+
+    def begin(self) -> None:
+        """A request started (the middleware's, and the lean front's: :mod:`sidecar.web.lean`)."""
+        self._in_flight += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        """A request started with :meth:`begin` is over."""
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self._in_flight += 1
-        self._idle.clear()
+        self.begin()
         try:
             return await handler(request)
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            self.end()
 
     async def stop_accepting_and_wait(
         self, runners: Iterable[web.BaseRunner], grace_period: float

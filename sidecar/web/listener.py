@@ -36,6 +36,10 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from sidecar.web.lean import Lane, LeanConnection, LeanConnections
+
+LANE: Final = web.AppKey("lane", Lane)
+
 LOG = logging.getLogger("sidecar.listener")
 NOSNIFF: Final = {"X-Content-Type-Options": "nosniff"}
 RETRY_AFTER_BUSY: Final = 1  # seconds a client turned away at the connection cap waits
@@ -48,6 +52,7 @@ class ConnectionLimits:
 
     head_timeout: float
     max_connections: int | None = None
+    max_head_size: int = 8190  # the lean front serves no head over it (proxy.max_header_size)
 
 
 def error_document(status: int, error: str, message: str, error_code: str | None = None) -> bytes:
@@ -119,25 +124,9 @@ class _Handler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._manager
-        cap = self._guard.max_connections
-        if isinstance(server, _Server):
-            if cap is not None and server.open_connections >= cap:
-                # Refused before aiohttp sees it: no task, no parser, one write, one close.
-                self._refused = True
-                transport.write(_BUSY)  # type: ignore[attr-defined]  # a stream transport
-                transport.close()
-                server.refused += 1
-                now = self._loop.time()
-                if now >= server.warn_after:  # one line a minute, not one per connection
-                    server.warn_after = now + 60
-                    LOG.warning(
-                        "connections refused: %d client connections already open "
-                        "(proxy.max_client_connections); %d refused so far",
-                        cap,
-                        server.refused,
-                    )
-                return
-            server.open_connections += 1
+        if isinstance(server, _Server) and not server.admit(transport):  # type: ignore[arg-type]
+            self._refused = True
+            return
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -220,21 +209,69 @@ class _Bare(web.Response):
 
 
 class _Server(web.Server):
-    """aiohttp's server, counting its connections and making :class:`_Handler` ones."""
+    """aiohttp's server, counting its connections and making :class:`_Handler` ones — or,
+    with a ``lane``, :class:`~sidecar.web.lean.LeanConnection` ones that hand what they do
+    not serve over to a :class:`_Handler`."""
 
-    def __init__(self, *args: Any, guard: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, guard: ConnectionLimits, lane: Lane | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.open_connections = 0
         self.refused = 0  # connections turned away at the cap, since start
         self.warn_after = 0.0
+        self._lane = lane
+        self.clock = self._loop.time
+        self.lean = LeanConnections(
+            guard.head_timeout, self._kwargs.get("keepalive_timeout", 75.0), self.clock
+        )
+        self.max_head = guard.max_head_size
+        self.max_headers = self._kwargs.get("max_headers", 128)
+        self.head_timeout_answer = _HEAD_TIMEOUT
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]  # any protocol will do
+        if self._lane is not None:
+            return LeanConnection(self, self._lane)
+        return self.handler()
+
+    def handler(self) -> RequestHandler:
+        """An aiohttp connection of this server (not yet connected)."""
         return _Handler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+
+    def admit(self, transport: asyncio.Transport) -> bool:
+        """Count a new connection in, or refuse it at the cap: ``503``, close, False."""
+        cap = self.guard.max_connections
+        if cap is not None and self.open_connections >= cap:
+            # Refused before anything is parsed: no task, no parser, one write, one close.
+            transport.write(_BUSY)
+            transport.close()
+            self.refused += 1
+            now = self._loop.time()
+            if now >= self.warn_after:  # one line a minute, not one per connection
+                self.warn_after = now + 60
+                LOG.warning(
+                    "connections refused: %d client connections already open "
+                    "(proxy.max_client_connections); %d refused so far",
+                    cap,
+                    self.refused,
+                )
+            return False
+        self.open_connections += 1
+        return True
+
+    def pre_shutdown(self) -> None:
+        for conn in self.lean:
+            conn.shut()
+        super().pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's)
+        await asyncio.gather(self.lean.shutdown(timeout or 0.0), super().shutdown(timeout))
 
 
 class ListenerRunner(web.AppRunner):
-    """``web.AppRunner`` whose server enforces :class:`ConnectionLimits`."""
+    """``web.AppRunner`` whose server enforces :class:`ConnectionLimits`, with the lean
+    front (:mod:`sidecar.web.lean`) before aiohttp when the app has a :data:`LANE`."""
 
     def __init__(self, app: web.Application, *, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -250,5 +287,6 @@ class ListenerRunner(web.AppRunner):
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
             guard=self._limits,
+            lane=self.app.get(LANE),
             **made._kwargs,  # what AppRunner and the app passed (no public accessor)
         )

@@ -41,7 +41,11 @@ _STYLE = (
 
 def wants_json(request: web.BaseRequest) -> bool:
     """True when ``Accept`` ranks ``application/json`` above ``text/html``."""
-    accept = request.headers.get(hdrs.ACCEPT, "")
+    return prefers_json(request.headers.get(hdrs.ACCEPT, ""))
+
+
+def prefers_json(accept: str) -> bool:
+    """:func:`wants_json` for the value of an ``Accept`` header."""
     if "json" not in accept:
         return False
     best = {"json": -1.0, "html": -1.0}
@@ -77,13 +81,25 @@ def failure(
     """The clear failure page for ``status`` and the short ``reason`` code (the operator's
     template when ``pages.dir`` has one), or :func:`failure_json` when the client prefers
     JSON."""
-    if wants_json(request):
+    accept = request.headers.get(hdrs.ACCEPT, "")
+    return failure_for(accept, _templates(request), status, reason, retry_after=retry_after)
+
+
+def failure_for(
+    accept: str,
+    templates: Mapping[str, str],
+    status: int,
+    reason: str,
+    *,
+    retry_after: int | None = None,
+) -> web.Response:
+    """:func:`failure` for a request's ``Accept`` header and the operator's ``templates``."""
+    if prefers_json(accept):
         return failure_json(status, reason, retry_after=retry_after)
     phrase = _phrase(status)
     message = MESSAGES.get(reason, phrase + ".")
     headers = _failure_headers(retry_after)
     title = f"{status} {phrase}"
-    templates = _templates(request)
     own = templates.get(reason) or templates.get("failure")
     if own is not None:
         values = {"status": str(status), "title": title, "message": message, "reason": reason}
