@@ -46,6 +46,7 @@ RESTART_ONLY = (
     # Bound into the forwarder and the listeners at start (sidecar.app, proxy.forward).
     "proxy.send_timeout",
     "proxy.request_head_timeout",
+    "proxy.lean_front",
     "proxy.keepalive_timeout",
     "proxy.max_client_connections",
     "proxy.max_connections",

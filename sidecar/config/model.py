@@ -203,6 +203,7 @@ def _build(r: Reader) -> Config | None:
         allowed_hosts=_checked(px, "allowed_hosts", parse_host),
         allowed_origins=_checked(px, "allowed_origins", parse_origin),
         strip_headers=DEFAULT_STRIP_HEADERS + _checked(px, "strip_headers", check_strip_name),
+        lean_front=px.boolean("lean_front", True),
     )
 
     se = root.section("session")

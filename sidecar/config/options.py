@@ -78,6 +78,7 @@ class ProxyConfig:
     allowed_hosts: tuple[str, ...]
     allowed_origins: tuple[str, ...]
     strip_headers: tuple[str, ...]
+    lean_front: bool = True  # plain forwarded requests skip aiohttp's server (web.lean)
 
 
 @dataclass(frozen=True, slots=True)

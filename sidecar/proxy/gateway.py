@@ -117,10 +117,11 @@ def build_proxy_app(services: Services) -> web.Application:
     services.on_reconfigure.append(reconfigure)
     router.add_route("*", prefix + "{tail:(/.*)?}", gateway.not_found)
     router.add_catch_all(gateway.proxy)
-    # The hot path, served before aiohttp's server sees it (sidecar.web.lean).
-    lane = ExpressLane(services, gateway, forwarder, public, clients, sessions.cookie_name)
-    lane.own_routes(router.own_literals())
-    app[LANE] = lane
+    if services.config.proxy.lean_front:
+        # The hot path, served before aiohttp's server sees it (sidecar.web.lean).
+        lane = ExpressLane(services, gateway, forwarder, public, clients, sessions.cookie_name)
+        lane.own_routes(router.own_literals())
+        app[LANE] = lane
     return app
 
 

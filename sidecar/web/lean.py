@@ -135,8 +135,10 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
         return None
     for name, value in headers:
         if len(name) in (6, 7, 14, 17):  # the lengths of the names in _NOT_MINE
-            lower = name.lower()
-            if lower in _NOT_MINE and not (lower == b"content-length" and value == b"0"):
+            # In every spelling a CGI/WSGI upstream reads as the same header (the header
+            # policy's canonical_header): "Content_Length" is framing to some upstreams.
+            lower = name.lower().replace(b"_", b"-").replace(b".", b"-")
+            if lower in _NOT_MINE and not (name.lower() == b"content-length" and value == b"0"):
                 return None
     method = parser.get_method()
     url = parsed.url
