@@ -24,6 +24,8 @@ metric                                     labels       observed by
 ``sidecar_requests_in_flight``                          :func:`track` (the drain's count)
 ``sidecar_client_connections``                          :func:`track` (open client connections,
                                                         every listener)
+``sidecar_lean_handovers_total``                        :func:`handover` (the proxy's lean
+                                                        front: :mod:`sidecar.web.lean`)
 ``sidecar_build_info``                     version      always 1
 ========================================== ============ ===================================
 
@@ -137,6 +139,12 @@ CONNECTIONS = Gauge(
     registry=_OWN,
     multiprocess_mode="livesum",
 )
+HANDOVERS = Counter(
+    "sidecar_lean_handovers_total",
+    "Proxy connections the lean front handed to aiohttp's server, at a request it does not "
+    "serve itself (sidecar.web.lean).",
+    registry=_OWN,
+)
 BUILD_INFO = Gauge(
     "sidecar_build_info",
     "Always 1; the version is the label.",
@@ -160,6 +168,10 @@ def observe_request(status: int, seconds: float, listener: str, route: str) -> N
         _REQUEST_SERIES[key] = series
     series[0].inc()
     series[1].observe(seconds)
+
+
+def handover() -> None:
+    HANDOVERS.inc()
 
 
 # The same for the other labelled series on the paths of every redemption, mint and store

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
+from sidecar.telemetry import metrics
+
 if TYPE_CHECKING:
     from sidecar.web.drain import Drain
     from sidecar.web.listener import _Server
@@ -133,8 +135,12 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
     headers = parsed.headers
     if len(headers) > max_headers:
         return None
+    keep_alive = True  # HTTP/1.1's default
     for name, value in headers:
-        if len(name) in (6, 7, 14, 17):  # the lengths of the names in _NOT_MINE
+        if len(name) == 10 and name.lower() == b"connection":
+            if b"close" in [t.strip() for t in value.lower().split(b",")]:
+                keep_alive = False
+        elif len(name) in (6, 7, 14, 17):  # the lengths of the names in _NOT_MINE
             # In every spelling a CGI/WSGI upstream reads as the same header (the header
             # policy's canonical_header): "Content_Length" is framing to some upstreams.
             lower = name.lower().replace(b"_", b"-").replace(b".", b"-")
@@ -146,7 +152,7 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
         return None
     if head_size(method, url, headers) > max_size:
         return None
-    return Head(method.decode("ascii"), url, headers, parser.should_keep_alive(), len(data))
+    return Head(method.decode("ascii"), url, headers, keep_alive, len(data))
 
 
 class LeanConnection(asyncio.Protocol):
@@ -221,13 +227,6 @@ class LeanConnection(asyncio.Protocol):
         elif len(self._buffer) > _READ_AHEAD and not self._paused_reading:
             self._paused_reading = True
             self.transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        # The client will send nothing more: finish what is in progress, then close.
-        self._closing = True
-        if self._task is None and self.transport is not None:
-            self.transport.close()
-        return True
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -325,6 +324,7 @@ class LeanConnection(asyncio.Protocol):
         server = self._server
         server.lean.discard(self)
         server.open_connections -= 1  # the handler counts itself in again
+        metrics.handover()
         handler = server.handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)

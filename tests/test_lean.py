@@ -1,0 +1,252 @@
+"""The proxy listener's lean front (sidecar.web.lean, sidecar.proxy.express).
+
+The lean front answers plain forwarded requests itself and hands everything else to
+aiohttp's server on the same connection. These tests hold it to three things:
+
+* **the same answers**: every request of a corpus, sent byte for byte to a sidecar with the
+  lean front and to one without (``proxy.lean_front: false``, aiohttp alone), gets the same
+  status line, headers (``Date`` and ``X-Request-Id`` values aside) and body;
+* **the right owner**: the hot path is served without a handover; anything else is handed
+  over with its bytes intact, also mid-connection and mid-pipeline;
+* **the listener's limits** on its own connections: idle close, a client that leaves.
+
+(The rest of the suite — tests/security's framing, smuggling, slow-client and stall cases,
+streaming, SSE, WebSockets — runs against the lean front too: it is on by default.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from sidecar.telemetry import metrics
+from tests.harness.raw import RawResponse, raw_http
+from tests.harness.served import Sidecar, running_sidecar
+from tests.harness.upstream import Upstream, running_upstream
+
+_MASKED = ("date", "x-request-id")
+
+
+def _handovers() -> float:
+    value = metrics._OWN.get_sample_value("sidecar_lean_handovers_total")
+    return 0.0 if value is None else value
+
+
+def _respond(request: web.BaseRequest) -> web.StreamResponse:
+    """The upstream's answers for the corpus, by path."""
+    path = request.path
+    if path.startswith("/app/status/"):
+        code = int(path.rsplit("/", 1)[1])
+        return web.Response(status=code, headers={"X-Code": str(code)})
+    if path == "/app/reason":
+        return web.Response(status=299, reason="Fine Thanks", text="odd")
+    if path == "/app/untyped":
+        response = web.Response(body=b"\x00\x01raw")
+        response.headers.popall("Content-Type", None)
+        return response
+    if path == "/app/cookies":
+        response = web.Response(text="c")
+        response.headers.add("Set-Cookie", "a=1; Path=/")
+        response.headers.add("Set-Cookie", "b=2; Path=/")
+        return response
+    if path == "/app/own-id":
+        return web.Response(text="id", headers={"X-Request-Id": "upstream-id"})
+    return web.Response(text="ok " + request.raw_path, headers={"X-Upstream": "yes"})
+
+
+def _corpus(host: str, cookie: str) -> dict[str, bytes]:
+    def get(target: str, *extra: str, method: str = "GET", close: bool = True) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", f"Cookie: {cookie}"]
+        lines += [*extra, *(["Connection: close"] if close else [])]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    return {
+        "plain": get("/app/x"),
+        "query": get("/app/x?a=1&b=two"),
+        "client-request-id": get("/app/x", "X-Request-Id: client-id-1"),
+        "upstream-request-id": get("/app/own-id"),
+        "json-accept": get("/app/x", "Accept: application/json"),
+        "other-cookies": get("/app/x", "Cookie: theme=dark; lang=en"),
+        "post-no-body": get("/app/form", method="POST"),
+        "delete": get("/app/thing/1", method="DELETE"),
+        "content-length-0": get("/app/form", "Content-Length: 0", method="POST"),
+        "status-201": get("/app/status/201"),
+        "status-204": get("/app/status/204"),
+        "status-304": get("/app/status/304"),
+        "status-404": get("/app/status/404"),
+        "status-503": get("/app/status/503"),
+        "reason": get("/app/reason"),
+        "untyped": get("/app/untyped"),
+        "set-cookies": get("/app/cookies"),
+        "own-cookie-from-upstream": get("/_up/cookie"),
+        "hop-by-hop": get("/_up/hop"),
+        "gzip": get("/_up/gzip", "Accept-Encoding: gzip"),
+        "big-chunked": get("/_up/big?size=300000"),
+        "big-length": get("/_up/big?size=300000&length=1"),
+        "small-chunked": get("/_up/big?size=1000"),
+        "keep-alive-pipelined": get("/app/one", close=False) + get("/app/two"),
+        "hot-then-anonymous": get("/app/one", close=False)
+        + f"GET /app/anon HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+        "hot-then-own-page": get("/app/one", close=False)
+        + get("/_sidecar/session", "Accept: application/json"),
+    }
+
+
+def _shape(resp: RawResponse) -> tuple[object, ...]:
+    """What must agree: every status line, the headers (masked) and the body bytes."""
+    raw = resp.raw
+    for name in _MASKED:
+        raw = re.sub(rb"(?im)^(" + name.encode() + rb"):[^\r\n]*", rb"\1: *", raw)
+    heads = re.findall(rb"HTTP/1\.1 [^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n", raw)
+    sorted_heads = [
+        sorted(line.lower() for line in head.split(b"\r\n")[1:] if line) for head in heads
+    ]
+    statuses = [head.split(b"\r\n", 1)[0] for head in heads]
+    body = re.sub(rb"HTTP/1\.1 [^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n", b"<head>", raw)
+    return statuses, sorted_heads, body
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, Sidecar, Upstream]]:
+    async with running_upstream() as upstream:
+        upstream.respond = _respond
+        async with (
+            running_sidecar(tmp_path / "lean", upstream=upstream) as lean,
+            running_sidecar(
+                tmp_path / "plain", upstream=upstream, overrides={"proxy": {"lean_front": False}}
+            ) as plain,
+        ):
+            yield lean, plain, upstream
+
+
+async def test_the_lean_front_answers_exactly_as_aiohttp_does(
+    pair: tuple[Sidecar, Sidecar, Upstream],
+) -> None:
+    lean, plain, _ = pair
+    lean_cookie = f"{lean.cookie_name}={await lean.login()}"
+    plain_cookie = f"{plain.cookie_name}={await plain.login()}"
+    differ = []
+    for name, lean_request in _corpus(f"127.0.0.1:{lean.proxy_port}", lean_cookie).items():
+        plain_request = _corpus(f"127.0.0.1:{plain.proxy_port}", plain_cookie)[name]
+        got = await raw_http(lean.proxy_port, lean_request, answers=2, quiet=1.0)
+        want = await raw_http(plain.proxy_port, plain_request, answers=2, quiet=1.0)
+        assert want.status != 0, name
+        if _shape(got) != _shape(want):
+            differ.append((name, got.raw[:600], want.raw[:600]))
+    assert not differ, differ
+
+
+async def test_upstream_failures_get_the_same_pages(
+    pair: tuple[Sidecar, Sidecar, Upstream],
+) -> None:
+    lean, plain, upstream = pair
+    cookies = [
+        (lean, f"{lean.cookie_name}={await lean.login()}"),
+        (plain, f"{plain.cookie_name}={await plain.login()}"),
+    ]
+    await upstream.stop()
+    try:
+        for accept in ("text/html", "application/json"):
+            shapes = []
+            for sc, cookie in cookies:
+                request = (
+                    f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n"
+                    f"Cookie: {cookie}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+                )
+                response = await raw_http(sc.proxy_port, request.encode())
+                assert response.status == 502
+                shapes.append(_shape(response))
+            assert shapes[0] == shapes[1], accept
+    finally:
+        await upstream.start()
+
+
+async def test_the_hot_path_is_not_handed_over_and_the_rest_is_mid_connection(
+    tmp_path: Path,
+) -> None:
+    async with running_sidecar(tmp_path) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        host = f"127.0.0.1:{sc.proxy_port}"
+        hot = f"GET /app/hot HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n".encode()
+        before = _handovers()
+        response = await raw_http(sc.proxy_port, hot * 3, answers=3, quiet=1.0)
+        assert response.responses == 3
+        assert response.status == 200
+        assert _handovers() == before  # three requests, all the lean front's
+        # Hot, anonymous (aiohttp's 401 page), hot again: in order, on one connection.
+        anonymous = f"GET /app/anon HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n"
+        last = f"GET /app/last HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        data = hot + anonymous.encode() + (last + "Connection: close\r\n\r\n").encode()
+        response = await raw_http(sc.proxy_port, data, answers=3, quiet=1.0)
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3})", response.raw)
+        assert statuses == [b"200", b"401", b"200"]
+        assert _handovers() == before + 1
+        seen = [r.raw_path for r in sc.upstream.requests[-2:]]
+        assert seen == ["/app/hot", "/app/last"]
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_served_by_the_lean_front(tmp_path: Path) -> None:
+    async with running_sidecar(tmp_path) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        data = (
+            f"GET /app/trickle HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n"
+            f"Cookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        before = _handovers()
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        try:
+            for i in range(len(data)):
+                writer.write(data[i : i + 1])
+                await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert _handovers() == before
+        assert sc.upstream.last.raw_path == "/app/trickle"
+
+
+async def test_an_idle_lean_connection_is_closed_after_keepalive_timeout(tmp_path: Path) -> None:
+    async with running_sidecar(tmp_path, overrides={"proxy": {"keepalive_timeout": "300ms"}}) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        try:
+            writer.write(
+                f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n"
+                f"Cookie: {cookie}\r\n\r\n".encode()
+            )
+            started = time.monotonic()
+            received = b""
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                received += chunk
+            closed_after = time.monotonic() - started
+        finally:
+            writer.close()
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert 0.25 <= closed_after < 2.0
+
+
+async def test_a_client_that_leaves_frees_its_upstream_connection_at_once(
+    tmp_path: Path,
+) -> None:
+    # One upstream connection: while the abandoned request held it, the next would wait.
+    overrides = {"proxy": {"max_connections": 1, "upstream_timeout": "3s"}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        host = f"127.0.0.1:{sc.proxy_port}"
+        _reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        writer.write(f"GET /_up/slow HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the request is upstream, holding the only connection
+        writer.close()
+        started = time.monotonic()
+        request = f"GET /app/next HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        response = await raw_http(sc.proxy_port, (request + "Connection: close\r\n\r\n").encode())
+        assert response.status == 200
+        assert time.monotonic() - started < 1.5  # not the 3 s upstream_timeout
