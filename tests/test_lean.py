@@ -34,7 +34,7 @@ _MASKED = ("date", "x-request-id")
 
 
 def _handovers() -> float:
-    value = metrics._OWN.get_sample_value("sidecar_lean_handovers_total")
+    value = metrics.REGISTRY.get_sample_value("sidecar_lean_handovers_total")
     return 0.0 if value is None else value
 
 
@@ -236,7 +236,7 @@ async def test_a_client_that_leaves_frees_its_upstream_connection_at_once(
     tmp_path: Path,
 ) -> None:
     # One upstream connection: while the abandoned request held it, the next would wait.
-    overrides = {"proxy": {"max_connections": 1, "upstream_timeout": "3s"}}
+    overrides: dict[str, object] = {"proxy": {"max_connections": 1, "upstream_timeout": "3s"}}
     async with running_sidecar(tmp_path, overrides=overrides) as sc:
         cookie = f"{sc.cookie_name}={await sc.login()}"
         host = f"127.0.0.1:{sc.proxy_port}"
