@@ -217,7 +217,7 @@ def listener_options(cfg: Config) -> ListenerOptions:
     ``access_log=None``: aiohttp's own access line would carry the query string (refer
     tokens); the apps log their own JSON lines (sidecar.web.accesslog) without it.
     The parser's per-line limits sit well above ``proxy.max_header_size`` so that the
-    proxy's own check (:func:`sidecar.proxy.gateway.header_limits`) sees oversized requests and
+    proxy's own check (:func:`sidecar.proxy.guards.header_limits`) sees oversized requests and
     answers 431/414 instead of the parser's bare 400; beyond the ceiling the parser refuses
     (431 for a header line, 414 for the request line: :mod:`sidecar.web.listener`), as it
     does past :data:`MAX_HEADERS` header lines.

@@ -40,6 +40,7 @@ from sidecar.proxy.forward import UPSTREAM_ERRORS, Failure, Forwarder, read_whol
 from sidecar.proxy.origins import PublicOrigin, hosts_allowed
 from sidecar.proxy.paths import UnsafePath, normalise
 from sidecar.proxy.pool import UpstreamBodyTimeout, UpstreamError, UpstreamResponse
+from sidecar.proxy.verdicts import STORE_DOWN
 from sidecar.services import Services
 from sidecar.sessions import cookies_of
 from sidecar.telemetry.context import CURRENT, RequestRecord
@@ -51,7 +52,8 @@ from sidecar.web.accesslog import (
     set_upstream_error,
 )
 from sidecar.web.drain import Drain
-from sidecar.web.lean import Head, Reply
+from sidecar.web.heads import Head
+from sidecar.web.lean import Reply
 
 if TYPE_CHECKING:
     from sidecar.proxy.gateway import Gateway
@@ -129,8 +131,15 @@ class ExpressLane:
             return False
         cookies = cookies_of(head.headers, self._cookie_name)
         verdict = await self._gateway.judge(path, cookies)
-        if not verdict.forward:
-            return False
+        # A refusal the judgement made is answered here, as the gateway would: judged
+        # again after a handover, a reload in between could turn a 403 into a 401.
+        refused = None
+        if verdict is STORE_DOWN:
+            refused = Failure(503, "store_unavailable")
+        elif not verdict.forward:
+            if verdict.session is None:
+                return False  # no session: proxy.unauthenticated decides (the gateway)
+            refused = Failure(403, "forbidden")
         record = RequestRecord(request_id_for(request_id), "proxied")
         if verdict.session is not None:
             record.user_id = verdict.session.record.user_id
@@ -141,12 +150,15 @@ class ExpressLane:
         started = time.perf_counter()
         status = 500
         try:
-            forwarder = self._forwarder
-            headers, _ = forwarder.headers.raw_request_headers(
-                head.headers, peer, "http", cookies, verdict.identity
-            )
-            upstream_head = forwarder.upstream_head(head.method, target, headers)
-            status = await self._relay(head, reply, upstream_head, record, accept)
+            if refused is not None:
+                status = self._fail(reply, refused, head.keep_alive, record, accept)
+            else:
+                forwarder = self._forwarder
+                headers, _ = forwarder.headers.raw_request_headers(
+                    head.headers, peer, "http", cookies, verdict.identity
+                )
+                upstream_head = forwarder.upstream_head(head.method, target, headers)
+                status = await self._relay(head, reply, upstream_head, record, accept)
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
             raise

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Final
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
 from sidecar.config import Config
@@ -32,15 +29,17 @@ from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.express import ExpressLane
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.forward_auth import ForwardAuth
+from sidecar.proxy.guards import header_limits, host_check
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.origins import PublicOrigin, hosts_allowed
+from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.paths import GlobSet, NormalPath, PathRules, UnsafePath, normalise
 from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
 from sidecar.proxy.router import proxy_application
+from sidecar.proxy.verdicts import ANONYMOUS, PUBLIC, STORE_DOWN, Verdict
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
-from sidecar.sessions import SESSIONS, RequestCookies, Session, SessionManager
+from sidecar.sessions import SESSIONS, RequestCookies, SessionManager
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.persistence import PersistenceWatch
 from sidecar.telemetry.audit import audit
@@ -123,22 +122,6 @@ def build_proxy_app(services: Services) -> web.Application:
         lane.own_routes(router.own_literals())
         app[LANE] = lane
     return app
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """:meth:`Gateway.judge`'s answer: ``forward`` with the ``identity`` headers, or not;
-    ``session`` is the request's live session, if any (not forwarded with one: the role's
-    rules refuse the path)."""
-
-    forward: bool
-    identity: tuple[tuple[str, str], ...] = ()
-    session: Session | None = None
-
-
-PUBLIC: Final = Verdict(True)
-ANONYMOUS: Final = Verdict(False)  # no live session: proxy.unauthenticated decides
-STORE_DOWN: Final = Verdict(False)  # the session could not be looked up: 503
 
 
 class Gateway:
@@ -355,55 +338,6 @@ def safe_return_path(request: web.BaseRequest, default: str = "/") -> str:
         if value is not None:
             return value if _SAFE_RETURN.fullmatch(value) else "/"
     return default
-
-
-def host_check(
-    public: PublicOrigin,
-    clients: ClientAddresses,
-    any_host: frozenset[str],
-    envoy_prefix: str | None,
-) -> Middleware:
-    """421 for a ``Host`` that is not the public one (:class:`PublicOrigin`), and for a
-    trusted proxy's ``X-Forwarded-Host`` or ``Forwarded: host=`` that is not either: the
-    upstream builds links from them. ``any_host`` paths (probes, forward-auth) are exempt."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Raw, as written: the decoded path of "/_sidecar%2Fauth" is "/_sidecar/auth", but the
-        # router sends that request to the proxy, with its Host, not to forward-auth.
-        path = request.rel_url.raw_path
-        if path in any_host or (envoy_prefix is not None and path.startswith(envoy_prefix + "/")):
-            return await handler(request)
-        headers = request.headers
-        trusted = clients.trusts(request.remote)
-        if not hosts_allowed(
-            public,
-            headers.getall(hdrs.HOST, ()),
-            headers.getall(hdrs.X_FORWARDED_HOST, ()) if trusted else (),
-            headers.getall(hdrs.FORWARDED, ()) if trusted else (),
-        ):
-            return pages.failure(request, 421, "misdirected")
-        return await handler(request)
-
-    return middleware
-
-
-def header_limits(limit: int) -> Middleware:
-    """``proxy.max_header_size`` bounds the whole request head, not just one line: a target
-    over it is a 414, a head over it a 431 (RFC 6585); nothing reaches the upstream."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        size = len(request.method) + len(request.raw_path) + 12  # "GET  HTTP/1.1\r\n"
-        if size > limit:
-            return pages.failure(request, 414, "uri_too_long")
-        for name, value in request.raw_headers:
-            size += len(name) + len(value) + 4
-        if size > limit:
-            return pages.failure(request, 431, "headers_too_large")
-        return await handler(request)
-
-    return middleware
 
 
 def _plain_chunked(request: web.BaseRequest) -> bool:
