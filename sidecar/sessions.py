@@ -12,6 +12,7 @@ does not hand out live cookies. Lookups go through a small in-process cache (bou
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import re
@@ -19,6 +20,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Final
 
 from aiohttp import hdrs, web
 
@@ -66,6 +68,15 @@ class RequestCookies:
 
 
 NO_COOKIES = RequestCookies((), ())
+
+
+class NotCached(enum.Enum):
+    """:meth:`SessionManager.cached`: the store must be asked."""
+
+    NOT_CACHED = enum.auto()
+
+
+NOT_CACHED: Final = NotCached.NOT_CACHED
 
 
 def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
@@ -277,6 +288,25 @@ class SessionManager:
             session = await self.lookup_value(value)
             if session is not None:
                 return session
+        return None
+
+    def cached(self, cookies: RequestCookies) -> Session | NotCached | None:
+        """:meth:`lookup_cookies` when this process's cache can answer alone (the hot path
+        decides without awaiting); :data:`NOT_CACHED` when the store must be asked (an
+        entry missing or stale, or ``last_seen`` due to be written)."""
+        now = self._services.clock()
+        cache = self._cache
+        for value in cookies.values:
+            session = cache.get(session_key(value))
+            if session is None or session.cached_until <= now:
+                return NOT_CACHED
+            record = session.record
+            if not record.is_live(now):
+                return NOT_CACHED  # lookup_value drops it, then tries the next copy
+            if now - record.last_seen >= min(_MAX_TOUCH_INTERVAL, record.idle_timeout / 10):
+                return NOT_CACHED
+            cache.move_to_end(session.key)
+            return session
         return None
 
     async def lookup_value(self, cookie_value: str | None) -> Session | None:

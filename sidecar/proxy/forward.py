@@ -141,6 +141,15 @@ class Forwarder:
         )
 
     @property
+    def pool(self) -> UpstreamPool | None:
+        """The upstream pool (None outside the app's lifetime)."""
+        return self._pool
+
+    @property
+    def response_timeout(self) -> float:
+        return self._header_timeout
+
+    @property
     def send_timeout(self) -> float:
         """How long a client may take to accept the next chunk of a streamed answer."""
         return self._send_timeout

@@ -39,7 +39,7 @@ from sidecar.proxy.verdicts import ANONYMOUS, PUBLIC, STORE_DOWN, Verdict
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
-from sidecar.sessions import SESSIONS, RequestCookies, SessionManager
+from sidecar.sessions import NOT_CACHED, SESSIONS, RequestCookies, Session, SessionManager
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.persistence import PersistenceWatch
 from sidecar.telemetry.audit import audit
@@ -219,6 +219,18 @@ class Gateway:
             session = await self._sessions.lookup_cookies(cookies)
         except StoreUnavailable:
             return STORE_DOWN
+        return self._session_verdict(path, session)
+
+    def judge_now(self, path: NormalPath, cookies: RequestCookies) -> Verdict | None:
+        """:meth:`judge` when it needs no store (the session cache answers); else None."""
+        if self._public and path.matched_by(self._public):
+            return PUBLIC
+        session = self._sessions.cached(cookies)
+        if session is NOT_CACHED:
+            return None
+        return self._session_verdict(path, session)
+
+    def _session_verdict(self, path: NormalPath, session: Session | None) -> Verdict:
         if session is None:
             return ANONYMOUS
         # .get: a reload may have removed the role while the lookup awaited the store.

@@ -138,9 +138,11 @@ class HeaderPolicy:
         scheme: str,
         cookies: RequestCookies,
         identity: Iterable[tuple[str, str]],
+        request_id: str | None = None,
     ) -> tuple[list[Header], bool]:
         """:meth:`request_headers` for a request head's raw ``(name, value)`` pairs, from
-        the peer ``remote`` over ``scheme``."""
+        the peer ``remote`` over ``scheme``; ``request_id`` is the current request's when
+        not given."""
         actions = self._actions
         out: list[Header] = []
         named: set[bytes] | None = None
@@ -195,7 +197,8 @@ class HeaderPolicy:
         out.append((b"X-Forwarded-For", b", ".join(xff)))
         out.append((b"X-Forwarded-Proto", proto or scheme.encode()))
         out.append((b"X-Forwarded-Host", forwarded_host or host))
-        request_id = current_request_id()
+        if request_id is None:
+            request_id = current_request_id()
         if request_id is not None:
             out.append((b"X-Request-Id", request_id.encode()))
         for label, text in identity:

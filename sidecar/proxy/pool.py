@@ -81,6 +81,12 @@ class UpstreamResponse:
                 return int(value) if value.isascii() and value.isdigit() else None
         return None
 
+    def take_body(self) -> bytes:
+        """The whole body, when it is :attr:`complete`."""
+        if self._conn is None or not self._conn.complete:
+            raise UpstreamError("the body is not complete")
+        return self._conn.take_body()
+
     async def read(self) -> bytes:
         """The whole body; for bodies known to be small."""
         if self._conn is None:
@@ -170,6 +176,43 @@ class UpstreamPool:
                 conn.abort()
             self._free_slot()
             raise
+        return UpstreamResponse(self, conn)
+
+    def take_idle(self) -> Connection | None:
+        """A slot and an idle connection, if both are free now (no waiting, no connect);
+        then :meth:`begin`, and :meth:`release` or :meth:`drop` when done."""
+        if self._slots_taken >= self._limit or self._slot_waiters:
+            return None
+        conn = self._pop_idle()
+        if conn is not None:
+            self._slots_taken += 1
+        return conn
+
+    def begin(self, conn: Connection) -> None:
+        """``conn`` (from :meth:`take_idle`) waits for a response head: enforce its deadline."""
+        self._busy.add(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
+    def headed(self, conn: Connection) -> None:
+        """``conn``'s wait for a head is over (it came, or the exchange failed)."""
+        self._busy.discard(conn)
+
+    def release(self, conn: Connection) -> None:
+        """Give ``conn`` back (or close it if it cannot carry another request)."""
+        self._busy.discard(conn)
+        self._release(conn)
+
+    def drop(self, conn: Connection) -> None:
+        """Close ``conn`` and free its slot."""
+        self._busy.discard(conn)
+        conn.detach()
+        conn.abort()
+        self._free_slot()
+
+    def response(self, conn: Connection) -> UpstreamResponse:
+        """``conn``'s answer, read as :meth:`request` would return it."""
+        self._busy.discard(conn)
         return UpstreamResponse(self, conn)
 
     async def close(self) -> None:

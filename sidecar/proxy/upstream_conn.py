@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterable
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 from aiohttp import ClientError
@@ -57,12 +57,20 @@ class StaleConnection(UpstreamError):
     """A reused connection closed before any byte of the answer arrived."""
 
 
+class Listener(Protocol):
+    """Told of a bodyless exchange's progress (:meth:`Connection.start`): the head has come,
+    more of the body, the end, or an error. Called outside the parser's callbacks."""
+
+    def upstream_event(self, conn: Connection) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; at most one exchange at a time.
 
     The final response head is in :attr:`status`, :attr:`reason` and :attr:`headers` once
     :meth:`exchange` returns; the body is read with :meth:`next_chunk` or :meth:`read`, and
-    :meth:`finish` ends the exchange."""
+    :meth:`finish` ends the exchange. :meth:`start` begins an exchange without awaiting:
+    its :class:`Listener` is called instead (until :meth:`detach`)."""
 
     # Up to proxy.max_connections of these sit in the pool: no per-instance dict.
     __slots__ = (
@@ -127,6 +135,8 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
+        self._told = True  # the listener knows the latest state
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,10 +161,11 @@ class Connection(asyncio.Protocol):
                 self._fail(UpstreamError(f"malformed response from the upstream: {exc}"))
             # After a complete answer, trailing bytes only cost the connection its reuse.
             self.abort()
-            return
-        if state == _HEAD and self._head_size > self._max_head and self._head_too_large():
-            self._fail(UpstreamError("the upstream's response head is too large"))
-            self.abort()
+        else:
+            if state == _HEAD and self._head_size > self._max_head and self._head_too_large():
+                self._fail(UpstreamError("the upstream's response head is too large"))
+                self.abort()
+        self._tell()
 
     def _head_too_large(self) -> bool:
         # The bytes counted may include body bytes that came in the same packets.
@@ -176,6 +187,7 @@ class Connection(asyncio.Protocol):
             else:
                 self._fail(UpstreamError("the upstream closed the connection mid-body"))
         self.resume_writing()
+        self._tell()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -299,6 +311,37 @@ class Connection(asyncio.Protocol):
         if self._state == _HEAD and self.deadline <= now:
             self._fail(UpstreamTimeout(f"no response head within {self.timeout}s"))
             self.abort()
+            self._tell()
+
+    def start(self, head: bytes, listener: Listener) -> None:
+        """Send a bodyless request (not ``HEAD``) and return at once; ``listener`` hears
+        of the answer. Raises :class:`StaleConnection` if the connection is gone."""
+        transport = self._transport
+        if transport is None or self.closed:
+            raise StaleConnection("the idle connection was closed by the upstream")
+        self._state = _HEAD
+        self._head_only = False
+        self._received = False
+        self._head_size = 0
+        self._reason = b""
+        self._headers = []
+        self.deadline = self._loop.time() + self.timeout
+        self._listener = listener
+        self._told = True
+        transport.write(head)
+
+    def detach(self) -> None:
+        """Stop telling the listener: the exchange goes on with :meth:`next_chunk`."""
+        self._listener = None
+
+    @property
+    def error(self) -> UpstreamError | None:
+        return self._error
+
+    @property
+    def head_pending(self) -> bool:
+        """Still waiting for the final response head."""
+        return self._state == _HEAD
 
     @property
     def complete(self) -> bool:
@@ -335,16 +378,21 @@ class Connection(asyncio.Protocol):
         if self._state == _BODY:
             self._fail(UpstreamBodyTimeout(f"no response body byte within {idle}s"))
             self.abort()
+            self._tell()
+
+    def take_body(self) -> bytes:
+        """The whole response body, once :attr:`complete`."""
+        chunks = self._chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
 
     async def read(self) -> bytes:
         """The whole response body (for bodies known to be small); each wait for more of
         it is bounded by the response timeout."""
         if self.complete:
-            chunks = self._chunks
-            body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            self._buffered = 0
-            return body
+            return self.take_body()
         parts = []
         while chunk := await self.next_chunk(self.timeout):
             parts.append(chunk)
@@ -363,6 +411,8 @@ class Connection(asyncio.Protocol):
         if sender is not None and not sender.done():
             sender.cancel()
         self._state = _IDLE
+        self._listener = None
+        self._told = True
         self._chunks.clear()
         self._buffered = 0
         # The answer's head belongs to its UpstreamResponse now; an idle connection in the
@@ -392,11 +442,20 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        self._told = False
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _tell(self) -> None:
+        # After the parser is done with the bytes: the listener may end the exchange and
+        # start the next one on this connection.
+        listener = self._listener
+        if listener is not None and not self._told:
+            self._told = True
+            listener.upstream_event(self)
 
 
 def _delimited_by_close(headers: list[tuple[str, str]]) -> bool:

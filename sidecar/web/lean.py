@@ -31,6 +31,7 @@ so its upstream connection is freed at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator
@@ -61,33 +62,58 @@ class Reply(Protocol):
 
     def abort(self) -> None: ...
 
+    def finished(self) -> None:
+        """The answer is written: go on with the next request."""
+
+    def decline(self) -> None:
+        """Not answered after all (nothing written): hand the request to aiohttp."""
+
+
+class Started(Protocol):
+    """A request a lane took; :meth:`cancel` when its client leaves."""
+
+    def cancel(self) -> None: ...
+
 
 class Lane(Protocol):
-    """Serves the hot path: :meth:`serve` answers ``head`` through ``reply`` and returns
-    True, or returns False having written nothing (the request is then handed over).
-    ``drain`` counts the requests it serves (set by :meth:`Drain.attach`)."""
+    """Serves the hot path: :meth:`start` takes ``head`` and answers it through ``reply``
+    (ending with :meth:`Reply.finished`, or :meth:`Reply.decline` before writing a byte),
+    or returns None having done nothing (the request is then handed over). ``drain``
+    counts the requests it answers (set by :meth:`Drain.attach`)."""
 
     drain: Drain | None
 
-    async def serve(self, head: Head, reply: Reply) -> bool: ...
+    def start(self, head: Head, reply: Reply) -> Started | None: ...
+
+
+class _Starting:
+    """The request being started: an answer given within :meth:`Lane.start` is noted."""
+
+    def cancel(self) -> None:
+        return None
+
+
+_STARTING: Final = _Starting()
 
 
 class LeanConnection(asyncio.Protocol):
     """One client connection of the proxy listener while the lean front serves it."""
 
     __slots__ = (
+        "_answered",
         "_buffer",
         "_closing",
+        "_current",
         "_drained",
-        "_handed_over",
         "_head_since",
         "_idle_since",
+        "_keep_alive",
         "_lane",
         "_paused_reading",
         "_paused_writing",
+        "_pending",
         "_refused",
         "_server",
-        "_task",
         "peer",
         "transport",
     )
@@ -98,9 +124,11 @@ class LeanConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self._buffer = bytearray()
-        self._task: asyncio.Task[None] | None = None
+        self._current: Started | None = None  # the request in progress
+        self._pending = b""  # its head, for a handover
+        self._keep_alive = True
+        self._answered = False
         self._refused = False
-        self._handed_over = False
         self._closing = False
         self._paused_reading = False
         self._paused_writing = False
@@ -130,16 +158,17 @@ class LeanConnection(asyncio.Protocol):
         self.transport = None
         self._server.lean.discard(self)
         self._server.open_connections -= 1
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()  # the client left: its upstream connection is freed at once
+        current, self._current = self._current, None
+        if current is not None:
+            current.cancel()  # the client left: its upstream connection is freed at once
+            self._server.lean.left()
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self.transport is None:
             return
         self._buffer += data
-        if self._task is None:
+        if self._current is None:
             self._next()
         elif len(self._buffer) > _READ_AHEAD and not self._paused_reading:
             self._paused_reading = True
@@ -175,68 +204,89 @@ class LeanConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def finished(self) -> None:
+        if self._current is _STARTING:
+            self._answered = True  # _next goes on once start() returns
+            return
+        if self._current is None:
+            return  # the client left meanwhile
+        self._current = None
+        self._server.lean.left()
+        if self._go_on():
+            self._next()
+
+    def decline(self) -> None:
+        if self._current is None or self._current is _STARTING:
+            return
+        self._current = None
+        self._server.lean.left()
+        self._buffer[:0] = self._pending  # aiohttp reads the request from its first byte
+        self._hand_over()
+
     # -- requests --------------------------------------------------------------------
     def _next(self) -> None:
-        """Start on the next request in the buffer, if its head is complete."""
-        transport = self.transport
-        if transport is None:
-            return
-        buffer = self._buffer
-        if not buffer:
-            if self._closing:
-                transport.close()
-            else:
-                self._idle_since = self._server.clock()
-            return
-        self._idle_since = None
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > self._server.max_head or b"\n\n" in buffer or buffer[0] in b"\r\n":
-                self._hand_over()
-            elif self._head_since is None:
-                self._head_since = self._server.clock()
-            return
-        self._head_since = None
-        data = bytes(buffer[: end + 4])
+        """Start on the requests in the buffer while their heads are complete and their
+        answers come at once."""
         server = self._server
-        head = parse_head(data, server.max_headers, server.max_head)
-        if head is None:
-            self._hand_over()
-            return
-        del buffer[: end + 4]
-        self._task = asyncio.get_running_loop().create_task(self._serve(head, data))
+        while (transport := self.transport) is not None:
+            buffer = self._buffer
+            if not buffer:
+                if self._closing:
+                    transport.close()
+                else:
+                    self._idle_since = server.clock()
+                return
+            self._idle_since = None
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > server.max_head or b"\n\n" in buffer or buffer[0] in b"\r\n":
+                    self._hand_over()
+                elif self._head_since is None:
+                    self._head_since = server.clock()
+                return
+            self._head_since = None
+            data = bytes(buffer[: end + 4])
+            head = parse_head(data, server.max_headers, server.max_head)
+            if head is None:
+                self._hand_over()
+                return
+            del buffer[: end + 4]
+            self._pending = data
+            self._keep_alive = head.keep_alive
+            self._current = _STARTING
+            self._answered = False
+            started = self._lane.start(head, self)
+            if started is None:
+                self._current = None
+                self._buffer[:0] = data
+                self._hand_over()
+                return
+            if not self._answered:
+                self._current = started
+                server.lean.entered()
+                return
+            self._current = None  # answered within start(): on to the next one
+            if not self._go_on():
+                return
 
-    async def _serve(self, head: Head, data: bytes) -> None:
-        try:
-            served = await self._lane.serve(head, self)
-        except asyncio.CancelledError:
-            self._task = None
-            raise
-        except Exception:
-            LOG.exception("the lean front failed on a request; aiohttp answers it")
-            served = False
-        self._task = None
-        if not served:
-            self._buffer[:0] = data  # aiohttp reads the request from its first byte
-            self._hand_over()
-            return
+    def _go_on(self) -> bool:
+        """After an answer: whether to read the next request on this connection."""
         transport = self.transport
-        if transport is None:
-            return
-        if not head.keep_alive:
+        if transport is None or transport.is_closing():
+            return False
+        if not self._keep_alive:
             transport.close()
-            return
+            return False
         if self._paused_reading:
             self._paused_reading = False
             transport.resume_reading()
-        self._next()
+        return True
 
     def _hand_over(self) -> None:
         """Make this connection aiohttp's, with every byte not yet answered."""
         transport = self.transport
         if transport is None:
             return
-        self._handed_over = True
         self.transport = None
         server = self._server
         server.lean.discard(self)
@@ -259,7 +309,7 @@ class LeanConnection(asyncio.Protocol):
     # -- the listener's limits (LeanConnections.sweep) --------------------------------
     def check_limits(self, now: float, head_timeout: float, keepalive_timeout: float) -> None:
         transport = self.transport
-        if transport is None or self._task is not None:
+        if transport is None or self._current is not None:
             return
         if self._head_since is not None and now - self._head_since >= head_timeout:
             LOG.info("request head not complete within %ss: 408, connection closed",
@@ -274,20 +324,13 @@ class LeanConnection(asyncio.Protocol):
     def shut(self) -> None:
         """Shutdown: close now if idle, else once the request in progress is answered."""
         self._closing = True
-        if self._task is None and self.transport is not None:
+        if self._current is None and self.transport is not None:
             self.transport.close()
 
     def cancel(self) -> None:
-        """Shutdown's end: cancel the request in progress and drop the connection."""
-        if self._task is not None:
-            self._task.cancel()
+        """Shutdown's end: drop the connection (the request in progress is cancelled)."""
         if self.transport is not None:
             self.transport.abort()
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The request in progress."""
-        return self._task
 
 
 class LeanConnections:
@@ -306,6 +349,9 @@ class LeanConnections:
         self._tick = max(0.02, min(1.0, head_timeout / 4, keepalive_timeout / 4))
         self._connections: set[LeanConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._busy = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -320,6 +366,17 @@ class LeanConnections:
 
     def discard(self, conn: LeanConnection) -> None:
         self._connections.discard(conn)
+
+    def entered(self) -> None:
+        """A request is in progress on one of the connections."""
+        self._busy += 1
+        self._quiet.clear()
+
+    def left(self) -> None:
+        """A request :meth:`entered` is over."""
+        self._busy -= 1
+        if self._busy == 0:
+            self._quiet.set()
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -337,9 +394,9 @@ class LeanConnections:
         """Close idle connections, give busy ones ``grace`` seconds, then cancel them."""
         for conn in list(self._connections):
             conn.shut()
-        busy = [c.task for c in self._connections if c.task is not None]
-        if busy:
-            await asyncio.wait(busy, timeout=grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._quiet.wait()
         for conn in list(self._connections):
             conn.cancel()
         self.stop()

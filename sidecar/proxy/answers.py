@@ -1,0 +1,99 @@
+"""The bytes of the answers the lean front writes (:mod:`sidecar.proxy.express`).
+
+Each is what aiohttp's server writes for the same answer from the forwarder or the gateway
+(tests/test_lean.py compares them byte for byte, ``Date`` and ``X-Request-Id`` values
+aside): the upstream's status, reason and headers as the header policy passes them, a
+``Date`` when the upstream sent none, ``X-Request-Id`` on what is relayed whole and on the
+sidecar's own pages, ``Content-Length`` where the body is known (none for ``1xx``, ``204``
+and ``304``), chunked coding for a stream of unknown length, and ``Connection: close``
+when the client asked to close.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from email.utils import formatdate
+from functools import lru_cache
+from http import HTTPStatus
+from typing import Final
+
+from sidecar.proxy.forward import Failure
+from sidecar.web import pages
+
+_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+NO_BODY: Final = frozenset((204, 304, *range(100, 200)))
+
+
+def whole(
+    status: int,
+    reason: str | None,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    request_id: str,
+    keep_alive: bool,
+) -> bytes:
+    """An upstream answer relayed whole."""
+    lines = _head_lines(status, reason, headers)
+    names = {n.lower() for n, _ in headers}
+    if "x-request-id" not in names:
+        lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
+    if status in NO_BODY:
+        lines = [ln for ln in lines if not ln[:15].lower().startswith(b"content-length:")]
+        body = b""
+    elif "content-length" not in names:
+        lines.append(b"Content-Length: %d\r\n" % len(body))
+    return _finish(lines, names, keep_alive) + body
+
+
+def stream_head(
+    status: int, reason: str | None, headers: list[tuple[str, str]], keep_alive: bool
+) -> tuple[bytes, bool]:
+    """The head of an upstream answer relayed as it comes, and whether its body is to be
+    sent chunked (the upstream gave no length)."""
+    lines = _head_lines(status, reason, headers)
+    names = {n.lower() for n, _ in headers}
+    chunked = "content-length" not in names
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    return _finish(lines, names, keep_alive), chunked
+
+
+def failure(
+    accept: str | None,
+    templates: Mapping[str, str],
+    failed: Failure,
+    request_id: str,
+    keep_alive: bool,
+) -> bytes:
+    """The sidecar's own failure page (:func:`sidecar.web.pages.failure_for`)."""
+    page = pages.failure_for(accept or "", templates, failed.status, failed.reason)
+    body = page.body
+    assert isinstance(body, bytes)  # a Response built from text
+    lines = _head_lines(page.status, None, page.headers.items())
+    lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
+    lines.append(b"Content-Length: %d\r\n" % len(body))
+    return _finish(lines, {n.lower() for n in page.headers}, keep_alive) + body
+
+
+def _head_lines(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> list[bytes]:
+    phrase = _REASONS.get(status, "") if reason is None else reason
+    lines = [b"HTTP/1.1 %d %b\r\n" % (status, phrase.encode("latin-1", "replace"))]
+    for name, value in headers:
+        text = value.encode("utf-8", "surrogateescape")
+        lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), text))
+    return lines
+
+
+def _finish(lines: list[bytes], names: set[str], keep_alive: bool) -> bytes:
+    if "date" not in names:
+        lines.append(_date_line(int(time.time())))
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+@lru_cache(maxsize=2)
+def _date_line(second: int) -> bytes:
+    return b"Date: " + formatdate(second, usegmt=True).encode() + b"\r\n"

@@ -1,0 +1,309 @@
+"""One request the express lane took, from its verdict to the last byte of its answer.
+
+The common case runs in callbacks only: :meth:`Exchange.judged` sends the request on an
+idle pooled connection (:meth:`~sidecar.proxy.upstream_conn.Connection.start`), and
+:meth:`Exchange.upstream_event` — called by that connection once its parser is done with
+the bytes — writes the whole answer and gives the connection back. A task takes over
+wherever something must be awaited, with the same rules as
+:meth:`sidecar.proxy.forward.Forwarder.forward`:
+
+* the session is not in the cache (:meth:`judge`);
+* no idle connection, or the idle one turned out closed (:meth:`_relay`: the pool waits for
+  a slot or connects, and retries a stale connection once);
+* the body is not in yet, or is large (:meth:`_answer`: read whole within
+  ``upstream_timeout``, or streamed with ``stream_idle_timeout`` and ``send_timeout``).
+
+Failures answer the forwarder's 502/504 pages, logged with its words. Every request ends in
+:meth:`finish`: counted by the drain, one access line, the connection told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sidecar.proxy import answers
+from sidecar.proxy.forward import (
+    BAD_GATEWAY,
+    GATEWAY_TIMEOUT,
+    UPSTREAM_ERRORS,
+    Failure,
+    read_whole,
+)
+from sidecar.proxy.pool import UpstreamBodyTimeout, UpstreamError, UpstreamResponse
+from sidecar.proxy.upstream_conn import Connection, StaleConnection, UpstreamTimeout
+from sidecar.proxy.verdicts import STORE_DOWN, Verdict
+from sidecar.telemetry import metrics
+from sidecar.telemetry.context import CURRENT, RequestRecord
+from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for, set_upstream_error
+from sidecar.web.heads import Head
+from sidecar.web.lean import Reply
+
+if TYPE_CHECKING:
+    from sidecar.proxy.express import Admitted, ExpressLane
+
+LOG = logging.getLogger("sidecar.forward")
+
+
+class Exchange:
+    """A request being answered by the express lane (a :class:`~sidecar.web.lean.Started`)."""
+
+    __slots__ = (
+        "_admitted",
+        "_conn",
+        "_head",
+        "_lane",
+        "_over",
+        "_record",
+        "_reply",
+        "_sent",
+        "_started",
+        "_upstream_head",
+        "status",
+        "task",
+    )
+
+    def __init__(self, lane: ExpressLane, head: Head, reply: Reply, admitted: Admitted) -> None:
+        self._lane = lane
+        self._head = head
+        self._reply = reply
+        self._admitted = admitted
+        self.task: asyncio.Task[None] | None = None
+        self._conn: Connection | None = None
+        self._record: RequestRecord | None = None
+        self._started = self._sent = 0.0
+        self._upstream_head = b""
+        self._over = False
+        self.status = 500
+
+    # -- the verdict -----------------------------------------------------------------
+    async def judge(self) -> None:
+        """The verdict with the store asked (the cache could not tell)."""
+        admitted = self._admitted
+        try:
+            verdict = await self._lane.gateway.judge(admitted.path, admitted.cookies)
+            taken = self.judged(verdict)
+        except Exception:
+            if self._record is not None:
+                raise  # an answer began: nobody else may answer now
+            LOG.exception("the express lane failed to judge a request; aiohttp answers it")
+            taken = False
+        if not taken:
+            self._reply.decline()
+
+    def judged(self, verdict: Verdict) -> bool:
+        """Act on ``verdict``: answer it, or return False having done nothing."""
+        refused = None
+        if verdict is STORE_DOWN:
+            refused = Failure(503, "store_unavailable")
+        elif not verdict.forward:
+            if verdict.session is None:
+                return False  # no session: proxy.unauthenticated decides (the gateway)
+            refused = Failure(403, "forbidden")
+        lane = self._lane
+        record = self._record = RequestRecord(request_id_for(self._admitted.request_id), "proxied")
+        if verdict.session is not None:
+            record.user_id = verdict.session.record.user_id
+        if lane.drain is not None:
+            lane.drain.begin()
+        self._started = time.perf_counter()
+        if refused is not None:
+            self._fail(refused)
+            self.finish()
+            return True
+        head = self._head
+        forwarder = lane.forwarder
+        headers, _ = forwarder.headers.raw_request_headers(
+            head.headers,
+            self._reply.peer,
+            "http",
+            self._admitted.cookies,
+            verdict.identity,
+            record.request_id,
+        )
+        self._upstream_head = forwarder.upstream_head(head.method, head.target, headers)
+        pool = forwarder.pool
+        conn = pool.take_idle() if pool is not None else None
+        if conn is not None and pool is not None:
+            try:
+                conn.start(self._upstream_head, self)
+            except StaleConnection:
+                pool.drop(conn)
+            else:
+                self._conn = conn
+                pool.begin(conn)
+                return True
+        self.task = asyncio.get_running_loop().create_task(self._relay())
+        return True
+
+    # -- the answer, in callbacks ----------------------------------------------------
+    def upstream_event(self, conn: Connection) -> None:
+        """The pooled connection's news (:class:`~sidecar.proxy.upstream_conn.Listener`)."""
+        if conn is not self._conn or self._over:
+            return
+        pool = self._lane.forwarder.pool
+        assert pool is not None  # the connection came from it
+        record = self._record
+        assert record is not None
+        error = conn.error
+        if error is None and conn.head_pending:
+            return
+        self._conn = None
+        if error is not None:
+            pool.drop(conn)
+            if isinstance(error, StaleConnection):
+                # The upstream closed the idle connection as the request left: once more,
+                # on a fresh one (bodyless: safe to send twice, as the pool does).
+                self.task = asyncio.get_running_loop().create_task(self._relay())
+                return
+            record.upstream_s = time.perf_counter() - self._started
+            if isinstance(error, UpstreamTimeout):
+                LOG.warning("upstream did not answer within %ss", conn.timeout)
+                self._fail(GATEWAY_TIMEOUT)
+            else:
+                LOG.warning("upstream request failed: %s", error)
+                self._fail(BAD_GATEWAY)
+            self.finish()
+            return
+        elapsed = time.perf_counter() - self._started
+        record.upstream_s = elapsed
+        metrics.observe_upstream(elapsed)
+        upstream = pool.response(conn)
+        if not upstream.complete:
+            conn.detach()
+            self.task = asyncio.get_running_loop().create_task(self._finish_answer(upstream))
+            return
+        self._whole(upstream, upstream.take_body())
+        upstream.release()
+        self.finish()
+
+    # -- the answer, in a task -------------------------------------------------------
+    async def _relay(self) -> None:
+        CURRENT.set(self._record)  # this task's own context: for the forwarder's records
+        try:
+            forwarder = self._lane.forwarder
+            upstream = await forwarder.exchange(self._head.method, self._upstream_head)
+            if isinstance(upstream, Failure):
+                self._fail(upstream)
+            else:
+                await self._answer(upstream)
+        except asyncio.CancelledError:
+            self.status = CLIENT_CLOSED
+            raise
+        finally:
+            self.finish()
+
+    async def _finish_answer(self, upstream: UpstreamResponse) -> None:
+        CURRENT.set(self._record)
+        try:
+            await self._answer(upstream)
+        except asyncio.CancelledError:
+            self.status = CLIENT_CLOSED
+            raise
+        finally:
+            upstream.release()
+            self.finish()
+
+    async def _answer(self, upstream: UpstreamResponse) -> None:
+        if self._lane.forwarder.buffered(upstream):
+            payload = await read_whole(upstream)
+            if isinstance(payload, Failure):
+                self._fail(payload)
+            else:
+                self._whole(upstream, payload)
+            return
+        await self._stream(upstream)
+
+    async def _stream(self, upstream: UpstreamResponse) -> None:
+        forwarder = self._lane.forwarder
+        reply = self._reply
+        out = forwarder.headers.response_headers(upstream.headers)
+        self.status = upstream.status
+        head, chunked = answers.stream_head(
+            upstream.status, upstream.reason, out, self._head.keep_alive
+        )
+        send_timeout = forwarder.send_timeout
+        try:
+            reply.write(head)
+            async for chunk in upstream.chunks():
+                reply.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if not await reply.drain(send_timeout):
+                    set_upstream_error("client_send_timeout")
+                    LOG.info("client stopped reading for %ss; cut off", send_timeout)
+                    reply.abort()
+                    return
+            if chunked:
+                reply.write(b"0\r\n\r\n")
+        except UPSTREAM_ERRORS as exc:
+            # The upstream broke off or stalled. A truncated body must not look complete:
+            # drop the client connection instead of ending it.
+            if isinstance(exc, UpstreamBodyTimeout):
+                set_upstream_error("body_timeout")
+            elif isinstance(exc, UpstreamError):
+                set_upstream_error("body_broken")
+            LOG.info("stream interrupted: %s", type(exc).__name__)
+            reply.abort()
+        finally:
+            upstream.release()
+
+    # -- writing and ending ----------------------------------------------------------
+    def _whole(self, upstream: UpstreamResponse, body: bytes) -> None:
+        record = self._record
+        assert record is not None
+        out = self._lane.forwarder.headers.response_headers(upstream.headers)
+        self.status = upstream.status
+        self._reply.write(
+            answers.whole(
+                upstream.status,
+                upstream.reason,
+                out,
+                body,
+                record.request_id,
+                self._head.keep_alive,
+            )
+        )
+
+    def _fail(self, failed: Failure) -> None:
+        record = self._record
+        assert record is not None
+        self.status = failed.status
+        self._reply.write(
+            answers.failure(
+                self._admitted.accept,
+                self._lane.services.config.pages,
+                failed,
+                record.request_id,
+                self._head.keep_alive,
+            )
+        )
+
+    def finish(self) -> None:
+        """The answer is complete (or abandoned): count, log, and tell the connection."""
+        if self._over:
+            return
+        self._over = True
+        lane = self._lane
+        record = self._record
+        if record is not None:
+            if lane.drain is not None:
+                lane.drain.end()
+            remote = lane.clients.client(self._reply.peer, self._admitted.forwarded_for)
+            elapsed = time.perf_counter() - self._started
+            lane.access(self._head.method, self._admitted.path_text, self.status, elapsed,
+                        record, remote)  # fmt: skip
+        self._reply.finished()
+
+    def cancel(self) -> None:
+        """The client left: stop, free the upstream connection, log a 499."""
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()  # its own ending finishes (or, still judging, nothing began)
+            return
+        conn, self._conn = self._conn, None
+        pool = self._lane.forwarder.pool
+        if conn is not None and pool is not None:
+            pool.drop(conn)
+        self.status = CLIENT_CLOSED
+        self.finish()
