@@ -90,11 +90,17 @@ def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
 def cookies_of(raw_headers: Iterable[tuple[bytes, bytes]], name: str) -> RequestCookies:
     """:func:`read_cookies` for a request head's raw ``(name, value)`` header pairs. Raw
     bytes are read as latin-1, so other cookies reach the upstream byte for byte."""
+    return cookie_values(
+        [raw for header, raw in raw_headers if len(header) == 6 and header.lower() == b"cookie"],
+        name,
+    )
+
+
+def cookie_values(headers: Iterable[bytes], name: str) -> RequestCookies:
+    """:func:`cookies_of` for the values of a request's ``Cookie`` headers, in order."""
     found: list[str] = []
     others: list[bytes] = []
-    for header, raw in raw_headers:
-        if len(header) != 6 or header.lower() != b"cookie":
-            continue
+    for raw in headers:
         values, rest = _split_cookie_header(raw.decode("latin-1"), name)
         for value in values:
             if (

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
+from sidecar.memo import Memo
 from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.origins import PublicOrigin, hosts_allowed
 from sidecar.proxy.paths import NormalPath, UnsafePath, normalise
 from sidecar.services import Services
-from sidecar.sessions import RequestCookies, cookies_of
+from sidecar.sessions import NO_COOKIES, RequestCookies, cookie_values
 from sidecar.web.accesslog import AccessLine
 from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
@@ -79,6 +80,7 @@ class ExpressLane:
         self._public = public
         self._cookie_name = cookie_name
         self._own: tuple[str, ...] = (services.config.proxy.prefix,)
+        self._normalise = Memo(normalise)
         self.access = AccessLine("proxy")
         self.drain: Drain | None = None
 
@@ -111,20 +113,21 @@ class ExpressLane:
         if path_text.startswith(own) or ("%" in path_text and unquote(path_text).startswith(own)):
             return None
         try:
-            path = normalise(path_text)
+            path = self._normalise(path_text)
         except UnsafePath:
             return None
         hosts: list[str] = []
         forwarded_hosts: list[str] = []
         forwarded: list[str] = []
         forwarded_for: list[str] = []
+        cookies: list[bytes] = []
         request_id = accept = None
         for name, value in head.headers:
             lower = name.lower()
             if lower == b"host":
                 hosts.append(value.decode("utf-8", "surrogateescape"))
             elif lower == b"cookie":
-                continue
+                cookies.append(value)
             elif lower == b"x-forwarded-for":
                 forwarded_for.append(value.decode("utf-8", "surrogateescape"))
             elif lower in _FORWARDED_HOST:
@@ -142,5 +145,5 @@ class ExpressLane:
             forwarded if trusted else (),
         ):
             return None
-        cookies = cookies_of(head.headers, self._cookie_name)
-        return Admitted(path, path_text, cookies, request_id, accept, forwarded_for)
+        read = cookie_values(cookies, self._cookie_name) if cookies else NO_COOKIES
+        return Admitted(path, path_text, read, request_id, accept, forwarded_for)

@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from sidecar.memo import Memo
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -108,7 +110,7 @@ class PublicOrigin:
     """The listener's accepted hosts and origins, compiled from the config at start and
     again on every reload (:meth:`configure`: one object shared by every check)."""
 
-    __slots__ = ("_hosts", "_origins")
+    __slots__ = ("_allowed", "_hosts", "_origins")
 
     def __init__(
         self, public_url: str, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]
@@ -122,9 +124,13 @@ class PublicOrigin:
         public = parse_origin(f"{parts.scheme}://{parts.netloc}")
         self._origins = frozenset({public, *allowed_origins})
         self._hosts = frozenset({host_name(public.split("://", 1)[1]), *allowed_hosts})
+        self._allowed = Memo(self._read_host, 1024)  # per Host value, as clients repeat it
 
     def host_allowed(self, host_header: str | None) -> bool:
-        return host_header is None or host_name(host_header) in self._hosts
+        return host_header is None or self._allowed(host_header)
+
+    def _read_host(self, host_header: str) -> bool:
+        return host_name(host_header) in self._hosts
 
     def origin_allowed(self, origin: str | None) -> bool:
         if origin is None or origin.strip().lower() == "null":
