@@ -93,8 +93,7 @@ def _corpus(host: str, cookie: str) -> dict[str, bytes]:
         "keep-alive-pipelined": get("/app/one", close=False) + get("/app/two"),
         "hot-then-anonymous": get("/app/one", close=False)
         + f"GET /app/anon HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
-        "hot-then-own-page": get("/app/one", close=False)
-        + get("/_sidecar/healthz"),
+        "hot-then-own-page": get("/app/one", close=False) + get("/_sidecar/healthz"),
     }
 
 
