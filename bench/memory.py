@@ -12,9 +12,9 @@ Python heap: modules' code and objects) and file-backed pages (shared libraries 
 the cost per connection, and how many modules the process imported by then (one more
 start with ``PYTHONPROFILEIMPORTTIME=1``, whose log lists every import).
 
-``--against DIR`` measures another checkout too (for example ``git worktree add --detach
-/tmp/before <commit>``), its trials alternating with this one's, so that before and after
-come from one session on one machine state. About 10 s per trial and checkout.
+``--against DIR`` (repeatable) measures another checkout too (for example ``git worktree
+add --detach /tmp/before <commit>``), its trials alternating with this one's, so that before
+and after come from one session on one machine state. About 10 s per trial and checkout.
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=3, help="fresh sidecars per checkout")
     p.add_argument("--connections", type=int, default=1000, help="connections held open")
     p.add_argument(
-        "--against", type=Path, metavar="DIR", help="another checkout to measure alongside"
+        "--against",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another checkout to measure alongside (repeatable)",
     )
     return p
 
@@ -82,7 +87,7 @@ def _imports(log: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    trees = [ROOT] + ([args.against.resolve()] if args.against is not None else [])
+    trees = [ROOT, *(tree.resolve() for tree in args.against)]
     for tree in trees[1:]:
         if not (tree / "sidecar" / "__main__.py").is_file():
             _log(f"{tree} is not a sidecar checkout")
