@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from sidecar.proxy import answers
+from sidecar.proxy.express import ExpressLane
 from sidecar.telemetry import metrics
 from tests.harness.raw import RawResponse, raw_http
 from tests.harness.served import Sidecar, running_sidecar
@@ -249,3 +251,37 @@ async def test_a_client_that_leaves_frees_its_upstream_connection_at_once(
         response = await raw_http(sc.proxy_port, (request + "Connection: close\r\n\r\n").encode())
         assert response.status == 200
         assert time.monotonic() - started < 1.5  # not the 3 s upstream_timeout
+
+
+async def test_a_fault_in_the_lane_is_answered_by_aiohttp_or_drops_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug must never leave a client waiting: before anything is written the request is
+    handed to aiohttp (which answers it), after that the connection is dropped and the
+    upstream connection's slot freed (one slot here: the next request needs it)."""
+    overrides: dict[str, object] = {"proxy": {"max_connections": 1, "upstream_timeout": "3s"}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        request = (
+            f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\nCookie: {cookie}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        await raw_http(sc.proxy_port, request)  # an idle pooled connection for what follows
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("a bug")
+
+        before = _handovers()
+        with monkeypatch.context() as patched:
+            patched.setattr(ExpressLane, "_admit", broken)
+            response = await raw_http(sc.proxy_port, request)
+        assert response.status == 200  # aiohttp's answer
+        assert _handovers() == before + 1
+        with monkeypatch.context() as patched:
+            patched.setattr(answers, "whole", broken)
+            started = time.monotonic()
+            response = await raw_http(sc.proxy_port, request)
+            assert response.status == 0  # dropped, not a hang
+            assert time.monotonic() - started < 2.0
+        response = await raw_http(sc.proxy_port, request)
+        assert response.status == 200  # the slot came back

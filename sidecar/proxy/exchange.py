@@ -143,6 +143,19 @@ class Exchange:
         """The pooled connection's news (:class:`~sidecar.proxy.upstream_conn.Listener`)."""
         if conn is not self._conn or self._over:
             return
+        try:
+            self._on_upstream(conn)
+        except Exception:
+            # A bug must not leave the client waiting for ever: drop both connections.
+            LOG.exception("the express lane failed relaying an answer")
+            pool = self._lane.forwarder.pool
+            if self._conn is conn and pool is not None:  # not handed on yet
+                self._conn = None
+                pool.drop(conn)
+            self._reply.abort()
+            self.finish()
+
+    def _on_upstream(self, conn: Connection) -> None:
         pool = self._lane.forwarder.pool
         assert pool is not None  # the connection came from it
         record = self._record
@@ -175,8 +188,10 @@ class Exchange:
             conn.detach()
             self.task = asyncio.get_running_loop().create_task(self._finish_answer(upstream))
             return
-        self._whole(upstream, upstream.take_body())
-        upstream.release()
+        try:
+            self._whole(upstream, upstream.take_body())
+        finally:
+            upstream.release()
         self.finish()
 
     # -- the answer, in a task -------------------------------------------------------

@@ -255,7 +255,13 @@ class LeanConnection(asyncio.Protocol):
             self._keep_alive = head.keep_alive
             self._current = _STARTING
             self._answered = False
-            started = self._lane.start(head, self)
+            try:
+                started = self._lane.start(head, self)
+            except Exception:
+                if self._answered:
+                    raise  # an answer was written: nobody else may answer now
+                LOG.exception("the lean front failed on a request; aiohttp answers it")
+                started = None
             if started is None:
                 self._current = None
                 self._buffer[:0] = data
