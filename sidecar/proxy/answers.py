@@ -34,12 +34,13 @@ def whole(
     keep_alive: bool,
 ) -> bytes:
     """An upstream answer relayed whole."""
-    lines = _head_lines(status, reason, headers)
     names = {n.lower() for n, _ in headers}
+    if status in NO_BODY and "content-length" in names:
+        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+    lines = _head_lines(status, reason, headers)
     if "x-request-id" not in names:
         lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
     if status in NO_BODY:
-        lines = [ln for ln in lines if not ln[:15].lower().startswith(b"content-length:")]
         body = b""
     elif "content-length" not in names:
         lines.append(b"Content-Length: %d\r\n" % len(body))
@@ -78,11 +79,10 @@ def failure(
 
 def _head_lines(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> list[bytes]:
     phrase = _REASONS.get(status, "") if reason is None else reason
-    lines = [b"HTTP/1.1 %d %b\r\n" % (status, phrase.encode("latin-1", "replace"))]
-    for name, value in headers:
-        text = value.encode("utf-8", "surrogateescape")
-        lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), text))
-    return lines
+    status_line = b"HTTP/1.1 %d %b\r\n" % (status, phrase.encode("latin-1", "replace"))
+    # Names are tokens (ASCII); values go back as the bytes that came (surrogateescape).
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    return [status_line, text.encode("utf-8", "surrogateescape")]
 
 
 def _finish(lines: list[bytes], names: set[str], keep_alive: bool) -> bytes:

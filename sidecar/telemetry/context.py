@@ -42,9 +42,19 @@ def _second(whole: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
+_last = (-1, "")  # the millisecond formatted last, and its text (swapped whole: threads)
+
+
 def rfc3339(timestamp: float) -> str:
     """``timestamp`` as RFC 3339 UTC with milliseconds: ``2026-11-30T03:50:01.123Z``.
 
-    The date part is formatted once per second (every log line asks for it)."""
-    whole = int(timestamp)
-    return f"{_second(whole)}.{int((timestamp - whole) * 1000):03d}Z"
+    Formatted once per millisecond, the date part once per second (every log line asks,
+    and under load many lines share a millisecond)."""
+    global _last
+    millis = int(timestamp * 1000)
+    last = _last
+    if last[0] == millis:
+        return last[1]
+    text = f"{_second(millis // 1000)}.{millis % 1000:03d}Z"
+    _last = (millis, text)
+    return text
