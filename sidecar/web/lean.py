@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
@@ -143,10 +142,8 @@ class LeanConnection(asyncio.Protocol):
         if not self._server.admit(transport):
             self._refused = True
             return
+        # (asyncio and uvloop both set TCP_NODELAY on every TCP transport themselves.)
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
         self._idle_since = self._server.clock()
@@ -211,6 +208,7 @@ class LeanConnection(asyncio.Protocol):
         if self._current is None:
             return  # the client left meanwhile
         self._current = None
+        self._pending = b""
         self._server.lean.left()
         if self._go_on():
             self._next()
