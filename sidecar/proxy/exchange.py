@@ -32,7 +32,7 @@ from sidecar.proxy.forward import (
     Failure,
     read_whole,
 )
-from sidecar.proxy.pool import UpstreamBodyTimeout, UpstreamError, UpstreamResponse
+from sidecar.proxy.pool import IDEMPOTENT, UpstreamBodyTimeout, UpstreamError, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection, StaleConnection, UpstreamTimeout
 from sidecar.proxy.verdicts import STORE_DOWN, Verdict
 from sidecar.telemetry import metrics
@@ -166,9 +166,10 @@ class Exchange:
         self._conn = None
         if error is not None:
             pool.drop(conn)
-            if isinstance(error, StaleConnection):
+            if isinstance(error, StaleConnection) and self._head.method in IDEMPOTENT:
                 # The upstream closed the idle connection as the request left: once more,
-                # on a fresh one (bodyless: safe to send twice, as the pool does).
+                # on a fresh one, as the pool does. Only an idempotent request: the
+                # upstream may have acted on it before closing (RFC 9110 §9.2.2).
                 self.task = asyncio.get_running_loop().create_task(self._relay())
                 return
             record.upstream_s = time.perf_counter() - self._started

@@ -1,0 +1,110 @@
+"""An adversarial review of the proxy listener's lean front (sidecar.web.lean, .proxy.express).
+
+The lean front serves the hot path without aiohttp's server; whatever it serves must be
+what aiohttp's server would have served, and nothing more:
+
+* a request head aiohttp refuses (400) is never forwarded by the lean front: sent to a
+  sidecar with the lean front and to one without (``proxy.lean_front: false``), it gets
+  the same status, and the upstream receives nothing from either;
+* the upstream receives the headers the lane judged, as aiohttp would pass them;
+* a request the upstream may have acted on is never sent to it twice.
+
+Real sockets throughout: raw clients, the recording upstream, a raw upstream that closes
+a kept-alive connection exactly as a request arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    RawUpstream,
+    Sidecar,
+    raw_http,
+    request_path,
+    running_sidecar,
+)
+from tests.security import casebook
+
+
+async def _cookie(sc: Sidecar) -> str:
+    return f"{sc.cookie_name}={await sc.login()}"
+
+
+def _request(sc: Sidecar, cookie: str, target: str, *extra: str, method: str = "GET") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{sc.proxy_port}", f"Cookie: {cookie}"]
+    return ("\r\n".join([*lines, *extra]) + "\r\n\r\n").encode("latin-1")
+
+
+# -- a stale keep-alive connection: retried only when sending twice is harmless -------------
+
+
+class _ClosesSecondRequests:
+    """A raw upstream that answers the first request on each connection and closes the
+    connection, unanswered, on the second — as an upstream whose keep-alive timer fires
+    just as a request arrives, or one that crashes while acting on it."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self._served: dict[int, int] = {}
+
+    async def __call__(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        self.seen.append(head.split(b"\r\n", 1)[0])
+        count = self._served[id(writer)] = self._served.get(id(writer), 0) + 1
+        if count > 1:
+            return False  # closed without a byte of an answer
+        path = request_path(head)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(path), path))
+        return True
+
+
+@pytest.fixture(params=[True, False], ids=["lean", "aiohttp"])
+async def stale_upstream(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Sidecar, _ClosesSecondRequests]]:
+    answer = _ClosesSecondRequests()
+    front = {"proxy": {"lean_front": request.param}}
+    async with (
+        RawUpstream(answer) as upstream,
+        running_sidecar(tmp_path, upstream=upstream.pointing(), overrides=front) as sc,
+    ):
+        yield sc, answer
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("POST", ()), ("POST", ("Content-Length: 0",)), ("PATCH", ())],
+)
+async def test_a_non_idempotent_request_is_not_sent_twice_after_a_stale_connection(
+    stale_upstream: tuple[Sidecar, _ClosesSecondRequests], method: str, extra: tuple[str, ...]
+) -> None:
+    sc, upstream = stale_upstream
+    cookie = await _cookie(sc)
+    warm = _request(sc, cookie, "/warm")
+    act = _request(sc, cookie, "/pay", *extra, "Connection: close", method=method)
+    # /warm leaves one idle upstream connection; /pay is sent on it and the upstream closes
+    # it unanswered. It may have acted on it: a second copy could pay twice (RFC 9110 §9.2.2).
+    response = await raw_http(sc.proxy_port, warm + act, answers=2, quiet=2.0)
+    sent = [line for line in upstream.seen if line.startswith(method.encode())]
+    casebook.record("framing", through=int(len(sent) != 1))
+    assert len(sent) == 1, sent
+    assert response.raw.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 502 " in response.raw
+
+
+async def test_an_idempotent_request_is_retried_once_after_a_stale_connection(
+    stale_upstream: tuple[Sidecar, _ClosesSecondRequests],
+) -> None:
+    sc, upstream = stale_upstream
+    cookie = await _cookie(sc)
+    data = _request(sc, cookie, "/warm") + _request(sc, cookie, "/again", "Connection: close")
+    response = await raw_http(sc.proxy_port, data, answers=2, quiet=2.0)
+    assert response.raw.count(b"HTTP/1.1 200 ") == 2
+    assert response.raw.endswith(b"/again")
+    assert upstream.seen.count(b"GET /again HTTP/1.1") == 2  # the stale copy and the retry
