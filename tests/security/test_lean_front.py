@@ -69,7 +69,7 @@ async def stale_upstream(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[Sidecar, _ClosesSecondRequests]]:
     answer = _ClosesSecondRequests()
-    front = {"proxy": {"lean_front": request.param}}
+    front: dict[str, object] = {"proxy": {"lean_front": request.param}}
     async with (
         RawUpstream(answer) as upstream,
         running_sidecar(tmp_path, upstream=upstream.pointing(), overrides=front) as sc,
