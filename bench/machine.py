@@ -55,6 +55,8 @@ def describe() -> dict[str, str | int | None]:
         "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
         "aiohttp": _version("aiohttp"),
         "aiosqlite": _version("aiosqlite"),
+        "uvloop": _version("uvloop"),  # sidecar serve runs on it when installed
+        "httptools": _version("httptools"),
         "redis_py": _version("redis"),
         "nginx": nginx_version(),
         "wrk": wrk.split(" [")[0].removeprefix("wrk ") if wrk else None,

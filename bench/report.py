@@ -181,7 +181,19 @@ def markdown(r: Results, chart: str | None) -> str:
         out += [f"> **Note.** {r.note}", ""]
     out += ["## Machine", ""]
     out += _table(
-        ["CPU", "cores", "kernel", "Python", "aiohttp", "nginx", "wrk", "redis-server", "load"],
+        [
+            "CPU",
+            "cores",
+            "kernel",
+            "Python",
+            "aiohttp",
+            "uvloop",
+            "httptools",
+            "nginx",
+            "wrk",
+            "redis-server",
+            "load",
+        ],
         [
             [
                 str(m.get(k) or "—")
@@ -191,6 +203,8 @@ def markdown(r: Results, chart: str | None) -> str:
                     "kernel",
                     "python",
                     "aiohttp",
+                    "uvloop",
+                    "httptools",
                     "nginx",
                     "wrk",
                     "redis_server",
