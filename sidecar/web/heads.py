@@ -2,8 +2,10 @@
 
 :func:`parse_head` parses one complete head with llhttp (through httptools: the parser of
 Node.js, and of aiohttp's own C parser) and returns it only when it is a plain HTTP/1.1
-request in origin form with no body; for anything else it returns None and aiohttp's
-server parses and answers the same bytes.
+request in origin form with no body that aiohttp's parser would take too (one ``Host``,
+no second copy of a singleton header); for anything else it returns None and aiohttp's
+server parses and answers the same bytes. Values lose their trailing whitespace, as
+aiohttp's parser drops it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ from typing import Final
 import httptools
 
 _NOT_MINE: Final = (b"content-length", b"transfer-encoding", b"expect", b"upgrade")
+# What aiohttp's parser refuses (400) in a head llhttp takes: a second copy of one of
+# RFC 9110's singleton headers (its list), and the pre-RFC 6455 WebSocket key. The lean
+# front hands such heads over, so that they are refused and never forwarded.
+_SINGLETONS: Final = frozenset(
+    (b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
+     b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent")
+)  # fmt: skip
+_REFUSED: Final = b"sec-websocket-key1"
 
 
 @dataclass(slots=True)
@@ -78,16 +88,31 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
     if len(headers) > max_headers:
         return None
     keep_alive = True  # HTTP/1.1's default
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
+    seen: set[bytes] = set()
+    for i, (name, value) in enumerate(headers):
+        if value[-1:] in (b" ", b"\t"):
+            # llhttp keeps the whitespace after a value; aiohttp drops it (RFC 9110 §5.5),
+            # and so must the value judged and forwarded.
+            value = value.rstrip(b" \t")
+            headers[i] = (name, value)
+        lower = name.lower()
+        if lower in _SINGLETONS:
+            if lower in seen:
+                return None
+            seen.add(lower)
+        if lower == b"connection":
             if b"close" in [t.strip() for t in value.lower().split(b",")]:
                 keep_alive = False
+        elif lower == _REFUSED:
+            return None
         elif len(name) in (6, 7, 14, 17):  # the lengths of the names in _NOT_MINE
             # In every spelling a CGI/WSGI upstream reads as the same header (the header
             # policy's canonical_header): "Content_Length" is framing to some upstreams.
-            lower = name.lower().replace(b"_", b"-").replace(b".", b"-")
-            if lower in _NOT_MINE and not (name.lower() == b"content-length" and value == b"0"):
+            canonical = lower.replace(b"_", b"-").replace(b".", b"-")
+            if canonical in _NOT_MINE and not (lower == b"content-length" and value == b"0"):
                 return None
+    if b"host" not in seen:
+        return None  # HTTP/1.1 requires one: aiohttp answers 400
     method = parser.get_method()
     url = parsed.url
     if method in (b"HEAD", b"CONNECT") or url[:1] != b"/":

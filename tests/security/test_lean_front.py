@@ -108,3 +108,111 @@ async def test_an_idempotent_request_is_retried_once_after_a_stale_connection(
     assert response.raw.count(b"HTTP/1.1 200 ") == 2
     assert response.raw.endswith(b"/again")
     assert upstream.seen.count(b"GET /again HTTP/1.1") == 2  # the stale copy and the retry
+
+
+# -- heads: the lean front serves none that aiohttp's server refuses -------------------------
+
+# Header lines added to an authenticated GET; each name says what the head carries.
+ODD_HEADS: dict[str, tuple[str, ...]] = {
+    "no Host": ("-host",),
+    "two Hosts": ("Host: 127.0.0.1",),
+    "two User-Agents": ("User-Agent: a", "User-Agent: b"),
+    "two Content-Types": ("Content-Type: text/plain", "Content-Type: text/html"),
+    "two ETags": ("ETag: a", "ETag: b"),
+    "two Servers": ("Server: a", "Server: b"),
+    "two Max-Forwards": ("Max-Forwards: 1", "Max-Forwards: 2"),
+    "two Content-Locations": ("Content-Location: /a", "Content-Location: /b"),
+    "two Content-Ranges": ("Content-Range: bytes 0-1/2", "Content-Range: bytes 0-1/3"),
+    "old WebSocket key": ("Sec-WebSocket-Key1: 4 @1  46546xW%0l 1 5",),
+    "two Content-Length 0": ("Content-Length: 0", "Content-Length: 0"),
+    "Content-Length 0 and chunked": ("Content-Length: 0", "Transfer-Encoding: chunked"),
+    "Content-Length list": ("Content-Length: 0, 0",),
+    "Content-Length +0": ("Content-Length: +0",),
+    "obs-fold": ("X-A: a", " b"),
+    "space before colon": ("X-A : a",),
+    "NUL in a value": ("X-A: a\x00b",),
+    "bare CR in a value": ("X-A: a\rb",),
+    "DEL in a value": ("X-A: a\x7fb",),
+    "empty name": (": v",),
+    "space in a name": ("X A: v",),
+    "bare LF line": ("X-A: a\nX-B: b",),
+}
+
+
+def _odd_request(sc: Sidecar, cookie: str, extra: tuple[str, ...]) -> bytes:
+    lines = [
+        "GET /app/odd HTTP/1.1",
+        *([] if extra == ("-host",) else [f"Host: 127.0.0.1:{sc.proxy_port}"]),
+        f"Cookie: {cookie}",
+        *(line for line in extra if line != "-host"),
+        "Connection: close",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Records:
+    """A raw upstream that records each request head byte for byte and answers 200: it
+    sees what was sent, where an HTTP server would refuse, or tidy, what it parses."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+
+    async def __call__(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        self.heads.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    def lines(self, name: bytes) -> list[bytes]:
+        """The ``name:`` lines of the last head, as sent."""
+        prefix = name.lower() + b":"
+        return [ln for ln in self.heads[-1].split(b"\r\n") if ln.lower().startswith(prefix)]
+
+
+@pytest.fixture
+async def fronts(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, Sidecar, _Records]]:
+    """A sidecar with the lean front and one without, before one raw upstream."""
+    records = _Records()
+    plain: dict[str, object] = {"proxy": {"lean_front": False}}
+    async with RawUpstream(records) as upstream:
+        up = upstream.pointing()
+        async with (
+            running_sidecar(tmp_path / "lean", upstream=up) as lean,
+            running_sidecar(tmp_path / "plain", upstream=up, overrides=plain) as aiohttp_only,
+        ):
+            yield lean, aiohttp_only, records
+
+
+async def test_a_head_aiohttp_refuses_is_refused_and_never_forwarded(
+    fronts: tuple[Sidecar, Sidecar, _Records],
+) -> None:
+    lean, plain, upstream = fronts
+    cookies = {id(sc): await _cookie(sc) for sc in (lean, plain)}
+    differ = []
+    for name, extra in ODD_HEADS.items():
+        outcome = []
+        for sc in (lean, plain):
+            before = len(upstream.heads)
+            response = await raw_http(sc.proxy_port, _odd_request(sc, cookies[id(sc)], extra))
+            outcome.append((response.status, len(upstream.heads) - before))
+        if outcome[0] != outcome[1] or outcome[1] != (400, 0):
+            differ.append((name, outcome))
+    casebook.record("framing", tried=len(ODD_HEADS), through=len(differ))
+    assert not differ, differ
+
+
+async def test_header_values_reach_the_upstream_as_aiohttp_passes_them(
+    fronts: tuple[Sidecar, Sidecar, _Records],
+) -> None:
+    lean, plain, upstream = fronts
+    seen = []
+    for sc in (lean, plain):
+        cookie = await _cookie(sc)
+        extra = ("X-Trailing: value \t ", "Accept: text/html\t", "Cookie: theme=dark ")
+        response = await raw_http(sc.proxy_port, _odd_request(sc, cookie, extra))
+        assert response.status == 200
+        seen.append([upstream.lines(b"X-Trailing"), upstream.lines(b"Accept"),
+                     upstream.lines(b"Cookie")])  # fmt: skip
+    assert seen[0] == seen[1] == [[b"X-Trailing: value"], [b"Accept: text/html"],
+                                  [b"Cookie: theme=dark"]]  # fmt: skip
