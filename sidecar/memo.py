@@ -36,6 +36,3 @@ class Memo(Generic[K, V]):
             data.clear()
         data[key] = value
         return value
-
-    def clear(self) -> None:
-        self._data.clear()

@@ -146,10 +146,6 @@ class Forwarder:
         return self._pool
 
     @property
-    def response_timeout(self) -> float:
-        return self._header_timeout
-
-    @property
     def send_timeout(self) -> float:
         """How long a client may take to accept the next chunk of a streamed answer."""
         return self._send_timeout

@@ -194,10 +194,6 @@ class UpstreamPool:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
 
-    def headed(self, conn: Connection) -> None:
-        """``conn``'s wait for a head is over (it came, or the exchange failed)."""
-        self._busy.discard(conn)
-
     def release(self, conn: Connection) -> None:
         """Give ``conn`` back (or close it if it cannot carry another request)."""
         self._busy.discard(conn)

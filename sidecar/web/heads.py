@@ -32,13 +32,13 @@ class Head:
     """A parsed request head the lean front may serve.
 
     ``target`` is the request target as sent (origin form: path and query), ``headers``
-    the raw ``(name, value)`` pairs in order, ``size`` the head's length in bytes."""
+    the raw ``(name, value)`` pairs in order; ``keep_alive`` is false when the client
+    asked to close after the answer."""
 
     method: str
     target: bytes
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
-    size: int
 
 
 class _Parsed:
@@ -119,4 +119,4 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
         return None
     if head_size(method, url, headers) > max_size:
         return None
-    return Head(method.decode("ascii"), url, headers, keep_alive, len(data))
+    return Head(method.decode("ascii"), url, headers, keep_alive)
