@@ -124,7 +124,7 @@ async def serve(
             fds,
             needed,
         )
-    runners: list[web.AppRunner] = []
+    runners: list[ListenerRunner] = []
     watcher: asyncio.Task[None] | None = None
     drain = Drain()
     loop = asyncio.get_running_loop()
@@ -168,9 +168,7 @@ async def serve(
                 _LOG.info("listening: %s on %s", name, _show_address(address))
         metrics.track(
             in_flight=lambda: drain.in_flight,
-            connections=lambda: sum(
-                len(r.server.connections) for r in runners if r.server is not None
-            ),
+            connections=lambda: sum(r.open_connections for r in runners),
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

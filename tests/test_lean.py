@@ -285,3 +285,28 @@ async def test_a_fault_in_the_lane_is_answered_by_aiohttp_or_drops_the_connectio
             assert time.monotonic() - started < 2.0
         response = await raw_http(sc.proxy_port, request)
         assert response.status == 200  # the slot came back
+
+
+async def test_lean_connections_count_in_the_connections_gauge(tmp_path: Path) -> None:
+    async with running_sidecar(tmp_path) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        hot = (
+            f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\nCookie: {cookie}\r\n\r\n"
+        ).encode()
+        before = _handovers()
+        opened = []
+        try:
+            for _ in range(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+                opened.append(writer)
+                writer.write(hot)
+                assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(
+                    b"HTTP/1.1 200 "
+                )
+            assert _handovers() == before  # five lean connections, kept alive
+            gauge = metrics.REGISTRY.get_sample_value("sidecar_client_connections")
+            assert gauge is not None
+            assert gauge >= 5
+        finally:
+            for writer in opened:
+                writer.close()

@@ -277,6 +277,13 @@ class ListenerRunner(web.AppRunner):
         super().__init__(app, **kwargs)
         self._limits = limits
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now: aiohttp's and the lean front's (aiohttp's
+        ``server.connections`` lists only its own)."""
+        server = self.server
+        return server.open_connections if isinstance(server, _Server) else 0
+
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
         # The same server aiohttp built for the app (its handler, request factory and
