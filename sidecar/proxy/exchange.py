@@ -30,14 +30,16 @@ from sidecar.proxy.forward import (
     GATEWAY_TIMEOUT,
     UPSTREAM_ERRORS,
     Failure,
+    client_stopped_reading,
     read_whole,
+    stream_broken,
 )
-from sidecar.proxy.pool import IDEMPOTENT, UpstreamBodyTimeout, UpstreamError, UpstreamResponse
+from sidecar.proxy.pool import IDEMPOTENT, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection, StaleConnection, UpstreamTimeout
 from sidecar.proxy.verdicts import STORE_DOWN, Verdict
 from sidecar.telemetry import metrics
 from sidecar.telemetry.context import CURRENT, RequestRecord
-from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for, set_upstream_error
+from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
 from sidecar.web.heads import Head
 from sidecar.web.lean import Reply
 
@@ -246,20 +248,13 @@ class Exchange:
             async for chunk in upstream.chunks():
                 reply.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if not await reply.drain(send_timeout):
-                    set_upstream_error("client_send_timeout")
-                    LOG.info("client stopped reading for %ss; cut off", send_timeout)
+                    client_stopped_reading(send_timeout)
                     reply.abort()
                     return
             if chunked:
                 reply.write(b"0\r\n\r\n")
         except UPSTREAM_ERRORS as exc:
-            # The upstream broke off or stalled. A truncated body must not look complete:
-            # drop the client connection instead of ending it.
-            if isinstance(exc, UpstreamBodyTimeout):
-                set_upstream_error("body_timeout")
-            elif isinstance(exc, UpstreamError):
-                set_upstream_error("body_broken")
-            LOG.info("stream interrupted: %s", type(exc).__name__)
+            stream_broken(exc)
             reply.abort()
         finally:
             upstream.release()

@@ -264,6 +264,23 @@ async def read_whole(upstream: UpstreamResponse) -> bytes | Failure:
         upstream.release()
 
 
+def client_stopped_reading(send_timeout: float) -> None:
+    """Record and log a client cut off for not reading a streamed answer (the caller
+    aborts its connection and so frees the upstream one)."""
+    set_upstream_error("client_send_timeout")
+    LOG.info("client stopped reading for %ss; cut off", send_timeout)
+
+
+def stream_broken(exc: BaseException) -> None:
+    """Record and log why a streamed answer stopped short (the caller drops the client
+    connection: a truncated body must not look complete)."""
+    if isinstance(exc, UpstreamBodyTimeout):
+        set_upstream_error("body_timeout")
+    elif isinstance(exc, UpstreamError):
+        set_upstream_error("body_broken")
+    LOG.info("stream interrupted: %s", type(exc).__name__)
+
+
 class _RelayedStream(web.StreamResponse):
     """An upstream answer as is: aiohttp adds ``Content-Type: application/octet-stream``
     to a body without one, which would make browsers download what they would sniff, and
@@ -316,18 +333,13 @@ async def _stream(
         async for chunk in upstream.chunks():
             await _send(response, chunk, send_timeout)
     except _ClientStopsReading:
-        set_upstream_error("client_send_timeout")
-        LOG.info("client stopped reading for %ss; cut off", send_timeout)
+        client_stopped_reading(send_timeout)
         if request.transport is not None:
             request.transport.abort()
     except UPSTREAM_ERRORS as exc:
         # The upstream broke off or stalled, or the client left. Either way a truncated
         # body must not look complete: drop the client connection instead of ending it.
-        if isinstance(exc, UpstreamBodyTimeout):
-            set_upstream_error("body_timeout")
-        elif isinstance(exc, UpstreamError):
-            set_upstream_error("body_broken")
-        LOG.info("stream interrupted: %s", type(exc).__name__)
+        stream_broken(exc)
         if request.transport is not None:
             request.transport.abort()
     finally:
