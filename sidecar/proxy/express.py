@@ -96,7 +96,13 @@ class ExpressLane:
         exchange = Exchange(self, head, reply, admitted)
         verdict = self.gateway.judge_now(admitted.path, admitted.cookies)
         if verdict is None:  # the store must be asked
-            exchange.task = asyncio.get_running_loop().create_task(exchange.judge())
+            task = exchange.task = asyncio.get_running_loop().create_task(exchange.judge())
+            drain = self.drain
+            if drain is not None:
+                # In flight while judged, as in aiohttp's handler: a graceful shutdown waits
+                # for it. (An answer counts itself before the judging ends: no gap between.)
+                drain.begin()
+                task.add_done_callback(lambda _: drain.end())
             return exchange
         return exchange if exchange.judged(verdict) else None
 
