@@ -16,6 +16,7 @@ a kept-alive connection exactly as a request arrives.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -216,3 +217,90 @@ async def test_header_values_reach_the_upstream_as_aiohttp_passes_them(
                      upstream.lines(b"Cookie")])  # fmt: skip
     assert seen[0] == seen[1] == [[b"X-Trailing: value"], [b"Accept: text/html"],
                                   [b"Cookie: theme=dark"]]  # fmt: skip
+
+
+# -- upstreams that misbehave: the lean front relays (or refuses) exactly as aiohttp does ---
+
+_ANSWERS: dict[bytes, bytes] = {
+    b"/interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ninterim",
+    b"/close": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nclose",
+    b"/until-close": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until the close",
+    b"/http10": b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhttp10",
+    b"/204-body": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    b"/304-body": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\nhello",
+    b"/extra": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+    b"/length-and-chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"/switch": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    b"/garbage": b"SPDY/3 200 OK\r\n\r\n",
+    b"/huge-head": b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n",
+    b"/cut-head": b"HTTP/1.1 200 OK\r\nContent-Le",
+    b"/short-body": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+}
+
+
+class _Misbehaves:
+    """A raw upstream answering each path of :data:`_ANSWERS` with its bytes; ``/silent``
+    gets no answer until the test ends (longer than ``proxy.upstream_timeout``: a 504)."""
+
+    def __init__(self) -> None:
+        self.over = asyncio.Event()
+
+    async def __call__(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        path = request_path(head)
+        if path == b"/silent":
+            await self.over.wait()
+            return False
+        answer = _ANSWERS.get(path)
+        if answer is None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(path), path))
+            return True
+        writer.write(answer)
+        return path in (b"/interim", b"/extra", b"/204-body", b"/304-body", b"/length-and-chunked")
+
+
+@pytest.fixture
+async def misbehaving(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, Sidecar]]:
+    limits: dict[str, object] = {"proxy": {"upstream_timeout": "500ms"}}
+    plain: dict[str, object] = {"proxy": {"lean_front": False, "upstream_timeout": "500ms"}}
+    answers = _Misbehaves()
+    async with RawUpstream(answers) as upstream:
+        up = upstream.pointing()
+        try:
+            async with (
+                running_sidecar(tmp_path / "lean", upstream=up, overrides=limits) as lean,
+                running_sidecar(tmp_path / "plain", upstream=up, overrides=plain) as aiohttp_only,
+            ):
+                yield lean, aiohttp_only
+        finally:
+            answers.over.set()
+
+
+def _masked(raw: bytes) -> bytes:
+    return re.sub(rb"(?im)^(date|x-request-id):[^\r\n]*", rb"\1: *", raw)
+
+
+async def test_a_misbehaving_upstream_gets_the_same_answers_as_through_aiohttp(
+    misbehaving: tuple[Sidecar, Sidecar],
+) -> None:
+    lean, plain = misbehaving
+    cookies = {id(sc): await _cookie(sc) for sc in (lean, plain)}
+    differ = []
+    paths = [p.decode() for p in _ANSWERS] + ["/silent"]
+    for path in paths:
+        got = []
+        for sc in (lean, plain):
+            cookie = cookies[id(sc)]
+            # The answer, then a plain request on the same connection: framed as aiohttp
+            # frames it, the second answer is /after's and nothing else.
+            data = _request(sc, cookie, path) + _request(sc, cookie, "/after", "Connection: close")
+            response = await raw_http(sc.proxy_port, data, answers=2, quiet=2.0)
+            got.append(_masked(response.raw))
+        if got[0] != got[1]:
+            differ.append((path, got[0][:300], got[1][:300]))
+    casebook.record("failure", tried=len(paths), through=len(differ))
+    assert not differ, differ
