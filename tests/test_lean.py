@@ -310,3 +310,92 @@ async def test_lean_connections_count_in_the_connections_gauge(tmp_path: Path) -
         finally:
             for writer in opened:
                 writer.close()
+
+
+async def test_clients_that_leave_at_every_stage_give_the_one_upstream_slot_back(
+    tmp_path: Path,
+) -> None:
+    # One upstream connection: a slot not given back makes the next request wait its
+    # upstream_timeout and fail with a 504.
+    overrides: dict[str, object] = {"proxy": {"max_connections": 1, "upstream_timeout": "2s"}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        host = f"127.0.0.1:{sc.proxy_port}"
+
+        def get(path: str, close: bool = False) -> bytes:
+            end = "Connection: close\r\n" if close else ""
+            return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n{end}\r\n".encode()
+
+        async def leave(path: str, after: bytes | None) -> asyncio.StreamWriter:
+            """Send ``path``, read up to ``after`` (or only send), and return the writer."""
+            reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+            writer.write(get(path))
+            await writer.drain()
+            if after is not None:
+                await asyncio.wait_for(reader.readuntil(after), 5)
+            return writer
+
+        async def next_request_is_prompt(stage: str) -> None:
+            started = time.monotonic()
+            response = await raw_http(sc.proxy_port, get("/app/next", close=True))
+            assert response.status == 200, stage
+            assert time.monotonic() - started < 1.5, stage  # not the 2 s upstream_timeout
+
+        # Mid-stream: a large body, the client leaves after its head.
+        (await leave("/_up/big?size=50000000", b"\r\n\r\n")).close()
+        await next_request_is_prompt("mid-stream")
+        # An idle stream (server-sent events): the client leaves after its head.
+        (await leave("/_up/sse", b"\r\n\r\n")).close()
+        await next_request_is_prompt("idle stream")
+        # Waiting for the slot: one client holds it (upstream silent), a second waits for
+        # it and leaves, then the first leaves.
+        holder = await leave("/_up/slow", None)
+        await asyncio.sleep(0.2)  # the first request is upstream, holding the slot
+        waiter = await leave("/app/waits", None)
+        await asyncio.sleep(0.2)  # the second waits for the slot
+        waiter.close()
+        holder.close()
+        await next_request_is_prompt("waiting for a slot")
+
+
+async def test_a_handover_from_the_store_lookup_mid_pipeline_keeps_every_byte_in_order(
+    tmp_path: Path,
+) -> None:
+    """A large streamed answer (reading pauses behind it), then a request whose unknown
+    cookie sends the lane to the store and back (declined: handed over from a task), then
+    400 more: every answer, in order, on one connection."""
+    async with running_sidecar(tmp_path) as sc:
+        sc.upstream.respond = lambda request: web.Response(text="ok " + request.raw_path)
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        host = f"127.0.0.1:{sc.proxy_port}"
+
+        def get(path: str, cookie: str = cookie, close: bool = False) -> bytes:
+            end = "Connection: close\r\n" if close else ""
+            return (
+                f"GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+                f"Accept: application/json\r\n{end}\r\n"
+            ).encode()
+
+        count = 400
+        unknown = f"{sc.cookie_name}={'A' * 43}"
+        data = b"".join(
+            [
+                get("/_up/big?size=3000000"),
+                get("/app/anonymous", unknown),
+                *(get(f"/app/{i}") for i in range(count)),
+                get("/app/last", close=True),
+            ]
+        )
+        before = _handovers()
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        try:
+            writer.write(data)
+            received = await asyncio.wait_for(reader.read(-1), 10)
+        finally:
+            writer.close()
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+        assert statuses[:3] == [b"200", b"401", b"200"]
+        assert len(statuses) == count + 3
+        paths = [p.decode() for p in re.findall(rb"ok (/app/(?:\d+|last))", received)]
+        assert paths == [f"/app/{i}" for i in range(count)] + ["/app/last"]
+        assert _handovers() == before + 1
