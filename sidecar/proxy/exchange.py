@@ -55,6 +55,7 @@ class Exchange:
     __slots__ = (
         "_admitted",
         "_conn",
+        "_deciding",
         "_head",
         "_lane",
         "_over",
@@ -78,6 +79,7 @@ class Exchange:
         self._started = self._sent = 0.0
         self._upstream_head = b""
         self._over = False
+        self._deciding = False  # the head came; the rest is looked at next iteration
         self.status = 500
 
     # -- the verdict -----------------------------------------------------------------
@@ -143,19 +145,33 @@ class Exchange:
     # -- the answer, in callbacks ----------------------------------------------------
     def upstream_event(self, conn: Connection) -> None:
         """The pooled connection's news (:class:`~sidecar.proxy.upstream_conn.Listener`)."""
-        if conn is not self._conn or self._over:
+        if conn is not self._conn or self._over or self._deciding:
             return
         try:
             self._on_upstream(conn)
         except Exception:
-            # A bug must not leave the client waiting for ever: drop both connections.
-            LOG.exception("the express lane failed relaying an answer")
-            pool = self._lane.forwarder.pool
-            if self._conn is conn and pool is not None:  # not handed on yet
-                self._conn = None
-                pool.drop(conn)
-            self._reply.abort()
-            self.finish()
+            self._broken(conn)
+
+    def _decide(self, conn: Connection) -> None:
+        """A loop iteration after the head came: the answer whole if the rest of its body
+        was read meanwhile (as the forwarder's task sees it when it resumes), else on in a
+        task."""
+        if conn is not self._conn or self._over:
+            return
+        try:
+            self._answer_now(conn)
+        except Exception:
+            self._broken(conn)
+
+    def _broken(self, conn: Connection) -> None:
+        # A bug must not leave the client waiting for ever: drop both connections.
+        LOG.exception("the express lane failed relaying an answer")
+        pool = self._lane.forwarder.pool
+        if self._conn is conn and pool is not None:  # not handed on yet
+            self._conn = None
+            pool.drop(conn)
+        self._reply.abort()
+        self.finish()
 
     def _on_upstream(self, conn: Connection) -> None:
         pool = self._lane.forwarder.pool
@@ -163,10 +179,10 @@ class Exchange:
         record = self._record
         assert record is not None
         error = conn.error
-        if error is None and conn.head_pending:
-            return
-        self._conn = None
-        if error is not None:
+        if conn.head_pending:
+            if error is None:
+                return
+            self._conn = None
             pool.drop(conn)
             if isinstance(error, StaleConnection) and self._head.method in IDEMPOTENT:
                 # The upstream closed the idle connection as the request left: once more,
@@ -186,6 +202,16 @@ class Exchange:
         elapsed = time.perf_counter() - self._started
         record.upstream_s = elapsed
         metrics.observe_upstream(elapsed)
+        if conn.complete:
+            self._answer_now(conn)  # the usual case: the whole answer came in one read
+        else:
+            self._deciding = True
+            asyncio.get_running_loop().call_soon(self._decide, conn)
+
+    def _answer_now(self, conn: Connection) -> None:
+        pool = self._lane.forwarder.pool
+        assert pool is not None  # the connection came from it
+        self._conn = None
         upstream = pool.response(conn)
         if not upstream.complete:
             conn.detach()
