@@ -299,6 +299,8 @@ class LeanConnection(asyncio.Protocol):
         handler = server.handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self._head_since is not None:  # an incomplete head: its time is partly spent
+            handler.head_began(self._head_since)
         if self._paused_reading:
             transport.resume_reading()
         data, self._buffer = bytes(self._buffer), bytearray()

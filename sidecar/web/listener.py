@@ -152,6 +152,12 @@ class _Handler(RequestHandler):
         if self._request_count != count:
             self._stop_head_timer()
 
+    def head_began(self, at: float) -> None:
+        """The request head in progress began at loop time ``at``, before this handler
+        had the connection (the lean front's handover): its deadline counts from then."""
+        self._stop_head_timer()
+        self._head_timer = self._loop.call_at(at + self._guard.head_timeout, self._head_late)
+
     def _stop_head_timer(self) -> None:
         timer, self._head_timer = self._head_timer, None
         if timer is not None:
@@ -235,7 +241,7 @@ class _Server(web.Server):
             return LeanConnection(self, self._lane)
         return self.handler()
 
-    def handler(self) -> RequestHandler:
+    def handler(self) -> _Handler:
         """An aiohttp connection of this server (not yet connected)."""
         return _Handler(self, loop=self._loop, guard=self.guard, **self._kwargs)
 

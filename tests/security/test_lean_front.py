@@ -16,7 +16,9 @@ a kept-alive connection exactly as a request arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -304,3 +306,42 @@ async def test_a_misbehaving_upstream_gets_the_same_answers_as_through_aiohttp(
             differ.append((path, got[0][:300], got[1][:300]))
     casebook.record("failure", tried=len(paths), through=len(differ))
     assert not differ, differ
+
+
+# -- the listener's limits hold across a handover ------------------------------------------
+
+
+async def test_a_slow_head_handed_over_midway_gets_no_second_head_timeout(
+    tmp_path: Path,
+) -> None:
+    """``request_head_timeout`` counts from the head's first byte, whichever server holds
+    the connection when it runs out: a slow head that grows past what the lean front reads
+    is handed over to aiohttp's server with the time it already took."""
+    timeout = 1.0
+    limits: dict[str, object] = {"proxy": {"request_head_timeout": "1s"}}
+    async with running_sidecar(tmp_path, overrides=limits) as sc:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        started = time.monotonic()
+        writer.write(f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n".encode())
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                await asyncio.sleep(0.8 * timeout)  # the slow client's pace: the attack
+                # Past proxy.max_header_size (8 KiB here): the lean front hands it over.
+                writer.write(b"X-Long: " + b"a" * 9000)
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    writer.write(b"a")
+                    await writer.drain()
+
+        dribbler = asyncio.create_task(trickle())
+        try:
+            data = await asyncio.wait_for(reader.read(-1), 5 * timeout)
+            closed_after = time.monotonic() - started
+        finally:
+            dribbler.cancel()
+            writer.close()
+    late = closed_after > timeout + 0.5
+    casebook.record("connections", through=int(late))
+    assert data.startswith(b"HTTP/1.1 408 "), data[:100]
+    assert not late, closed_after
