@@ -159,7 +159,10 @@ class Exchange:
         if conn is not self._conn or self._over:
             return
         try:
-            self._answer_now(conn)
+            if conn.error is not None:
+                self._on_upstream(conn)  # what the forwarder's exchange() raises on resuming
+            else:
+                self._answer_now(conn)
         except Exception:
             self._broken(conn)
 
@@ -179,7 +182,9 @@ class Exchange:
         record = self._record
         assert record is not None
         error = conn.error
-        if conn.head_pending:
+        if conn.head_pending or error is not None:
+            # An error in the read that completed the head (one too large, a bad byte
+            # after it) fails the exchange as the forwarder's exchange() does: 502/504.
             if error is None:
                 return
             self._conn = None
