@@ -37,7 +37,7 @@ from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.origins import PublicOrigin, hosts_allowed
 from sidecar.proxy.paths import NormalPath, UnsafePath, normalise
 from sidecar.services import Services
-from sidecar.sessions import NO_COOKIES, RequestCookies, cookie_values
+from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_values
 from sidecar.web.accesslog import AccessLine
 from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
@@ -71,14 +71,14 @@ class ExpressLane:
         forwarder: Forwarder,
         public: PublicOrigin,
         clients: ClientAddresses,
-        cookie_name: str,
+        sessions: SessionManager,
     ) -> None:
         self.services = services
         self.gateway = gateway
         self.forwarder = forwarder
         self.clients = clients
         self._public = public
-        self._cookie_name = cookie_name
+        self._sessions = sessions  # its cookie_name: a reload may change it
         self._own: tuple[str, ...] = (services.config.proxy.prefix,)
         self._normalise = Memo(normalise)
         self.access = AccessLine("proxy")
@@ -151,5 +151,5 @@ class ExpressLane:
             forwarded if trusted else (),
         ):
             return None
-        read = cookie_values(cookies, self._cookie_name) if cookies else NO_COOKIES
+        read = cookie_values(cookies, self._sessions.cookie_name) if cookies else NO_COOKIES
         return Admitted(path, path_text, read, request_id, accept, forwarded_for)

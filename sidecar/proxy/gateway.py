@@ -118,7 +118,7 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_catch_all(gateway.proxy)
     if services.config.proxy.lean_front:
         # The hot path, served before aiohttp's server sees it (sidecar.web.lean).
-        lane = ExpressLane(services, gateway, forwarder, public, clients, sessions.cookie_name)
+        lane = ExpressLane(services, gateway, forwarder, public, clients, sessions)
         lane.own_routes(router.own_literals())
         app[LANE] = lane
     return app

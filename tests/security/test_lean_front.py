@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator
@@ -345,3 +346,26 @@ async def test_a_slow_head_handed_over_midway_gets_no_second_head_timeout(
     casebook.record("connections", through=int(late))
     assert data.startswith(b"HTTP/1.1 408 "), data[:100]
     assert not late, closed_after
+
+
+# -- a reload: the lean front judges by the new config at once ----------------------------
+
+
+@pytest.mark.parametrize("lean_front", [True, False], ids=["lean", "aiohttp"])
+async def test_a_renamed_session_cookie_stops_working_under_its_old_name_at_once(
+    tmp_path: Path, lean_front: bool
+) -> None:
+    """``session.cookie_name`` changes on a reload (e.g. to a ``__Host-`` name, whose rules
+    a cookie under the old name — set with a Domain, open to cookie tossing from a sibling
+    subdomain — never had): a cookie under the old name is an ordinary cookie from then on."""
+    front: dict[str, object] = {"proxy": {"lean_front": lean_front}}
+    async with running_sidecar(tmp_path, overrides=front) as sc:
+        old = await _cookie(sc)
+        assert (await raw_http(sc.proxy_port, _request(sc, old, "/app/before"))).status == 200
+        session = dataclasses.replace(sc.config.session, cookie_name="sidecar_v2")
+        sc.services.reconfigure(dataclasses.replace(sc.config, session=session))
+        accept = "Accept: application/json"
+        response = await raw_http(sc.proxy_port, _request(sc, old, "/app/after", accept))
+        casebook.record("cookies", through=int(response.status != 401))
+        assert response.status == 401
+        assert sc.upstream.last.raw_path == "/app/before"
