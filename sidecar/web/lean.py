@@ -177,6 +177,8 @@ class LeanConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused_writing = False
         self._wake_writer()
+        if self._current is None and self._go_on():
+            self._next()  # the requests that waited for the client to read
 
     # -- Reply -----------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -234,6 +236,13 @@ class LeanConnection(asyncio.Protocol):
                 else:
                     self._idle_since = server.clock()
                 return
+            if self._paused_writing:
+                # The client is not reading its answers: no more of them until it does
+                # (resume_writing), as aiohttp's handler waits in drain().
+                if len(buffer) > _READ_AHEAD and not self._paused_reading:
+                    self._paused_reading = True
+                    transport.pause_reading()
+                return
             self._idle_since = None
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -281,6 +290,8 @@ class LeanConnection(asyncio.Protocol):
         if not self._keep_alive:
             transport.close()
             return False
+        if self._paused_writing:
+            return False  # resume_writing goes on
         if self._paused_reading:
             self._paused_reading = False
             transport.resume_reading()

@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import dataclasses
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.harness import (
     RawUpstream,
@@ -369,3 +371,38 @@ async def test_a_renamed_session_cookie_stops_working_under_its_old_name_at_once
         casebook.record("cookies", through=int(response.status != 401))
         assert response.status == 401
         assert sc.upstream.last.raw_path == "/app/before"
+
+
+# -- a client that pipelines and never reads ------------------------------------------------
+
+
+@pytest.mark.parametrize("lean_front", [True, False], ids=["lean", "aiohttp"])
+async def test_a_client_that_does_not_read_stops_its_pipeline(
+    tmp_path: Path, lean_front: bool
+) -> None:
+    """Thousands of pipelined requests for a 60 KB answer, and not a byte read: answers
+    are not written faster than the client takes them, so the requests behind wait (the
+    upstream never sees them) instead of piling answers up in the sidecar's memory."""
+    front: dict[str, object] = {"proxy": {"lean_front": lean_front}}
+    async with running_sidecar(tmp_path, overrides=front) as sc:
+        sc.upstream.respond = lambda request: web.Response(body=b"x" * 60_000)
+        cookie = await _cookie(sc)
+        count = 2000
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sc.proxy_port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(_request(sc, cookie, "/app/big") * count)
+            await writer.drain()
+            before = -1
+            while before != len(sc.upstream.requests):  # until the sidecar stops forwarding
+                before = len(sc.upstream.requests)
+                await asyncio.sleep(0.3)
+        finally:
+            writer.close()
+        # What socket buffers and a transport's high-water mark hold, not 2000 answers.
+        forwarded = len(sc.upstream.requests)
+        casebook.record("connections", through=int(forwarded > 200))
+        assert forwarded < 200, forwarded
