@@ -406,3 +406,39 @@ async def test_a_client_that_does_not_read_stops_its_pipeline(
         forwarded = len(sc.upstream.requests)
         casebook.record("connections", through=int(forwarded > 200))
         assert forwarded < 200, forwarded
+
+
+@pytest.mark.parametrize("lean_front", [True, False], ids=["lean", "aiohttp"])
+async def test_a_reload_that_denies_a_path_applies_to_the_next_request_in_flight_ones_finish(
+    tmp_path: Path, lean_front: bool
+) -> None:
+    """The role's rules change (``/app/**`` denied) while a request for ``/app/slow`` is
+    upstream: that one is answered, the next one on the same connection is refused 403."""
+    front: dict[str, object] = {"proxy": {"lean_front": lean_front}}
+    async with running_sidecar(tmp_path, overrides=front) as sc:
+        release = asyncio.Event()
+
+        async def respond(request: web.BaseRequest) -> web.StreamResponse:
+            if request.path == "/app/slow":
+                await release.wait()
+            return web.Response(text="ok " + request.path)
+
+        sc.upstream.respond = respond
+        cookie = await _cookie(sc)
+        data = _request(sc, cookie, "/app/slow") + _request(
+            sc, cookie, "/app/next", "Accept: application/json", "Connection: close"
+        )
+        answer = asyncio.create_task(raw_http(sc.proxy_port, data, answers=2, quiet=5.0))
+        while not sc.upstream.requests or sc.upstream.last.raw_path != "/app/slow":
+            await asyncio.sleep(0.01)  # the first request reaches the upstream
+        role = sc.config.roles["Authenticated"]
+        denied = dataclasses.replace(role, deny=type(role.deny)((*role.deny, "/app/**")))
+        roles = {**sc.config.roles, "Authenticated": denied}
+        sc.services.reconfigure(dataclasses.replace(sc.config, roles=roles))
+        release.set()
+        response = await answer
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", response.raw)
+        through = statuses != [b"200", b"403"]
+        casebook.record("paths", through=int(through))
+        assert statuses == [b"200", b"403"], response.raw[:400]
+        assert sc.upstream.last.raw_path == "/app/slow"
