@@ -416,10 +416,11 @@ async def test_a_reload_that_denies_a_path_applies_to_the_next_request_in_flight
     upstream: that one is answered, the next one on the same connection is refused 403."""
     front: dict[str, object] = {"proxy": {"lean_front": lean_front}}
     async with running_sidecar(tmp_path, overrides=front) as sc:
-        release = asyncio.Event()
+        arrived, release = asyncio.Event(), asyncio.Event()
 
         async def respond(request: web.BaseRequest) -> web.StreamResponse:
             if request.path == "/app/slow":
+                arrived.set()
                 await release.wait()
             return web.Response(text="ok " + request.path)
 
@@ -429,8 +430,7 @@ async def test_a_reload_that_denies_a_path_applies_to_the_next_request_in_flight
             sc, cookie, "/app/next", "Accept: application/json", "Connection: close"
         )
         answer = asyncio.create_task(raw_http(sc.proxy_port, data, answers=2, quiet=5.0))
-        while not sc.upstream.requests or sc.upstream.last.raw_path != "/app/slow":
-            await asyncio.sleep(0.01)  # the first request reaches the upstream
+        await asyncio.wait_for(arrived.wait(), 5)  # the first request is upstream
         role = sc.config.roles["Authenticated"]
         denied = dataclasses.replace(role, deny=type(role.deny)((*role.deny, "/app/**")))
         roles = {**sc.config.roles, "Authenticated": denied}
