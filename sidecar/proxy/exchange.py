@@ -35,7 +35,12 @@ from sidecar.proxy.forward import (
     stream_broken,
 )
 from sidecar.proxy.pool import IDEMPOTENT, UpstreamResponse
-from sidecar.proxy.upstream_conn import Connection, StaleConnection, UpstreamTimeout
+from sidecar.proxy.upstream_conn import (
+    Connection,
+    StaleConnection,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from sidecar.proxy.verdicts import STORE_DOWN, Verdict
 from sidecar.telemetry import metrics
 from sidecar.telemetry.context import CURRENT, RequestRecord
@@ -159,8 +164,8 @@ class Exchange:
         if conn is not self._conn or self._over:
             return
         try:
-            if conn.error is not None:
-                self._on_upstream(conn)  # what the forwarder's exchange() raises on resuming
+            if conn.error is not None:  # what the forwarder's exchange() raises on resuming
+                self._upstream_failed(conn, conn.error)
             else:
                 self._answer_now(conn)
         except Exception:
@@ -182,27 +187,10 @@ class Exchange:
         record = self._record
         assert record is not None
         error = conn.error
-        if conn.head_pending or error is not None:
-            # An error in the read that completed the head (one too large, a bad byte
-            # after it) fails the exchange as the forwarder's exchange() does: 502/504.
-            if error is None:
-                return
-            self._conn = None
-            pool.drop(conn)
-            if isinstance(error, StaleConnection) and self._head.method in IDEMPOTENT:
-                # The upstream closed the idle connection as the request left: once more,
-                # on a fresh one, as the pool does. Only an idempotent request: the
-                # upstream may have acted on it before closing (RFC 9110 §9.2.2).
-                self.task = asyncio.get_running_loop().create_task(self._relay())
-                return
-            record.upstream_s = time.perf_counter() - self._started
-            if isinstance(error, UpstreamTimeout):
-                LOG.warning("upstream did not answer within %ss", conn.timeout)
-                self._fail(GATEWAY_TIMEOUT)
-            else:
-                LOG.warning("upstream request failed: %s", error)
-                self._fail(BAD_GATEWAY)
-            self.finish()
+        if error is not None:
+            self._upstream_failed(conn, error)
+            return
+        if conn.head_pending:
             return
         elapsed = time.perf_counter() - self._started
         record.upstream_s = elapsed
@@ -212,6 +200,31 @@ class Exchange:
         else:
             self._deciding = True
             asyncio.get_running_loop().call_soon(self._decide, conn)
+
+    def _upstream_failed(self, conn: Connection, error: UpstreamError) -> None:
+        """An error by the time the answer is looked at (none came, or the read that
+        completed the head also failed: one too large, a bad byte after it) fails the
+        exchange as the forwarder's ``exchange()`` does when it resumes: 502/504."""
+        pool = self._lane.forwarder.pool
+        record = self._record
+        assert pool is not None  # the connection came from it
+        assert record is not None
+        self._conn = None
+        pool.drop(conn)
+        if isinstance(error, StaleConnection) and self._head.method in IDEMPOTENT:
+            # The upstream closed the idle connection as the request left: once more, on
+            # a fresh one, as the pool does. Only an idempotent request: the upstream may
+            # have acted on it before closing (RFC 9110 §9.2.2).
+            self.task = asyncio.get_running_loop().create_task(self._relay())
+            return
+        record.upstream_s = time.perf_counter() - self._started
+        if isinstance(error, UpstreamTimeout):
+            LOG.warning("upstream did not answer within %ss", conn.timeout)
+            self._fail(GATEWAY_TIMEOUT)
+        else:
+            LOG.warning("upstream request failed: %s", error)
+            self._fail(BAD_GATEWAY)
+        self.finish()
 
     def _answer_now(self, conn: Connection) -> None:
         pool = self._lane.forwarder.pool
