@@ -31,9 +31,7 @@ so its upstream connection is freed at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from sidecar.telemetry import metrics
@@ -323,7 +321,7 @@ class LeanConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # -- the listener's limits (LeanConnections.sweep) --------------------------------
+    # -- the listener's limits (sidecar.web.lean_limits) ------------------------------
     def check_limits(self, now: float, head_timeout: float, keepalive_timeout: float) -> None:
         transport = self.transport
         if transport is None or self._current is not None:
@@ -348,72 +346,3 @@ class LeanConnection(asyncio.Protocol):
         """Shutdown's end: drop the connection (the request in progress is cancelled)."""
         if self.transport is not None:
             self.transport.abort()
-
-
-class LeanConnections:
-    """A listener's lean connections and the one timer that enforces their limits."""
-
-    def __init__(
-        self,
-        head_timeout: float,
-        keepalive_timeout: float,
-        clock: Callable[[], float],
-    ) -> None:
-        self._head_timeout = head_timeout
-        self._keepalive_timeout = keepalive_timeout
-        self._clock = clock
-        # A late 408 or idle close by a quarter of the limit (at most a second) is no harm.
-        self._tick = max(0.02, min(1.0, head_timeout / 4, keepalive_timeout / 4))
-        self._connections: set[LeanConnection] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._busy = 0
-        self._quiet = asyncio.Event()
-        self._quiet.set()
-
-    def __len__(self) -> int:
-        return len(self._connections)
-
-    def __iter__(self) -> Iterator[LeanConnection]:
-        return iter(list(self._connections))
-
-    def add(self, conn: LeanConnection) -> None:
-        self._connections.add(conn)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
-
-    def discard(self, conn: LeanConnection) -> None:
-        self._connections.discard(conn)
-
-    def entered(self) -> None:
-        """A request is in progress on one of the connections."""
-        self._busy += 1
-        self._quiet.clear()
-
-    def left(self) -> None:
-        """A request :meth:`entered` is over."""
-        self._busy -= 1
-        if self._busy == 0:
-            self._quiet.set()
-
-    def _sweep(self) -> None:
-        now = self._clock()
-        for conn in list(self._connections):
-            conn.check_limits(now, self._head_timeout, self._keepalive_timeout)
-        loop = asyncio.get_running_loop()
-        self._sweeper = loop.call_later(self._tick, self._sweep) if self._connections else None
-
-    def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-
-    async def shutdown(self, grace: float) -> None:
-        """Close idle connections, give busy ones ``grace`` seconds, then cancel them."""
-        for conn in list(self._connections):
-            conn.shut()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self._quiet.wait()
-        for conn in list(self._connections):
-            conn.cancel()
-        self.stop()
