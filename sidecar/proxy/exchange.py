@@ -12,6 +12,9 @@ wherever something must be awaited, with the same rules as
   a slot or connects, and retries a stale connection once);
 * the body is not in yet, or is large (:meth:`_answer`: read whole within
   ``upstream_timeout``, or streamed with ``stream_idle_timeout`` and ``send_timeout``).
+  Whether it is in is looked at one loop iteration after the head came
+  (:meth:`_decide`), when the forwarder's own task would look: a small answer split over
+  two reads is relayed whole on both paths.
 
 Failures answer the forwarder's 502/504 pages, logged with its words. Every request ends in
 :meth:`finish`: counted by the drain, one access line, the connection told.
@@ -66,7 +69,6 @@ class Exchange:
         "_over",
         "_record",
         "_reply",
-        "_sent",
         "_started",
         "_upstream_head",
         "status",
@@ -81,7 +83,7 @@ class Exchange:
         self.task: asyncio.Task[None] | None = None
         self._conn: Connection | None = None
         self._record: RequestRecord | None = None
-        self._started = self._sent = 0.0
+        self._started = 0.0
         self._upstream_head = b""
         self._over = False
         self._deciding = False  # the head came; the rest is looked at next iteration
