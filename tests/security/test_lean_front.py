@@ -243,6 +243,19 @@ _ANSWERS: dict[bytes, bytes] = {
     b"/huge-head": b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n",
     b"/cut-head": b"HTTP/1.1 200 OK\r\nContent-Le",
     b"/short-body": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+    b"/length-zeros": b"HTTP/1.1 200 OK\r\nContent-Length: 005\r\n\r\nzeros",
+    b"/length-spaces": b"HTTP/1.1 200 OK\r\nContent-Length:   5  \r\n\r\nspace",
+    b"/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\ntwice",
+    b"/chunked-ext": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;name=value\r\nchunk\r\n0\r\nTrailer: x\r\n\r\n",
+    b"/gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n",
+    b"/obs-fold": b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 4\r\n\r\nfold",
+    b"/lf-only": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nlf",
+    b"/no-reason": b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nnr",
+    b"/odd-status": b"HTTP/1.1 599 Whatever\r\nContent-Length: 3\r\n\r\nodd",
+    b"/set-cookie-own": b"HTTP/1.1 200 OK\r\nSet-Cookie: sidecar_session=evil\r\n"
+    b"Set-Cookie:  sidecar_session =evil2\r\nContent-Length: 2\r\n\r\nsc",
 }
 
 
@@ -265,7 +278,7 @@ class _Misbehaves:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(path), path))
             return True
         writer.write(answer)
-        return path in (b"/interim", b"/extra", b"/204-body", b"/304-body", b"/length-and-chunked")
+        return path not in (b"/close", b"/until-close", b"/http10", b"/short-body", b"/cut-head")
 
 
 @pytest.fixture
