@@ -218,12 +218,18 @@ class RedisStore(RedisCalls, Store):
     async def create_session(self, session: SessionRecord) -> None:
         s = session
         key = self._key("sess", s.key)
+        indexes = (self._key("usess", s.user_id), self._key("tsess", s.token_id))
+        dead_at = _ms(_codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout))
+        fields = _flat(_codec.session_fields(s))
+        if self._target.mode != "cluster":  # one node holds every key: one script
+            args: list[str | int] = [_ms(s.expires_at), dead_at, *fields]
+            await self._eval(lua.CREATE_INDEXED_SESSION, [*indexes, key], args)
+            return
         # Index first: if the second step fails, the index holds an entry that
         # delete_user_sessions checks and skips, never a session it cannot find.
-        for index in (self._key("usess", s.user_id), self._key("tsess", s.token_id)):
+        for index in indexes:
             await self._eval(lua.INDEX_SESSION, [index], [key, _ms(s.expires_at)])
-        dead_at = _ms(_codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout))
-        await self._eval(lua.CREATE_SESSION, [key], [dead_at, *_flat(_codec.session_fields(s))])
+        await self._eval(lua.CREATE_SESSION, [key], [dead_at, *fields])
 
     async def get_session(self, key: str) -> SessionRecord | None:
         fields = await self._hgetall(self._key("sess", key))

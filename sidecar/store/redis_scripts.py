@@ -5,6 +5,8 @@ so Redis Cluster can route it: all of a script's keys hash to one slot. Where a 
 its index cannot share a slot (a session and its user's index, a link and its hash index),
 the store writes them in separate steps ordered so that a failure in between leaves only
 an index entry that readers check and ignore — never a record that an index misses.
+Outside a cluster, where one node holds every key, ``CREATE_INDEXED_SESSION`` does a
+session's three steps in one script.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ CREATE_SESSION = """
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+"""
+
+# Outside a cluster only (a node holds every key): INDEX_SESSION on both indexes and
+# CREATE_SESSION in one call. KEYS: user index, link index, session.
+# ARGV: expires_at (ms), dead_at (ms), field, value, ...
+CREATE_INDEXED_SESSION = """
+for i = 1, 2 do
+  redis.call('SADD', KEYS[i], KEYS[3])
+  if redis.call('PEXPIRETIME', KEYS[i]) < tonumber(ARGV[1]) then
+    redis.call('PEXPIREAT', KEYS[i], ARGV[1])
+  end
+end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], unpack(ARGV, 3))
+redis.call('PEXPIREAT', KEYS[3], ARGV[2])
 """
 
 # KEYS: session. ARGV: last_seen. Never moves last_seen back, never revives a session.
