@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.harness import (
     RawUpstream,
@@ -35,6 +37,7 @@ from tests.harness import (
     running_sidecar,
 )
 from tests.security import casebook
+from tests.security.fuzzing import fuzz
 
 
 async def _cookie(sc: Sidecar) -> str:
@@ -455,3 +458,63 @@ async def test_a_reload_that_denies_a_path_applies_to_the_next_request_in_flight
         casebook.record("paths", through=int(through))
         assert statuses == [b"200", b"403"], response.raw[:400]
         assert sc.upstream.last.raw_path == "/app/slow"
+
+
+# -- a differential fuzz: random heads, the same outcome through either front --------------
+
+_TARGET_PARTS = st.sampled_from(
+    ["/", "app", "a", "%", "%2F", "%41", "?", "&", "=", "refer", "..", ".", "//", ";", "~",
+     "+", "*", "!", "$", "'", "(", ":", "@", "[", "%00", "%e9", "\u00e9", "#", "_sidecar",
+     "static", "favicon.ico", "admin", "private"]
+)  # fmt: skip
+_NAMES = st.sampled_from(
+    ["X-A", "Cookie", "Accept", "X-Forwarded-For", "X-Forwarded-Host", "Forwarded",
+     "Connection", "Keep-Alive", "TE", "X-Forwarded-User", "X_Forwarded_User",
+     "X.Forwarded.User", "x-forwarded-role", "Authorization", "X-Request-Id", "Content-Length",
+     "X-Original-URL", "Origin", "Range", "Max-Forwards", "Content-Type", "User-Agent", "Host"]
+)  # fmt: skip
+_VALUES = st.sampled_from(
+    ["", "0", "1", "close", "keep-alive", "X-A", "x-a, close", "a=b", "sidecar_session=junk",
+     "1.2.3.4", "evil.com", "host=evil.com", " v ", "\t", "a,b", "Content-Length", "*", "%",
+     "\u00e9", "text/html", "application/json", "http://evil.com", "/admin"]
+)  # fmt: skip
+
+
+@fuzz(150)
+@given(
+    method=st.sampled_from(["GET", "POST", "DELETE", "OPTIONS", "PUT", "PATCH", "HEAD", "TRACE"]),
+    target=st.one_of(
+        st.sampled_from(["/app/x", "/app/x?a=1", "/static/s.css", "/admin/x", "/", "/a/b/c"]),
+        st.lists(_TARGET_PARTS, max_size=5).map(lambda parts: "/" + "".join(parts)),
+    ),
+    headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=4),
+    cookie=st.sampled_from(["live", "live", "unknown", "none"]),
+)
+async def test_random_heads_get_the_same_answer_and_upstream_request_through_either_front(
+    fronts: tuple[Sidecar, Sidecar, _Records],
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    cookie: str,
+) -> None:
+    lean, plain, upstream = fronts
+    outcomes = []
+    for sc in (lean, plain):
+        if not sc.memo:
+            sc.memo["live"] = await _cookie(sc)
+        lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{sc.proxy_port}"]
+        if cookie != "none":
+            value = sc.memo["live"] if cookie == "live" else f"{sc.cookie_name}={'B' * 43}"
+            lines.append(f"Cookie: {value}")
+        lines += [f"{name}: {value}" for name, value in headers] + ["Connection: close"]
+        before = len(upstream.heads)
+        response = await raw_http(sc.proxy_port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        sent = [
+            re.sub(rb"(?im)^x-request-id:[^\r\n]*\r\n", b"", head).replace(
+                str(sc.proxy_port).encode(), b"PORT"
+            )
+            for head in upstream.heads[before:]
+        ]
+        outcomes.append((response.status, sent))
+    casebook.record("framing", through=int(outcomes[0] != outcomes[1]))
+    assert outcomes[0] == outcomes[1]
