@@ -21,7 +21,9 @@ purging); users are the only records that never expire. Keys, under ``prefix``:
 On a cluster, ``user:`` and ``email:`` become ``{u}:user:`` and ``{u}:email:``: the hash
 tag puts all users in one slot, so "this email is free" and "create the user" stay one
 atomic script. Every other script touches one key, so tokens, sessions, links and
-counters spread over the whole cluster.
+counters spread over the whole cluster. Outside a cluster, where one node holds every key,
+a burn or revocation records its time in the same script, and a session is created with
+its two index entries in one script (one round trip each, not two and three).
 
 With ``min_replicas_ack`` N > 0, burns, revocations and session ends are followed by
 ``WAIT N`` on the same connection; fewer acknowledgements within 1 s fail the call with
@@ -133,7 +135,13 @@ class RedisStore(RedisCalls, Store):
     # -- one-time tokens --------------------------------------------------------------
     async def _set_state(self, token_id: str, state: TokenState, expires_at: float) -> str | None:
         args = [state.value, _ms(expires_at), _MIN_TOKEN_TTL_MS]
-        old = await self._eval_acked(lua.SET_STATE_ONCE, self._key("tok", token_id), args)
+        key = self._key("tok", token_id)
+        if self._target.mode != "cluster":  # the time in the same script, one round trip
+            old = await self._eval_acked(
+                lua.SET_STATE_ONCE, [key, self._key("tokat", token_id)], args
+            )
+            return None if old is None else str(old)
+        old = await self._eval_acked(lua.SET_STATE_ONCE, key, args)
         if old is None:
             await self._note_state_time(token_id, expires_at)
         return None if old is None else str(old)
@@ -141,9 +149,10 @@ class RedisStore(RedisCalls, Store):
     async def _note_state_time(self, token_id: str, expires_at: float) -> None:
         """Record when a token was burned or revoked, for ``GET /tokens/{id}``.
 
-        A second key (on a cluster it cannot share the state's slot) written after the
-        state, and best effort: the state is what matters and is already durable, so a
-        failure here must not turn a good redemption into a 503 — the time is then absent."""
+        On a cluster only (elsewhere the state's script writes it): a second key, which
+        cannot share the state's slot, written after the state, and best effort: the state
+        is what matters and is already durable, so a failure here must not turn a good
+        redemption into a 503 — the time is then absent."""
         at = max(_ms(expires_at), _ms(time.time()) + _MIN_TOKEN_TTL_MS)
         try:
             async with self._call() as redis:

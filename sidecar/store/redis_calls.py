@@ -118,14 +118,21 @@ class RedisCalls:
                 result = await redis.eval(script, len(keys), *keys, *args)
         return result
 
-    async def _eval_acked(self, script: str, key: str, args: Sequence[str | int] = ()) -> object:
-        """Run a one-key write and, with ``min_replicas_ack``, ``WAIT`` for the replicas
-        on the same connection (``WAIT`` counts only that connection's writes)."""
+    async def _eval_acked(
+        self, script: str, key: str | list[str], args: Sequence[str | int] = ()
+    ) -> object:
+        """Run a write script and, with ``min_replicas_ack``, ``WAIT`` for the replicas
+        on the same connection (``WAIT`` counts only that connection's writes). Several
+        keys only outside a cluster (on a cluster they may live on several nodes)."""
+        keys = [key] if isinstance(key, str) else key
         need = self._options.min_replicas_ack
         if need == 0:
-            return await self._eval(script, [key], args)
+            return await self._eval(script, keys, args)
         async with self._call() as redis:
             if isinstance(redis, RedisCluster):
+                if len(keys) != 1:
+                    raise ValueError("a write script on a cluster names one key")
+                key = keys[0]
                 node = redis.get_node_from_key(key)
                 cpipe = redis.pipeline()
                 cpipe.eval(script, 1, key, *args)
@@ -135,7 +142,7 @@ class RedisCalls:
                     raise StoreUnavailable("Redis: the slot moved during an acknowledged write")
             else:
                 pipe = redis.pipeline(transaction=False)
-                pipe.eval(script, 1, key, *args)
+                pipe.eval(script, len(keys), *keys, *args)
                 pipe.execute_command("WAIT", need, _WAIT_TIMEOUT_MS)
                 result, acked = await pipe.execute()
         if not isinstance(acked, int) or acked < need:

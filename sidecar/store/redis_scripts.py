@@ -6,17 +6,23 @@ its index cannot share a slot (a session and its user's index, a link and its ha
 the store writes them in separate steps ordered so that a failure in between leaves only
 an index entry that readers check and ignore — never a record that an index misses.
 Outside a cluster, where one node holds every key, ``CREATE_INDEXED_SESSION`` does a
-session's three steps in one script.
+session's three steps in one script, and ``SET_STATE_ONCE`` records the time too.
 """
 
 from __future__ import annotations
 
-# KEYS: token key. ARGV: state to set, expires_at (ms), min ttl (ms). Returns old state.
+# KEYS: token key[, token time key: outside a cluster only]. ARGV: state to set,
+# expires_at (ms), min ttl (ms). Returns the old state; when there was none and a time key
+# is given, also records there when (Redis' clock, epoch seconds) with the same expiry.
 SET_STATE_ONCE = """
 local t = redis.call('TIME')
 local floor = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
 local at = math.max(tonumber(ARGV[2]), floor)
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', at, 'GET')
+local old = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', at, 'GET')
+if not old and KEYS[2] then
+  redis.call('SET', KEYS[2], string.format('%d.%06d', t[1], t[2]), 'NX', 'PXAT', at)
+end
+return old
 """
 
 # KEYS: user (or link) index. ARGV: session key, expires_at (ms). The index lives until the last
