@@ -211,6 +211,53 @@ async def test_a_head_aiohttp_refuses_is_refused_and_never_forwarded(
     assert not differ, differ
 
 
+# Whole requests ({host} and {cookie} filled in) the lean front hands over or serves at a
+# limit: each must get aiohttp's status, and the upstream the same number of requests.
+EDGE_REQUESTS: dict[str, str] = {
+    "asterisk form": "OPTIONS * HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n",
+    "absolute form": "GET http://{host}/app/x HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n",
+    "authority form": "CONNECT {host} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n",
+    "HTTP/1.0": "GET /app/x HTTP/1.0\r\nHost: {host}\r\nCookie: {cookie}\r\n",
+    "HTTP/1.0 keep-alive": "GET /app/x HTTP/1.0\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+    "Connection: keep-alive\r\n",
+    "HTTP/2 preface": "PRI * HTTP/2.0\r\n\r\nSM\r\n",
+    "leading CRLF": "\r\nGET /app/x HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n",
+    "a line of 9000 bytes": "GET /app/x HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+    "X-Long: " + "a" * 9000 + "\r\n",
+    "a target of 9000 bytes": "GET /app/" + "a" * 9000 + " HTTP/1.1\r\nHost: {host}\r\n"
+    "Cookie: {cookie}\r\n",
+    "128 header lines": "GET /app/x HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+    + "X-N: n\r\n" * 125,
+    "129 header lines": "GET /app/x HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+    + "X-N: n\r\n" * 126,
+    "Connection names Host": "GET /app/x HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+    "Connection: Host, Cookie, X-Forwarded-For\r\n",
+    "an empty Host": "GET /app/x HTTP/1.1\r\nHost:\r\nCookie: {cookie}\r\n",
+    "a Host with a path": "GET /app/x HTTP/1.1\r\nHost: {host}/x\r\nCookie: {cookie}\r\n",
+    "a Host with userinfo": "GET /app/x HTTP/1.1\r\nHost: a@{host}\r\nCookie: {cookie}\r\n",
+}
+
+
+async def test_edge_requests_get_the_answer_aiohttp_gives(
+    fronts: tuple[Sidecar, Sidecar, _Records],
+) -> None:
+    lean, plain, upstream = fronts
+    cookies = {id(sc): await _cookie(sc) for sc in (lean, plain)}
+    differ = []
+    for name, template in EDGE_REQUESTS.items():
+        outcome = []
+        for sc in (lean, plain):
+            host = f"127.0.0.1:{sc.proxy_port}"
+            text = template.format(host=host, cookie=cookies[id(sc)]) + "Connection: close\r\n\r\n"
+            before = len(upstream.heads)
+            response = await raw_http(sc.proxy_port, text.encode())
+            outcome.append((response.status, len(upstream.heads) - before))
+        if outcome[0] != outcome[1]:
+            differ.append((name, outcome))
+    casebook.record("framing", tried=len(EDGE_REQUESTS), through=len(differ))
+    assert not differ, differ
+
+
 async def test_header_values_reach_the_upstream_as_aiohttp_passes_them(
     fronts: tuple[Sidecar, Sidecar, _Records],
 ) -> None:
