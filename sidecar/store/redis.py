@@ -21,9 +21,9 @@ purging); users are the only records that never expire. Keys, under ``prefix``:
 On a cluster, ``user:`` and ``email:`` become ``{u}:user:`` and ``{u}:email:``: the hash
 tag puts all users in one slot, so "this email is free" and "create the user" stay one
 atomic script. Every other script touches one key, so tokens, sessions, links and
-counters spread over the whole cluster. Outside a cluster, where one node holds every key,
-a burn or revocation records its time in the same script, and a session is created with
-its two index entries in one script (one round trip each, not two and three).
+counters spread over the whole cluster. Outside a cluster (one node holds every key) a
+burn and its time, a session and its index entries, a mint's record and its index entry
+are one script each.
 
 With ``min_replicas_ack`` N > 0, burns, revocations and session ends are followed by
 ``WAIT N`` on the same connection; fewer acknowledgements within 1 s fail the call with
@@ -190,11 +190,15 @@ class RedisStore(RedisCalls, Store):
     # -- minted-link records ----------------------------------------------------------
     async def record_token(self, record: TokenRecord, keep_until: float) -> None:
         keep = _ms(keep_until)
-        # Index first: a listing drops index entries whose record is missing.
-        index = self._key("utok", record.user_id)
-        await self._eval(lua.INDEX_MINT, [index], [keep, repr(record.created_at), record.token_id])
+        index, key = self._key("utok", record.user_id), self._key("tokrec", record.token_id)
+        entry = [repr(record.created_at), record.token_id]
         fields = _flat(_codec.token_fields(record))
-        await self._eval(lua.RECORD_MINT, [self._key("tokrec", record.token_id)], [keep, *fields])
+        if self._target.mode != "cluster":  # one node holds both keys: one script
+            await self._eval(lua.INDEX_AND_RECORD_MINT, [index, key], [keep, *entry, *fields])
+            return
+        # Index first: a listing drops index entries whose record is missing.
+        await self._eval(lua.INDEX_MINT, [index], [keep, *entry])
+        await self._eval(lua.RECORD_MINT, [key], [keep, *fields])
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         fields = await self._hgetall(self._key("tokrec", token_id))

@@ -6,7 +6,8 @@ its index cannot share a slot (a session and its user's index, a link and its ha
 the store writes them in separate steps ordered so that a failure in between leaves only
 an index entry that readers check and ignore — never a record that an index misses.
 Outside a cluster, where one node holds every key, ``CREATE_INDEXED_SESSION`` does a
-session's three steps in one script, and ``SET_STATE_ONCE`` records the time too.
+session's three steps in one script, ``INDEX_AND_RECORD_MINT`` a mint's two, and
+``SET_STATE_ONCE`` records the time too.
 """
 
 from __future__ import annotations
@@ -163,6 +164,19 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 if redis.call('PEXPIRETIME', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('PEXPIREAT', KEYS[1], ARGV[1])
 end
+"""
+
+# Outside a cluster only (a node holds every key): INDEX_MINT, then RECORD_MINT, in one
+# call. KEYS: the user's token index, token record. ARGV: keep_until (ms), created_at,
+# token id, field, value, ...
+INDEX_AND_RECORD_MINT = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+if redis.call('PEXPIRETIME', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIREAT', KEYS[2], ARGV[1])
 """
 
 # KEYS: token record. ARGV: keep_until (ms), field, value, ...
