@@ -29,6 +29,7 @@ from aiohttp import web
 
 from sidecar.proxy import answers
 from sidecar.proxy.express import ExpressLane
+from sidecar.proxy.forward import Forwarder
 from sidecar.telemetry import metrics
 from tests.harness.raw import RawResponse, raw_http
 from tests.harness.served import Sidecar, running_sidecar
@@ -317,6 +318,15 @@ async def test_a_fault_in_the_lane_is_answered_by_aiohttp_or_drops_the_connectio
             assert time.monotonic() - started < 2.0
         response = await raw_http(sc.proxy_port, request)
         assert response.status == 200  # the slot came back
+        with monkeypatch.context() as patched:
+            # After the request was counted in, before anything was sent upstream.
+            patched.setattr(Forwarder, "upstream_head", broken)
+            response = await raw_http(sc.proxy_port, request)
+            assert response.status == 0
+        in_flight = metrics.REGISTRY.get_sample_value("sidecar_requests_in_flight")
+        assert in_flight == 0  # counted out again: a SIGTERM would not wait for it
+        response = await raw_http(sc.proxy_port, request)
+        assert response.status == 200
 
 
 async def test_lean_connections_count_in_the_connections_gauge(tmp_path: Path) -> None:

@@ -120,10 +120,23 @@ class Exchange:
         if lane.drain is not None:
             lane.drain.begin()
         self._started = time.perf_counter()
+        try:
+            self._begin(verdict, refused)
+        except Exception:
+            # Counted in and logged: never left half-begun (the drain would wait for it).
+            self._reply.abort()
+            self.finish()
+            raise
+        return True
+
+    def _begin(self, verdict: Verdict, refused: Failure | None) -> None:
+        lane = self._lane
+        record = self._record
+        assert record is not None
         if refused is not None:
             self._fail(refused)
             self.finish()
-            return True
+            return
         head = self._head
         forwarder = lane.forwarder
         headers, _ = forwarder.headers.raw_request_headers(
@@ -145,9 +158,8 @@ class Exchange:
             else:
                 self._conn = conn
                 pool.begin(conn)
-                return True
+                return
         self.task = asyncio.get_running_loop().create_task(self._relay())
-        return True
 
     # -- the answer, in callbacks ----------------------------------------------------
     def upstream_event(self, conn: Connection) -> None:
