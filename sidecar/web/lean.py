@@ -120,7 +120,10 @@ class LeanConnection(asyncio.Protocol):
         self._lane = lane
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
-        self._buffer = bytearray()
+        # What came and is not answered yet: the bytes as read while they are one whole
+        # read (the usual case: no copy, and nothing held between requests), a bytearray
+        # only while a head arrives in pieces.
+        self._buffer: bytes | bytearray = b""
         self._current: Started | None = None  # the request in progress
         self._pending = b""  # its head, for a handover
         self._keep_alive = True
@@ -162,7 +165,13 @@ class LeanConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused or self.transport is None:
             return
-        self._buffer += data
+        buffer = self._buffer
+        if not buffer:
+            self._buffer = data
+        elif isinstance(buffer, bytes):
+            self._buffer = bytearray(buffer) + data
+        else:
+            buffer += data
         if self._current is None:
             self._next()
         elif len(self._buffer) > _READ_AHEAD and not self._paused_reading:
@@ -218,7 +227,7 @@ class LeanConnection(asyncio.Protocol):
             return
         self._current = None
         self._server.lean.left()
-        self._buffer[:0] = self._pending  # aiohttp reads the request from its first byte
+        self._buffer = self._pending + self._buffer  # aiohttp reads it from its first byte
         self._hand_over()
 
     # -- requests --------------------------------------------------------------------
@@ -250,12 +259,17 @@ class LeanConnection(asyncio.Protocol):
                     self._head_since = server.clock()
                 return
             self._head_since = None
-            data = bytes(buffer[: end + 4])
+            data = bytes(buffer[: end + 4])  # the same object when it is the whole read
             head = parse_head(data, server.max_headers, server.max_head)
             if head is None:
                 self._hand_over()
                 return
-            del buffer[: end + 4]
+            if len(buffer) == end + 4:
+                self._buffer = b""
+            elif isinstance(buffer, bytearray):
+                del buffer[: end + 4]  # cheap at the front of a bytearray: pipelines
+            else:
+                self._buffer = bytearray(buffer[end + 4 :])
             self._pending = data
             self._keep_alive = head.keep_alive
             self._current = _STARTING
@@ -269,7 +283,7 @@ class LeanConnection(asyncio.Protocol):
                 started = None
             if started is None:
                 self._current = None
-                self._buffer[:0] = data
+                self._buffer = data + self._buffer
                 self._hand_over()
                 return
             if not self._answered:
@@ -312,7 +326,7 @@ class LeanConnection(asyncio.Protocol):
             handler.head_began(self._head_since)
         if self._paused_reading:
             transport.resume_reading()
-        data, self._buffer = bytes(self._buffer), bytearray()
+        data, self._buffer = bytes(self._buffer), b""
         if data:
             handler.data_received(data)
 
