@@ -50,6 +50,7 @@ RESTART_ONLY = (
     "proxy.keepalive_timeout",
     "proxy.max_client_connections",
     "proxy.max_connections",
+    "proxy.max_idle_connections",
     "proxy.max_header_size",
     "session.cache_size",
     "store",

@@ -589,3 +589,24 @@ async def test_the_client_gets_the_final_answer_or_a_502(
     async with sidecar_before(tmp_path, answer) as sc:
         response = await raw_request(sc.proxy_port, "GET", "/page")
     assert response.status == status
+
+
+async def test_no_more_idle_connections_are_kept_than_max_idle(app_port: int) -> None:
+    """A burst opens what it needs; once it is over, the pool keeps ``max_idle`` of them
+    (the most recently used) and closes the rest, as nginx's ``keepalive`` does."""
+    pool = UpstreamPool(
+        "127.0.0.1", app_port, limit=8, connect_timeout=5.0, response_timeout=10.0, max_idle=2
+    )
+    try:
+        responses = await asyncio.gather(
+            *(pool.request("GET", head("GET", "/hello")) for _ in range(8))
+        )
+        assert pool.opened == 8  # all eight were in flight together
+        for response in responses:
+            assert await response.read() == b"hello"
+            response.release()
+        assert pool.idle_connections == 2
+        await asyncio.gather(*(fetch(pool, path="/hello") for _ in range(2)))
+        assert pool.opened == 8  # the two kept were reused
+    finally:
+        await pool.close()

@@ -204,6 +204,7 @@ def _build(r: Reader) -> Config | None:
         allowed_origins=_checked(px, "allowed_origins", parse_origin),
         strip_headers=DEFAULT_STRIP_HEADERS + _checked(px, "strip_headers", check_strip_name),
         lean_front=px.boolean("lean_front", True),
+        max_idle_connections=px.integer("max_idle_connections", 32, low=0, high=100_000),
     )
 
     se = root.section("session")

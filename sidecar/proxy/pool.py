@@ -125,8 +125,10 @@ class UpstreamPool:
         max_head_size: int = 64 * 1024,
         idle_timeout: float = 15.0,
         stream_idle_timeout: float | None = None,
+        max_idle: int | None = None,
     ) -> None:
         self._host = host
+        self._max_idle = limit if max_idle is None else max_idle
         self._port = port
         self._ssl = ssl.create_default_context() if tls else None
         self._limit = limit
@@ -177,6 +179,11 @@ class UpstreamPool:
             self._free_slot()
             raise
         return UpstreamResponse(self, conn)
+
+    @property
+    def idle_connections(self) -> int:
+        """Connections kept open for the next requests."""
+        return len(self._idle)
 
     def take_idle(self) -> Connection | None:
         """A slot and an idle connection, if both are free now (no waiting, no connect);
@@ -278,10 +285,15 @@ class UpstreamPool:
 
     def _release(self, conn: Connection) -> None:
         try:
-            if conn.finish() and not self._closed:
+            if conn.finish() and not self._closed and self._max_idle > 0:
                 conn.reused = True
                 conn.idle_since = asyncio.get_running_loop().time()
-                self._idle.append(conn)
+                idle = self._idle
+                if len(idle) >= self._max_idle:
+                    # Kept: the one just used; closed: the one idle longest (as nginx's
+                    # keepalive cache does), so a burst leaves no crowd of idle sockets.
+                    idle.pop(0).abort()
+                idle.append(conn)
             else:
                 conn.abort()
         finally:
