@@ -182,13 +182,14 @@ def _build(r: Reader) -> Config | None:
         r.error("proxy.prefix", f"got {prefix!r}, expected a path like /_sidecar")
     unauth = px.choice("unauthenticated", ("deny", "redirect", "pass"), "deny")
     login_url = px.url("login_url", required=unauth == "redirect", relative_ok=True)
+    max_connections = px.integer("max_connections", 256, low=1, high=100_000)
     proxy = ProxyConfig(
         listen=px.hostport("listen", "0.0.0.0:8080"),  # the public side
         upstream=px.url("upstream", required=True) or "",
         prefix=prefix,
         connect_timeout=px.duration("connect_timeout", 5.0),
         upstream_timeout=px.duration("upstream_timeout", 60.0),
-        max_connections=px.integer("max_connections", 256, low=1, high=100_000),
+        max_connections=max_connections,
         trusted_proxies=px.networks("trusted_proxies"),
         unauthenticated=unauth,  # type: ignore[arg-type]  # choice() checked the value
         login_url=login_url,
@@ -204,7 +205,10 @@ def _build(r: Reader) -> Config | None:
         allowed_origins=_checked(px, "allowed_origins", parse_origin),
         strip_headers=DEFAULT_STRIP_HEADERS + _checked(px, "strip_headers", check_strip_name),
         lean_front=px.boolean("lean_front", True),
-        max_idle_connections=px.integer("max_idle_connections", 32, low=0, high=100_000),
+        # As many as may be busy by default: fewer makes a steady load churn connections.
+        max_idle_connections=px.integer(
+            "max_idle_connections", max_connections, low=0, high=100_000
+        ),
     )
 
     se = root.section("session")

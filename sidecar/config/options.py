@@ -79,7 +79,7 @@ class ProxyConfig:
     allowed_origins: tuple[str, ...]
     strip_headers: tuple[str, ...]
     lean_front: bool = True  # plain forwarded requests skip aiohttp's server (web.lean)
-    max_idle_connections: int = 32  # idle upstream keep-alive connections kept (nginx's keepalive)
+    max_idle_connections: int = 256  # idle upstream connections kept (nginx's keepalive)
 
 
 @dataclass(frozen=True, slots=True)
