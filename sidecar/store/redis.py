@@ -55,7 +55,7 @@ from sidecar.store.base import (
     User,
     UserExists,
 )
-from sidecar.store.redis_calls import RedisCalls, as_text
+from sidecar.store.redis_calls import RedisCalls, as_text, config_items, reply_int, reply_strs
 from sidecar.store.redis_client import RedisOptions
 
 # A burn record outlives its token by at least this long: a replica whose clock runs
@@ -120,7 +120,7 @@ class RedisStore(RedisCalls, Store):
             if isinstance(cause, ResponseError):  # NOPERM, unknown or renamed command
                 return Persistence(None, f"cannot read the Redis configuration ({cause})")
             raise
-        flat = {as_text(k): as_text(v) for k, v in _config_items(settings)}
+        flat = {as_text(k): as_text(v) for k, v in config_items(settings)}
         aof = (flat.get("appendonly") or "").lower() == "yes"
         rdb = bool((flat.get("save") or "").strip())
         if aof or rdb:
@@ -210,15 +210,17 @@ class RedisStore(RedisCalls, Store):
         index = self._key("utok", user_id)
         async with self._call() as redis:
             if after is None:
-                ids = _strs(await redis.zrevrangebyscore(index, "+inf", "-inf", 0, limit))
+                ids = reply_strs(await redis.zrevrangebyscore(index, "+inf", "-inf", 0, limit))
             else:
                 # Ties on created_at are ordered by id, as ZREVRANGE orders equal scores.
                 at = repr(after[0])
-                ties = _strs(await redis.zrevrangebyscore(index, at, at))
+                ties = reply_strs(await redis.zrevrangebyscore(index, at, at))
                 ids = [i for i in ties if i < after[1]][:limit]
                 if len(ids) < limit:
                     rest = limit - len(ids)
-                    ids += _strs(await redis.zrevrangebyscore(index, f"({at}", "-inf", 0, rest))
+                    ids += reply_strs(
+                        await redis.zrevrangebyscore(index, f"({at}", "-inf", 0, rest)
+                    )
         found = await asyncio.gather(*(self._hgetall(self._key("tokrec", i)) for i in ids))
         records = [_codec.token_from_fields(f) for f in found if f.get("user_id") == user_id]
         gone = [i for i, fields in zip(ids, found, strict=True) if not fields]
@@ -354,7 +356,7 @@ class RedisStore(RedisCalls, Store):
         return _codec.link_from_fields(fields)
 
     async def record_failed_attempt(self, user_id: str, link_type: str) -> int:
-        return _int(await self._eval(lua.FAILED_ATTEMPT, [self._link_key(user_id, link_type)]))
+        return reply_int(await self._eval(lua.FAILED_ATTEMPT, [self._link_key(user_id, link_type)]))
 
     async def delete_link(self, user_id: str, link_type: str) -> None:
         link_key = self._link_key(user_id, link_type)
@@ -370,34 +372,9 @@ class RedisStore(RedisCalls, Store):
         reset = _codec.window_reset(window, now)
         # The window is in the name: a 60 s and a 1 h window may end at the same second.
         counter = self._key("rl", f"{window:g}:{reset!r}:{key}")
-        return _int(await self._eval(lua.HIT, [counter], [_ms(reset)])), reset
+        return reply_int(await self._eval(lua.HIT, [counter], [_ms(reset)])), reset
 
     # -- housekeeping -----------------------------------------------------------------
     async def purge_expired(self, now: float) -> int:
         """Nothing to do: every record but users carries a Redis expiry."""
         return 0
-
-
-def _config_items(settings: object) -> list[tuple[bytes | str, bytes | str]]:
-    """``CONFIG GET``'s answer as pairs: a dict from Redis, or per node from a cluster."""
-    if not isinstance(settings, dict):
-        return []
-    pairs: list[tuple[bytes | str, bytes | str]] = []
-    for key, value in settings.items():
-        if isinstance(value, dict):  # a cluster answers {node: {key: value}}
-            pairs.extend(value.items())
-        else:
-            pairs.append((key, value))
-    return pairs
-
-
-def _strs(values: object) -> list[str]:
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise StoreUnavailable("Redis returned an unexpected reply to a range query")
-    return [str(v) for v in values]
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int):
-        raise StoreUnavailable(f"Redis script returned {type(value).__name__}, expected int")
-    return value

@@ -157,3 +157,30 @@ class RedisCalls:
 
 def as_text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def config_items(settings: object) -> list[tuple[bytes | str, bytes | str]]:
+    """``CONFIG GET``'s answer as pairs: a dict from Redis, or per node from a cluster."""
+    if not isinstance(settings, dict):
+        return []
+    pairs: list[tuple[bytes | str, bytes | str]] = []
+    for key, value in settings.items():
+        if isinstance(value, dict):  # a cluster answers {node: {key: value}}
+            pairs.extend(value.items())
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
+def reply_strs(values: object) -> list[str]:
+    """A reply that must be a list of strings (a range query's)."""
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise StoreUnavailable("Redis returned an unexpected reply to a range query")
+    return [str(v) for v in values]
+
+
+def reply_int(value: object) -> int:
+    """A script's reply that must be an integer."""
+    if not isinstance(value, int):
+        raise StoreUnavailable(f"Redis script returned {type(value).__name__}, expected int")
+    return value
