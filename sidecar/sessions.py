@@ -84,20 +84,13 @@ def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
     cookie ``name`` and the rest (see :func:`split_cookie_header`)."""
     if hdrs.COOKIE not in request.headers:
         return NO_COOKIES
-    return cookies_of(request.raw_headers, name)
-
-
-def cookies_of(raw_headers: Iterable[tuple[bytes, bytes]], name: str) -> RequestCookies:
-    """:func:`read_cookies` for a request head's raw ``(name, value)`` header pairs. Raw
-    bytes are read as latin-1, so other cookies reach the upstream byte for byte."""
-    return cookie_values(
-        [raw for header, raw in raw_headers if len(header) == 6 and header.lower() == b"cookie"],
-        name,
-    )
+    raw = [value for header, value in request.raw_headers if header.lower() == b"cookie"]
+    return cookie_values(raw, name)
 
 
 def cookie_values(headers: Iterable[bytes], name: str) -> RequestCookies:
-    """:func:`cookies_of` for the values of a request's ``Cookie`` headers, in order."""
+    """:func:`read_cookies` for the raw values of a request's ``Cookie`` headers, in order.
+    They are read as latin-1, so other cookies reach the upstream byte for byte."""
     found: list[str] = []
     others: list[bytes] = []
     for raw in headers:

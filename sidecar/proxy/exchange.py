@@ -38,12 +38,8 @@ from sidecar.proxy.forward import (
     stream_broken,
 )
 from sidecar.proxy.pool import IDEMPOTENT, UpstreamResponse
-from sidecar.proxy.upstream_conn import (
-    Connection,
-    StaleConnection,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from sidecar.proxy.upstream_conn import Connection
+from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError, UpstreamTimeout
 from sidecar.proxy.verdicts import STORE_DOWN, Verdict
 from sidecar.telemetry import metrics
 from sidecar.telemetry.context import CURRENT, RequestRecord

@@ -33,9 +33,9 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Final
 
-from sidecar.proxy.upstream_conn import (
-    HIGH_WATER,
-    Connection,
+from sidecar.proxy.upstream_body import HIGH_WATER
+from sidecar.proxy.upstream_conn import Connection
+from sidecar.proxy.upstream_errors import (
     StaleConnection,
     UpstreamBodyTimeout,
     UpstreamError,

@@ -12,48 +12,32 @@ Framing decisions, per RFC 9112:
   request body was sent whole, and neither side asked to close (``Connection: close``,
   HTTP/1.0), and no stray bytes followed the answer.
 
-Flow control both ways: the request body waits for ``resume_writing``; the socket stops
-being read while more than :data:`HIGH_WATER` bytes of response body wait for the reader.
-
 Every wait for the upstream is bounded: the response head by :attr:`Connection.deadline`
-(the pool enforces it), and each wait for more of the body by the ``idle`` the reader
-passes to :meth:`Connection.next_chunk` — a body that makes no progress for that long fails
-with :class:`UpstreamBodyTimeout` and the connection is dropped.
+(the pool enforces it), the body as :mod:`sidecar.proxy.upstream_body` (the half that moves
+body bytes, with flow control both ways) says.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable
-from typing import Final, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
-from aiohttp import ClientError
-from aiohttp.http_exceptions import HttpProcessingError
 
-HIGH_WATER: Final = 256 * 1024  # response body bytes buffered before reading pauses
-LOW_WATER: Final = 64 * 1024
-# What reading the client's request body raises when the client goes away mid-body.
-_BODY_SOURCE_ERRORS = (OSError, ClientError, HttpProcessingError)
-
-# The state of a connection's current exchange.
-_IDLE, _HEAD, _BODY, _DONE = range(4)
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, broke off, or did not answer in HTTP/1.1."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """No response head within the response-header timeout."""
-
-
-class UpstreamBodyTimeout(UpstreamTimeout):
-    """The response body made no progress within its idle timeout."""
-
-
-class StaleConnection(UpstreamError):
-    """A reused connection closed before any byte of the answer arrived."""
+from sidecar.proxy.upstream_body import (
+    BODY,
+    DONE,
+    HEAD,
+    HIGH_WATER,
+    IDLE,
+    BodyIO,
+)
+from sidecar.proxy.upstream_errors import (
+    StaleConnection,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 
 class Listener(Protocol):
@@ -63,7 +47,7 @@ class Listener(Protocol):
     def upstream_event(self, conn: Connection) -> None: ...
 
 
-class Connection(asyncio.Protocol):
+class Connection(BodyIO, asyncio.Protocol):
     """One keep-alive connection; at most one exchange at a time.
 
     The final response head is in :attr:`status`, :attr:`reason` and :attr:`headers` once
@@ -119,7 +103,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[str, str]] = []
-        self._state = _IDLE
+        self._state = IDLE
         self._head_only = False
         self._interim = False
         self._received = False
@@ -148,44 +132,44 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self._state
-        if state == _HEAD:
+        if state == HEAD:
             self._received = True
             self._head_size += len(data)
-        elif state != _BODY:
+        elif state != BODY:
             # Bytes nobody asked for: the connection cannot be trusted with another request.
             self._keep_alive = False
-            if state == _IDLE:
+            if state == IDLE:
                 self.abort()
             return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if self._state != _DONE:
+            if self._state != DONE:
                 self._fail(UpstreamError(f"malformed response from the upstream: {exc}"))
             # After a complete answer, trailing bytes only cost the connection its reuse.
             self.abort()
         else:
-            if state == _HEAD and self._head_size > self._max_head and self._head_too_large():
+            if state == HEAD and self._head_size > self._max_head and self._head_too_large():
                 self._fail(UpstreamError("the upstream's response head is too large"))
                 self.abort()
         self._tell()
 
     def _head_too_large(self) -> bool:
         # The bytes counted may include body bytes that came in the same packets.
-        if self._state == _HEAD:
+        if self._state == HEAD:
             return True
         return sum(len(n) + len(v) + 4 for n, v in self.headers) > self._max_head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._state == _HEAD:
+        if self._state == HEAD:
             if self.reused and not self._received:
                 self._fail(StaleConnection("the idle connection was closed by the upstream"))
             else:
                 self._fail(UpstreamError("the upstream closed the connection before answering"))
-        elif self._state == _BODY:
+        elif self._state == BODY:
             if self._until_eof and exc is None:
-                self._state = _DONE
+                self._state = DONE
                 self._wake()
             else:
                 self._fail(UpstreamError("the upstream closed the connection mid-body"))
@@ -209,7 +193,7 @@ class Connection(asyncio.Protocol):
         self._headers.append((name.decode(), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
-        if self._state != _HEAD:
+        if self._state != HEAD:
             raise UpstreamError("an answer to no request")
         status = self._parser.get_status_code()
         if status < 200:
@@ -227,15 +211,15 @@ class Connection(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         self._until_eof = not keep_alive and _delimited_by_close(headers)
         if self._head_only:
-            self._state = _DONE
+            self._state = DONE
             keep_alive = False
         else:
-            self._state = _BODY
+            self._state = BODY
         self._keep_alive = keep_alive
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self._state == _BODY:
+        if self._state == BODY:
             self._chunks.append(body)
             self._buffered += len(body)
             if self._buffered > HIGH_WATER and not self._reading_paused:
@@ -247,8 +231,8 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
-        elif self._state == _BODY:
-            self._state = _DONE
+        elif self._state == BODY:
+            self._state = DONE
             self._wake()
 
     # -- the exchange ----------------------------------------------------------------
@@ -261,7 +245,7 @@ class Connection(asyncio.Protocol):
         if transport is None or self.closed:
             raise StaleConnection("the idle connection was closed by the upstream")
         loop = self._loop
-        self._state = _HEAD
+        self._state = HEAD
         self._head_only = method == "HEAD"
         self._received = False
         self._head_size = 0
@@ -282,36 +266,9 @@ class Connection(asyncio.Protocol):
             self._stop()
             raise self._error
 
-    async def _send_body(
-        self, transport: asyncio.Transport, body: AsyncIterable[bytes], chunked: bool
-    ) -> None:
-        loop = self._loop
-        try:
-            async for chunk in body:
-                if self.closed:
-                    return
-                # The upstream's time to answer counts from the last byte sent: a long
-                # upload is not a slow upstream.
-                self.deadline = loop.time() + self.timeout
-                if not chunk:
-                    continue
-                if chunked:
-                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-                else:
-                    transport.write(chunk)
-                if self._writing_paused:
-                    self._drain = loop.create_future()
-                    await self._drain
-            if chunked and not self.closed:
-                transport.write(b"0\r\n\r\n")
-        except _BODY_SOURCE_ERRORS:
-            # The client went away mid-body: the upstream must not take a truncated body
-            # for a whole one.
-            self.abort()
-
     def check_deadline(self, now: float) -> None:
         """Fail the exchange if it is still waiting for the response head at ``now``."""
-        if self._state == _HEAD and self.deadline <= now:
+        if self._state == HEAD and self.deadline <= now:
             self._fail(UpstreamTimeout(f"no response head within {self.timeout}s"))
             self.abort()
             self._tell()
@@ -322,7 +279,7 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self.closed:
             raise StaleConnection("the idle connection was closed by the upstream")
-        self._state = _HEAD
+        self._state = HEAD
         self._head_only = False
         self._received = False
         self._head_size = 0
@@ -344,68 +301,18 @@ class Connection(asyncio.Protocol):
     @property
     def head_pending(self) -> bool:
         """Still waiting for the final response head."""
-        return self._state == _HEAD
+        return self._state == HEAD
 
     @property
     def complete(self) -> bool:
         """Whether the whole body is buffered (and not so much that reading was paused)."""
-        return self._state == _DONE and self._error is None and not self._reading_paused
-
-    async def next_chunk(self, idle: float | None = None) -> bytes:
-        """The next piece of the response body; ``b""`` at its end. Waiting longer than
-        ``idle`` seconds for it raises :class:`UpstreamBodyTimeout` and drops the connection."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.pop(0)
-                self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered <= LOW_WATER:
-                    self._reading_paused = False
-                    if self._transport is not None and not self.closed:
-                        self._transport.resume_reading()
-                return chunk
-            if self._error is not None:
-                raise self._error
-            if self._state == _DONE:
-                return b""
-            waiter = self._waiter = self._loop.create_future()
-            # One timer per wait, only when there is nothing to read yet: a body that keeps
-            # arriving costs no timers, and a wait ends at the next byte.
-            timer = None if idle is None else self._loop.call_later(idle, self._stalled, idle)
-            try:
-                await waiter
-            finally:
-                if timer is not None:
-                    timer.cancel()
-
-    def _stalled(self, idle: float) -> None:
-        if self._state == _BODY:
-            self._fail(UpstreamBodyTimeout(f"no response body byte within {idle}s"))
-            self.abort()
-            self._tell()
-
-    def take_body(self) -> bytes:
-        """The whole response body, once :attr:`complete`."""
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._buffered = 0
-        return body
-
-    async def read(self) -> bytes:
-        """The whole response body (for bodies known to be small); each wait for more of
-        it is bounded by the response timeout."""
-        if self.complete:
-            return self.take_body()
-        parts = []
-        while chunk := await self.next_chunk(self.timeout):
-            parts.append(chunk)
-        return b"".join(parts)
+        return self._state == DONE and self._error is None and not self._reading_paused
 
     def finish(self) -> bool:
         """End the exchange; whether the connection can carry another request."""
         sender, self._sender = self._sender, None
         reusable = (
-            self._state == _DONE
+            self._state == DONE
             and self._error is None
             and self._keep_alive
             and not self.closed
@@ -413,7 +320,7 @@ class Connection(asyncio.Protocol):
         )
         if sender is not None and not sender.done():
             sender.cancel()
-        self._state = _IDLE
+        self._state = IDLE
         self._listener = None
         self._told = True
         self._chunks.clear()
