@@ -487,3 +487,31 @@ async def test_a_served_process_on_uvloop_answers_the_same_with_and_without_the_
                 differ.append((name, got.raw[:600], want.raw[:600]))
         assert not differ, differ
         assert not [line for line in lean.logs() if "Fatal error" in line or "Traceback" in line]
+
+
+async def test_a_fault_after_an_answer_began_leaves_nothing_for_the_shutdown_to_wait_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that failed after it was counted in is counted out once: the listener's
+    shutdown then finds no request in progress (it waited out its whole cancel window,
+    0.25 s, once a later request had come and gone)."""
+    served = running_sidecar(tmp_path)
+    sc = await served.__aenter__()
+    try:
+        request = (
+            f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n"
+            f"Cookie: {sc.cookie_name}={await sc.login()}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        await raw_http(sc.proxy_port, request)  # an idle pooled connection
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("a bug")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Forwarder, "upstream_head", broken)
+            assert (await raw_http(sc.proxy_port, request)).status == 0
+        assert (await raw_http(sc.proxy_port, request)).status == 200
+    finally:
+        started = time.monotonic()
+        await served.__aexit__(None, None, None)
+    assert time.monotonic() - started < 0.2

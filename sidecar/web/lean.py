@@ -278,7 +278,12 @@ class LeanConnection(asyncio.Protocol):
                 started = self._lane.start(head, self)
             except Exception:
                 if self._answered:
-                    raise  # an answer was written: nobody else may answer now
+                    # An answer was begun: nobody else may answer now. The request is over
+                    # (counted out by the lane): drop the connection.
+                    LOG.exception("the lean front failed after answering; connection dropped")
+                    self._current = None
+                    transport.abort()
+                    return
                 LOG.exception("the lean front failed on a request; aiohttp answers it")
                 started = None
             if started is None:
