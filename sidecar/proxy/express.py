@@ -36,6 +36,7 @@ from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.origins import PublicOrigin, hosts_allowed
 from sidecar.proxy.paths import NormalPath, UnsafePath, normalise
+from sidecar.refer.redeem import may_hold_refer
 from sidecar.services import Services
 from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_values
 from sidecar.web.accesslog import AccessLine
@@ -110,10 +111,8 @@ class ExpressLane:
         target = head.target
         cut = target.find(b"?")
         raw_path = target if cut < 0 else target[:cut]
-        if cut >= 0:
-            query = target[cut + 1 :]
-            if b"%" in query or b"refer" in query.lower():
-                return None  # perhaps a refer link: the redeemer's
+        if cut >= 0 and may_hold_refer(target[cut + 1 :].decode("latin-1")):
+            return None  # perhaps a refer link: the redeemer's (no query parsed here)
         path_text = raw_path.decode("utf-8", "surrogateescape")
         own = self._own
         if path_text.startswith(own) or ("%" in path_text and unquote(path_text).startswith(own)):
@@ -128,8 +127,7 @@ class ExpressLane:
         forwarded_for: list[str] = []
         cookies: list[bytes] = []
         request_id = accept = None
-        for name, value in head.headers:
-            lower = name.lower()
+        for lower, (_, value) in zip(head.names, head.headers, strict=True):
             if lower == b"host":
                 hosts.append(value.decode("utf-8", "surrogateescape"))
             elif lower == b"cookie":

@@ -56,7 +56,7 @@ from sidecar.config import Config
 from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
 from sidecar.proxy.templates import canonical_header
-from sidecar.refer.redeem import Redeemer, has_refer
+from sidecar.refer.redeem import Redeemer, has_refer, may_hold_refer
 from sidecar.sessions import SessionManager
 from sidecar.store.base import StoreUnavailable
 from sidecar.web import pages
@@ -180,7 +180,7 @@ def _split_original_url(full: str) -> tuple[str, str, str]:
 
 
 def _query_has_refer(query: str) -> bool:
-    if "refer" not in query and "%" not in query:
+    if not may_hold_refer(query):
         return False
     return any(name == "refer" for name, _ in parse_qsl(query, keep_blank_values=True))
 

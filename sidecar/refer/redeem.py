@@ -43,10 +43,15 @@ from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 
 
+def may_hold_refer(query: str) -> bool:
+    """Whether a raw query string can hold a ``refer`` parameter at all: only one that
+    names it, or has a percent escape that could spell it (``%72efer``), is parsed."""
+    return "refer" in query or "%" in query
+
+
 def has_refer(request: web.BaseRequest) -> bool:
     """Whether the query has a ``refer`` parameter (in any percent-encoded spelling)."""
-    query = request.query_string
-    return ("refer" in query or "%" in query) and "refer" in request.query
+    return may_hold_refer(request.query_string) and "refer" in request.query
 
 
 class RedeemFailed(Exception):

@@ -39,6 +39,7 @@ class Head:
     target: bytes
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
+    names: list[bytes]  # the header names lower-cased, in the same order (read once)
 
 
 class _Parsed:
@@ -88,6 +89,7 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
     if len(headers) > max_headers:
         return None
     keep_alive = True  # HTTP/1.1's default
+    names: list[bytes] = []
     seen: set[bytes] = set()
     for i, (name, value) in enumerate(headers):
         if value[-1:] in (b" ", b"\t"):
@@ -96,6 +98,7 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
             value = value.rstrip(b" \t")
             headers[i] = (name, value)
         lower = name.lower()
+        names.append(lower)
         if lower in _SINGLETONS:
             if lower in seen:
                 return None
@@ -119,4 +122,4 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
         return None
     if head_size(method, url, headers) > max_size:
         return None
-    return Head(method.decode("ascii"), url, headers, keep_alive)
+    return Head(method.decode("ascii"), url, headers, keep_alive, names)
