@@ -99,6 +99,21 @@ def test_defaults(tmp_path: Path) -> None:
         300.0,
     )
     assert px.max_client_connections == 4096
+    assert px.lean_front is True
+    # Idle upstream connections kept: as many as may be busy unless told otherwise.
+    assert (px.max_connections, px.max_idle_connections) == (256, 256)
+
+
+def test_max_idle_connections_follows_max_connections_unless_set(tmp_path: Path) -> None:
+    doc = config_doc()
+    proxy = doc["proxy"]
+    assert isinstance(proxy, dict)
+    proxy["max_connections"] = 64
+    assert build_config(tmp_path, doc).proxy.max_idle_connections == 64
+    proxy["max_idle_connections"] = 8
+    assert build_config(tmp_path, doc).proxy.max_idle_connections == 8
+    proxy["max_idle_connections"] = -1
+    assert any("proxy.max_idle_connections" in e for e in errors_of(tmp_path, doc))
 
 
 def test_example_config_in_repo_is_valid(tmp_path: Path) -> None:

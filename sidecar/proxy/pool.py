@@ -187,7 +187,7 @@ class UpstreamPool:
 
     def take_idle(self) -> Connection | None:
         """A slot and an idle connection, if both are free now (no waiting, no connect);
-        then :meth:`begin`, and :meth:`release` or :meth:`drop` when done."""
+        then :meth:`begin`, and :meth:`response` or :meth:`drop` when done."""
         if self._slots_taken >= self._limit or self._slot_waiters:
             return None
         conn = self._pop_idle()
@@ -200,11 +200,6 @@ class UpstreamPool:
         self._busy.add(conn)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
-
-    def release(self, conn: Connection) -> None:
-        """Give ``conn`` back (or close it if it cannot carry another request)."""
-        self._busy.discard(conn)
-        self._release(conn)
 
     def drop(self, conn: Connection) -> None:
         """Close ``conn`` and free its slot."""
