@@ -249,6 +249,24 @@ async def test_mint_rate_limit(make_client: MakeClient, clock: Clock) -> None:
     assert (await mint(client, {"userId": "u"}))[0] == 200
 
 
+async def test_refused_mints_count_and_limited_mints_are_not_recorded(
+    make_client: MakeClient, clock: Clock
+) -> None:
+    admin = {"key": {"env": "SIDECAR_ADMIN_KEY"}, "mint_rate": "3/1m"}
+    client = await make_client(admin=admin)
+    assert (await mint(client, {"userId": "u", "bogus": 1}))[0] == 400  # counted: 1
+    assert (await mint(client, {"userId": "u"}))[0] == 200
+    assert (await mint(client, {"userId": "u"}))[0] == 200
+    # Over the limit, a valid mint is refused and leaves no record; an invalid one is a 429
+    # too (as when the count came before the body was read).
+    assert (await mint(client, {"userId": "u"}))[0] == 429
+    assert (await mint(client, {"userId": ""}))[0] == 429
+    listed = await client.get("/tokens", params={"user_id": "u"}, headers=AUTH)
+    assert len((await listed.json())["tokens"]) == 2
+    clock.now += 61
+    assert (await mint(client, {"userId": ""}))[0] == 400
+
+
 # -- the guards --------------------------------------------------------------------------
 
 

@@ -467,6 +467,22 @@ async def test_hit_counts_in_fixed_windows(store: Store, now: float) -> None:
         await store.hit("ip:1", 0, now)
 
 
+async def test_record_counted_records_only_within_the_limit(store: Store, now: float) -> None:
+    start = (now // 60 + 1) * 60
+    for i in (1, 2):
+        got = await store.record_counted(record(f"k{i}", start), start + HOUR, "m", 60, 2, start)
+        assert got == (i, start + 60)
+    over = await store.record_counted(record("k3", start), start + HOUR, "m", 60, 2, start + 1)
+    assert over == (3, start + 60)
+    assert await store.get_token("k2") == record("k2", start)
+    assert await store.get_token("k3") is None  # refused: not remembered
+    assert await store.hit("m", 60, start + 2) == (4, start + 60)  # one counter with hit's
+    # A new window counts from one again, and records again.
+    again = await store.record_counted(record("k4", start), start + HOUR, "m", 60, 2, start + 60)
+    assert again == (1, start + 120)
+    assert await store.get_token("k4") == record("k4", start)
+
+
 # -- purging ------------------------------------------------------------------------------
 async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
     store = backend.store

@@ -11,20 +11,23 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 
 from sidecar.admin import reads
-from sidecar.admin.guards import TOKEN_ID, RequestError, guards
+from sidecar.admin.guards import TOKEN_ID, Guards, RequestError, guards, too_many_mints
 from sidecar.config import MAX_EXPIRY
 from sidecar.links import errorcodes as codes
 from sidecar.links import http as links_http
-from sidecar.refer.minting import MintError, iso_utc, mint_refer, parse_refer_request
+from sidecar.refer.minting import MintedLink, MintError, iso_utc, mint_refer, parse_refer_request
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
+from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
 from sidecar.tokens.codec import TokenTooLong
-from sidecar.tokens.records import remember_mint
+from sidecar.tokens.records import remember_counted_mint
 from sidecar.web import jsonbody
 from sidecar.web.appkeys import SERVICES
 from sidecar.web.listener import own_answer_headers
+
+GUARDS = web.AppKey("guards", Guards)
 
 # -- request bodies ----------------------------------------------------------------------
 
@@ -41,20 +44,25 @@ async def read_json_object(request: web.Request) -> dict[str, object]:
 
 
 async def referstring(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    body = await read_json_object(request)
+    services, guard = request.app[SERVICES], request.app[GUARDS]
     try:
-        mint = parse_refer_request(body, services.config)
-        link = mint_refer(
-            mint, services.codec, public_url=services.config.public_url, now=services.clock()
-        )
-    except MintError as exc:
-        raise RequestError(400, str(exc), field=exc.field) from None
-    except TokenTooLong as exc:
-        raise RequestError(400, str(exc), field="additionalParams") from None
+        link = _mint(services, await read_json_object(request))
+    except Exception:
+        # A refused mint counts against admin.mint_rate too, and past it the answer is the
+        # 429, as it would have been had the count come first.
+        limited = await guard.count_mint(request)
+        if limited is not None:
+            return limited
+        raise
     claims = link.claims
-    await remember_mint(services.store, claims)
+    key, rate = guard.quota()
+    try:
+        # The count and the link's record: one store call (one SQLite transaction).
+        await remember_counted_mint(services.store, claims, key, rate, services.clock())
+    except RateLimited as exc:
+        return too_many_mints(request, exc.retry_after)
     metrics.mint(claims.kind)
+    expires_at = link.expires_at_iso
     audit(
         "mint",
         token_id=claims.token_id,
@@ -62,10 +70,22 @@ async def referstring(request: web.Request) -> web.Response:
         role=claims.role,
         kind=claims.kind,
         one_time=claims.one_time,
-        expires_at=link.expires_at_iso,
+        expires_at=expires_at,
         module=claims.module,
     )
-    return web.json_response(link.to_json(), headers={hdrs.CACHE_CONTROL: "no-store"})
+    return web.json_response(link.to_json(expires_at), headers={hdrs.CACHE_CONTROL: "no-store"})
+
+
+def _mint(services: Services, body: dict[str, object]) -> MintedLink:
+    try:
+        mint = parse_refer_request(body, services.config)
+        return mint_refer(
+            mint, services.codec, public_url=services.config.public_url, now=services.clock()
+        )
+    except MintError as exc:
+        raise RequestError(400, str(exc), field=exc.field) from None
+    except TokenTooLong as exc:
+        raise RequestError(400, str(exc), field="additionalParams") from None
 
 
 async def revoke_token(request: web.Request) -> web.Response:
@@ -122,12 +142,11 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def build_admin_app(services: Services) -> web.Application:
     """The admin application: middlewares, the refer-string routes and the auth-link routes."""
-    app = web.Application(
-        client_max_size=services.config.admin.max_body,
-        middlewares=guards(services),
-    )
+    middlewares, checks = guards(services)
+    app = web.Application(client_max_size=services.config.admin.max_body, middlewares=middlewares)
     app.on_response_prepare.append(own_answer_headers)
     app[SERVICES] = services
+    app[GUARDS] = checks
     app.router.add_post("/referstring", referstring)
     app.router.add_post("/tokens/{id}/revoke", revoke_token)
     app.router.add_delete("/sessions", end_sessions)

@@ -1,11 +1,12 @@
 """What stands before every admin handler, and the admin API's error shapes.
 
-:func:`guards` gives the admin app's middlewares, outermost first, their options bound
-once (:class:`Guards`, bound again on a reload): the access log, the error mapper, the peer
-check (loopback or ``admin.allowed_peers``), the ``Host`` check (DNS rebinding), the
-browser check (``Origin`` / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size
-limit and, for mints (``/referstring`` and ``/admin/generate_link``), a rate limit counted
-in the store.
+:func:`guards` gives the admin app's middlewares: the access log, then one middleware
+(:class:`Guards`, its options bound once and again on a reload) that counts refused mints,
+maps errors, and checks the peer (loopback or ``admin.allowed_peers``), the ``Host`` (DNS
+rebinding), the browser (``Origin`` / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the
+body size and, for mints (``/referstring`` and ``/admin/generate_link``), a rate limit
+counted in the store. One middleware rather than one per check: each layer is a coroutine
+per request, and a mint is the admin port's hot path.
 
 Errors are JSON ``{"code": <status>, "error_code", "message"[, "field"]}``
 (:func:`admin_error`); on the GoTrue-style routes under ``/admin/`` every answer, refusals
@@ -39,7 +40,6 @@ from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
 from sidecar.web.accesslog import access_middleware
 
-MINT_PATHS = frozenset({"/referstring", "/admin/generate_link"})
 # GoTrue-style routes answer errors as {code, msg, details}, like GoTrue itself.
 GOTRUE_PREFIX = "/admin/"
 _LOG = logging.getLogger("sidecar.admin")
@@ -132,25 +132,16 @@ def _host_name(host: str) -> str:
     return f"[{host}]" if ":" in host else host.lower()
 
 
-# -- middlewares (outermost first) -------------------------------------------------------
+# -- the middlewares ---------------------------------------------------------------------
 
 
-def guards(services: Services) -> list[Middleware]:
-    """The admin app's middlewares, outermost first. Each check reads its options from one
-    :class:`Guards`, bound at start and bound again on a reload (a new admin key, allowed
-    peers or mint rate apply at once) — never from the config per request."""
+def guards(services: Services) -> tuple[list[Middleware], Guards]:
+    """The admin app's middlewares, outermost first (the access log, then every guard in
+    one), and the :class:`Guards` they check with, bound at start and bound again on a
+    reload (a new admin key, allowed peers or mint rate apply at once) — never read from
+    the config per request."""
     g = Guards(services)
-    return [
-        access_middleware("admin", route=lambda _: "admin"),
-        count_mint_failures,
-        g.errors,
-        g.peer_check,
-        g.host_check,
-        browser_check,
-        g.bearer_check,
-        g.size_limit,
-        g.mint_rate,
-    ]
+    return [access_middleware("admin", route=lambda _: "admin"), g.middleware], g
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,20 +183,16 @@ _MINT_FAILURE = {
 }
 
 
-@web.middleware
-async def count_mint_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count each refused mint by API and reason (every refusal, the guards' own too)."""
-    api = _MINT_APIS.get(request.path)
-    if api is None:
-        return await handler(request)
-    response = await handler(request)
-    if response.status >= 400:
-        metrics.mint_failure(api, _MINT_FAILURE.get(response.status, "other"))
-    return response
-
-
 class Guards:
-    """The admin checks that depend on options, bound once (and again on a reload)."""
+    """The admin checks, their options bound once (and again on a reload).
+
+    One middleware runs them all, in this order: count each refused mint (by API and
+    reason, the guards' own refusals too), map what the handler raises to JSON errors,
+    then the peer (loopback or ``admin.allowed_peers``), the ``Host`` (DNS rebinding), the
+    browser (``Origin`` / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the body size
+    and, for ``/admin/generate_link``, the mint rate. ``POST /referstring`` counts its
+    mint itself (:meth:`count_mint`, :meth:`quota`): with the link's record, in one store
+    call."""
 
     def __init__(self, services: Services) -> None:
         self._services = services
@@ -216,9 +203,23 @@ class Guards:
         self._options = _Options.of(config.admin)
 
     @web.middleware
-    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Map what handlers raise to JSON errors; never a traceback in an answer."""
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        api = _MINT_APIS.get(request.path)
+        response = await self._answer(request, handler)
+        if api is not None and response.status >= 400:
+            metrics.mint_failure(api, _MINT_FAILURE.get(response.status, "other"))
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The handler's answer or a guard's refusal; never a traceback in an answer."""
         try:
+            refused = self._refusal(request)
+            if refused is not None:
+                return refused
+            if request.method == hdrs.METH_POST and request.path == "/admin/generate_link":
+                limited = await self.count_mint(request)
+                if limited is not None:
+                    return limited
             return await handler(request)
         except RequestError as exc:
             return json_error(
@@ -239,38 +240,46 @@ class Guards:
             _LOG.exception("unhandled error during %s %s", request.method, request.path)
             return json_error(request, 500, "internal error", error_code=codes.UNEXPECTED_FAILURE)
 
-    @web.middleware
-    async def peer_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not peer_allowed(request.remote, self._options.allowed_peers):
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The first guard that refuses ``request`` answers; None when they all pass."""
+        options = self._options
+        if not peer_allowed(request.remote, options.allowed_peers):
             _LOG.warning("refused admin request from a peer outside admin.allowed_peers")
             message = "this peer may not use the admin API"
             return json_error(request, 403, message, error_code=codes.PEER_NOT_ALLOWED)
-        return await handler(request)
-
-    @web.middleware
-    async def host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        host = request.headers.get(hdrs.HOST, "").strip().lower()
+        headers = request.headers
+        host = headers.get(hdrs.HOST, "").strip().lower()
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        if host not in own_hosts(self._options.listen, sockname):
+        if host not in own_hosts(options.listen, sockname):
             return json_error(request, 421, "the Host header does not name the admin listener")
-        return await handler(request)
+        # Backends never send Origin; browsers do on every cross-origin request, and
+        # Sec-Fetch-Site tells a page on another port of localhost ("same-site") from a backend.
+        fetch_site = headers.get("Sec-Fetch-Site", "none").lower()
+        if hdrs.ORIGIN in headers or fetch_site not in ("none", "same-origin"):
+            message = "browser requests are refused by the admin API"
+            return json_error(request, 403, message, error_code=codes.BROWSER_REFUSED)
+        refused = self._bearer_refusal(request, headers.getall(hdrs.AUTHORIZATION, []))
+        if refused is not None:
+            return refused
+        length = request.content_length
+        if length is not None and length > options.max_body:
+            return _too_large(request, options.max_body)
+        return None
 
-    @web.middleware
-    async def bearer_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        given_headers = request.headers.getall(hdrs.AUTHORIZATION, ())
-        if len(given_headers) > 1:
+    def _bearer_refusal(self, request: web.Request, given: list[str]) -> web.Response | None:
+        if len(given) > 1:
             # Which copy counts differs between proxies and servers: refuse, never pick one.
             return json_error(request, 400, "more than one Authorization header")
-        if not given_headers:
+        if not given:
             return json_error(
                 request,
                 401,
                 "missing admin key: send Authorization: Bearer <key>",
                 headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
             )
-        scheme, _, given = given_headers[0].partition(" ")
-        given = given.strip()
-        if scheme.lower() != "bearer" or not given:
+        scheme, _, key = given[0].partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
             return json_error(
                 request,
                 401,
@@ -279,46 +288,34 @@ class Guards:
             )
         expected = self._options.key
         # surrogateescape: aiohttp hands undecodable header bytes over as lone surrogates.
-        given_bytes = given.encode("utf-8", "surrogateescape")
-        if not expected or not hmac.compare_digest(given_bytes, expected):
+        key_bytes = key.encode("utf-8", "surrogateescape")
+        if not expected or not hmac.compare_digest(key_bytes, expected):
             return json_error(request, 403, "wrong admin key")
-        return await handler(request)
+        return None
 
-    @web.middleware
-    async def size_limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        length = request.content_length
-        max_body = self._options.max_body
-        if length is not None and length > max_body:
-            return _too_large(request, max_body)
-        return await handler(request)
+    # -- the mint rate -------------------------------------------------------------------
+    def quota(self) -> tuple[str, RateLimit]:
+        """The mint counter's key and its limit, as configured now."""
+        return self._options.mint_bucket, self._options.mint_rate
 
-    @web.middleware
-    async def mint_rate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method == hdrs.METH_POST and request.path in MINT_PATHS:
-            options, services = self._options, self._services
-            try:
-                await enforce(
-                    services.store, options.mint_bucket, options.mint_rate, services.clock()
-                )
-            except RateLimited as exc:
-                return json_error(
-                    request,
-                    429,
-                    f"too many mints; retry after {exc.retry_after}s",
-                    headers={hdrs.RETRY_AFTER: str(exc.retry_after)},
-                )
-        return await handler(request)
+    async def count_mint(self, request: web.Request) -> web.Response | None:
+        """Count one mint (raises ``StoreUnavailable``); the 429 when it is over the rate."""
+        options, services = self._options, self._services
+        try:
+            await enforce(services.store, options.mint_bucket, options.mint_rate, services.clock())
+        except RateLimited as exc:
+            return too_many_mints(request, exc.retry_after)
+        return None
 
 
-@web.middleware
-async def browser_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # Backends never send Origin; browsers do on every cross-origin request, and
-    # Sec-Fetch-Site tells a page on another port of localhost ("same-site") from a backend.
-    fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
-    if hdrs.ORIGIN in request.headers or fetch_site not in ("none", "same-origin"):
-        message = "browser requests are refused by the admin API"
-        return json_error(request, 403, message, error_code=codes.BROWSER_REFUSED)
-    return await handler(request)
+def too_many_mints(request: web.Request, retry_after: int) -> web.Response:
+    """The answer to a mint over ``admin.mint_rate``."""
+    return json_error(
+        request,
+        429,
+        f"too many mints; retry after {retry_after}s",
+        headers={hdrs.RETRY_AFTER: str(retry_after)},
+    )
 
 
 def _too_large(request: web.Request, max_body: int) -> web.Response:

@@ -64,12 +64,13 @@ class MintedLink:
     def expires_at_iso(self) -> str:
         return iso_utc(self.claims.expires_at)
 
-    def to_json(self) -> dict[str, str]:
-        """The ``POST /referstring`` answer."""
+    def to_json(self, expires_at_iso: str | None = None) -> dict[str, str]:
+        """The ``POST /referstring`` answer (``expires_at_iso``: :attr:`expires_at_iso`,
+        when the caller has it already)."""
         return {
             "referString": self.token,
             "url": self.url,
-            "expiresAt": self.expires_at_iso,
+            "expiresAt": expires_at_iso or self.expires_at_iso,
             "id": self.claims.token_id,
         }
 

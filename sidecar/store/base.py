@@ -196,6 +196,20 @@ class TokenRecordStore(Protocol):
     async def record_token(self, record: TokenRecord, keep_until: float) -> None:
         """Remember a minted link until ``keep_until`` (replaces a record with its id)."""
 
+    async def record_counted(
+        self,
+        record: TokenRecord,
+        keep_until: float,
+        key: str,
+        window: float,
+        limit: int,
+        now: float,
+    ) -> tuple[int, float]:
+        """Count one event under ``key`` (as :meth:`CounterStore.hit`) and, when the count
+        is at most ``limit``, remember ``record`` (as :meth:`record_token`): a rate-limited
+        mint in one store call, and on SQLite in one transaction. Returns what ``hit``
+        returns; the record was written if and only if the count is at most ``limit``."""
+
     async def get_token(self, token_id: str) -> TokenRecord | None: ...
 
     async def list_user_tokens(

@@ -200,6 +200,21 @@ class RedisStore(RedisCalls, Store):
         await self._eval(lua.INDEX_MINT, [index], [keep, *entry])
         await self._eval(lua.RECORD_MINT, [key], [keep, *fields])
 
+    async def record_counted(
+        self,
+        record: TokenRecord,
+        keep_until: float,
+        key: str,
+        window: float,
+        limit: int,
+        now: float,
+    ) -> tuple[int, float]:
+        # Two calls: the counter and the record live in different hash slots on a cluster.
+        count, reset = await self.hit(key, window, now)
+        if count <= limit:
+            await self.record_token(record, keep_until)
+        return count, reset
+
     async def get_token(self, token_id: str) -> TokenRecord | None:
         fields = await self._hgetall(self._key("tokrec", token_id))
         return _codec.token_from_fields(fields) if fields else None

@@ -33,7 +33,14 @@ from sidecar.store.base import (
     User,
     UserExists,
 )
-from sidecar.store.sqlite_schema import PURGE_CHUNK, PURGES, prepare_file
+from sidecar.store.sqlite_schema import (
+    MINT_RECORD,
+    PURGE_CHUNK,
+    PURGES,
+    count_hit,
+    mint_record_row,
+    prepare_file,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -188,13 +195,27 @@ class SQLiteStore(Store):
 
     # -- minted-link records ----------------------------------------------------------
     async def record_token(self, record: TokenRecord, keep_until: float) -> None:
-        r = record
-        params = (
-            r.token_id, r.user_id, r.kind, r.role, r.created_at, r.expires_at,
-            int(r.one_time), r.email, r.module, keep_until,
-        )  # fmt: skip
-        sql = "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,?,?,?)"
-        await self._write(statement(sql, params))
+        await self._write(statement(MINT_RECORD, mint_record_row(record, keep_until)))
+
+    async def record_counted(
+        self,
+        record: TokenRecord,
+        keep_until: float,
+        key: str,
+        window: float,
+        limit: int,
+        now: float,
+    ) -> tuple[int, float]:
+        reset = _codec.window_reset(window, now)
+        row = mint_record_row(record, keep_until)
+
+        def apply(conn: Conn) -> int:
+            count = count_hit(conn, key, reset)
+            if count <= limit:
+                conn.execute(MINT_RECORD, row)
+            return count
+
+        return await self._write(apply), reset
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         sql = "SELECT * FROM token_records WHERE token_id = ?"
@@ -324,17 +345,7 @@ class SQLiteStore(Store):
     # -- rate limits ------------------------------------------------------------------
     async def hit(self, key: str, window: float, now: float) -> tuple[int, float]:
         reset = _codec.window_reset(window, now)
-
-        def apply(conn: Conn) -> int:
-            sql = (
-                "INSERT INTO ratelimits (key, count, reset_at) VALUES (?1, 1, ?2)"
-                " ON CONFLICT (key) DO UPDATE SET reset_at = ?2,"
-                " count = CASE WHEN reset_at = ?2 THEN count + 1 ELSE 1 END RETURNING count"
-            )
-            row = fetchone(conn, sql, (key, reset))
-            return 1 if row is None else int(row[0])
-
-        return await self._write(apply), reset
+        return await self._write(lambda conn: count_hit(conn, key, reset)), reset
 
     # -- housekeeping -----------------------------------------------------------------
     async def purge_expired(self, now: float) -> int:

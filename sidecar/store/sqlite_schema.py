@@ -1,10 +1,13 @@
 """The SQLite store's file: its tables, the columns later versions added (migrated on
-open), and the bounded purges of expired rows. No I/O but :func:`prepare_file`'s.
+open), and the bounded purges of expired rows. No I/O but :func:`prepare_file`'s
+and the statements the ops run on the connection they are given.
 """
 
 from __future__ import annotations
 
 import sqlite3
+
+from sidecar.store.base import TokenRecord
 
 PURGE_CHUNK = 5000  # rows per purge transaction, so burns are never stalled for long
 
@@ -71,6 +74,29 @@ PURGES = (
     "DELETE FROM ratelimits WHERE rowid IN"
     " (SELECT rowid FROM ratelimits WHERE reset_at < ? LIMIT ?)",
 )
+
+# What more than one op writes: a minted link's record, a rate-limit hit.
+MINT_RECORD = "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,?,?,?)"
+_COUNT_HIT = (
+    "INSERT INTO ratelimits (key, count, reset_at) VALUES (?1, 1, ?2)"
+    " ON CONFLICT (key) DO UPDATE SET reset_at = ?2,"
+    " count = CASE WHEN reset_at = ?2 THEN count + 1 ELSE 1 END RETURNING count"
+)
+
+
+def mint_record_row(r: TokenRecord, keep_until: float) -> tuple[str | float | int | None, ...]:
+    """The parameters of :data:`MINT_RECORD` for ``r``."""
+    return (
+        r.token_id, r.user_id, r.kind, r.role, r.created_at, r.expires_at,
+        int(r.one_time), r.email, r.module, keep_until,
+    )  # fmt: skip
+
+
+def count_hit(conn: sqlite3.Connection, key: str, reset: float) -> int:
+    """One event in ``key``'s window ending at ``reset`` (in the open transaction); the
+    count including it."""
+    row = conn.execute(_COUNT_HIT, (key, reset)).fetchone()
+    return 1 if row is None else int(row[0])
 
 
 def prepare_file(path: str) -> None:

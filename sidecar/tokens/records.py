@@ -21,7 +21,9 @@ import hashlib
 from datetime import UTC, datetime
 
 from sidecar.config import LINK_TYPES
+from sidecar.config.values import RateLimit
 from sidecar.store.base import SessionRecord, Store, TokenRecord, TokenRecordStore, TokenState
+from sidecar.store.ratelimit import RateLimited
 from sidecar.tokens.codec import Claims
 
 KEEP_AFTER_EXPIRY = 7 * 86400.0  # seconds a record stays listed after its link expired
@@ -31,7 +33,24 @@ STATES = ("unused", "used", "revoked", "expired", "superseded")
 
 async def remember_mint(store: TokenRecordStore, claims: Claims) -> None:
     """Record a minted link (raises ``StoreUnavailable`` like any store call)."""
-    record = TokenRecord(
+    await store.record_token(_record(claims), claims.expires_at + KEEP_AFTER_EXPIRY)
+
+
+async def remember_counted_mint(
+    store: TokenRecordStore, claims: Claims, key: str, rate: RateLimit, now: float
+) -> None:
+    """Count a mint under ``key`` and record the link, in one store call; raise
+    :class:`~sidecar.store.ratelimit.RateLimited` (nothing recorded) past ``rate``."""
+    keep = claims.expires_at + KEEP_AFTER_EXPIRY
+    count, reset_at = await store.record_counted(
+        _record(claims), keep, key, rate.window, rate.limit, now
+    )
+    if count > rate.limit:
+        raise RateLimited.until(reset_at, now)
+
+
+def _record(claims: Claims) -> TokenRecord:
+    return TokenRecord(
         token_id=claims.token_id,
         kind=claims.kind,
         user_id=claims.subject,
@@ -42,7 +61,6 @@ async def remember_mint(store: TokenRecordStore, claims: Claims) -> None:
         email=claims.email,
         module=claims.module,
     )
-    await store.record_token(record, claims.expires_at + KEEP_AFTER_EXPIRY)
 
 
 async def describe_token(store: Store, record: TokenRecord, now: float) -> dict[str, object]:
