@@ -20,6 +20,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from http.cookies import Morsel, SimpleCookie
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -236,31 +237,33 @@ class SessionManager:
         return cookie_value, record
 
     def set_cookie(self, response: web.StreamResponse, cookie_value: str, role: RoleConfig) -> None:
-        """Send the session cookie: ``HttpOnly``, ``SameSite=Lax``, ``Path=/``, the role's
-        session lifetime as ``Max-Age``, and ``Domain``/``Secure`` as configured.
+        """Send the session cookie (:meth:`cookie_header`) on ``response``."""
+        response.headers.add(hdrs.SET_COOKIE, self.cookie_header(cookie_value, role))
 
-        The header is written directly, byte for byte what ``response.set_cookie`` writes
+    def cookie_header(self, cookie_value: str, role: RoleConfig) -> str:
+        """The ``Set-Cookie`` value of the session cookie: ``HttpOnly``, ``SameSite=Lax``,
+        ``Path=/``, the role's session lifetime as ``Max-Age``, and ``Domain``/``Secure``
+        as configured.
+
+        Written directly, byte for byte what aiohttp's ``response.set_cookie`` writes
         (``http.cookies`` costs several microseconds per redemption); a value that would
-        need quoting (never one of ours) takes that slower path."""
+        need quoting (never one of ours) is written by ``http.cookies``, as aiohttp does."""
         if not _COOKIE_VALUE.fullmatch(cookie_value):
-            response.set_cookie(
-                self.cookie_name,
-                cookie_value,
-                max_age=int(role.session_lifetime),
-                path="/",
-                domain=self._domain,
-                secure=self._secure,
-                httponly=True,
-                samesite="Lax",
-            )
-            return
+            morsel: Morsel[str] = SimpleCookie({self.cookie_name: cookie_value})[self.cookie_name]
+            if self._domain is not None:
+                morsel["domain"] = self._domain
+            morsel["max-age"] = str(int(role.session_lifetime))
+            morsel["path"] = "/"
+            morsel["secure"] = self._secure
+            morsel["httponly"] = True
+            morsel["samesite"] = "Lax"
+            return morsel.output(header="")[1:]
         # The attributes in the order http.cookies writes them (alphabetical).
         domain = "" if self._domain is None else f"; Domain={self._domain}"
         secure = "; Secure" if self._secure else ""
-        response.headers.add(
-            hdrs.SET_COOKIE,
+        return (
             f"{self.cookie_name}={cookie_value}{domain}; HttpOnly;"
-            f" Max-Age={int(role.session_lifetime)}; Path=/; SameSite=Lax{secure}",
+            f" Max-Age={int(role.session_lifetime)}; Path=/; SameSite=Lax{secure}"
         )
 
     def clear_cookie(self, response: web.StreamResponse) -> None:
@@ -343,8 +346,12 @@ class SessionManager:
     async def end(self, request: web.BaseRequest) -> SessionRecord | None:
         """End the request's sessions (logout: every copy of the cookie names one the
         browser holds); returns the first record that ended, if any."""
+        return await self.end_cookies(self.cookies(request))
+
+    async def end_cookies(self, cookies: RequestCookies) -> SessionRecord | None:
+        """:meth:`end` for a request's cookies, already read."""
         ended: SessionRecord | None = None
-        for value in self.cookies(request).values:
+        for value in cookies.values:
             key = session_key(value)
             self._cache.pop(key, None)
             record = await self._services.store.get_session(key)

@@ -66,15 +66,35 @@ def failure(
     failed: Failure,
     request_id: str,
     keep_alive: bool,
+    *,
+    retry_after: int | None = None,
 ) -> bytes:
     """The sidecar's own failure page (:func:`sidecar.web.pages.failure_for`)."""
-    page = pages.failure_for(accept or "", templates, failed.status, failed.reason)
+    page = pages.failure_for(
+        accept or "", templates, failed.status, failed.reason, retry_after=retry_after
+    )
     body = page.body
     assert isinstance(body, bytes)  # a Response built from text
     lines = _head_lines(page.status, None, page.headers.items())
     lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
     lines.append(b"Content-Length: %d\r\n" % len(body))
     return _finish(lines, {n.lower() for n in page.headers}, keep_alive) + body
+
+
+def bodyless(
+    status: int, headers: list[tuple[str, str]], request_id: str, keep_alive: bool
+) -> bytes:
+    """An answer of the sidecar's own without a body (a redemption's 303): ``headers``,
+    then what aiohttp's server adds, in its order — the access middleware's
+    ``X-Request-Id``, the framing, ``Date``, and the ``nosniff`` of
+    :func:`~sidecar.web.listener.own_answer_headers`."""
+    lines = _head_lines(status, None, headers)
+    lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\nContent-Length: 0\r\n")
+    lines.append(_date_line(int(time.time())))
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"X-Content-Type-Options: nosniff\r\n\r\n")
+    return b"".join(lines)
 
 
 def _head_lines(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> list[bytes]:

@@ -9,8 +9,9 @@ request head sent upstream is the header policy's and the pool the forwarder's. 
 could be anything else:
 
 * a path under the sidecar's own routes (the prefix, forward-auth's Envoy prefix: raw or
-  percent-decoded), a query that may hold ``refer`` (any spelling: ``%`` or ``refer``), a
-  path :func:`~sidecar.proxy.paths.normalise` refuses;
+  percent-decoded), a path :func:`~sidecar.proxy.paths.normalise` refuses, a query that
+  may hold ``refer`` (any spelling: ``%`` or ``refer``) but for a plain refer link's
+  ``GET``, which :mod:`sidecar.proxy.redeem_lane` redeems (or declines);
 * a ``Host`` (or a trusted proxy's forwarded host) the host check refuses;
 * no live session and no public path (``proxy.unauthenticated`` decides there).
 
@@ -36,7 +37,8 @@ from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.origins import PublicOrigin, hosts_allowed
 from sidecar.proxy.paths import NormalPath, UnsafePath, normalise
-from sidecar.refer.redeem import may_hold_refer
+from sidecar.proxy.redeem_lane import RedeemLane
+from sidecar.refer.redeem import may_hold_refer, plain_refer_values
 from sidecar.services import Services
 from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_values
 from sidecar.web.accesslog import AccessLine
@@ -60,6 +62,7 @@ class Admitted:
     request_id: str | None  # the client's X-Request-Id
     accept: str | None
     forwarded_for: list[str]  # X-Forwarded-For values (the access line's remote)
+    refer: list[str] | None = None  # a plain refer link's values (sidecar.proxy.redeem_lane)
 
 
 class ExpressLane:
@@ -73,8 +76,10 @@ class ExpressLane:
         public: PublicOrigin,
         clients: ClientAddresses,
         sessions: SessionManager,
+        redemptions: RedeemLane,
     ) -> None:
         self.services = services
+        self.redemptions = redemptions
         self.gateway = gateway
         self.forwarder = forwarder
         self.clients = clients
@@ -94,6 +99,8 @@ class ExpressLane:
         admitted = self._admit(head, reply.peer)
         if admitted is None:
             return None
+        if admitted.refer is not None:
+            return self.redemptions.start(self, head, reply, admitted, admitted.refer)
         exchange = Exchange(self, head, reply, admitted)
         verdict = self.gateway.judge_now(admitted.path, admitted.cookies)
         if verdict is None:  # the store must be asked
@@ -111,8 +118,15 @@ class ExpressLane:
         target = head.target
         cut = target.find(b"?")
         raw_path = target if cut < 0 else target[:cut]
-        if cut >= 0 and may_hold_refer(target[cut + 1 :].decode("latin-1")):
-            return None  # perhaps a refer link: the redeemer's (no query parsed here)
+        refer = None
+        if cut >= 0 and may_hold_refer(query := target[cut + 1 :].decode("latin-1")):
+            # Perhaps a refer link: a plain one's GET is redeemed here, the rest by the
+            # handler (no other query is parsed here).
+            if head.method != "GET" or not target.isascii():
+                return None
+            refer = plain_refer_values(query)
+            if refer is None:
+                return None
         path_text = raw_path.decode("utf-8", "surrogateescape")
         own = self._own
         if path_text.startswith(own) or ("%" in path_text and unquote(path_text).startswith(own)):
@@ -150,4 +164,4 @@ class ExpressLane:
         ):
             return None
         read = cookie_values(cookies, self._sessions.cookie_name) if cookies else NO_COOKIES
-        return Admitted(path, path_text, read, request_id, accept, forwarded_for)
+        return Admitted(path, path_text, read, request_id, accept, forwarded_for, refer)

@@ -33,6 +33,7 @@ from sidecar.proxy.guards import header_limits, host_check
 from sidecar.proxy.headers import HeaderPolicy
 from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.paths import GlobSet, NormalPath, PathRules, UnsafePath, normalise
+from sidecar.proxy.redeem_lane import RedeemLane
 from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
 from sidecar.proxy.router import proxy_application
 from sidecar.proxy.verdicts import ANONYMOUS, PUBLIC, STORE_DOWN, Verdict
@@ -118,7 +119,8 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_catch_all(gateway.proxy)
     if services.config.proxy.lean_front:
         # The hot path, served before aiohttp's server sees it (sidecar.web.lean).
-        lane = ExpressLane(services, gateway, forwarder, public, clients, sessions)
+        redemptions = RedeemLane(redeemer, failures)
+        lane = ExpressLane(services, gateway, forwarder, public, clients, sessions, redemptions)
         lane.own_routes(router.own_literals())
         app[LANE] = lane
     return app

@@ -18,6 +18,7 @@ A failed redemption is, in order:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
@@ -58,6 +59,16 @@ STATUS: Final[dict[str, int]] = {
 _BLOCK_MEMO_SIZE: Final = 4096
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a client whose redemption failed gets: ``status`` and the page for ``reason``
+    (``rate_limited`` past the limit), with ``Retry-After: retry_after`` when set."""
+
+    status: int
+    reason: str
+    retry_after: int | None = None
+
+
 def status_of(reason: str) -> int:
     """The HTTP status for a domain failure ``reason``."""
     return STATUS.get(reason, 401)
@@ -87,7 +98,34 @@ class FailedRedemptions:
         ``count=False`` leaves ``proxy.failed_redeem_rate`` alone; ``gotrue_json`` answers
         JSON whatever the client accepts, with GoTrue's ``error_code`` (the verify API);
         ``retry_after`` goes with a 429 decided elsewhere."""
-        client = self._clients.of(request)
+        outcome = await self.record(
+            self._clients.of(request),
+            reason,
+            token_id=token_id,
+            count=count,
+            retry_after=retry_after,
+        )
+        if gotrue_json:
+            code = codes.for_verify_failure(outcome.reason)
+            return pages.failure_json(
+                outcome.status, outcome.reason, retry_after=outcome.retry_after, error_code=code
+            )
+        return pages.failure(
+            request, outcome.status, outcome.reason, retry_after=outcome.retry_after
+        )
+
+    async def record(
+        self,
+        client: str,
+        reason: str,
+        *,
+        token_id: str | None = None,
+        count: bool = True,
+        retry_after: int | None = None,
+    ) -> Outcome:
+        """:meth:`answer` but the page: audit, count and limit the failure ``reason`` of
+        ``client``, and return what the client is to get (the lean front writes the page
+        itself: :mod:`sidecar.proxy.redeem_lane`)."""
         audit(
             "replay" if reason == "used" else "redeem_failed",
             reason=reason,
@@ -103,10 +141,7 @@ class FailedRedemptions:
             except StoreUnavailable:
                 status, reason = 503, "store_unavailable"
         metrics.redemption(reason)  # the outcome the client got: rate_limited included
-        if gotrue_json:
-            code = codes.for_verify_failure(reason)
-            return pages.failure_json(status, reason, retry_after=retry_after, error_code=code)
-        return pages.failure(request, status, reason, retry_after=retry_after)
+        return Outcome(status, reason, retry_after)
 
     async def _count(self, client: str) -> None:
         """Count one failure of ``client``; :class:`RateLimited` past the limit."""

@@ -24,16 +24,19 @@ Audit lines carry the token id and the reason, never the token text.
 
 from __future__ import annotations
 
+import re
+from typing import Final
 from urllib.parse import unquote_plus
 
 from aiohttp import hdrs, web
 
+from sidecar.config import RoleConfig
 from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.redemptions import FailedRedemptions
 from sidecar.refer.minting import MODULE
 from sidecar.services import Services
-from sidecar.sessions import SessionManager
+from sidecar.sessions import RequestCookies, SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
@@ -52,6 +55,29 @@ def may_hold_refer(query: str) -> bool:
 def has_refer(request: web.BaseRequest) -> bool:
     """Whether the query has a ``refer`` parameter (in any percent-encoded spelling)."""
     return may_hold_refer(request.query_string) and "refer" in request.query
+
+
+# A query in these characters reads the same to every parser: nothing to decode (no "%",
+# no "+"), nothing that ends the query early ("#"). Token characters (base64url and ".")
+# and the trailing "/" of the Unqork form are among them.
+_PLAIN_QUERY: Final = re.compile(r"[A-Za-z0-9._~/=&-]*")
+
+
+def plain_refer_values(query: str) -> list[str] | None:
+    """The values of every ``refer`` parameter of a raw ``query``, read as aiohttp's
+    ``request.query.getall("refer")`` reads them, when ``query`` is plain (see
+    :data:`_PLAIN_QUERY`); None for any other query, and for one without ``refer``.
+
+    ``&`` separates parameters (empty ones skipped), the first ``=`` the name from the
+    value (none: an empty value); in a plain query nothing is percent- or ``+``-decoded."""
+    if not _PLAIN_QUERY.fullmatch(query):
+        return None
+    values = [
+        value
+        for name, _, value in (part.partition("=") for part in query.split("&") if part)
+        if name == "refer"
+    ]
+    return values or None
 
 
 class RedeemFailed(Exception):
@@ -91,35 +117,76 @@ class Redeemer:
             # someone else. Our confirm button posts from our own page.
             return pages.failure(request, 403, "cross_origin")
         try:
-            return await self._redeem(request)
+            claims, role = self.open(request.query.getall("refer"))
+            if role.redeem == "confirm" and method == hdrs.METH_GET:
+                # Only the POST from the button burns; the GET checks without consuming.
+                try:
+                    state = await self._services.store.token_state(claims.token_id)
+                except StoreUnavailable:
+                    raise RedeemFailed("store_unavailable", claims.token_id) from None
+                _check_state(state, claims)
+                return pages.confirm_page(request)
+            headers = await self.complete(
+                claims,
+                role,
+                request.raw_path,
+                self._clients.of(request),
+                self._sessions.cookies(request),
+            )
         except RedeemFailed as failed:
             return await self._failures.answer(request, failed.reason, token_id=failed.token_id)
+        return web.Response(status=303, headers=headers)
 
-    async def _redeem(self, request: web.Request) -> web.StreamResponse:
-        claims = self._open(request)
+    def open(self, tokens: list[str]) -> tuple[Claims, RoleConfig]:
+        """The claims of the one ``refer`` value in ``tokens`` and their role, still
+        configured; :class:`RedeemFailed` otherwise. Nothing is written: the lean front
+        (:mod:`sidecar.proxy.redeem_lane`) hands a link that fails here to the handler."""
+        token = tokens[0] if len(tokens) == 1 else ""
+        # The Unqork form "/?refer=<token>/#/display/<module>" leaves one "/" on the token.
+        if token.endswith("/"):
+            token = token[:-1]
+        try:
+            claims = self._services.codec.open(token, self._services.clock())
+        except ExpiredToken as exc:
+            raise RedeemFailed("expired", exc.claims.token_id) from None
+        except TokenError as exc:
+            raise RedeemFailed(exc.reason) from None
+        if claims.kind != "refer":
+            raise RedeemFailed("malformed", claims.token_id)
         role = self._services.config.roles.get(claims.role)
         if role is None:
             raise RedeemFailed("unknown_role", claims.token_id)
+        return claims, role
+
+    async def complete(
+        self,
+        claims: Claims,
+        role: RoleConfig,
+        target: str,
+        client: str,
+        cookies: RequestCookies,
+    ) -> list[tuple[str, str]]:
+        """Redeem an opened link (:meth:`open`) of a request for ``target`` (its raw path
+        and query) from ``client`` carrying ``cookies``: burn it (one-time) or check it,
+        store the new session, end the ones the browser held, and return the 303's headers
+        (:func:`redirect_headers`). :class:`RedeemFailed` when it cannot be redeemed.
+
+        Both edges call it, aiohttp's handler and the lean front's."""
+        cookie, session = self._sessions.new(
+            user_id=claims.subject,
+            role=role,
+            token_id=claims.token_id,
+            params=dict(claims.params),
+            email=claims.email,
+            module=claims.module,
+            client=client,
+        )
+        store = self._services.store
         # Once a burn is sent, a store failure cannot say whether it landed: a frozen
         # Redis may still run the queued write, a replica may not have acknowledged it.
         # The 503 page says so (retrying may answer "already used") — never a session.
         unavailable = "store_unavailable"
         try:
-            if role.redeem == "confirm" and request.method == hdrs.METH_GET:
-                # Only the POST from the button burns; the GET checks without consuming.
-                state = await self._services.store.token_state(claims.token_id)
-                _check_state(state, claims)
-                return pages.confirm_page(request)
-            cookie, session = self._sessions.new(
-                user_id=claims.subject,
-                role=role,
-                token_id=claims.token_id,
-                params=dict(claims.params),
-                email=claims.email,
-                module=claims.module,
-                client=self._clients.of(request),
-            )
-            store = self._services.store
             if claims.one_time:
                 # The burn and the new session in one store call (one SQLite commit).
                 unavailable = "burn_unconfirmed"
@@ -133,7 +200,7 @@ class Redeemer:
                 await store.create_session(session)
             # A browser that still holds another session starts afresh (its old cookie
             # names another record: ending it cannot touch the one just created).
-            await self._sessions.end(request)
+            await self._sessions.end_cookies(cookies)
         except StoreUnavailable:
             raise RedeemFailed(unavailable, claims.token_id) from None
         metrics.redemption("success")
@@ -145,27 +212,9 @@ class Redeemer:
             role=role.name,
             one_time=claims.one_time,
         )
-        response = web.Response(
-            status=303, headers={hdrs.LOCATION: landing_url(request, claims), **pages.NO_STORE}
+        return redirect_headers(
+            landing_url(target, claims), self._sessions.cookie_header(cookie, role)
         )
-        self._sessions.set_cookie(response, cookie, role)
-        return response
-
-    def _open(self, request: web.Request) -> Claims:
-        tokens = request.query.getall("refer")
-        token = tokens[0] if len(tokens) == 1 else ""
-        # The Unqork form "/?refer=<token>/#/display/<module>" leaves one "/" on the token.
-        if token.endswith("/"):
-            token = token[:-1]
-        try:
-            claims = self._services.codec.open(token, self._services.clock())
-        except ExpiredToken as exc:
-            raise RedeemFailed("expired", exc.claims.token_id) from None
-        except TokenError as exc:
-            raise RedeemFailed(exc.reason) from None
-        if claims.kind != "refer":
-            raise RedeemFailed("malformed", claims.token_id)
-        return claims
 
 
 def _check_state(state: TokenState, claims: Claims) -> None:
@@ -175,13 +224,19 @@ def _check_state(state: TokenState, claims: Claims) -> None:
         raise RedeemFailed("used", claims.token_id)
 
 
-def landing_url(request: web.BaseRequest, claims: Claims) -> str:
-    """The same path and query without ``refer``, plus ``#/display/<module>`` if any.
+def redirect_headers(location: str, set_cookie: str) -> list[tuple[str, str]]:
+    """The headers of a redemption's 303, in order: the one spelling both edges write
+    (aiohttp adds its own framing headers; :func:`sidecar.proxy.answers.bodyless` the same)."""
+    return [(hdrs.LOCATION, location), *pages.NO_STORE.items(), (hdrs.SET_COOKIE, set_cookie)]
+
+
+def landing_url(target: str, claims: Claims) -> str:
+    """The same path and query as the raw request ``target`` without ``refer``, plus
+    ``#/display/<module>`` if any.
 
     Other query parameters keep their exact bytes. Leading ``//`` or ``/\\`` collapse to
     one ``/`` so a crafted path cannot turn the redirect into another host."""
-    raw = request.raw_path
-    path, _, query = raw.partition("?")
+    path, _, query = target.partition("?")
     path = "/" + path.lstrip("/\\")
     kept = [
         part

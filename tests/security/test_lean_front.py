@@ -565,3 +565,82 @@ async def test_random_heads_get_the_same_answer_and_upstream_request_through_eit
         outcomes.append((response.status, sent))
     casebook.record("framing", through=int(outcomes[0] != outcomes[1]))
     assert outcomes[0] == outcomes[1]
+
+
+# -- refer links: random redemptions, the same outcome through either front ----------------
+
+_LINKS: dict[str, dict[str, object]] = {
+    "fresh": {},
+    "module": {"module": "m-1"},
+    "reusable": {"role": "Reusable", "one_time": False},
+    "confirm role": {"role": "Confirm"},
+    "unknown role": {"role": "Gone"},
+    "expired": {"ttl": -60},
+    "auth link": {"kind": "magiclink"},
+}
+# Query parameters before and after the link.
+_BEFORE = ["a=1", "", "b", "refer", "x=%41", "y=a+b", "r=/"]
+_AFTER = ["c=3", "", "refer=junk", "d", "e=f=g", "h=~"]
+_SET_COOKIE = re.compile(rb"(?im)^(set-cookie: [^=\r\n]+=)[A-Za-z0-9_-]{43}")
+
+
+def _answer_shape(raw: bytes) -> bytes:
+    """An answer with what differs between two sidecars masked: the date, the request id,
+    a new session cookie's value."""
+    raw = _SET_COOKIE.sub(rb"\1*", raw)
+    return re.sub(rb"(?im)^(date|x-request-id):[^\r\n]*", rb"\1: *", raw)
+
+
+@fuzz(120)
+@given(
+    method=st.sampled_from(["GET", "GET", "GET", "POST", "HEAD", "PUT"]),
+    path=st.sampled_from(["/", "/app/x", "/app/x/", "//app", "/a/./b", "/_sidecar/x", "/%61pp"]),
+    before=st.lists(st.sampled_from(_BEFORE), max_size=2),
+    after=st.lists(st.sampled_from(_AFTER), max_size=2),
+    link=st.sampled_from([*_LINKS, "used", "revoked", "garbage"]),
+    tail=st.sampled_from(["", "/", "x", "%2F"]),
+    headers=st.lists(
+        st.sampled_from(
+            ["Accept: application/json", "Accept: text/html", "X-Request-Id: req-1",
+             "X-Forwarded-For: 203.0.113.9", "Origin: https://evil.example",
+             "Content-Length: 0", "Connection: keep-alive", "Cookie: live"]
+        ),
+        max_size=3,
+        unique=True,
+    ),
+)  # fmt: skip
+async def test_random_redemptions_get_the_same_answer_through_either_front(
+    fronts: tuple[Sidecar, Sidecar, _Records],
+    method: str,
+    path: str,
+    before: list[str],
+    after: list[str],
+    link: str,
+    tail: str,
+    headers: list[str],
+) -> None:
+    """Each side redeems its own link (sealed with the same claims, used or revoked the
+    same way first): the answers agree but for the masked values, and the upstream gets
+    the same number of requests from either."""
+    lean, plain, upstream = fronts
+    outcomes = []
+    for sc in (lean, plain):
+        if not sc.memo:
+            sc.memo["live"] = await _cookie(sc)
+        token, claims = sc.seal(**_LINKS.get(link, {}))  # type: ignore[arg-type]
+        if link == "used":
+            await sc.redeem(token)
+        elif link == "revoked":
+            await sc.store.revoke(claims.token_id, claims.expires_at)
+        elif link == "garbage":
+            token = token[::-1]
+        query = "&".join([*before, f"refer={token}{tail}", *after])
+        lines = [f"{method} {path}?{query} HTTP/1.1", f"Host: 127.0.0.1:{sc.proxy_port}"]
+        lines += [f"Cookie: {sc.memo['live']}" if h == "Cookie: live" else h for h in headers]
+        seen = len(upstream.heads)
+        response = await raw_http(
+            sc.proxy_port, ("\r\n".join([*lines, "Connection: close"]) + "\r\n\r\n").encode()
+        )
+        outcomes.append((_answer_shape(response.raw), len(upstream.heads) - seen))
+    casebook.record("replay", through=int(outcomes[0] != outcomes[1]))
+    assert outcomes[0] == outcomes[1]
