@@ -250,7 +250,7 @@ class UpstreamPool:
         idle = self._idle
         if not idle:
             return None
-        oldest = asyncio.get_running_loop().time() - self._idle_timeout
+        oldest = idle[-1].loop.time() - self._idle_timeout
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.idle_since > oldest:
@@ -282,7 +282,7 @@ class UpstreamPool:
         try:
             if conn.finish() and not self._closed and self._max_idle > 0:
                 conn.reused = True
-                conn.idle_since = asyncio.get_running_loop().time()
+                conn.idle_since = conn.loop.time()
                 idle = self._idle
                 if len(idle) >= self._max_idle:
                     # Kept: the one just used; closed: the one idle longest (as nginx's

@@ -36,7 +36,7 @@ class _Exchange(Protocol):
     """The state of :class:`~sidecar.proxy.upstream_conn.Connection` that :class:`BodyIO`
     works on (the mixin's self-type)."""
 
-    _loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop
     _transport: asyncio.Transport | None
     _state: int
     _error: UpstreamError | None
@@ -77,7 +77,7 @@ class BodyIO:
     async def _send_body(
         self: _Exchange, transport: asyncio.Transport, body: AsyncIterable[bytes], chunked: bool
     ) -> None:
-        loop = self._loop
+        loop = self.loop
         try:
             async for chunk in body:
                 if self.closed:
@@ -118,11 +118,11 @@ class BodyIO:
                 raise self._error
             if self._state == DONE:
                 return b""
-            waiter: asyncio.Future[None] = self._loop.create_future()
+            waiter: asyncio.Future[None] = self.loop.create_future()
             self._waiter = waiter
             # One timer per wait, only when there is nothing to read yet: a body that keeps
             # arriving costs no timers, and a wait ends at the next byte.
-            timer = None if idle is None else self._loop.call_later(idle, self._stalled, idle)
+            timer = None if idle is None else self.loop.call_later(idle, self._stalled, idle)
             try:
                 await waiter
             finally:

@@ -67,7 +67,6 @@ class Connection(BodyIO, asyncio.Protocol):
         "_interim",
         "_keep_alive",
         "_listener",
-        "_loop",
         "_max_head",
         "_parser",
         "_reading_paused",
@@ -84,6 +83,7 @@ class Connection(BodyIO, asyncio.Protocol):
         "deadline",
         "headers",
         "idle_since",
+        "loop",
         "reason",
         "reused",
         "status",
@@ -91,7 +91,7 @@ class Connection(BodyIO, asyncio.Protocol):
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_head: int, timeout: float) -> None:
-        self._loop = loop
+        self.loop = loop  # its clock too: asyncio.get_running_loop() is a getpid() on 3.11
         self._max_head = max_head
         self.timeout = timeout
         self._parser = httptools.HttpResponseParser(self)
@@ -244,7 +244,7 @@ class Connection(BodyIO, asyncio.Protocol):
         transport = self._transport
         if transport is None or self.closed:
             raise StaleConnection("the idle connection was closed by the upstream")
-        loop = self._loop
+        loop = self.loop
         self._state = HEAD
         self._head_only = method == "HEAD"
         self._received = False
@@ -285,7 +285,7 @@ class Connection(BodyIO, asyncio.Protocol):
         self._head_size = 0
         self._reason = b""
         self._headers = []
-        self.deadline = self._loop.time() + self.timeout
+        self.deadline = self.loop.time() + self.timeout
         self._listener = listener
         self._told = True
         transport.write(head)

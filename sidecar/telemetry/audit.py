@@ -111,7 +111,8 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
     The access log is one line per request; a ``write`` system call per line was about a
     tenth of the proxy's CPU per request. Lines logged inside a running loop are queued and
     flushed by a callback at the end of the iteration; anywhere else (threads, start-up,
-    shutdown) they are written at once. A hard kill loses at most one iteration's lines."""
+    shutdown) they are written at once, or with that iteration's lines when its flush is
+    already due. A hard kill loses at most one iteration's lines."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
@@ -128,17 +129,18 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
 
     def write_line(self, line: str) -> None:
         """Queue one finished line (no ``LogRecord``: the access log's fast path)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
         with self.lock or contextlib.nullcontext():
             self._pending.append(line)
-            if loop is None:
+            if self._scheduled:
+                return  # the loop's flush at the end of this iteration writes it too
+            # Asked once per iteration, not per line: on Python 3.11 it costs a getpid().
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
                 self._write()
-            elif not self._scheduled:
-                self._scheduled = True
-                loop.call_soon(self.flush)
+                return
+            self._scheduled = True
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
