@@ -34,6 +34,7 @@ from sidecar.proxy.forward import (
     UPSTREAM_ERRORS,
     Failure,
     client_stopped_reading,
+    one_chunk,
     read_whole,
     stream_broken,
 )
@@ -148,7 +149,9 @@ class Exchange:
         conn = pool.take_idle() if pool is not None else None
         if conn is not None and pool is not None:
             try:
-                conn.start(self._upstream_head, self)
+                # A body the lean front read whole goes in the same write, framed by the
+                # client's own Content-Length (the header policy keeps it).
+                conn.start(self._upstream_head + head.body, self)
             except StaleConnection:
                 pool.drop(conn)
             else:
@@ -221,10 +224,15 @@ class Exchange:
         assert record is not None
         self._conn = None
         pool.drop(conn)
-        if isinstance(error, StaleConnection) and self._head.method in IDEMPOTENT:
+        if (
+            isinstance(error, StaleConnection)
+            and self._head.method in IDEMPOTENT
+            and not self._head.body
+        ):
             # The upstream closed the idle connection as the request left: once more, on
-            # a fresh one, as the pool does. Only an idempotent request: the upstream may
-            # have acted on it before closing (RFC 9110 §9.2.2).
+            # a fresh one, as the pool does. Only an idempotent request without a body,
+            # as the pool's rule: the upstream may have acted on it before closing
+            # (RFC 9110 §9.2.2).
             self.task = asyncio.get_running_loop().create_task(self._relay())
             return
         record.upstream_s = time.perf_counter() - self._started
@@ -256,7 +264,10 @@ class Exchange:
         CURRENT.set(self._record)  # this task's own context: for the forwarder's records
         try:
             forwarder = self._lane.forwarder
-            upstream = await forwarder.exchange(self._head.method, self._upstream_head)
+            body = self._head.body
+            upstream = await forwarder.exchange(
+                self._head.method, self._upstream_head, one_chunk(body) if body else None
+            )
             if isinstance(upstream, Failure):
                 self._fail(upstream)
             else:

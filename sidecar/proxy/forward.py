@@ -247,6 +247,12 @@ GATEWAY_TIMEOUT: Final = Failure(504, "gateway_timeout")
 BAD_GATEWAY: Final = Failure(502, "bad_gateway")
 
 
+async def one_chunk(body: bytes) -> AsyncIterator[bytes]:
+    """A request body read whole, as the pool takes a body (and, as any body, never sends
+    it twice)."""
+    yield body
+
+
 async def read_whole(upstream: UpstreamResponse) -> bytes | Failure:
     """The whole body of a :meth:`Forwarder.buffered` answer, and the upstream connection
     released; the failure to answer with if the body stalled or broke off."""

@@ -273,9 +273,10 @@ class Connection(BodyIO, asyncio.Protocol):
             self.abort()
             self._tell()
 
-    def start(self, head: bytes, listener: Listener) -> None:
-        """Send a bodyless request (not ``HEAD``) and return at once; ``listener`` hears
-        of the answer. Raises :class:`StaleConnection` if the connection is gone."""
+    def start(self, request: bytes, listener: Listener) -> None:
+        """Send a request held whole (its head, and any body its ``Content-Length``
+        frames; not ``HEAD``) and return at once; ``listener`` hears of the answer.
+        Raises :class:`StaleConnection` if the connection is gone."""
         transport = self._transport
         if transport is None or self.closed:
             raise StaleConnection("the idle connection was closed by the upstream")
@@ -288,7 +289,7 @@ class Connection(BodyIO, asyncio.Protocol):
         self.deadline = self.loop.time() + self.timeout
         self._listener = listener
         self._told = True
-        transport.write(head)
+        transport.write(request)
 
     def detach(self) -> None:
         """Stop telling the listener: the exchange goes on with :meth:`next_chunk`."""

@@ -2,10 +2,10 @@
 
 :func:`parse_head` parses one complete head with llhttp (through httptools: the parser of
 Node.js, and of aiohttp's own C parser) and returns it only when it is a plain HTTP/1.1
-request in origin form with no body that aiohttp's parser would take too (one ``Host``,
-no second copy of a singleton header); for anything else it returns None and aiohttp's
-server parses and answers the same bytes. Values lose their trailing whitespace, as
-aiohttp's parser drops it.
+request in origin form that aiohttp's parser would take too (one ``Host``, no second copy
+of a singleton header), with no body or one framed by a plain ``Content-Length``; for
+anything else it returns None and aiohttp's server parses and answers the same bytes.
+Values lose their trailing whitespace, as aiohttp's parser drops it.
 """
 
 from __future__ import annotations
@@ -33,13 +33,16 @@ class Head:
 
     ``target`` is the request target as sent (origin form: path and query), ``headers``
     the raw ``(name, value)`` pairs in order; ``keep_alive`` is false when the client
-    asked to close after the answer."""
+    asked to close after the answer. ``length`` is the ``Content-Length`` (0 without one)
+    and ``body``, once the lean front has read it, those bytes."""
 
     method: str
     target: bytes
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     names: list[bytes]  # the header names lower-cased, in the same order (read once)
+    length: int = 0
+    body: bytes = b""
 
 
 class _Parsed:
@@ -58,7 +61,8 @@ class _Parsed:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
-    def on_message_complete(self) -> None:
+    def on_headers_complete(self) -> None:
+        # The head is whole (a body its Content-Length frames follows: the lean front's).
         self.complete = True
 
 
@@ -89,6 +93,7 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
     if len(headers) > max_headers:
         return None
     keep_alive = True  # HTTP/1.1's default
+    length = 0
     names: list[bytes] = []
     seen: set[bytes] = set()
     for i, (name, value) in enumerate(headers):
@@ -108,11 +113,17 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
                 keep_alive = False
         elif lower == _REFUSED:
             return None
+        elif lower == b"content-length":
+            # One (a second is a singleton's copy, above), digits only as llhttp checked;
+            # the body is read by the lean front, and framed upstream by this same header.
+            if not value.isdigit():
+                return None
+            length = int(value)
         elif len(name) in (6, 7, 14, 17):  # the lengths of the names in _NOT_MINE
-            # In every spelling a CGI/WSGI upstream reads as the same header (the header
-            # policy's canonical_header): "Content_Length" is framing to some upstreams.
+            # In every other spelling a CGI/WSGI upstream reads as the same header (the
+            # header policy's canonical_header): "Content_Length" is framing to some.
             canonical = lower.replace(b"_", b"-").replace(b".", b"-")
-            if canonical in _NOT_MINE and not (lower == b"content-length" and value == b"0"):
+            if canonical in _NOT_MINE:
                 return None
     if b"host" not in seen:
         return None  # HTTP/1.1 requires one: aiohttp answers 400
@@ -122,4 +133,4 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
         return None
     if head_size(method, url, headers) > max_size:
         return None
-    return Head(method.decode("ascii"), url, headers, keep_alive, names)
+    return Head(method.decode("ascii"), url, headers, keep_alive, names, length)

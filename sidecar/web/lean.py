@@ -14,11 +14,12 @@ is given every byte received from the first byte of that request on, exactly as 
 the socket — so aiohttp parses, judges and answers it as if it had owned the connection all
 along, and keeps the connection from then on. Handed over are:
 
-* anything that is not a plain, complete HTTP/1.1 request head in origin form with no body
-  (a ``Content-Length`` other than ``0``, ``Transfer-Encoding``, ``Expect``, ``Upgrade``,
-  ``HEAD``, HTTP/1.0, a head llhttp refuses, bare-LF line ends, over
-  ``proxy.max_header_size`` or :data:`~sidecar.app.MAX_HEADERS` lines): the framing and
-  smuggling rules stay the ones aiohttp enforces and tests/security pins;
+* anything that is not a plain, complete HTTP/1.1 request in origin form, with no body or
+  a body of at most 16 KiB framed by one ``Content-Length`` and received whole with its
+  head (``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``HEAD``, HTTP/1.0, a head llhttp
+  refuses, bare-LF line ends, over ``proxy.max_header_size`` or
+  :data:`~sidecar.app.MAX_HEADERS` lines): the framing and smuggling rules stay the ones
+  aiohttp enforces and tests/security pins;
 * whatever the lane declines (its rules: :mod:`sidecar.proxy.express`).
 
 The lean front keeps the listener's limits (:mod:`sidecar.web.listener`): the connection
@@ -45,6 +46,9 @@ LOG = logging.getLogger("sidecar.lean")
 
 # Bytes of pipelined requests kept while one is served; more pauses reading.
 _READ_AHEAD: Final = 64 * 1024
+# The largest request body the lean front forwards itself, when it came with its head
+# (browsers send a small body in the head's packet); larger ones are aiohttp's, streamed.
+_MAX_BODY: Final = 16 * 1024
 
 
 class Reply(Protocol):
@@ -264,12 +268,22 @@ class LeanConnection(asyncio.Protocol):
             if head is None:
                 self._hand_over()
                 return
-            if len(buffer) == end + 4:
+            taken = end + 4
+            if head.length:
+                taken += head.length
+                if head.length > _MAX_BODY or len(buffer) < taken:
+                    # Not all here (or too much to hold): aiohttp's server reads it as it
+                    # comes, with its own limits. Nothing is read twice: no byte was taken.
+                    self._hand_over()
+                    return
+                head.body = bytes(buffer[end + 4 : taken])
+                data += head.body
+            if len(buffer) == taken:
                 self._buffer = b""
             elif isinstance(buffer, bytearray):
-                del buffer[: end + 4]  # cheap at the front of a bytearray: pipelines
+                del buffer[:taken]  # cheap at the front of a bytearray: pipelines
             else:
-                self._buffer = bytearray(buffer[end + 4 :])
+                self._buffer = bytearray(buffer[taken:])
             self._pending = data
             self._keep_alive = head.keep_alive
             self._current = _STARTING
