@@ -59,6 +59,7 @@ class Exchange:
 
     __slots__ = (
         "_admitted",
+        "_body",
         "_conn",
         "_deciding",
         "_head",
@@ -82,6 +83,7 @@ class Exchange:
         self._record: RequestRecord | None = None
         self._started = 0.0
         self._upstream_head = b""
+        self._body = b""  # the request body as sent upstream (framed: see _begin)
         self._over = False
         self._deciding = False  # the head came; the rest is looked at next iteration
         self.status = 500
@@ -136,7 +138,7 @@ class Exchange:
             return
         head = self._head
         forwarder = lane.forwarder
-        headers, _ = forwarder.headers.raw_request_headers(
+        headers, has_length = forwarder.headers.raw_request_headers(
             head.headers,
             self._reply.peer,
             "http",
@@ -144,14 +146,22 @@ class Exchange:
             verdict.identity,
             record.request_id,
         )
+        body = head.body
+        if body and not has_length:
+            # proxy.strip_headers dropped the client's Content-Length: framed chunked, as
+            # aiohttp's front does (sent unframed, the upstream would read the body as a
+            # second request that nothing judged).
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        self._body = body
         self._upstream_head = forwarder.upstream_head(head.method, head.target, headers)
         pool = forwarder.pool
         conn = pool.take_idle() if pool is not None else None
         if conn is not None and pool is not None:
             try:
                 # A body the lean front read whole goes in the same write, framed by the
-                # client's own Content-Length (the header policy keeps it).
-                conn.start(self._upstream_head + head.body, self)
+                # client's own Content-Length (or chunked, above).
+                conn.start(self._upstream_head + body, self)
             except StaleConnection:
                 pool.drop(conn)
             else:
@@ -264,7 +274,7 @@ class Exchange:
         CURRENT.set(self._record)  # this task's own context: for the forwarder's records
         try:
             forwarder = self._lane.forwarder
-            body = self._head.body
+            body = self._body
             upstream = await forwarder.exchange(
                 self._head.method, self._upstream_head, one_chunk(body) if body else None
             )

@@ -130,6 +130,40 @@ async def test_an_idempotent_request_is_retried_once_after_a_stale_connection(
     assert upstream.seen.count(b"GET /again HTTP/1.1") == 2  # the stale copy and the retry
 
 
+# -- a body's framing: never lost on the way upstream -------------------------------------
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiohttp"])
+@pytest.mark.parametrize("stripped", ["content-length", "content-*"])
+async def test_a_body_stays_framed_when_the_config_strips_its_content_length(
+    tmp_path: Path, lean: bool, stripped: str
+) -> None:
+    """``proxy.strip_headers`` may name ``Content-Length`` (or a prefix of it): the body must
+    still reach the upstream framed (aiohttp's front re-frames it chunked). Sent after a head
+    without its length, the body would be read by the upstream as a second request that no
+    rule judged, carrying whatever identity headers the client wrote into it."""
+    overrides: dict[str, object] = {"proxy": {"lean_front": lean, "strip_headers": [stripped]}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = await _cookie(sc)
+        smuggled = (
+            f"GET /private/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.upstream.port}\r\n"
+            "X-Forwarded-User: admin\r\n\r\n"
+        ).encode()
+        data = _request(
+            sc, cookie, "/app/form", f"Content-Length: {len(smuggled)}", "Connection: close",
+            method="POST",
+        ) + smuggled  # fmt: skip
+        seen = len(sc.upstream.requests)
+        response = await raw_http(sc.proxy_port, data, quiet=2.0)
+        await asyncio.sleep(0.2)  # a second request the upstream parsed would be recorded now
+        received = sc.upstream.requests[seen:]
+        casebook.record("framing", through=int(len(received) != 1))
+        assert response.status == 200
+        assert [(r.method, r.raw_path, r.body) for r in received] == [
+            ("POST", "/app/form", smuggled)
+        ]
+
+
 # -- heads: the lean front serves none that aiohttp's server refuses -------------------------
 
 # Header lines added to an authenticated GET; each name says what the head carries.
