@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
-from sidecar.telemetry import metrics
+from sidecar.telemetry import metrics, tally
 from tests.harness import free_port, running_upstream
 from tests.serve_process import running_serve
 
@@ -115,3 +118,51 @@ def test_render_in_process() -> None:
     body, content_type = metrics.render()
     assert content_type.startswith("text/plain")
     assert sample(body.decode(), "sidecar_mints_total", {"kind": "magiclink"}) >= 1
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_the_tally_is_exposed_exactly_as_prometheus_clients_own_series(openmetrics: bool) -> None:
+    """The hot path's plain-number series (sidecar.telemetry.tally) read, when scraped, as
+    prometheus-client's Counter and Histograms fed the same observations would: the same
+    bytes, in both exposition formats. Values on and between bucket bounds, over the last
+    one, of several listeners, statuses and routes."""
+    buckets = (0.001, 0.0025, 0.005, 0.01, 1, 2.5, 60)
+    observed = [
+        (200, 0.0004, "proxy", "proxied"),
+        (200, 0.001, "proxy", "proxied"),  # on a bound: "le" is less than or equal
+        (200, 0.0011, "proxy", "proxied"),
+        (404, 0.3, "proxy", "proxied"),
+        (303, 0.0025, "proxy", "redeem"),
+        (200, 61.0, "admin", "admin"),  # over the last bound: +Inf only
+        (429, 1.0, "admin", "admin"),
+    ]
+    upstream = [0.0001, 0.005, 2.5, 99.0]
+
+    own = tally.Tally(buckets)
+    ours = CollectorRegistry()
+    ours.register(own)
+    theirs = CollectorRegistry()
+    counter = Counter(*tally.REQUESTS, ("listener", "status"), registry=theirs)
+    durations = Histogram(*tally.REQUEST_SECONDS, ("route",), buckets=buckets, registry=theirs)
+    latency = Histogram(*tally.UPSTREAM_SECONDS, buckets=buckets, registry=theirs)
+    for status, seconds, listener, route in observed:
+        own.request(status, seconds, listener, route)
+        counter.labels(listener, str(status)).inc()
+        durations.labels(route).observe(seconds)
+    for seconds in upstream:
+        own.upstream.observe(seconds)
+        latency.observe(seconds)
+
+    write = openmetrics_latest if openmetrics else generate_latest
+    assert write(ours) == write(theirs)
+
+
+def test_the_served_registry_reads_the_tally() -> None:
+    """In one process, /metrics reads the tally the hot path writes (not an idle twin)."""
+    assert metrics.TALLY is not None
+    before = sample(metrics.render()[0].decode(), "sidecar_upstream_seconds_count")
+    metrics.observe_upstream(0.002)
+    metrics.observe_request(200, 0.002, "proxy", "proxied")
+    text = metrics.render()[0].decode()
+    assert sample(text, "sidecar_upstream_seconds_count") == before + 1
+    assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) >= 1

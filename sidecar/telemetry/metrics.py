@@ -53,6 +53,8 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from sidecar import __version__
+from sidecar.telemetry import tally
+from sidecar.telemetry.tally import Tally
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 # Under `sidecar serve --workers N` every worker writes its figures to files in this
@@ -74,20 +76,16 @@ LIVE_EVERY = 1.0  # seconds between a worker's writes of the live gauges
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 
-REQUESTS = Counter(
-    "sidecar_requests",
-    "HTTP requests answered, by listener and status code.",
-    ("listener", "status"),
-    registry=_OWN,
-)
+# The per-request series: plain numbers read when scraped (sidecar.telemetry.tally), or
+# under workers prometheus-client's multiprocess series (never registered: read from files).
+TALLY = None if MULTIPROCESS else Tally(_LATENCY_BUCKETS)
+if TALLY is not None:
+    REGISTRY.register(TALLY)
+REQUESTS = Counter(*tally.REQUESTS, ("listener", "status"), registry=None)
 REQUEST_SECONDS = Histogram(
-    "sidecar_request_duration_seconds",
-    "Time from request start to the end of the response body, by route kind: proxied, "
-    "redeem, verify, page (the sidecar's own pages and endpoints), admin.",
-    ("route",),
-    buckets=_LATENCY_BUCKETS,
-    registry=_OWN,
+    *tally.REQUEST_SECONDS, ("route",), buckets=_LATENCY_BUCKETS, registry=None
 )
+UPSTREAM_SECONDS = Histogram(*tally.UPSTREAM_SECONDS, buckets=_LATENCY_BUCKETS, registry=None)
 REDEMPTIONS = Counter(
     "sidecar_redemptions",
     "Link redemptions, by outcome: success, or the failure reason (used, expired, tampered, ...).",
@@ -112,12 +110,6 @@ STORE_UP = Gauge(
     "1 while the store answered its last call, 0 after a call it did not answer.",
     registry=_OWN,
     multiprocess_mode="mostrecent",
-)
-UPSTREAM_SECONDS = Histogram(
-    "sidecar_upstream_seconds",
-    "Time from sending a request upstream to receiving its response headers.",
-    buckets=_LATENCY_BUCKETS,
-    registry=_OWN,
 )
 STORE_SECONDS = Histogram(
     "sidecar_store_seconds",
@@ -161,6 +153,9 @@ _REQUEST_SERIES: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}
 
 
 def observe_request(status: int, seconds: float, listener: str, route: str) -> None:
+    if TALLY is not None:
+        TALLY.request(status, seconds, listener, route)
+        return
     key = (listener, status, route)
     series = _REQUEST_SERIES.get(key)
     if series is None:
@@ -204,7 +199,10 @@ def store_up(up: bool) -> None:
 
 
 def observe_upstream(seconds: float) -> None:
-    UPSTREAM_SECONDS.observe(seconds)
+    if TALLY is not None:
+        TALLY.upstream.observe(seconds)
+    else:
+        UPSTREAM_SECONDS.observe(seconds)
 
 
 def observe_store(op: str, seconds: float) -> None:
