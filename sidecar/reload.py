@@ -37,6 +37,7 @@ RESTART_ONLY = (
     "admin.listen",
     "admin.allow_non_loopback",
     "admin.max_body",
+    "admin.lean_front",
     "proxy.listen",
     "proxy.prefix",
     "proxy.upstream",

@@ -87,6 +87,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.max_expiry == MAX_EXPIRY == 30 * 86400
     assert str(cfg.admin.listen) == "127.0.0.1:9091"
     assert cfg.admin.max_body == 65536
+    assert cfg.admin.lean_front is True
     assert cfg.roles["Admin"].max_expiry == 3600
     assert cfg.roles["Admin"].one_time is False
     assert cfg.roles["Authenticated"].one_time is True
@@ -114,6 +115,16 @@ def test_max_idle_connections_follows_max_connections_unless_set(tmp_path: Path)
     assert build_config(tmp_path, doc).proxy.max_idle_connections == 8
     proxy["max_idle_connections"] = -1
     assert any("proxy.max_idle_connections" in e for e in errors_of(tmp_path, doc))
+
+
+def test_admin_lean_front_can_be_turned_off(tmp_path: Path) -> None:
+    doc = config_doc()
+    admin = doc["admin"]
+    assert isinstance(admin, dict)
+    admin["lean_front"] = False
+    assert build_config(tmp_path, doc).admin.lean_front is False
+    admin["lean_front"] = "sometimes"
+    assert any("admin.lean_front" in e for e in errors_of(tmp_path, doc))
 
 
 def test_example_config_in_repo_is_valid(tmp_path: Path) -> None:

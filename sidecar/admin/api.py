@@ -12,20 +12,19 @@ from aiohttp import hdrs, web
 
 from sidecar.admin import reads
 from sidecar.admin.guards import TOKEN_ID, Guards, RequestError, guards, too_many_mints
+from sidecar.admin.lane import MintLane
+from sidecar.admin.mints import announce, keep_link, mint_link
 from sidecar.config import MAX_EXPIRY
 from sidecar.links import errorcodes as codes
 from sidecar.links import http as links_http
-from sidecar.refer.minting import MintedLink, MintError, iso_utc, mint_refer, parse_refer_request
+from sidecar.refer.minting import iso_utc
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
 from sidecar.store.ratelimit import RateLimited
-from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
-from sidecar.tokens.codec import TokenTooLong
-from sidecar.tokens.records import remember_counted_mint
 from sidecar.web import jsonbody
 from sidecar.web.appkeys import SERVICES
-from sidecar.web.listener import own_answer_headers
+from sidecar.web.listener import LANE, own_answer_headers
 
 GUARDS = web.AppKey("guards", Guards)
 
@@ -46,7 +45,7 @@ async def read_json_object(request: web.Request) -> dict[str, object]:
 async def referstring(request: web.Request) -> web.Response:
     services, guard = request.app[SERVICES], request.app[GUARDS]
     try:
-        link = _mint(services, await read_json_object(request))
+        link = mint_link(services, await read_json_object(request))
     except Exception:
         # A refused mint counts against admin.mint_rate too, and past it the answer is the
         # 429, as it would have been had the count come first.
@@ -54,38 +53,11 @@ async def referstring(request: web.Request) -> web.Response:
         if limited is not None:
             return limited
         raise
-    claims = link.claims
-    key, rate = guard.quota()
     try:
-        # The count and the link's record: one store call (one SQLite transaction).
-        await remember_counted_mint(services.store, claims, key, rate, services.clock())
+        await keep_link(services, guard, link)
     except RateLimited as exc:
         return too_many_mints(request, exc.retry_after)
-    metrics.mint(claims.kind)
-    expires_at = link.expires_at_iso
-    audit(
-        "mint",
-        token_id=claims.token_id,
-        user_id=claims.subject,
-        role=claims.role,
-        kind=claims.kind,
-        one_time=claims.one_time,
-        expires_at=expires_at,
-        module=claims.module,
-    )
-    return web.json_response(link.to_json(expires_at), headers={hdrs.CACHE_CONTROL: "no-store"})
-
-
-def _mint(services: Services, body: dict[str, object]) -> MintedLink:
-    try:
-        mint = parse_refer_request(body, services.config)
-        return mint_refer(
-            mint, services.codec, public_url=services.config.public_url, now=services.clock()
-        )
-    except MintError as exc:
-        raise RequestError(400, str(exc), field=exc.field) from None
-    except TokenTooLong as exc:
-        raise RequestError(400, str(exc), field="additionalParams") from None
+    return web.json_response(announce(link), headers={hdrs.CACHE_CONTROL: "no-store"})
 
 
 async def revoke_token(request: web.Request) -> web.Response:
@@ -147,6 +119,9 @@ def build_admin_app(services: Services) -> web.Application:
     app.on_response_prepare.append(own_answer_headers)
     app[SERVICES] = services
     app[GUARDS] = checks
+    if services.config.admin.lean_front:
+        # Mints, served before aiohttp's server sees them (sidecar.admin.lane).
+        app[LANE] = MintLane(services, checks)
     app.router.add_post("/referstring", referstring)
     app.router.add_post("/tokens/{id}/revoke", revoke_token)
     app.router.add_delete("/sessions", end_sessions)

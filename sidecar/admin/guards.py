@@ -277,21 +277,44 @@ class Guards:
                 "missing admin key: send Authorization: Bearer <key>",
                 headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
             )
-        scheme, _, key = given[0].partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
+        key = _bearer_key(given[0])
+        if key is None:
             return json_error(
                 request,
                 401,
                 "malformed Authorization header: expected Bearer <key>",
                 headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_request"'},
             )
-        expected = self._options.key
-        # surrogateescape: aiohttp hands undecodable header bytes over as lone surrogates.
-        key_bytes = key.encode("utf-8", "surrogateescape")
-        if not expected or not hmac.compare_digest(key_bytes, expected):
+        if not self._key_matches(key):
             return json_error(request, 403, "wrong admin key")
         return None
+
+    def _key_matches(self, key: str) -> bool:
+        """Whether ``key`` is the admin key, compared in constant time."""
+        expected = self._options.key
+        # surrogateescape: aiohttp hands undecodable header bytes over as lone surrogates.
+        given = key.encode("utf-8", "surrogateescape")
+        return bool(expected) and hmac.compare_digest(given, expected)
+
+    # -- the lean front (sidecar.admin.lane) ---------------------------------------------
+    @property
+    def max_body(self) -> int:
+        return self._options.max_body
+
+    def admits(
+        self, peer: str | None, host: str, sockname: object, authorizations: list[str]
+    ) -> bool:
+        """Whether a request from ``peer`` with this ``Host``, these ``Authorization``
+        values and neither ``Origin`` nor ``Sec-Fetch-Site`` passes every check of the
+        middleware but the body size (the lane's own): the same checks, with the same
+        options, as booleans. The lane hands over what fails, and the middleware refuses it."""
+        options = self._options
+        if not peer_allowed(peer, options.allowed_peers) or len(authorizations) != 1:
+            return False
+        if host.strip().lower() not in own_hosts(options.listen, sockname):
+            return False
+        key = _bearer_key(authorizations[0])
+        return key is not None and self._key_matches(key)
 
     # -- the mint rate -------------------------------------------------------------------
     def quota(self) -> tuple[str, RateLimit]:
@@ -306,6 +329,13 @@ class Guards:
         except RateLimited as exc:
             return too_many_mints(request, exc.retry_after)
         return None
+
+
+def _bearer_key(value: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` value; None when it is not one."""
+    scheme, _, key = value.partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
 
 
 def too_many_mints(request: web.Request, retry_after: int) -> web.Response:

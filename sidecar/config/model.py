@@ -171,6 +171,7 @@ def _build(r: Reader) -> Config | None:
             allowed_peers=adm.networks("allowed_peers"),
             max_body=adm.size("max_body", 65536),
             mint_rate=adm.rate("mint_rate", "6000/1m"),
+            lean_front=adm.boolean("lean_front", True),
         )
     except InvalidField as exc:
         adm.error(exc.field, exc.message)

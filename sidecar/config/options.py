@@ -46,6 +46,7 @@ class AdminConfig:
     allowed_peers: tuple[Network, ...]
     max_body: int
     mint_rate: RateLimit
+    lean_front: bool = True  # successful mints skip aiohttp's server (admin.lane)
 
     def __post_init__(self) -> None:
         if not self.listen.is_loopback and not self.allow_non_loopback:

@@ -19,7 +19,11 @@ async def read_json_object(request: web.BaseRequest) -> dict[str, object]:
     """The body as one JSON object; raise :class:`BadBody` for anything else."""
     if request.content_type != "application/json":
         raise BadBody("expected Content-Type: application/json")
-    raw = await request.read()
+    return parse_json_object(await request.read())
+
+
+def parse_json_object(raw: bytes) -> dict[str, object]:
+    """``raw`` as one JSON object; raise :class:`BadBody` for anything else."""
     try:
         doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_constant)
     except UnicodeDecodeError:

@@ -1,4 +1,4 @@
-"""The proxy listener's connections: a lean HTTP/1.1 front for the hot path, aiohttp behind it.
+"""A listener's connections: a lean HTTP/1.1 front for the hot path, aiohttp behind it.
 
 Almost every request a proxy sees is the same: a bodyless request with a session cookie,
 forwarded upstream. aiohttp's server spends most of the CPU of such a request on its own
@@ -20,7 +20,8 @@ along, and keeps the connection from then on. Handed over are:
   refuses, bare-LF line ends, over ``proxy.max_header_size`` or
   :data:`~sidecar.app.MAX_HEADERS` lines): the framing and smuggling rules stay the ones
   aiohttp enforces and tests/security pins;
-* whatever the lane declines (its rules: :mod:`sidecar.proxy.express`).
+* whatever the lane declines (the proxy's: :mod:`sidecar.proxy.express`; the admin
+  listener's, which serves mints: :mod:`sidecar.admin.lane`).
 
 The lean front keeps the listener's limits (:mod:`sidecar.web.listener`): the connection
 cap (counted with aiohttp's connections), ``request_head_timeout`` (408, then close) and
@@ -53,9 +54,11 @@ _MAX_BODY: Final = 16 * 1024
 
 class Reply(Protocol):
     """What a lane answers through (:class:`LeanConnection`); ``peer`` is the client's
-    address as the socket gives it."""
+    address as the socket gives it, ``sockname`` the listener's own address (as
+    aiohttp's ``transport.get_extra_info("sockname")``)."""
 
     peer: str | None
+    sockname: object
 
     def write(self, data: bytes) -> None: ...
 
@@ -116,6 +119,7 @@ class LeanConnection(asyncio.Protocol):
         "_refused",
         "_server",
         "peer",
+        "sockname",
         "transport",
     )
 
@@ -124,6 +128,7 @@ class LeanConnection(asyncio.Protocol):
         self._lane = lane
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
+        self.sockname: object = None
         # What came and is not answered yet: the bytes as read while they are one whole
         # read (the usual case: no copy, and nothing held between requests), a bytearray
         # only while a head arrives in pieces.
@@ -151,6 +156,7 @@ class LeanConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.sockname = transport.get_extra_info("sockname")
         self._idle_since = self._server.clock()
         self._server.lean.add(self)
 

@@ -1,0 +1,159 @@
+"""The admin listener's lane: ``POST /referstring`` served by the lean front without aiohttp.
+
+A mint is the admin port's hot path, and aiohttp's server (its request, payload stream,
+writer, router and middlewares) cost more CPU than the mint itself. :class:`MintLane` is
+the :class:`~sidecar.web.lean.Lane` of the admin listener (``admin.lean_front``, on by
+default): the lean front (:mod:`sidecar.web.lean`) offers it each plain HTTP/1.1 request
+whose ``Content-Length`` body (up to 16 KiB) came whole with its head, and it
+serves only a mint that succeeds, with the handler's own steps
+(:mod:`sidecar.admin.mints`) and the guards' own checks (:meth:`Guards.admits`). It
+declines — before writing a byte, so that aiohttp's server answers exactly as without the
+lane — every request whose answer could be anything but that ``200``:
+
+* any other method, path or query, ``Connection: close``, a body over ``admin.max_body``;
+* an ``Origin`` or ``Sec-Fetch-Site`` header (browsers: the middleware refuses them);
+* a peer, ``Host`` or ``Authorization`` the guards refuse, or more than one
+  ``Authorization``;
+* a ``Content-Type`` other than exactly ``application/json``;
+* a body that is not one strict JSON object, or that the mint refuses (400);
+* a mint the store refuses after all: over ``admin.mint_rate``, or the store unavailable.
+  Nothing was recorded, and aiohttp's handler counts, mints and answers it again (a
+  ``429``, a ``503``): a refused mint counts twice against a rate it is already over,
+  which the fixed window's reset does not notice.
+
+tests/test_admin_lane.py sends the same bytes to a sidecar with the lane and one without
+and compares the answers byte for byte (``Date``, ``X-Request-Id`` and the minted values
+aside); the admin tests and tests/security run against the lane, which is on by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from email.utils import formatdate
+from functools import lru_cache
+from typing import Final
+
+from sidecar.admin.guards import Guards, RequestError
+from sidecar.admin.mints import announce, keep_link, mint_link
+from sidecar.refer.minting import MintedLink
+from sidecar.services import Services
+from sidecar.telemetry.context import CURRENT, RequestRecord
+from sidecar.web.accesslog import CLIENT_CLOSED, AccessLine, request_id_for
+from sidecar.web.drain import Drain
+from sidecar.web.heads import Head
+from sidecar.web.jsonbody import BadBody, parse_json_object
+from sidecar.web.lean import Reply, Started
+
+PATH: Final = "/referstring"
+_TARGET: Final = PATH.encode()
+_BROWSER: Final = (b"origin", b"sec-fetch-site")
+# What aiohttp's server writes for the handler's answer, in its order (json_response, the
+# access middleware's X-Request-Id, then Content-Length, Date, and own_answer_headers').
+_HEAD: Final = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Cache-Control: no-store\r\n"
+    b"Content-Type: application/json; charset=utf-8\r\n"
+    b"X-Request-Id: %b\r\n"
+    b"Content-Length: %d\r\n"
+    b"%b"
+    b"X-Content-Type-Options: nosniff\r\n"
+    b"\r\n"
+)
+
+
+class MintLane:
+    """Serves successful mints for the admin listener's lean front (see the module
+    docstring)."""
+
+    def __init__(self, services: Services, guards: Guards) -> None:
+        self.services = services
+        self.guards = guards
+        self.access = AccessLine("admin")
+        self.drain: Drain | None = None
+
+    def start(self, head: Head, reply: Reply) -> Started | None:
+        """Take ``head`` (None: declined now, nothing written)."""
+        if head.target != _TARGET or head.method != "POST" or not head.keep_alive:
+            return None
+        if head.length > self.guards.max_body:
+            return None  # aiohttp's 413 (the lean front takes bodies up to 16 KiB)
+        started = time.perf_counter()
+        host = content_type = request_id = None
+        authorizations: list[str] = []
+        for lower, (_, value) in zip(head.names, head.headers, strict=True):
+            if lower == b"host":
+                host = value.decode("utf-8", "surrogateescape")
+            elif lower == b"authorization":
+                authorizations.append(value.decode("utf-8", "surrogateescape"))
+            elif lower == b"content-type":
+                content_type = value
+            elif lower == b"x-request-id":
+                request_id = request_id or value.decode("utf-8", "surrogateescape")
+            elif lower in _BROWSER:
+                return None
+        if content_type != b"application/json" or host is None:
+            return None
+        if not self.guards.admits(reply.peer, host, reply.sockname, authorizations):
+            return None
+        try:
+            link = mint_link(self.services, parse_json_object(head.body))
+        except (BadBody, RequestError):
+            return None
+        mint = _Mint(self, reply, link, RequestRecord(request_id_for(request_id), "admin"))
+        mint.started = started
+        task = mint.task = asyncio.get_running_loop().create_task(mint.run())
+        drain = self.drain
+        if drain is not None:  # in flight until answered, as in aiohttp's handler
+            drain.begin()
+            task.add_done_callback(lambda _: drain.end())
+        return mint
+
+
+class _Mint:
+    """One mint the lane took: kept in the store, then answered (or declined)."""
+
+    __slots__ = ("_lane", "_link", "_record", "_reply", "started", "task")
+
+    def __init__(self, lane: MintLane, reply: Reply, link: MintedLink, record: RequestRecord):
+        self._lane = lane
+        self._reply = reply
+        self._link = link
+        self._record = record
+        self.started = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        lane, reply, record = self._lane, self._reply, self._record
+        CURRENT.set(record)  # this task's own context: the audit line's request_id
+        try:
+            await keep_link(lane.services, lane.guards, self._link)
+        except asyncio.CancelledError:
+            self._log(CLIENT_CLOSED)
+            raise
+        except Exception:
+            reply.decline()
+            return
+        body = json.dumps(announce(self._link)).encode()
+        reply.write(_HEAD % (record.request_id.encode(), len(body), _date_line()) + body)
+        self._log(200)
+        reply.finished()
+
+    def _log(self, status: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        self._lane.access("POST", PATH, status, elapsed, self._record, self._reply.peer)
+
+    def cancel(self) -> None:
+        """The client left: the mint stops where it is (a kept link stays recorded)."""
+        if self.task is not None:
+            self.task.cancel()
+
+
+def _date_line() -> bytes:
+    return _date_of(int(time.time()))
+
+
+@lru_cache(maxsize=2)
+def _date_of(second: int) -> bytes:
+    return b"Date: " + formatdate(second, usegmt=True).encode() + b"\r\n"

@@ -1,0 +1,57 @@
+"""The steps of ``POST /referstring``, shared by its aiohttp handler
+(:func:`sidecar.admin.api.referstring`) and the lean front's lane
+(:class:`sidecar.admin.lane.MintLane`), so that both answer the same.
+
+:func:`mint_link` checks the body and seals the link (:class:`RequestError` 400),
+:func:`keep_link` counts the mint against ``admin.mint_rate`` and records the link in one
+store call (:class:`~sidecar.store.ratelimit.RateLimited` past the rate, nothing recorded;
+``StoreUnavailable`` as any store call), and :func:`announce` counts it, writes its audit
+line and gives the answer's document.
+"""
+
+from __future__ import annotations
+
+from sidecar.admin.guards import Guards, RequestError
+from sidecar.refer.minting import MintedLink, MintError, mint_refer, parse_refer_request
+from sidecar.services import Services
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import audit
+from sidecar.tokens.codec import TokenTooLong
+from sidecar.tokens.records import remember_counted_mint
+
+
+def mint_link(services: Services, body: dict[str, object]) -> MintedLink:
+    """The link ``body`` asks for, sealed; :class:`RequestError` 400 naming the field."""
+    try:
+        mint = parse_refer_request(body, services.config)
+        return mint_refer(
+            mint, services.codec, public_url=services.config.public_url, now=services.clock()
+        )
+    except MintError as exc:
+        raise RequestError(400, str(exc), field=exc.field) from None
+    except TokenTooLong as exc:
+        raise RequestError(400, str(exc), field="additionalParams") from None
+
+
+async def keep_link(services: Services, guards: Guards, link: MintedLink) -> None:
+    """Count the mint and record the link: one store call (one SQLite transaction)."""
+    key, rate = guards.quota()
+    await remember_counted_mint(services.store, link.claims, key, rate, services.clock())
+
+
+def announce(link: MintedLink) -> dict[str, str]:
+    """A kept link: counted, audit-logged (its id, never its text), and its answer."""
+    claims = link.claims
+    metrics.mint(claims.kind)
+    expires_at = link.expires_at_iso
+    audit(
+        "mint",
+        token_id=claims.token_id,
+        user_id=claims.subject,
+        role=claims.role,
+        kind=claims.kind,
+        one_time=claims.one_time,
+        expires_at=expires_at,
+        module=claims.module,
+    )
+    return link.to_json(expires_at)
