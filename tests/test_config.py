@@ -228,6 +228,22 @@ def test_single_errors(tmp_path: Path, doc: dict[str, object], fragment: str) ->
     assert any(e.startswith(fragment) for e in errors), errors
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["Host", "Content-Length", "content_length", "Transfer-Encoding", "Transfer.Encoding",
+     "Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Upgrade", "Expect"],
+)  # fmt: skip
+def test_an_identity_header_cannot_be_a_framing_or_hop_by_hop_header(
+    tmp_path: Path, name: str
+) -> None:
+    """The upstream would get a second Host, a Content-Length or Transfer-Encoding that no
+    body matches (it waits for bytes that never come, or reads the next request as a body),
+    or connection options: in any spelling an upstream merges, a config error."""
+    roles = {"Authenticated": {"params": ["tenant"], "headers": {name: "{param.tenant}"}}}
+    errors = errors_of(tmp_path, config_doc(roles=roles))
+    assert any(e.startswith(f"roles.Authenticated.headers.{name}: ") for e in errors), errors
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("public_url: [unclosed\n")

@@ -15,6 +15,13 @@ from sidecar.tokens.identity import identity_problem
 FIELDS = frozenset({"user_id", "role", "email", "module", "token_id"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# Headers the sidecar cannot set for the upstream: the request's framing and target host
+# (a second Host, a length no body matches, a coding the upstream must apply) and the
+# connection's own options (RFC 9110 §7.6.1), in their canonical spelling.
+_NOT_IDENTITY = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+     "proxy-connection", "te", "trailer", "upgrade", "expect"}
+)  # fmt: skip
 
 
 class TemplateError(ValueError):
@@ -59,6 +66,11 @@ class HeaderTemplate:
 def compile_header(name: str, template: str) -> HeaderTemplate:
     if not _TOKEN.fullmatch(name):
         raise TemplateError(f"{name!r} is not a valid HTTP header name")
+    canonical = canonical_header(name)
+    if canonical in _NOT_IDENTITY:
+        raise TemplateError(
+            f"{name!r} frames the request or names its connection; it cannot carry identity"
+        )
     parts: list[str] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(template):
@@ -72,4 +84,4 @@ def compile_header(name: str, template: str) -> HeaderTemplate:
     if "{" in rest or "}" in rest:
         raise TemplateError(f"unbalanced brace in {template!r}")
     parts.append(rest)
-    return HeaderTemplate(name=name, canonical=canonical_header(name), parts=tuple(parts))
+    return HeaderTemplate(name=name, canonical=canonical, parts=tuple(parts))
