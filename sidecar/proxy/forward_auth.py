@@ -43,9 +43,8 @@ goes to ``login_url`` (``unauthenticated: redirect``) or sees the "link needed" 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -53,19 +52,18 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from sidecar.config import Config
+from sidecar.proxy.originals import BadOriginal, SubRequest, original_request, websocket_handshake
 from sidecar.proxy.origins import PublicOrigin
-from sidecar.proxy.paths import GlobSet, PathRules, UnsafePath, normalise
+from sidecar.proxy.paths import GlobSet, NormalPath, PathRules, UnsafePath, normalise
 from sidecar.proxy.templates import canonical_header
 from sidecar.refer.redeem import Redeemer, has_refer, may_hold_refer
-from sidecar.sessions import SessionManager
+from sidecar.sessions import Session, SessionManager
 from sidecar.store.base import StoreUnavailable
 from sidecar.web import pages
 from sidecar.web.accesslog import set_user
 
 REDIRECT_HINT: Final = "X-Sidecar-Redirect"
 ENVOY_REMOVE: Final = "x-envoy-auth-headers-to-remove"
-_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 token
-_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?")
 _NO_STORE: Final[dict[str, str]] = {hdrs.CACHE_CONTROL: "no-store"}
 
 Trusts = Callable[[str | None], bool]
@@ -76,118 +74,39 @@ _DESCRIBING: Final = frozenset(
 )  # fmt: skip
 
 
-class BadOriginal(ValueError):
-    """The trusted proxy's description of the original request is unusable or ambiguous."""
-
-
-@dataclass(frozen=True, slots=True)
-class Original:
-    """The request the ingress asks about: method, raw target (path and query), host, scheme."""
-
-    method: str
-    target: str
-    host: str | None
-    scheme: str
-
-
-def _single(request: web.BaseRequest, name: str) -> str | None:
-    values = request.headers.getall(name, ())
-    if len(values) > 1:
-        raise BadOriginal(f"{name} sent {len(values)} times")
-    return values[0] if values else None
-
-
-def _agree(what: str, *values: str | None) -> str | None:
-    given = {v for v in values if v is not None}
-    if len(given) > 1:
-        raise BadOriginal(f"the original {what} is given differently by two headers")
-    return given.pop() if given else None
-
-
-def original_request(
-    request: web.BaseRequest, *, trusted: bool, envoy_target: str | None = None
-) -> Original:
-    """Read the original request from a trusted proxy's headers (see the module docstring).
-
-    ``envoy_target`` is what followed ``forward_auth.envoy_path_prefix`` in the sub-request's
-    path. Untrusted: the sub-request itself. Raises :class:`BadOriginal`."""
-    own_host = request.headers.get(hdrs.HOST)
-    if not trusted:
-        return Original(request.method, request.raw_path, own_host, request.scheme)
-    forwarded_host = _single(request, "X-Forwarded-Host")
-    forwarded_proto = _single(request, hdrs.X_FORWARDED_PROTO)
-    target: str | None
-    method: str | None
-    if envoy_target is not None:
-        # Envoy's check request keeps the method and :authority of the original.
-        target, method, host, scheme = envoy_target, request.method, own_host, forwarded_proto
-    else:
-        url_target: str | None = None
-        url_host: str | None = None
-        url_scheme: str | None = None
-        full = _single(request, "X-Original-URL")
-        if full is not None:
-            url_scheme, url_host, url_target = _split_original_url(full)
-        target = _agree(
-            "target",
-            url_target,
-            _single(request, "X-Original-URI"),
-            _single(request, "X-Forwarded-Uri"),
-        )
-        method = _agree(
-            "method",
-            _single(request, "X-Original-Method"),
-            _single(request, "X-Forwarded-Method"),
-        )
-        host = _agree("host", url_host, forwarded_host) or own_host
-        scheme = _agree("scheme", url_scheme, forwarded_proto)
-        target = target if target is not None else request.raw_path
-        method = method if method is not None else request.method
-    if target is None or method is None or not target.startswith("/"):
-        raise BadOriginal("the original target is not an absolute path")
-    if not _METHOD.fullmatch(method):
-        raise BadOriginal("the original method is not an HTTP token")
-    if host is not None and not _HOST.fullmatch(host):
-        raise BadOriginal("the original host is not a host[:port]")
-    scheme = (scheme or request.scheme).lower()
-    if scheme not in ("http", "https"):
-        raise BadOriginal("the original scheme is neither http nor https")
-    return Original(method.upper(), target, host, scheme)
-
-
-def _websocket_handshake(request: web.BaseRequest) -> bool:
-    """Whether the sub-request describes a WebSocket handshake. ``Upgrade`` is hop-by-hop
-    (nginx, Traefik and Caddy drop it), ``Sec-WebSocket-Key`` is not: browsers always send it."""
-    upgrade = request.headers.get(hdrs.UPGRADE, "")
-    return hdrs.SEC_WEBSOCKET_KEY in request.headers or upgrade.lower() == "websocket"
-
-
-_ORIGINAL_URL = re.compile(r"(https?)://([^/]*)(/.*)", re.IGNORECASE | re.DOTALL)
-
-
-def _split_original_url(full: str) -> tuple[str, str, str]:
-    """``X-Original-URL`` as ingress-nginx builds it (``$scheme://$http_host$request_uri``):
-    the scheme, the host, and everything after the host as the target.
-
-    ``$http_host`` is the client's ``Host``, which nginx routes by its name alone: a
-    ``Host: app.example.com:80?`` would make a URL parser read the ``$request_uri`` after
-    it as a query (or, after ``#``, a fragment) and judge ``/`` instead. So the host must
-    be a plain ``host[:port]`` up to the first ``/``, and the target is the rest, verbatim."""
-    match = _ORIGINAL_URL.fullmatch(full)
-    if match is None or not _HOST.fullmatch(match[2]):
-        raise BadOriginal("X-Original-URL is not http(s)://host[:port]/path")
-    return match[1].lower(), match[2], match[3]
-
-
 def _query_has_refer(query: str) -> bool:
     if not may_hold_refer(query):
         return False
     return any(name == "refer" for name, _ in parse_qsl(query, keep_blank_values=True))
 
 
-def _bare(status: int, headers: dict[str, str] | None = None) -> web.Response:
-    # No body and no Content-Type: nothing an ingress could show or sniff.
-    return web.Response(status=status, headers=_NO_STORE | headers if headers else _NO_STORE)
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Forward-auth's answer: a status and its headers, never a cookie, never a body."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def all_headers(self) -> dict[str, str]:
+        return _NO_STORE | self.headers if self.headers else _NO_STORE
+
+    def response(self) -> web.Response:
+        # No body and no Content-Type: nothing an ingress could show or sniff.
+        return web.Response(status=self.status, headers=self.all_headers())
+
+
+ALLOWED: Final = Answer(200)
+UNAUTHORIZED: Final = Answer(401)
+FORBIDDEN: Final = Answer(403)
+STORE_DOWN: Final = Answer(503)
+
+
+@dataclass(frozen=True, slots=True)
+class Examined:
+    """A sub-request whose answer its session decides: the original path, and target."""
+
+    path: NormalPath
+    target: str
 
 
 class ForwardAuth:
@@ -236,7 +155,7 @@ class ForwardAuth:
     async def auth(self, request: web.Request) -> web.StreamResponse:
         """``GET|HEAD <prefix>/auth``: nginx, ingress-nginx, Traefik and Caddy conventions."""
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-            return _bare(405, {hdrs.ALLOW: "GET, HEAD"})
+            return Answer(405, {hdrs.ALLOW: "GET, HEAD"}).response()
         return await self._judge(request, None)
 
     async def envoy(self, request: web.Request) -> web.StreamResponse:
@@ -254,56 +173,69 @@ class ForwardAuth:
         return response
 
     async def _judge(self, request: web.Request, envoy_target: str | None) -> web.StreamResponse:
-        trusted = self._trusts(request.remote)
-        if not trusted and not self._warned and any(h in request.headers for h in _DESCRIBING):
+        examined = self.examine(request, envoy_target)
+        if isinstance(examined, Answer):
+            return examined.response()
+        try:
+            session = await self._sessions.lookup(request)
+        except StoreUnavailable:
+            return STORE_DOWN.response()
+        return self.decide(examined, session).response()
+
+    def examine(self, sub: SubRequest, envoy_target: str | None) -> Answer | Examined:
+        """What can be told of ``sub`` without its session: an answer, or the path whose
+        answer the session decides (:meth:`decide`). The one judgement of the handlers
+        above and of the lean front (:mod:`sidecar.proxy.auth_lane`)."""
+        trusted = self._trusts(sub.remote)
+        if not trusted and not self._warned and any(h in sub.headers for h in _DESCRIBING):
             # The usual set-up mistake (the ingress missing from trusted_proxies) shows as
             # every request refused: say why, once.
             self._warned = True
             LOG.warning(
                 "forward-auth: ignoring X-Original-*/X-Forwarded-* from %s, which is not in "
                 "proxy.trusted_proxies; the sub-request's own path is judged instead",
-                request.remote,
+                sub.remote,
             )
         try:
-            original = original_request(request, trusted=trusted, envoy_target=envoy_target)
+            original = original_request(sub, trusted=trusted, envoy_target=envoy_target)
         except BadOriginal:
-            return _bare(403)
+            return FORBIDDEN
         # The proxy's origin rules, applied to the original request: its Host (421 there; a
         # 403 here, the one refusal every ingress passes on) and a WebSocket's Origin.
         if not self._public_origin.host_allowed(original.host):
-            return _bare(403)
+            return FORBIDDEN
         if (
             original.method == hdrs.METH_GET
-            and _websocket_handshake(request)
-            and not self._public_origin.websocket_origin_allowed(request.headers.get(hdrs.ORIGIN))
+            and websocket_handshake(sub)
+            and not self._public_origin.websocket_origin_allowed(sub.headers.get(hdrs.ORIGIN))
         ):
-            return _bare(403)
+            return FORBIDDEN
         raw_path, _, query = original.target.partition("?")
         try:
             path = normalise(raw_path)
         except UnsafePath:
-            return _bare(403)
+            return FORBIDDEN
         if query and _query_has_refer(query):
-            return _bare(401)  # the ingress sends it to the proxy listener to redeem
+            return UNAUTHORIZED  # the ingress sends it to the proxy listener to redeem
         if path.strict == self._prefix or path.strict.startswith(self._prefix + "/"):
-            return _bare(401)  # the sidecar's own pages are served by the proxy listener
+            return UNAUTHORIZED  # the sidecar's own pages are served by the proxy listener
         if self._public and path.matched_by(self._public):
-            return _bare(200)
-        try:
-            session = await self._sessions.lookup(request)
-        except StoreUnavailable:
-            return _bare(503)
+            return ALLOWED
+        return Examined(path, original.target)
+
+    def decide(self, examined: Examined, session: Session | None) -> Answer:
+        r"""The answer for an :meth:`examine`\ d request whose live session is ``session``."""
         if session is not None:
             set_user(session.record.user_id)
             # .get: a reload may have removed the role while the lookup awaited the store.
             rules = self._rules.get(session.record.role)
-            if rules is None or not rules.permits(path):
-                return _bare(403)
-            return _bare(200, dict(session.headers))
+            if rules is None or not rules.permits(examined.path):
+                return FORBIDDEN
+            return Answer(200, dict(session.headers))
         if self._unauthenticated == "pass":
-            return _bare(200)
-        location = self._login_location(original.target)
-        return _bare(401, {REDIRECT_HINT: location} if location else None)
+            return ALLOWED
+        location = self._login_location(examined.target)
+        return Answer(401, {REDIRECT_HINT: location}) if location else UNAUTHORIZED
 
     def _login_location(self, target: str) -> str | None:
         """Where ``unauthenticated: redirect`` sends a browser, or None in the other modes."""
