@@ -47,6 +47,7 @@ from sidecar.web.heads import Head
 from sidecar.web.lean import Reply, Started
 
 if TYPE_CHECKING:
+    from sidecar.proxy.auth_lane import AuthLane
     from sidecar.proxy.gateway import Gateway
 
 _FORWARDED_HOST: Final = (b"x-forwarded-host", b"forwarded")
@@ -63,6 +64,7 @@ class Admitted:
     accept: str | None
     forwarded_for: list[str]  # X-Forwarded-For values (the access line's remote)
     refer: list[str] | None = None  # a plain refer link's values (sidecar.proxy.redeem_lane)
+    auth: bool = False  # forward-auth's sub-request (sidecar.proxy.auth_lane)
 
 
 class ExpressLane:
@@ -77,9 +79,11 @@ class ExpressLane:
         clients: ClientAddresses,
         sessions: SessionManager,
         redemptions: RedeemLane,
+        auth: AuthLane,
     ) -> None:
         self.services = services
         self.redemptions = redemptions
+        self.auth = auth
         self.gateway = gateway
         self.forwarder = forwarder
         self.clients = clients
@@ -99,6 +103,8 @@ class ExpressLane:
         admitted = self._admit(head, reply.peer)
         if admitted is None:
             return None
+        if admitted.auth:
+            return self.auth.start(self, head, reply, admitted)
         if admitted.refer is not None:
             return self.redemptions.start(self, head, reply, admitted, admitted.refer)
         exchange = Exchange(self, head, reply, admitted)
@@ -119,7 +125,12 @@ class ExpressLane:
         cut = target.find(b"?")
         raw_path = target if cut < 0 else target[:cut]
         refer = None
-        if cut >= 0 and may_hold_refer(query := target[cut + 1 :].decode("latin-1")):
+        # Forward-auth's sub-request (its query is not a refer link: nothing redeems it).
+        auth = raw_path == self.auth.path
+        if auth:
+            if head.method != "GET":
+                return None
+        elif cut >= 0 and may_hold_refer(query := target[cut + 1 :].decode("latin-1")):
             # Perhaps a refer link: a plain one's GET is redeemed here, the rest by the
             # handler (no other query is parsed here).
             if head.method != "GET" or not target.isascii():
@@ -129,7 +140,10 @@ class ExpressLane:
                 return None
         path_text = raw_path.decode("utf-8", "surrogateescape")
         own = self._own
-        if path_text.startswith(own) or ("%" in path_text and unquote(path_text).startswith(own)):
+        # (Forward-auth's is the one own route the lean front serves.)
+        if not auth and (
+            path_text.startswith(own) or ("%" in path_text and unquote(path_text).startswith(own))
+        ):
             return None
         try:
             path = self._normalise(path_text)
@@ -156,7 +170,9 @@ class ExpressLane:
             elif lower == b"accept":
                 accept = accept or value.decode("utf-8", "surrogateescape")
         trusted = self.clients.trusts(peer)
-        if not hosts_allowed(
+        # Forward-auth's route is exempt, as from the host_check middleware: the ingress
+        # asks about any host, and the original host is what forward-auth judges.
+        if not auth and not hosts_allowed(
             self._public,
             hosts,
             forwarded_hosts if trusted else (),
@@ -164,4 +180,4 @@ class ExpressLane:
         ):
             return None
         read = cookie_values(cookies, self._sessions.cookie_name) if cookies else NO_COOKIES
-        return Admitted(path, path_text, read, request_id, accept, forwarded_for, refer)
+        return Admitted(path, path_text, read, request_id, accept, forwarded_for, refer, auth)

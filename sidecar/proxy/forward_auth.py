@@ -180,6 +180,8 @@ class ForwardAuth:
             session = await self._sessions.lookup(request)
         except StoreUnavailable:
             return STORE_DOWN.response()
+        if session is not None:
+            set_user(session.record.user_id)
         return self.decide(examined, session).response()
 
     def examine(self, sub: SubRequest, envoy_target: str | None) -> Answer | Examined:
@@ -226,7 +228,6 @@ class ForwardAuth:
     def decide(self, examined: Examined, session: Session | None) -> Answer:
         r"""The answer for an :meth:`examine`\ d request whose live session is ``session``."""
         if session is not None:
-            set_user(session.record.user_id)
             # .get: a reload may have removed the role while the lookup awaited the store.
             rules = self._rules.get(session.record.role)
             if rules is None or not rules.permits(examined.path):

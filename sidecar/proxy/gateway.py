@@ -25,6 +25,7 @@ from yarl import URL
 
 from sidecar.config import Config
 from sidecar.links import http as links_http
+from sidecar.proxy.auth_lane import AuthLane
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.express import ExpressLane
 from sidecar.proxy.forward import Forwarder
@@ -120,7 +121,10 @@ def build_proxy_app(services: Services) -> web.Application:
     if services.config.proxy.lean_front:
         # The hot path, served before aiohttp's server sees it (sidecar.web.lean).
         redemptions = RedeemLane(redeemer, failures)
-        lane = ExpressLane(services, gateway, forwarder, public, clients, sessions, redemptions)
+        auth = AuthLane(forward_auth, sessions, prefix)
+        lane = ExpressLane(
+            services, gateway, forwarder, public, clients, sessions, redemptions, auth
+        )
         lane.own_routes(router.own_literals())
         app[LANE] = lane
     return app
