@@ -18,7 +18,7 @@ import hashlib
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from http.cookies import Morsel, SimpleCookie
 from typing import Final
@@ -192,7 +192,7 @@ class SessionManager:
         user_id: str,
         role: RoleConfig,
         token_id: str,
-        params: dict[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
         email: str | None = None,
         module: str | None = None,
         client: str | None = None,
@@ -211,7 +211,7 @@ class SessionManager:
         user_id: str,
         role: RoleConfig,
         token_id: str,
-        params: dict[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
         email: str | None = None,
         module: str | None = None,
         client: str | None = None,

@@ -53,6 +53,9 @@ class RedeemLane:
     def __init__(self, redeemer: Redeemer, failures: FailedRedemptions) -> None:
         self.redeemer = redeemer
         self.failures = failures
+        # The loop of the listener it serves, asked once: asyncio.get_running_loop() costs
+        # a getpid() system call on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(
         self, lane: ExpressLane, head: Head, reply: Reply, admitted: Admitted, refer: list[str]
@@ -69,7 +72,10 @@ class RedeemLane:
         drain = lane.drain
         if drain is not None:
             drain.begin()
-        task = redemption.task = asyncio.get_running_loop().create_task(redemption.run())
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = redemption.task = loop.create_task(redemption.run())
         # A task cancelled before its first step never runs its body (nor its finally).
         task.add_done_callback(redemption.ended)
         return redemption

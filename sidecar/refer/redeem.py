@@ -176,7 +176,7 @@ class Redeemer:
             user_id=claims.subject,
             role=role,
             token_id=claims.token_id,
-            params=dict(claims.params),
+            params=claims.params,
             email=claims.email,
             module=claims.module,
             client=client,
@@ -200,7 +200,8 @@ class Redeemer:
                 await store.create_session(session)
             # A browser that still holds another session starts afresh (its old cookie
             # names another record: ending it cannot touch the one just created).
-            await self._sessions.end_cookies(cookies)
+            if cookies.values:
+                await self._sessions.end_cookies(cookies)
         except StoreUnavailable:
             raise RedeemFailed(unavailable, claims.token_id) from None
         metrics.redemption("success")

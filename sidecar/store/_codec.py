@@ -32,7 +32,8 @@ def session_dead_at(expires_at: float, last_seen: float, idle_timeout: float) ->
 
 
 def dump_json(value: Mapping[str, object]) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    # Most sessions carry no params: their "{}" costs no encoder (every redemption writes one).
+    return json.dumps(value, separators=(",", ":"), sort_keys=True) if value else "{}"
 
 
 def load_object(text: str) -> dict[str, object]:

@@ -181,12 +181,16 @@ class GroupCommitWriter:
         self._conn: sqlite3.Connection | None = None
         self._queue: asyncio.Queue[_Op | _Burn | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # The loop it writes for (set by start): asyncio.get_running_loop() costs a
+        # getpid() system call on Python 3.11, and every burn needs the loop.
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     async def start(self) -> None:
         """Open the connection (may raise :class:`sqlite3.Error`) and start writing."""
+        self._event_loop = asyncio.get_running_loop()
         try:
             self._conn = await self._in_thread(functools.partial(_connect, self._path))
         except BaseException:
@@ -208,7 +212,7 @@ class GroupCommitWriter:
     async def write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``apply`` (in the writer thread) in the next group transaction; return its
         result once committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = self._new_future()
         self._enqueue(_Write(apply, future))
         return await future
 
@@ -220,9 +224,14 @@ class GroupCommitWriter:
     ) -> BurnResult:
         """Burn ``token_id`` in the next group transaction; if this call burned it, run
         ``then`` (in the writer thread) in that same transaction."""
-        future: asyncio.Future[BurnResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[BurnResult] = self._new_future()
         self._enqueue(_Burn(token_id, expires_at, future, then))
         return await future
+
+    def _new_future(self) -> asyncio.Future[T]:
+        if self._task is None or self._event_loop is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return self._event_loop.create_future()
 
     def _enqueue(self, op: _Op | _Burn) -> None:
         if self._task is None:

@@ -195,7 +195,13 @@ def mint_failure(api: str, reason: str) -> None:
 
 
 def store_up(up: bool) -> None:
-    STORE_UP.set(1 if up else 0)
+    global _store_up
+    if up is not _store_up:  # set on a change only: every store call reports
+        _store_up = up
+        STORE_UP.set(1 if up else 0)
+
+
+_store_up: bool | None = None
 
 
 def observe_upstream(seconds: float) -> None:

@@ -137,14 +137,14 @@ class TokenCodec:
         if not isinstance(token, str) or not 0 < len(token) < MAX_TOKEN_LENGTH:
             raise MalformedToken("token is empty or too long")
         parts = token.split(".")
-        if len(parts) != 5 or parts[1] != "" or not all(parts[i] for i in (0, 2, 3, 4)):
+        if len(parts) != 5 or parts[1] or not (parts[0] and parts[2] and parts[3] and parts[4]):
             raise MalformedToken("not a compact JWE with direct encryption")
         kid = _header_kid(parts[0])
         key = None if kid is None else self._keys.get(kid)
         if key is None:
             raise UnknownKey("unknown kid")
         try:
-            iv, ciphertext, tag = (b64decode(parts[i]) for i in (2, 3, 4))
+            iv, ciphertext, tag = b64decode(parts[2]), b64decode(parts[3]), b64decode(parts[4])
         except ValueError:  # binascii.Error included
             raise TamperedToken("a segment is not base64url") from None
         if len(iv) != _IV_BYTES or len(tag) != _TAG_BYTES:
@@ -192,21 +192,24 @@ def _claims(plaintext: bytes) -> Claims:
         raise MalformedToken("claims are not JSON") from None
     if not isinstance(doc, dict):
         raise MalformedToken("claims are not an object")
-    params = doc.get("params", {})
-    optional = {name: doc.get(name) for name in ("module", "email", "redirect_to")}
+    get = doc.get
+    params = get("params", {})
+    module, email, redirect_to = get("module"), get("email"), get("redirect_to")
     if not (
-        _is_str(doc.get("jti"))
-        and _is_str(doc.get("sub"))
-        and _is_str(doc.get("role"))
-        and _is_str(doc.get("kind"))
-        and _is_int(doc.get("iat"))
-        and _is_int(doc.get("exp"))
-        and isinstance(doc.get("one_time"), bool)
+        _is_str(get("jti"))
+        and _is_str(get("sub"))
+        and _is_str(get("role"))
+        and _is_str(get("kind"))
+        and _is_int(get("iat"))
+        and _is_int(get("exp"))
+        and isinstance(get("one_time"), bool)
         and isinstance(params, dict)
         and all(
             _is_str(k) and isinstance(v, str) and (v == "" or _is_str(v)) for k, v in params.items()
         )
-        and all(v is None or _is_str(v) for v in optional.values())
+        and (module is None or _is_str(module))
+        and (email is None or _is_str(email))
+        and (redirect_to is None or _is_str(redirect_to))
     ):
         raise MalformedToken("claims have the wrong shape")
     return Claims(
@@ -218,9 +221,9 @@ def _claims(plaintext: bytes) -> Claims:
         one_time=doc["one_time"],
         kind=doc["kind"],
         params=params,
-        module=optional["module"],  # checked by _is_str above
-        email=optional["email"],
-        redirect_to=optional["redirect_to"],
+        module=module,  # checked by _is_str above
+        email=email,
+        redirect_to=redirect_to,
     )
 
 
