@@ -57,6 +57,7 @@ class ListenerOptions(TypedDict):
     max_field_size: int
     max_headers: int
     keepalive_timeout: float
+    auto_decompress: bool
 
 
 class ServeError(Exception):
@@ -219,6 +220,11 @@ def listener_options(cfg: Config) -> ListenerOptions:
     answers 431/414 instead of the parser's bare 400; beyond the ceiling the parser refuses
     (431 for a header line, 414 for the request line: :mod:`sidecar.web.listener`), as it
     does past :data:`MAX_HEADERS` header lines.
+
+    ``auto_decompress=False``: a request body arrives as sent, whatever its
+    ``Content-Encoding``. aiohttp's server would inflate it, and the proxy would relay the
+    inflated bytes under the client's ``Content-Length``: the upstream would read what lies
+    past that length as another request, one that no rule judged.
     """
     ceiling = max(4 * cfg.proxy.max_header_size, 16384)
     return {
@@ -227,6 +233,7 @@ def listener_options(cfg: Config) -> ListenerOptions:
         "max_field_size": ceiling + 1,  # apart, so that an error tells which line was long
         "max_headers": MAX_HEADERS,
         "keepalive_timeout": cfg.proxy.keepalive_timeout,
+        "auto_decompress": False,
     }
 
 
