@@ -10,7 +10,9 @@ lean front declines are proven declined, and the ones it takes proven taken.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,3 +262,24 @@ async def test_with_the_store_down_the_lean_front_answers_the_same_503(
     down = await raw_http(lean.proxy_port, await corpus["one-time"].build(lean))
     assert down.status == 503
     assert down.header("Set-Cookie") is None
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_one_link_redeemed_at_once_through_both_fronts_burns_once(
+    tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    """Half the requests are the lean front's (a plain query), half aiohttp's (a percent
+    escape in another parameter hands them over), all at once: one 303, one cookie."""
+    overrides: dict[str, object] = {}
+    if store == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        overrides = {"store": {"url": url, "key_prefix": f"lean-race-{uuid.uuid4().hex[:8]}:"}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        token, _ = sc.seal()
+        targets = [f"/?refer={token}" if i % 2 else f"/?x=%41&refer={token}" for i in range(40)]
+        before = _handovers()
+        answers = await asyncio.gather(*(raw_http(sc.proxy_port, _get(sc, t)) for t in targets))
+        assert _handovers() - before == 20
+        statuses = sorted(a.status for a in answers)
+        assert (statuses.count(303), statuses.count(410)) == (1, 39), statuses
+        assert sum(a.header("Set-Cookie") is not None for a in answers) == 1
