@@ -128,6 +128,8 @@ CORPUS: dict[str, Case] = {
     "params in the link": _link("/?refer={t}", lean=True, params={"tenant": "t-1"}),
     "replayed": _used(),
     "replayed, json": _used("Accept: application/json"),
+    # aiohttp reads the first copy of a header, even an empty one
+    "replayed, empty Accept then json": _used("Accept: ", "Accept: application/json"),
     "revoked": _used(revoked=True),
     "pipelined: link, replay, session": Case(_pipelined, lean=True, answers=3),
     # (The redemption is the lean front's; the anonymous request after it, aiohttp's.)

@@ -90,7 +90,8 @@ class MintLane:
             elif lower == b"content-type":
                 content_type = value
             elif lower == b"x-request-id":
-                request_id = request_id or value.decode("utf-8", "surrogateescape")
+                if request_id is None:  # the first copy, as aiohttp's headers.get()
+                    request_id = value.decode("utf-8", "surrogateescape")
             elif lower in _BROWSER:
                 return None
         if content_type != b"application/json" or host is None:

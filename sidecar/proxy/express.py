@@ -165,10 +165,11 @@ class ExpressLane:
             elif lower in _FORWARDED_HOST:
                 text = value.decode("utf-8", "surrogateescape")
                 (forwarded_hosts if lower == b"x-forwarded-host" else forwarded).append(text)
-            elif lower == b"x-request-id":
-                request_id = request_id or value.decode("utf-8", "surrogateescape")
-            elif lower == b"accept":
-                accept = accept or value.decode("utf-8", "surrogateescape")
+            # The first copy, even an empty one, as aiohttp's headers.get() reads it.
+            elif lower == b"x-request-id" and request_id is None:
+                request_id = value.decode("utf-8", "surrogateescape")
+            elif lower == b"accept" and accept is None:
+                accept = value.decode("utf-8", "surrogateescape")
         trusted = self.clients.trusts(peer)
         # Forward-auth's route is exempt, as from the host_check middleware: the ingress
         # asks about any host, and the original host is what forward-auth judges.
