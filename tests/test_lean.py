@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,6 +31,7 @@ from aiohttp import web
 from sidecar.proxy import answers
 from sidecar.proxy.express import ExpressLane
 from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.gateway import Gateway
 from sidecar.telemetry import metrics
 from tests.harness.raw import RawResponse, raw_http
 from tests.harness.served import Sidecar, running_sidecar
@@ -241,13 +243,15 @@ async def test_the_hot_path_is_not_handed_over_and_the_rest_is_mid_connection(
         assert response.responses == 3
         assert response.status == 200
         assert _handovers() == before  # three requests, all the lean front's
-        # Hot, anonymous (aiohttp's 401 page), hot again: in order, on one connection.
+        # Hot, anonymous (the lean front's 401 page), the prefix's health page (handed
+        # over: aiohttp's from here on), hot again: in order, on one connection.
         anonymous = f"GET /app/anon HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n"
+        page = f"GET /_sidecar/healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"
         last = f"GET /app/last HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
-        data = hot + anonymous.encode() + (last + "Connection: close\r\n\r\n").encode()
-        response = await raw_http(sc.proxy_port, data, answers=3, quiet=1.0)
+        data = hot + (anonymous + page + last + "Connection: close\r\n\r\n").encode()
+        response = await raw_http(sc.proxy_port, data, answers=4, quiet=1.0)
         statuses = re.findall(rb"HTTP/1\.1 (\d{3})", response.raw)
-        assert statuses == [b"200", b"401", b"200"]
+        assert statuses == [b"200", b"401", b"200", b"200"]
         assert _handovers() == before + 1
         seen = [r.raw_path for r in sc.upstream.requests[-2:]]
         assert seen == ["/app/hot", "/app/last"]
@@ -297,6 +301,83 @@ def _unvaried(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
     """A recorded request's headers without those that differ between two sidecars."""
     varies = {"x-request-id", "host", "x-forwarded-host", "x-forwarded-for"}
     return [(n, v) for n, v in headers if n.lower() not in varies]
+
+
+def _anonymous(port: int, cookie_name: str) -> dict[str, bytes]:
+    """Requests without a live session: proxy.unauthenticated's (sidecar.proxy.gateway)."""
+
+    def req(target: str, *extra: str, method: str = "GET") -> bytes:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", *extra]
+        return ("\r\n".join([*lines, "Connection: close"]) + "\r\n\r\n").encode("latin-1")
+
+    return {
+        "get": req("/app/page?x=1&y=two"),
+        "json": req("/api/orders", "Accept: application/json"),
+        "html-over-json": req("/app/p", "Accept: text/html, application/json;q=0.5"),
+        "post": req("/app/form", "Content-Length: 3", method="POST") + b"a=1",
+        "delete": req("/app/thing/1", method="DELETE"),
+        "off-site-rd": req("//evil.example/x"),
+        "backslash-rd": req("/\\evil.example/x"),
+        "non-ascii": req("/app/caf\xe9?q=\xfc"),
+        "unknown-cookie": req("/app/x", f"Cookie: {cookie_name}={'A' * 43}"),
+        "garbage-cookie": req("/app/x", f"Cookie: {cookie_name}=not a cookie"),
+        "public-path": req("/static/app.css"),
+        "keep-alive-twice": req("/app/1")[: -len("Connection: close\r\n\r\n")]
+        + b"\r\n"
+        + req("/app/2", "Accept: application/json"),
+    }
+
+
+@pytest.fixture(params=["deny", "pass", "redirect"])
+async def anonymous_pair(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Sidecar, Sidecar, str]]:
+    mode = {"unauthenticated": request.param}
+    if request.param == "redirect":
+        mode["login_url"] = "https://login.example.com/signin?app=1"
+    async with running_upstream() as upstream:
+        upstream.respond = _respond
+        async with (
+            running_sidecar(
+                tmp_path / "lean", upstream=upstream, overrides={"proxy": mode}
+            ) as lean,
+            running_sidecar(
+                tmp_path / "plain",
+                upstream=upstream,
+                overrides={"proxy": {**mode, "lean_front": False}},
+            ) as plain,
+        ):
+            yield lean, plain, request.param
+
+
+async def test_anonymous_requests_get_the_same_answers_from_the_lean_front(
+    anonymous_pair: tuple[Sidecar, Sidecar, str],
+) -> None:
+    """Without a live session the lean front does what proxy.unauthenticated says, with
+    aiohttp's bytes: forwards without identity (pass), redirects to login_url (302, 303
+    after a POST; the 401 page for JSON) or answers the 401 page (deny)."""
+    lean, plain, mode = anonymous_pair
+    lean_corpus = _anonymous(lean.proxy_port, lean.cookie_name)
+    plain_corpus = _anonymous(plain.proxy_port, plain.cookie_name)
+    differ = []
+    statuses = {}
+    handed = set()
+    for name, lean_request in lean_corpus.items():
+        before = _handovers()
+        got = await raw_http(lean.proxy_port, lean_request, answers=2, quiet=1.0)
+        if _handovers() != before:
+            handed.add(name)
+        want = await raw_http(plain.proxy_port, plain_corpus[name], answers=2, quiet=1.0)
+        assert want.status != 0, name
+        statuses[name] = want.status
+        if _shape(got) != _shape(want):
+            differ.append((name, got.raw[:600], want.raw[:600]))
+    assert not differ, differ
+    # The lean front's, but for targets the path oracle or llhttp leaves to aiohttp.
+    assert handed == {"off-site-rd", "backslash-rd", "non-ascii"}, handed
+    expected = {"deny": (401, 401), "pass": (200, 200), "redirect": (302, 303)}[mode]
+    assert (statuses["get"], statuses["post"]) == expected
+    assert statuses["json"] == (200 if mode == "pass" else 401)
 
 
 def _sub_requests(port: int, cookie: str) -> dict[str, bytes]:
@@ -571,11 +652,22 @@ async def test_clients_that_leave_at_every_stage_give_the_one_upstream_slot_back
 
 
 async def test_a_handover_from_the_store_lookup_mid_pipeline_keeps_every_byte_in_order(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A large streamed answer (reading pauses behind it), then a request whose unknown
-    cookie sends the lane to the store and back (declined: handed over from a task), then
-    400 more: every answer, in order, on one connection."""
+    cookie sends the lane to the store and back, where a fault makes it decline (handed
+    over from a task; aiohttp's handler answers its 401), then 400 more: every answer, in
+    order, on one connection."""
+    anonymous = Gateway.anonymous
+    faults = iter([RuntimeError("a bug in the lane, once")])
+
+    def once_broken(self: Gateway, *args: Any, **kwargs: Any) -> object:
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return anonymous(self, *args, **kwargs)
+
+    monkeypatch.setattr(Gateway, "anonymous", once_broken)
     async with running_sidecar(tmp_path) as sc:
         sc.upstream.respond = lambda request: web.Response(text="ok " + request.raw_path)
         cookie = f"{sc.cookie_name}={await sc.login()}"

@@ -19,6 +19,7 @@ from http import HTTPStatus
 from typing import Final
 
 from sidecar.proxy.forward import Failure
+from sidecar.proxy.verdicts import Redirect
 from sidecar.web import pages
 
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
@@ -79,6 +80,21 @@ def failure(
     lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
     lines.append(b"Content-Length: %d\r\n" % len(body))
     return _finish(lines, {n.lower() for n in page.headers}, keep_alive) + body
+
+
+def refusal(
+    refused: Failure | Redirect,
+    accept: str | None,
+    templates: Mapping[str, str],
+    request_id: str,
+    keep_alive: bool,
+) -> bytes:
+    """A request the lean front refuses itself: the failure page, or the login redirect
+    (``Location``, then :data:`sidecar.web.pages.NO_STORE`, as the handler writes it)."""
+    if isinstance(refused, Redirect):
+        headers = [("Location", refused.location), *pages.NO_STORE.items()]
+        return bodyless(refused.status, headers, request_id, keep_alive)
+    return failure(accept, templates, refused, request_id, keep_alive)
 
 
 def bodyless(

@@ -41,7 +41,7 @@ from sidecar.proxy.forward import (
 from sidecar.proxy.pool import IDEMPOTENT, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection
 from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError, UpstreamTimeout
-from sidecar.proxy.verdicts import STORE_DOWN, Verdict
+from sidecar.proxy.verdicts import PUBLIC, STORE_DOWN, Redirect, Verdict
 from sidecar.telemetry import metrics
 from sidecar.telemetry.context import CURRENT, RequestRecord
 from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
@@ -94,25 +94,27 @@ class Exchange:
         admitted = self._admitted
         try:
             verdict = await self._lane.gateway.judge(admitted.path, admitted.cookies)
-            taken = self.judged(verdict)
+            self.judged(verdict)
         except Exception:
             if self._record is not None:
                 raise  # an answer began: nobody else may answer now
             LOG.exception("the express lane failed to judge a request; aiohttp answers it")
-            taken = False
-        if not taken:
             self._reply.decline()
 
-    def judged(self, verdict: Verdict) -> bool:
-        """Act on ``verdict``: answer it, or return False having done nothing."""
-        refused = None
+    def judged(self, verdict: Verdict) -> None:
+        """Act on ``verdict``: answer it (or forward it)."""
+        refused: Failure | Redirect | None = None
+        lane = self._lane
         if verdict is STORE_DOWN:
             refused = Failure(503, "store_unavailable")
+        elif verdict.session is None and not verdict.forward:
+            # No live session: proxy.unauthenticated decides, as in the handler.
+            target = self._head.target.decode("utf-8", "surrogateescape")
+            refused = lane.gateway.anonymous(self._head.method, target, self._admitted.accept or "")
+            if refused is None:
+                verdict = PUBLIC  # "pass": forwarded without identity
         elif not verdict.forward:
-            if verdict.session is None:
-                return False  # no session: proxy.unauthenticated decides (the gateway)
             refused = Failure(403, "forbidden")
-        lane = self._lane
         record = self._record = RequestRecord(request_id_for(self._admitted.request_id), "proxied")
         if verdict.session is not None:
             record.user_id = verdict.session.record.user_id
@@ -126,9 +128,8 @@ class Exchange:
             self._reply.abort()
             self.finish()
             raise
-        return True
 
-    def _begin(self, verdict: Verdict, refused: Failure | None) -> None:
+    def _begin(self, verdict: Verdict, refused: Failure | Redirect | None) -> None:
         lane = self._lane
         record = self._record
         assert record is not None
@@ -351,19 +352,13 @@ class Exchange:
             )
         )
 
-    def _fail(self, failed: Failure) -> None:
+    def _fail(self, failed: Failure | Redirect) -> None:
         record = self._record
         assert record is not None
         self.status = failed.status
-        self._reply.write(
-            answers.failure(
-                self._admitted.accept,
-                self._lane.services.config.pages,
-                failed,
-                record.request_id,
-                self._head.keep_alive,
-            )
-        )
+        config = self._lane.services.config
+        self._reply.write(answers.refusal(failed, self._admitted.accept, config.pages,
+                                          record.request_id, self._head.keep_alive))  # fmt: skip
 
     def finish(self) -> None:
         """The answer is complete (or abandoned): count, log, and tell the connection."""

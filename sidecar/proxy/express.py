@@ -12,11 +12,15 @@ could be anything else:
   percent-decoded), a path :func:`~sidecar.proxy.paths.normalise` refuses, a query that
   may hold ``refer`` (any spelling: ``%`` or ``refer``) but for a plain refer link's
   ``GET``, which :mod:`sidecar.proxy.redeem_lane` redeems (or declines);
-* a ``Host`` (or a trusted proxy's forwarded host) the host check refuses;
-* no live session and no public path (``proxy.unauthenticated`` decides there).
+* a ``Host`` (or a trusted proxy's forwarded host) the host check refuses.
 
-A session the role's rules refuse is answered 403 here, a store that cannot answer 503:
-judged again after a handover, a reload in between could change the answer.
+Forward-auth's ``GET <prefix>/auth`` is the one own route it serves
+(:mod:`sidecar.proxy.auth_lane`). Refusals the judgement makes are answered here — the 403
+of a role's rules, the 503 of a store that cannot answer, and what
+``proxy.unauthenticated`` does without a live session
+(:meth:`~sidecar.proxy.gateway.Gateway.anonymous`: forwarded without identity, the login
+redirect, or the 401 page): judged again after a handover, a reload in between could
+change the answer.
 
 Most requests are served without a single coroutine (:mod:`sidecar.proxy.exchange`): the
 session comes from the cache, an idle upstream connection from the pool, and the answer is
@@ -118,7 +122,8 @@ class ExpressLane:
                 drain.begin()
                 task.add_done_callback(lambda _: drain.end())
             return exchange
-        return exchange if exchange.judged(verdict) else None
+        exchange.judged(verdict)
+        return exchange
 
     def _admit(self, head: Head, peer: str | None) -> Admitted | None:
         target = head.target

@@ -28,7 +28,7 @@ from sidecar.links import http as links_http
 from sidecar.proxy.auth_lane import AuthLane
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.express import ExpressLane
-from sidecar.proxy.forward import Forwarder
+from sidecar.proxy.forward import Failure, Forwarder
 from sidecar.proxy.forward_auth import ForwardAuth
 from sidecar.proxy.guards import header_limits, host_check
 from sidecar.proxy.headers import HeaderPolicy
@@ -37,7 +37,7 @@ from sidecar.proxy.paths import GlobSet, NormalPath, PathRules, UnsafePath, norm
 from sidecar.proxy.redeem_lane import RedeemLane
 from sidecar.proxy.redemptions import FAILED_REDEMPTIONS, FailedRedemptions
 from sidecar.proxy.router import proxy_application
-from sidecar.proxy.verdicts import ANONYMOUS, PUBLIC, STORE_DOWN, Verdict
+from sidecar.proxy.verdicts import ANONYMOUS, PUBLIC, STORE_DOWN, Redirect, Verdict
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
@@ -52,6 +52,7 @@ from sidecar.web.listener import LANE, own_answer_headers
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 PERSISTENCE = web.AppKey("persistence", PersistenceWatch)
+UNAUTHENTICATED = Failure(401, "unauthenticated")
 _SAFE_RETURN = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
 
 
@@ -198,21 +199,35 @@ class Gateway:
                     request, cookies, verdict.identity, alive=self._still_signed_in(cookies)
                 )
             return await self._send(request, cookies, verdict.identity, websocket)
-        if self._unauthenticated == "pass":
+        accept = request.headers.get(hdrs.ACCEPT, "")
+        anonymous = self.anonymous(request.method, request.raw_path, accept, websocket)
+        if anonymous is None:
             return await self._send(request, cookies, (), websocket)
+        if isinstance(anonymous, Redirect):
+            headers = {hdrs.LOCATION: anonymous.location, **pages.NO_STORE}
+            return web.Response(status=anonymous.status, headers=headers)
+        return pages.failure(request, anonymous.status, anonymous.reason)
+
+    def anonymous(
+        self, method: str, target: str, accept: str, websocket: bool = False
+    ) -> Redirect | Failure | None:
+        """What ``proxy.unauthenticated`` does with a request without a live session: None
+        (``pass``: forwarded without identity), a :class:`Redirect` to ``login_url``, or the
+        401 page. The handler's and the lean front's (:mod:`sidecar.proxy.exchange`) one
+        rule; ``target`` is the raw path and query, ``accept`` the ``Accept`` header."""
+        if self._unauthenticated == "pass":
+            return None
         if (
             self._unauthenticated == "redirect"
             and self._login_url is not None
             and not websocket
-            and not pages.wants_json(request)
+            and not pages.prefers_json(accept)
         ):
             # "//evil" or "/\\evil" as rd would send the user off-site after logging in.
-            location = self._login_url.update_query(rd="/" + request.raw_path.lstrip("/\\"))
-            status = 302 if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) else 303
-            return web.Response(
-                status=status, headers={hdrs.LOCATION: str(location), **pages.NO_STORE}
-            )
-        return pages.failure(request, 401, "unauthenticated")
+            location = self._login_url.update_query(rd="/" + target.lstrip("/\\"))
+            status = 302 if method in (hdrs.METH_GET, hdrs.METH_HEAD) else 303
+            return Redirect(status, str(location))
+        return UNAUTHENTICATED
 
     async def judge(self, path: NormalPath, cookies: RequestCookies) -> Verdict:
         """Whether a request for ``path`` with ``cookies`` is forwarded, and with which

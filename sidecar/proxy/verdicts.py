@@ -26,3 +26,12 @@ class Verdict:
 PUBLIC: Final = Verdict(True)
 ANONYMOUS: Final = Verdict(False)  # no live session: proxy.unauthenticated decides
 STORE_DOWN: Final = Verdict(False)  # the session could not be looked up: 503
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """``proxy.unauthenticated: redirect``'s answer: ``status`` to ``location`` (the login
+    page, with the request's target as ``rd``)."""
+
+    status: int
+    location: str
