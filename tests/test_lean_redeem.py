@@ -132,8 +132,8 @@ CORPUS: dict[str, Case] = {
     "replayed, empty Accept then json": _used("Accept: ", "Accept: application/json"),
     "revoked": _used(revoked=True),
     "pipelined: link, replay, session": Case(_pipelined, lean=True, answers=3),
-    # (The redemption is the lean front's; the anonymous request after it, aiohttp's.)
-    "holding a session": Case(_holding_a_session, lean=False, answers=2),
+    # (The redemption and the anonymous request after it: both the lean front's.)
+    "holding a session": Case(_holding_a_session, lean=True, answers=2),
     # Declined before anything is read or written: aiohttp's handler answers.
     "expired": _link("/?refer={t}", lean=False, ttl=-60),
     "wrong role": _link("/?refer={t}", lean=False, role="Gone"),
