@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -261,3 +263,18 @@ def test_refer_url(base: str, module: str | None, url: str) -> None:
 
 def test_iso_utc() -> None:
     assert iso_utc(0) == "1970-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "public_url", ["https://app.example.com", 'https://ex.test/"q"\\/ü\u2028', "http://h:1/p/"]
+)
+def test_the_answer_text_is_what_json_dumps_writes(public_url: str, config: Config) -> None:
+    link = mint_refer(
+        parse_refer_request({"userId": "u", "module": "5e9f01"}, config),
+        TokenCodec(config.keyset),
+        public_url=public_url,
+        now=1_800_000_000.75,
+    )
+    link = dataclasses.replace(link, url=link.url + "\x00\u00e9\U0001f600")
+    assert link.answer_text(link.expires_at_iso) == json.dumps(link.to_json())
+    assert link.expires_at_iso == "2027-01-15T09:00:00Z"  # issued 08:00:00.75, 1 h

@@ -57,7 +57,7 @@ async def referstring(request: web.Request) -> web.Response:
         await keep_link(services, guard, link)
     except RateLimited as exc:
         return too_many_mints(request, exc.retry_after)
-    return web.json_response(announce(link), headers={hdrs.CACHE_CONTROL: "no-store"})
+    return web.json_response(text=announce(link), headers={hdrs.CACHE_CONTROL: "no-store"})
 
 
 async def revoke_token(request: web.Request) -> web.Response:

@@ -29,7 +29,6 @@ aside); the admin tests and tests/security run against the lane, which is on by 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from email.utils import formatdate
 from functools import lru_cache
@@ -136,7 +135,7 @@ class _Mint:
         except Exception:
             reply.decline()
             return
-        body = json.dumps(announce(self._link)).encode()
+        body = announce(self._link).encode()
         reply.write(_HEAD % (record.request_id.encode(), len(body), _date_line()) + body)
         self._log(200)
         reply.finished()

@@ -39,8 +39,8 @@ async def keep_link(services: Services, guards: Guards, link: MintedLink) -> Non
     await remember_counted_mint(services.store, link.claims, key, rate, services.clock())
 
 
-def announce(link: MintedLink) -> dict[str, str]:
-    """A kept link: counted, audit-logged (its id, never its text), and its answer."""
+def announce(link: MintedLink) -> str:
+    """A kept link: counted, audit-logged (its id, never its text), and its answer's JSON."""
     claims = link.claims
     metrics.mint(claims.kind)
     expires_at = link.expires_at_iso
@@ -54,4 +54,4 @@ def announce(link: MintedLink) -> dict[str, str]:
         expires_at=expires_at,
         module=claims.module,
     )
-    return link.to_json(expires_at)
+    return link.answer_text(expires_at)

@@ -13,12 +13,14 @@ No HTTP here. :func:`parse_refer_request` turns the decoded JSON body into a
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from json.encoder import encode_basestring_ascii as _json_str
 
 from sidecar.config import Config, RoleConfig
 from sidecar.config.durations import format_duration
@@ -27,6 +29,7 @@ from sidecar.tokens.codec import Claims, TokenCodec, has_control, new_token_id
 from sidecar.tokens.identity import identity_problem
 
 FIELDS = ("userId", "additionalParams", "expireMeasure", "expireOffset", "oneTimeUse", "module")
+_FIELD_NAMES = frozenset(FIELDS)
 MAX_USER_ID = 256
 MODULE = re.compile(MODULE_NAME)  # what a mint's "module" may be
 _MEASURES = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -64,21 +67,28 @@ class MintedLink:
     def expires_at_iso(self) -> str:
         return iso_utc(self.claims.expires_at)
 
-    def to_json(self, expires_at_iso: str | None = None) -> dict[str, str]:
-        """The ``POST /referstring`` answer (``expires_at_iso``: :attr:`expires_at_iso`,
-        when the caller has it already)."""
+    def to_json(self) -> dict[str, str]:
+        """The ``POST /referstring`` answer."""
         return {
             "referString": self.token,
             "url": self.url,
-            "expiresAt": expires_at_iso or self.expires_at_iso,
+            "expiresAt": self.expires_at_iso,
             "id": self.claims.token_id,
         }
+
+    def answer_text(self, expires_at_iso: str) -> str:
+        """``json.dumps(self.to_json())``, written directly (every mint answers it);
+        ``expires_at_iso`` is :attr:`expires_at_iso`, which the caller has already."""
+        return (
+            f'{{"referString": {_json_str(self.token)}, "url": {_json_str(self.url)}, '
+            f'"expiresAt": {_json_str(expires_at_iso)}, "id": {_json_str(self.claims.token_id)}}}'
+        )
 
 
 def parse_refer_request(body: Mapping[str, object], config: Config) -> ReferRequest:
     """Check a decoded ``POST /referstring`` body against the config; raise :class:`MintError`."""
-    unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
+    if not _FIELD_NAMES.issuperset(body):
+        unknown = sorted(set(body) - _FIELD_NAMES)
         raise MintError(
             ", ".join(unknown),
             f"unknown field{'s' if len(unknown) > 1 else ''}; allowed: {', '.join(FIELDS)}",
@@ -120,7 +130,12 @@ def refer_url(public_url: str, token: str, module: str | None) -> str:
 
 
 def iso_utc(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return _iso_second(int(epoch))
+
+
+@functools.lru_cache(maxsize=64)  # a mint's expiry repeats within a second per lifetime
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def _user_id(value: object) -> str:

@@ -107,6 +107,10 @@ class Claims:
         return doc
 
 
+# json.dumps(..., separators=(",", ":")), without building an encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def new_token_id() -> str:
     return secrets.token_urlsafe(16)
 
@@ -123,7 +127,7 @@ class TokenCodec:
         self._aad = self._header.encode("ascii")
 
     def seal(self, claims: Claims) -> str:
-        payload = json.dumps(claims.to_json(), separators=(",", ":")).encode()
+        payload = _COMPACT.encode(claims.to_json()).encode()
         iv = os.urandom(_IV_BYTES)  # random per token: never reused under one key
         sealed = self._sealer.encrypt(iv, payload, self._aad)
         ciphertext, tag = sealed[:-_TAG_BYTES], sealed[-_TAG_BYTES:]
