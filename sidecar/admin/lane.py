@@ -14,7 +14,7 @@ lane — every request whose answer could be anything but that ``200``:
 * an ``Origin`` or ``Sec-Fetch-Site`` header (browsers: the middleware refuses them);
 * a peer, ``Host`` or ``Authorization`` the guards refuse, or more than one
   ``Authorization``;
-* a ``Content-Type`` other than exactly ``application/json``;
+* a ``Content-Type`` other than exactly ``application/json``, or a ``Content-Encoding``;
 * a body that is not one strict JSON object, or that the mint refuses (400);
 * a mint the store refuses after all: over ``admin.mint_rate``, or the store unavailable.
   Nothing was recorded, and aiohttp's handler counts, mints and answers it again (a
@@ -47,7 +47,8 @@ from sidecar.web.lean import Reply, Started
 
 PATH: Final = "/referstring"
 _TARGET: Final = PATH.encode()
-_BROWSER: Final = (b"origin", b"sec-fetch-site")
+# Browsers' headers (the middleware refuses them), and a coded body (jsonbody refuses it).
+_REFUSED: Final = (b"origin", b"sec-fetch-site", b"content-encoding")
 # What aiohttp's server writes for the handler's answer, in its order (json_response, the
 # access middleware's X-Request-Id, then Content-Length, Date, and own_answer_headers').
 _HEAD: Final = (
@@ -91,7 +92,7 @@ class MintLane:
             elif lower == b"x-request-id":
                 if request_id is None:  # the first copy, as aiohttp's headers.get()
                     request_id = value.decode("utf-8", "surrogateescape")
-            elif lower in _BROWSER:
+            elif lower in _REFUSED:
                 return None
         if content_type != b"application/json" or host is None:
             return None

@@ -1,14 +1,16 @@
 """Strict JSON request bodies for the admin routes and ``<prefix>/verify``.
 
 Duplicate keys and NaN/Infinity are refused: two parsers (ours and whatever sits in front
-or behind) must never disagree about what a request asked for.
+or behind) must never disagree about what a request asked for. So is a body with a
+``Content-Encoding``: the listeners read bodies as they came (``auto_decompress=False``,
+:func:`sidecar.app.listener_options`), and a JSON body is never worth decoding.
 """
 
 from __future__ import annotations
 
 import json
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 
 class BadBody(ValueError):
@@ -19,6 +21,11 @@ async def read_json_object(request: web.BaseRequest) -> dict[str, object]:
     """The body as one JSON object; raise :class:`BadBody` for anything else."""
     if request.content_type != "application/json":
         raise BadBody("expected Content-Type: application/json")
+    if any(
+        coding.strip().lower() not in ("", "identity")
+        for coding in request.headers.getall(hdrs.CONTENT_ENCODING, ())
+    ):
+        raise BadBody("a Content-Encoding is not accepted: send the JSON body as is")
     return parse_json_object(await request.read())
 
 

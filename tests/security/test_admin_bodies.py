@@ -3,14 +3,18 @@ accepted body is minted exactly as asked."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
-from tests.harness import Sidecar
+from tests.harness import Sidecar, raw_http, running_sidecar
+from tests.harness.config import ADMIN_KEY
 from tests.security import casebook
 from tests.security.fuzzing import fuzz
 
@@ -177,3 +181,30 @@ async def test_other_admin_inputs_are_precise_4xx(
         casebook.record("admin", through=int(r.status != expected))
         assert r.status == expected, await r.text()
         assert r.content_type == "application/json"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "GZIP"])
+@pytest.mark.parametrize("compressed", [True, False], ids=["coded", "plain"])
+async def test_a_mint_body_with_a_content_encoding_is_a_400_through_either_front(
+    tmp_path: Path, coding: str, compressed: bool
+) -> None:
+    """The admin port reads bodies as they came (no listener decodes them): a JSON body
+    that says it is coded is refused, not minted from bytes the header calls something
+    else — and the admin lean front (which would have minted a plain one) hands it over."""
+    document = json.dumps({"userId": "u-coded"}).encode()
+    body = gzip.compress(document) if compressed else document
+    answers = []
+    for lean in (True, False):
+        overrides: dict[str, object] = {"admin": {"lean_front": lean}}
+        async with running_sidecar(tmp_path / str(lean), overrides=overrides) as sc:
+            request = (
+                f"POST /referstring HTTP/1.1\r\nHost: 127.0.0.1:{sc.admin_port}\r\n"
+                f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+                f"Content-Encoding: {coding}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            response = await raw_http(sc.admin_port, request)
+            answers.append((response.status, json.loads(response.body)))
+    casebook.record("admin", through=int(answers[0][0] == 200))
+    assert answers[0] == answers[1]
+    status, refusal = answers[0]
+    assert (status, refusal["error_code"]) == (400, "bad_json"), refusal
