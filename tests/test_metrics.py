@@ -141,6 +141,7 @@ def test_the_tally_is_exposed_exactly_as_prometheus_clients_own_series(openmetri
     own = tally.Tally(buckets)
     ours = CollectorRegistry()
     ours.register(own)
+    ours.register(own.upstream_collector)
     theirs = CollectorRegistry()
     counter = Counter(*tally.REQUESTS, ("listener", "status"), registry=theirs)
     durations = Histogram(*tally.REQUEST_SECONDS, ("route",), buckets=buckets, registry=theirs)
@@ -166,3 +167,24 @@ def test_the_served_registry_reads_the_tally() -> None:
     text = metrics.render()[0].decode()
     assert sample(text, "sidecar_upstream_seconds_count") == before + 1
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) >= 1
+
+
+def test_the_served_families_keep_their_order() -> None:
+    """/metrics lists the families in the order it always did (the module docstring's
+    table): the tally's series stand where prometheus-client's registered ones stood,
+    ``sidecar_upstream_seconds`` after ``sidecar_store_up``."""
+    names = [f.name for f in metrics.REGISTRY.collect() if f.name.startswith("sidecar_")]
+    assert names == [
+        "sidecar_requests",
+        "sidecar_request_duration_seconds",
+        "sidecar_redemptions",
+        "sidecar_mints",
+        "sidecar_mint_failures",
+        "sidecar_store_up",
+        "sidecar_upstream_seconds",
+        "sidecar_store_seconds",
+        "sidecar_requests_in_flight",
+        "sidecar_client_connections",
+        "sidecar_lean_handovers",
+        "sidecar_build_info",
+    ]

@@ -111,6 +111,8 @@ STORE_UP = Gauge(
     registry=_OWN,
     multiprocess_mode="mostrecent",
 )
+if TALLY is not None:
+    REGISTRY.register(TALLY.upstream_collector)  # where the histogram always stood
 STORE_SECONDS = Histogram(
     "sidecar_store_seconds",
     "Latency of store operations, by Store method.",

@@ -86,7 +86,8 @@ class Tally:
         series.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
-        """The registry's collector protocol: the three families, as of now."""
+        """The registry's collector protocol: the requests and their durations, as of now
+        (the upstream's histogram is :attr:`upstream_collector`'s)."""
         answered = CounterMetricFamily(*REQUESTS, labels=("listener", "status"))
         for (listener, status), count in self.requests.items():  # first seen, first
             answered.add_metric((listener, str(status)), count)
@@ -95,6 +96,24 @@ class Tally:
         for route, series in self._durations.items():
             durations.add_metric((route,), series.cumulative(self._les), series.total)
         yield durations
+
+    @property
+    def upstream_collector(self) -> UpstreamCollector:
+        """``sidecar_upstream_seconds`` as a collector of its own, registered where
+        prometheus-client's histogram stood: /metrics keeps its families' order."""
+        return UpstreamCollector(self.upstream, self._les)
+
+
+class UpstreamCollector:
+    """A registry collector for one unlabelled :class:`Durations`: the upstream's."""
+
+    __slots__ = ("_les", "_series")
+
+    def __init__(self, series: Durations, les: Sequence[str]) -> None:
+        self._series = series
+        self._les = les
+
+    def collect(self) -> Iterator[Metric]:
         upstream = HistogramMetricFamily(*UPSTREAM_SECONDS)
-        upstream.add_metric((), self.upstream.cumulative(self._les), self.upstream.total)
+        upstream.add_metric((), self._series.cumulative(self._les), self._series.total)
         yield upstream
