@@ -183,6 +183,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, Sidecar]]:
                 tmp_path / "plain", upstream=upstream, overrides={"proxy": {"lean_front": False}}
             ) as plain,
         ):
+            plain.clock.now = lean.clock.now  # the same expiry, Max-Age and windows
             yield lean, plain
 
 
@@ -241,6 +242,7 @@ async def test_past_the_failure_limit_the_lean_front_answers_the_same_429(
         running_sidecar(tmp_path / "lean", overrides=limit) as lean,
         running_sidecar(tmp_path / "plain", overrides=plain_limit) as plain,
     ):
+        plain.clock.now = lean.clock.now  # the windows, and so Retry-After, agree
         replays = {name: _used() for name in ("first", "second", "third", "fourth")}
         valid = {"a usable link is still redeemed": _link("/?refer={t}", lean=True)}
         assert not await _differ(lean, plain, {**replays, **valid})
