@@ -497,6 +497,46 @@ async def test_a_head_sent_a_byte_at_a_time_is_served_by_the_lean_front(tmp_path
         assert sc.upstream.last.raw_path == "/app/trickle"
 
 
+async def test_after_a_408_the_client_still_sending_gets_the_answer_and_an_eof_not_a_reset(
+    tmp_path: Path,
+) -> None:
+    """A slow head gets its 408 and our FIN; what the client keeps sending meanwhile is read
+    and dropped (a close with unread bytes would send a reset, which can destroy the 408
+    unread), and the connection is closed within the linger bound even if the client never
+    stops."""
+    limits: dict[str, object] = {"proxy": {"request_head_timeout": "300ms"}}
+    async with running_sidecar(tmp_path, overrides=limits) as sc:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        writer.write(f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n".encode())
+        stop = asyncio.Event()
+
+        async def trickle() -> None:  # a header line every 20 ms, never the blank line
+            i = 0
+            while not stop.is_set():
+                writer.write(f"X-Slow-{i}: {'v' * 200}\r\n".encode())
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                i += 1
+
+        sender = asyncio.create_task(trickle())
+        try:
+            answer = await asyncio.wait_for(reader.read(-1), 5)  # until our FIN
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+            assert not sender.done()  # the client could still send: nothing was reset
+            gauge = "sidecar_client_connections"
+            before = metrics.REGISTRY.get_sample_value(gauge)
+            assert before is not None
+            assert before >= 1
+            deadline = time.monotonic() + 4.0  # the 2 s linger and a sweep tick
+            while metrics.REGISTRY.get_sample_value(gauge) == before:
+                assert time.monotonic() < deadline, "the lingering connection was never closed"
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            sender.cancel()
+            writer.close()
+
+
 async def test_an_idle_lean_connection_is_closed_after_keepalive_timeout(tmp_path: Path) -> None:
     async with running_sidecar(tmp_path, overrides={"proxy": {"keepalive_timeout": "300ms"}}) as sc:
         cookie = f"{sc.cookie_name}={await sc.login()}"

@@ -2,7 +2,7 @@
 
 A mint is the admin port's hot path, and aiohttp's server (its request, payload stream,
 writer, router and middlewares) cost more CPU than the mint itself. :class:`MintLane` is
-the :class:`~sidecar.web.lean.Lane` of the admin listener (``admin.lean_front``, on by
+the :class:`~sidecar.web.lanes.Lane` of the admin listener (``admin.lean_front``, on by
 default): the lean front (:mod:`sidecar.web.lean`) offers it each plain HTTP/1.1 request
 whose ``Content-Length`` body (up to 16 KiB) came whole with its head, and it
 serves only a mint that succeeds, with the handler's own steps
@@ -43,7 +43,7 @@ from sidecar.web.accesslog import CLIENT_CLOSED, AccessLine, request_id_for
 from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
 from sidecar.web.jsonbody import BadBody, parse_json_object
-from sidecar.web.lean import Reply, Started
+from sidecar.web.lanes import Reply, Started
 
 PATH: Final = "/referstring"
 _TARGET: Final = PATH.encode()

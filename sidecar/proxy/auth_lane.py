@@ -32,7 +32,7 @@ from sidecar.store.base import StoreUnavailable
 from sidecar.telemetry.context import RequestRecord
 from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
 from sidecar.web.heads import Head
-from sidecar.web.lean import Reply, Started
+from sidecar.web.lanes import Reply, Started
 
 if TYPE_CHECKING:
     from sidecar.proxy.express import Admitted, ExpressLane
@@ -78,7 +78,7 @@ class AuthLane:
 
 
 class AuthCheck:
-    """One sub-request the lean front took (a :class:`~sidecar.web.lean.Started`)."""
+    """One sub-request the lean front took (a :class:`~sidecar.web.lanes.Started`)."""
 
     __slots__ = ("_admitted", "_auth", "_head", "_lane", "_over", "_record", "_reply",
                  "_started", "status", "task")  # fmt: skip

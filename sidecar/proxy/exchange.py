@@ -46,7 +46,7 @@ from sidecar.telemetry import metrics
 from sidecar.telemetry.context import CURRENT, RequestRecord
 from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
 from sidecar.web.heads import Head
-from sidecar.web.lean import Reply
+from sidecar.web.lanes import Reply
 
 if TYPE_CHECKING:
     from sidecar.proxy.express import Admitted, ExpressLane
@@ -55,7 +55,7 @@ LOG = logging.getLogger("sidecar.forward")
 
 
 class Exchange:
-    """A request being answered by the express lane (a :class:`~sidecar.web.lean.Started`)."""
+    """A request being answered by the express lane (a :class:`~sidecar.web.lanes.Started`)."""
 
     __slots__ = (
         "_admitted",

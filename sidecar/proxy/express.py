@@ -1,6 +1,6 @@
 """The hot path's lane: plain forwarded requests, served by the lean front without aiohttp.
 
-:class:`ExpressLane` is the :class:`~sidecar.web.lean.Lane` of the proxy listener. It takes a
+:class:`ExpressLane` is the :class:`~sidecar.web.lanes.Lane` of the proxy listener. It takes a
 request only when its whole answer is "forward it" or a refusal the judgement itself made;
 the decisions are the gateway's own (:meth:`sidecar.proxy.gateway.Gateway.judge`,
 :func:`~sidecar.proxy.origins.hosts_allowed`, :func:`~sidecar.proxy.paths.normalise`), the
@@ -48,7 +48,7 @@ from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_
 from sidecar.web.accesslog import AccessLine
 from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
-from sidecar.web.lean import Reply, Started
+from sidecar.web.lanes import Reply, Started
 
 if TYPE_CHECKING:
     from sidecar.proxy.auth_lane import AuthLane

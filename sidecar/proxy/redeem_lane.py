@@ -37,7 +37,7 @@ from sidecar.refer.redeem import Redeemer, RedeemFailed
 from sidecar.telemetry.context import CURRENT, RequestRecord
 from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
 from sidecar.web.heads import Head
-from sidecar.web.lean import Reply, Started
+from sidecar.web.lanes import Reply, Started
 
 if TYPE_CHECKING:
     from sidecar.config import RoleConfig
@@ -82,7 +82,7 @@ class RedeemLane:
 
 
 class LeanRedemption:
-    """One redemption the lean front took (a :class:`~sidecar.web.lean.Started`)."""
+    """One redemption the lean front took (a :class:`~sidecar.web.lanes.Started`)."""
 
     __slots__ = (
         "_admitted",

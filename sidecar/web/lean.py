@@ -4,7 +4,7 @@ Almost every request a proxy sees is the same: a bodyless request with a session
 forwarded upstream. aiohttp's server spends most of the CPU of such a request on its own
 machinery (a request object, a payload stream, a writer, middlewares, the router). A
 :class:`LeanConnection` reads each request head itself, parses it with httptools (llhttp,
-the parser of Node.js and of aiohttp's own C parser) and offers it to the :class:`Lane`
+the parser of Node.js and of aiohttp's own C parser) and offers it to the :class:`~sidecar.web.lanes.Lane`
 (:class:`sidecar.proxy.express.ExpressLane`), which either serves it completely or declines
 before writing a byte.
 
@@ -34,60 +34,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from sidecar.telemetry import metrics
-from sidecar.web.heads import Head, parse_head
+from sidecar.web.heads import parse_head
+from sidecar.web.lanes import Lane, Started
 
 if TYPE_CHECKING:
-    from sidecar.web.drain import Drain
     from sidecar.web.listener import _Server
 
 LOG = logging.getLogger("sidecar.lean")
 
+# Seconds a connection closed after a 408 keeps reading (and dropping) what still comes.
+_LINGER: Final = 2.0
 # Bytes of pipelined requests kept while one is served; more pauses reading.
 _READ_AHEAD: Final = 64 * 1024
 # The largest request body the lean front forwards itself, when it came with its head
 # (browsers send a small body in the head's packet); larger ones are aiohttp's, streamed.
 _MAX_BODY: Final = 16 * 1024
-
-
-class Reply(Protocol):
-    """What a lane answers through (:class:`LeanConnection`); ``peer`` is the client's
-    address as the socket gives it, ``sockname`` the listener's own address (as
-    aiohttp's ``transport.get_extra_info("sockname")``)."""
-
-    peer: str | None
-    sockname: object
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self, within: float) -> bool: ...
-
-    def abort(self) -> None: ...
-
-    def finished(self) -> None:
-        """The answer is written: go on with the next request."""
-
-    def decline(self) -> None:
-        """Not answered after all (nothing written): hand the request to aiohttp."""
-
-
-class Started(Protocol):
-    """A request a lane took; :meth:`cancel` when its client leaves."""
-
-    def cancel(self) -> None: ...
-
-
-class Lane(Protocol):
-    """Serves the hot path: :meth:`start` takes ``head`` and answers it through ``reply``
-    (ending with :meth:`Reply.finished`, or :meth:`Reply.decline` before writing a byte),
-    or returns None having done nothing (the request is then handed over). ``drain``
-    counts the requests it answers (set by :meth:`Drain.attach`)."""
-
-    drain: Drain | None
-
-    def start(self, head: Head, reply: Reply) -> Started | None: ...
 
 
 class _Starting:
@@ -113,6 +77,7 @@ class LeanConnection(asyncio.Protocol):
         "_idle_since",
         "_keep_alive",
         "_lane",
+        "_linger_until",
         "_paused_reading",
         "_paused_writing",
         "_pending",
@@ -144,6 +109,7 @@ class LeanConnection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._head_since: float | None = None  # the first byte of an incomplete head
         self._idle_since: float | None = None  # no request in progress, none begun
+        self._linger_until: float | None = None  # after a 408: reading, dropping, until
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -173,7 +139,7 @@ class LeanConnection(asyncio.Protocol):
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self.transport is None:
+        if self._refused or self.transport is None or self._linger_until is not None:
             return
         buffer = self._buffer
         if not buffer:
@@ -365,15 +331,32 @@ class LeanConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._current is not None:
             return
-        if self._head_since is not None and now - self._head_since >= head_timeout:
+        if self._linger_until is not None:
+            if now >= self._linger_until:
+                transport.abort()
+                self.transport = None
+        elif self._head_since is not None and now - self._head_since >= head_timeout:
             LOG.info("request head not complete within %ss: 408, connection closed",
                      head_timeout)  # fmt: skip
             transport.write(self._server.head_timeout_answer)
-            transport.close()
-            self.transport = None
+            self._linger(transport, now)
         elif self._idle_since is not None and now - self._idle_since >= keepalive_timeout:
             transport.close()
             self.transport = None
+
+    def _linger(self, transport: asyncio.Transport, now: float) -> None:
+        """Close after an answer to a client that may still be sending: the answer, then
+        our end's FIN, and what still comes is read and dropped for at most
+        :data:`_LINGER` seconds (nginx's lingering close). Closed at once with unread
+        bytes, the socket would send a reset, which can destroy the answer unread."""
+        if not transport.can_write_eof():
+            transport.close()
+            self.transport = None
+            return
+        transport.write_eof()
+        self._buffer = b""
+        self._head_since = None
+        self._linger_until = now + _LINGER
 
     def shut(self) -> None:
         """Shutdown: close now if idle, else once the request in progress is answered."""

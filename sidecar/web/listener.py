@@ -36,7 +36,8 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from sidecar.web.lean import Lane, LeanConnection
+from sidecar.web.lanes import Lane
+from sidecar.web.lean import LeanConnection
 from sidecar.web.lean_limits import LeanConnections
 
 LANE: Final = web.AppKey("lane", Lane)
