@@ -4,9 +4,9 @@ Almost every request a proxy sees is the same: a bodyless request with a session
 forwarded upstream. aiohttp's server spends most of the CPU of such a request on its own
 machinery (a request object, a payload stream, a writer, middlewares, the router). A
 :class:`LeanConnection` reads each request head itself, parses it with httptools (llhttp,
-the parser of Node.js and of aiohttp's own C parser) and offers it to the :class:`~sidecar.web.lanes.Lane`
-(:class:`sidecar.proxy.express.ExpressLane`), which either serves it completely or declines
-before writing a byte.
+the parser of Node.js and of aiohttp's own C parser) and offers it to the listener's
+:class:`~sidecar.web.lanes.Lane` (:class:`sidecar.proxy.express.ExpressLane`), which either
+serves it completely or declines before writing a byte.
 
 Whatever the lean front does not take is **handed over**: the connection becomes an
 ordinary aiohttp connection (:class:`sidecar.web.listener.RequestHandler` subclass), which
