@@ -103,13 +103,39 @@ def bodyless(
     """An answer of the sidecar's own without a body (a redemption's 303): ``headers``,
     then what aiohttp's server adds, in its order — the access middleware's
     ``X-Request-Id``, the framing, ``Date``, and the ``nosniff`` of
-    :func:`~sidecar.web.listener.own_answer_headers`."""
+    :func:`~sidecar.web.listener.own_answer_headers`. Each only when ``headers`` has none
+    (forward-auth's answer carries a role's headers, whose names the config may choose),
+    and never a ``Server``, as aiohttp's server does."""
+    names = {n.lower() for n, _ in headers}
+    if names & _ADDED:
+        return _bodyless_as_named(status, headers, names, request_id, keep_alive)
     lines = _head_lines(status, None, headers)
     lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\nContent-Length: 0\r\n")
     lines.append(_date_line(int(time.time())))
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
     lines.append(b"X-Content-Type-Options: nosniff\r\n\r\n")
+    return b"".join(lines)
+
+
+# The names of the headers aiohttp's server adds to an answer, or takes away (Server).
+_ADDED: Final = frozenset(("x-request-id", "date", "x-content-type-options", "server"))
+
+
+def _bodyless_as_named(
+    status: int, headers: list[tuple[str, str]], names: set[str], request_id: str, keep_alive: bool
+) -> bytes:
+    lines = _head_lines(status, None, [(n, v) for n, v in headers if n.lower() != "server"])
+    if "x-request-id" not in names:
+        lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
+    lines.append(b"Content-Length: 0\r\n")
+    if "date" not in names:
+        lines.append(_date_line(int(time.time())))
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    if "x-content-type-options" not in names:
+        lines.append(b"X-Content-Type-Options: nosniff\r\n")
+    lines.append(b"\r\n")
     return b"".join(lines)
 
 
