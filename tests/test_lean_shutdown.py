@@ -63,3 +63,47 @@ async def test_sigterm_waits_for_a_request_whose_session_the_store_is_looking_up
     assert response.status == 200, response.raw[:300]
     assert upstream.last.raw_path == "/app/judged"
     assert code == 0
+
+
+@pytest.mark.parametrize("lean_front", [True, False], ids=["lean", "aiohttp"])
+async def test_sigterm_waits_for_a_redemption_whose_burn_the_store_holds(
+    tmp_path: Path, redis_server: RedisServer, lean_front: bool
+) -> None:
+    """A refer link's burn is sent when SIGTERM arrives and the store is held: the drain
+    waits for it, and once the store answers the browser gets its 303 and cookie (the burn
+    landed: the link is used), then the process exits 0."""
+    async with (
+        running_upstream() as upstream,
+        running_serve(
+            tmp_path,
+            upstream.url,
+            store={"url": redis_server.url},
+            env={**os.environ, "SIDECAR_PROXY__LEAN_FRONT": str(lean_front).lower()},
+            shutdown={"grace_period": "10s"},
+        ) as served,
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+    ):
+        async with http.post(
+            served.admin + "/referstring", json={"userId": "u-term"}, headers=served.admin_headers()
+        ) as minted:
+            token = (await minted.json())["referString"]
+        port = int(served.proxy.rsplit(":", 1)[1])
+        request = (
+            f"GET /app/landing?refer={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            answer = asyncio.create_task(raw_http(port, request, quiet=8.0))
+            await asyncio.sleep(0.3)  # the redemption reaches its burn, which waits
+            served.proc.send_signal(signal.SIGTERM)
+            await eventually(lambda: refused(served.proxy))
+            await asyncio.sleep(0.6)  # past the shutdown's last wait for handlers
+            assert not answer.done()
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        response = await answer
+        code = await asyncio.wait_for(served.proc.wait(), 10)
+    assert (response.status, response.header("Location")) == (303, "/app/landing"), response.raw
+    assert response.header("Set-Cookie") is not None
+    assert code == 0
