@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from sidecar.admin.api import build_admin_app
 from sidecar.cli import COMMANDS, build_parser
+from sidecar.cli.base import _resolve
 from sidecar.services import Services
 from sidecar.store import open_store
 from sidecar.tokens.codec import TokenCodec
@@ -335,6 +336,14 @@ def test_commands_are_a_table() -> None:
     ]
     args = build_parser().parse_args(["mint", "--type", "recovery", "--email", "a@b.test"])
     assert args.type == "recovery"
+    assert args.chosen.name == "mint"
+    for command in COMMANDS:  # every row names functions that exist (they load lazily)
+        assert callable(_resolve(command.configure)), command.configure
+        assert callable(_resolve(command.run)), command.run
+    only = build_parser("keys").parse_args(["keys", "k.json"])
+    assert only.chosen.name == "keys"
+    with pytest.raises(SystemExit):  # the other commands are listed, not built
+        build_parser("keys").parse_args(["mint", "--type", "recovery"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["mint", "--type", "bogus"])
 

@@ -8,7 +8,9 @@ log holds exactly what the process loaded until it exited.
 
 * On SQLite, after start, a mint, a redemption and a proxied request: no redis-py, no Public
   Suffix List (only a wildcard in ``links.redirect_allow`` needs it), no OpenAPI document
-  builder and no ``importlib.metadata`` (only ``GET /openapi.json`` needs them).
+  builder and no ``importlib.metadata`` (only ``GET /openapi.json`` needs them), and none
+  of the other subcommands' modules (``sidecar demo``, ``mint``, ``keygen``, ``init``,
+  ``check-config``).
 * The controls show the probe sees each of them when they are needed, and that the lazy
   Public Suffix List still judges the allow-list at start (a bad wildcard is a start-up
   error, not a first-request one).
@@ -35,6 +37,14 @@ IMPORT_LOG = {"PYTHONPROFILEIMPORTTIME": "1"}
 # ~19 MiB on its own; importlib.metadata with zipfile/csv/importlib.resources ~1.3 MiB and
 # the OpenAPI builder ~0.1-0.4 MiB more; the Public Suffix List ~0.5 MiB + ~2 MiB parsed.
 NOT_ON_SQLITE = ("redis", "publicsuffixlist", "importlib.metadata", "sidecar.admin.openapi")
+# The other subcommands (~0.8 MiB of a serving process, measured, with their parsers).
+OTHER_COMMANDS = (
+    "sidecar.demo",
+    "sidecar.cli.admin",
+    "sidecar.cli.keys",
+    "sidecar.cli.starter",
+    "sidecar.cli.check",
+)
 
 
 def imported(log: str) -> set[str]:
@@ -88,6 +98,32 @@ async def test_sqlite_serve_loads_no_redis_psl_or_metadata(tmp_path: Path) -> No
     assert {"sidecar.proxy.gateway", "sidecar.store.sqlite", "aiosqlite"} <= names
     found = {package: modules for package in NOT_ON_SQLITE if (modules := loaded(names, package))}
     assert found == {}, "a SQLite sidecar imported these"
+    assert sorted(names.intersection(OTHER_COMMANDS)) == [], "serve imported other commands"
+
+
+@pytest.mark.parametrize(
+    ("argv", "module"),
+    [
+        (["keys", "--help"], "sidecar.cli.keys"),
+        (["mint", "--help"], "sidecar.cli.admin"),
+        (["demo", "--help"], "sidecar.demo"),
+    ],
+)
+def test_a_command_loads_its_own_module_only(argv: list[str], module: str) -> None:
+    """The control for the subcommands: the probe sees a command's module when that
+    command runs, and not the others'."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", *argv],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: sidecar " + argv[0] in result.stdout
+    names = imported(result.stderr)
+    assert sorted(names.intersection(OTHER_COMMANDS)) == [module]
 
 
 async def test_a_wildcard_allow_list_loads_the_psl_at_start(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 Subcommands are rows of :data:`COMMANDS` (name, help, argument setup, runner); adding one
 is adding a row. Every runner returns the exit code; errors go to stderr with exit 1.
+:func:`main` imports only the module of the command it runs (:class:`Command`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sidecar import __version__, demo
-from sidecar.cli import admin, check, keys, starter
+from sidecar import __version__
 from sidecar.cli.base import CliError, Command
 
 __all__ = ["COMMANDS", "CliError", "Command", "build_parser", "main"]
@@ -46,40 +46,87 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Command] = [
-    Command("init", "write a starter config, keyset and admin key", starter.args, starter.run),
-    Command("serve", "run the proxy and admin listeners", _serve_args, _serve),
+    Command(
+        "init",
+        "write a starter config, keyset and admin key",
+        "sidecar.cli.starter:args",
+        "sidecar.cli.starter:run",
+    ),
+    Command(
+        "serve",
+        "run the proxy and admin listeners",
+        "sidecar.cli:_serve_args",
+        "sidecar.cli:_serve",
+    ),
     Command(
         "keygen",
         "create a keyset, or stage, activate or retire a key",
-        keys.keygen_args,
-        keys.keygen,
+        "sidecar.cli.keys:keygen_args",
+        "sidecar.cli.keys:keygen",
     ),
-    Command("keys", "list a keyset's keys: state and dates", keys.keys_args, keys.keys),
     Command(
-        "check-config", "validate a config; list every error", check.check_args, check.check_config
+        "keys",
+        "list a keyset's keys: state and dates",
+        "sidecar.cli.keys:keys_args",
+        "sidecar.cli.keys:keys",
     ),
-    Command("mint", "mint a link through the admin port", admin.mint_args, admin.mint),
-    Command("revoke", "revoke a minted link by its id", admin.revoke_args, admin.revoke),
-    Command("sessions", "end a user's sessions", admin.sessions_args, admin.sessions),
-    Command("demo", "the demo app behind a sidecar, links ready", demo.configure, demo.run),
+    Command(
+        "check-config",
+        "validate a config; list every error",
+        "sidecar.cli.check:check_args",
+        "sidecar.cli.check:check_config",
+    ),
+    Command(
+        "mint",
+        "mint a link through the admin port",
+        "sidecar.cli.admin:mint_args",
+        "sidecar.cli.admin:mint",
+    ),
+    Command(
+        "revoke",
+        "revoke a minted link by its id",
+        "sidecar.cli.admin:revoke_args",
+        "sidecar.cli.admin:revoke",
+    ),
+    Command(
+        "sessions",
+        "end a user's sessions",
+        "sidecar.cli.admin:sessions_args",
+        "sidecar.cli.admin:sessions",
+    ),
+    Command(
+        "demo",
+        "the demo app behind a sidecar, links ready",
+        "sidecar.demo:configure",
+        "sidecar.demo:run",
+    ),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, the other commands are listed but not built
+    (their modules are not imported)."""
     parser = argparse.ArgumentParser(prog="sidecar", description="refer links into sessions")
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
-        command.configure(p)
-        p.set_defaults(run=command.run)
+        if only is None or command.name == only:
+            command.add_arguments(p)
+        p.set_defaults(chosen=command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first word that is not an option (only -h and --version come
+    # before it); anything else builds the whole parser, which then explains.
+    word = next((a for a in argv if not a.startswith("-")), None)
+    only = word if any(c.name == word for c in COMMANDS) else None
+    args = build_parser(only).parse_args(argv)
+    command: Command = args.chosen
     try:
-        code: int = args.run(args)
+        code = command.invoke(args)
     except CliError as exc:
         print(f"sidecar {args.command}: {exc}", file=sys.stderr)
         return 1
