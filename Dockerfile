@@ -31,9 +31,14 @@ RUN pip install '.[speed]' \
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="sidecar" \
       org.opencontainers.image.description="Auth proxy turning one-time refer links into sessions"
+# MALLOC_ARENA_MAX: glibc gives every thread that allocates a malloc arena of its own (up
+# to 8 per core); the SQLite reader and writer, the executor and libuv's resolver threads
+# each keep one partly touched. Two (the event loop's and one the threads share) hold
+# ~0.3-0.4 MiB less per process (python -m bench.memory --env MALLOC_ARENA_MAX=2).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     SIDECAR_HEALTHCHECK_URL=http://127.0.0.1:8080/_sidecar/healthz
 RUN groupadd --system --gid 10001 sidecar \
  && useradd --system --uid 10001 --gid sidecar --no-create-home \

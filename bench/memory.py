@@ -14,7 +14,9 @@ start with ``PYTHONPROFILEIMPORTTIME=1``, whose log lists every import).
 
 ``--against DIR`` (repeatable) measures another checkout too (for example ``git worktree
 add --detach /tmp/before <commit>``), its trials alternating with this one's, so that before
-and after come from one session on one machine state. About 10 s per trial and checkout.
+and after come from one session on one machine state. ``--env NAME=VALUE`` (repeatable)
+measures this checkout once more with that variable in its environment (a deployment
+setting such as ``MALLOC_ARENA_MAX=2``), as a row of its own. About 10 s per trial and row.
 """
 
 from __future__ import annotations
@@ -64,7 +66,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="another checkout to measure alongside (repeatable)",
     )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="this checkout again with NAME=VALUE in its environment (repeatable)",
+    )
     return p
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row: a checkout, and what its sidecar's environment adds (``--env``)."""
+
+    tree: Path
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return "+".join([str(self.tree), *(f"{k}={v}" for k, v in self.extra)])
+
+    def env(self) -> dict[str, str]:
+        return child_env(self.tree) | dict(self.extra)
 
 
 def _log(message: str) -> None:
@@ -87,11 +111,17 @@ def _imports(log: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    trees = [ROOT, *(tree.resolve() for tree in args.against)]
-    for tree in trees[1:]:
-        if not (tree / "sidecar" / "__main__.py").is_file():
-            _log(f"{tree} is not a sidecar checkout")
+    trees = [Variant(ROOT), *(Variant(tree.resolve()) for tree in args.against)]
+    for variant in trees[1:]:
+        if not (variant.tree / "sidecar" / "__main__.py").is_file():
+            _log(f"{variant.tree} is not a sidecar checkout")
             return 2
+    for setting in args.env:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            _log(f"--env {setting}: expected NAME=VALUE")
+            return 2
+        trees.append(Variant(ROOT, ((name, value),)))
     cores = cores_available()
     c0, c1 = cores[0], cores[1 % len(cores)]
     os.sched_setaffinity(0, {c1})
@@ -106,16 +136,16 @@ def main(argv: list[str] | None = None) -> int:
             kids.append(upstream.child)
             reference = ProxyTarget("direct", upstream.port, upstream.pid)
             for n in range(args.trials):
-                for i, tree in enumerate(trees):
+                for i, variant in enumerate(trees):
                     name = f"sidecar-{i}-{n}"
-                    _log(f"trial {n + 1}: {tree}")
+                    _log(f"trial {n + 1}: {variant.label}")
                     sc = start_sidecar(
                         work,
                         name=name,
                         upstream_port=upstream.port,
                         store_url=sqlite_url(work / f"{name}.db"),
                         cores=[c0],
-                        env=child_env(tree),
+                        env=variant.env(),
                     )
                     kids.append(sc.child)
                     cookie = session_cookie(sc)
@@ -135,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     sc.stop()
                     kids.remove(sc.child)
-            for i, tree in enumerate(trees):
-                env = child_env(tree) | {"PYTHONPROFILEIMPORTTIME": "1"}
+            for i, variant in enumerate(trees):
+                env = variant.env() | {"PYTHONPROFILEIMPORTTIME": "1"}
                 name = f"sidecar-{i}-imports"
                 sc = start_sidecar(
                     work,
@@ -160,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(
-    trees: list[Path], trials: list[list[Trial]], modules: list[int], connections: int
+    trees: list[Variant], trials: list[list[Trial]], modules: list[int], connections: int
 ) -> None:
     head = (
         f"{'checkout':<40} {'idle':>6} {'anon':>6} {'files':>6} "
@@ -168,21 +198,21 @@ def _report(
     )
     print("\nMiB, medians of the trials (anon + files = idle)")
     print(head)
-    for tree, runs, imported in zip(trees, trials, modules, strict=True):
+    for variant, runs, imported in zip(trees, trials, modules, strict=True):
 
         def med(field: str, runs: list[Trial] = runs) -> float:
             return float(statistics.median(float(getattr(t, field)) for t in runs))
 
         print(
-            f"{tree!s:<40} {med('idle_mib'):6.1f} {med('anon_mib'):6.1f} "
+            f"{variant.label:<40} {med('idle_mib'):6.1f} {med('anon_mib'):6.1f} "
             f"{med('file_mib'):6.1f} {med('after_mib'):7.1f} {med('per_connection_kib'):8.1f} "
             f"{med('peak_mib'):6.1f} {imported:7d}"
         )
     print("\nevery trial: idle -> with connections (opened); the bare upstream alongside")
-    for tree, runs in zip(trees, trials, strict=True):
+    for variant, runs in zip(trees, trials, strict=True):
         for t in runs:
             print(
-                f"{tree!s:<40} {t.idle_mib:.1f} -> {t.after_mib:.1f} ({t.opened}); "
+                f"{variant.label:<40} {t.idle_mib:.1f} -> {t.after_mib:.1f} ({t.opened}); "
                 f"upstream {t.upstream_idle_mib:.1f} -> {t.upstream_after_mib:.1f}"
             )
 

@@ -123,6 +123,8 @@ def test_healthcheck_entrypoint_and_cmd() -> None:
     env = " ".join(final.all("ENV"))
     assert "SIDECAR_HEALTHCHECK_URL=http://127.0.0.1:8080/_sidecar/healthz" in env
     assert "PYTHONDONTWRITEBYTECODE=1" in env, "the root filesystem is read-only in Kubernetes"
+    # One malloc arena shared by the threads (SQLite, executor, libuv) instead of one each.
+    assert "MALLOC_ARENA_MAX=2" in env
     assert _exec_form(final.all("ENTRYPOINT")[-1]) == ["sidecar", "serve"]
     assert _exec_form(final.all("CMD")[-1]) == ["--config", "/etc/sidecar/sidecar.yaml"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
