@@ -120,9 +120,11 @@ def test_profile_ranks_self_time_and_the_sidecars_own_functions() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_memory_row_alone_measures_both_checkouts() -> None:
-    """``python -m bench.memory`` with ``--against`` (here the same checkout): a row per
-    checkout with an idle RSS, a figure with the connections open, and an import count."""
+    """``python -m bench.memory`` with ``--against`` (here the same checkout) and ``--env``:
+    a row per checkout and setting with an idle RSS, a figure with the connections open,
+    and an import count."""
     argv = ["--trials", "1", "--connections", "50", "--against", str(ROOT)]
+    argv += ["--env", "MALLOC_ARENA_MAX=2"]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.memory", *argv],
         cwd=ROOT,
@@ -133,14 +135,28 @@ def test_memory_row_alone_measures_both_checkouts() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    rows = lines[lines.index(next(x for x in lines if x.startswith("checkout"))) + 1 :][:2]
-    assert len(rows) == 2, proc.stdout
+    rows = lines[lines.index(next(x for x in lines if x.startswith("checkout"))) + 1 :][:3]
+    assert len(rows) == 3, proc.stdout
+    assert rows[2].split()[0] == f"{ROOT}+MALLOC_ARENA_MAX=2"
     for row in rows:
         _tree, idle, anon, files, after, _per_conn, peak, modules = row.split()
         assert float(anon) + float(files) == pytest.approx(float(idle), abs=0.2), row
         assert 0 < float(idle) <= float(after) <= float(peak), row
         assert int(modules) > 100, row
     assert "(50);" in proc.stdout  # every connection was opened
+
+
+def test_memory_refuses_a_setting_that_is_not_name_value() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--env", "MALLOC_ARENA_MAX"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "expected NAME=VALUE" in proc.stderr
 
 
 def test_memory_refuses_a_directory_that_is_no_checkout(tmp_path: Path) -> None:
