@@ -15,8 +15,9 @@ aiohttp's server on the same connection. These tests hold it to:
   are not recorded, as without the lane; every mint writes one audit line with the
   request's id and never the token.
 
-(tests/test_admin.py, tests/security/test_admin_port.py and test_admin_bodies.py run
-against the lane too: it is on by default.)
+(tests/security/test_admin_port.py and test_admin_bodies.py, which use real listeners, run
+against the lane too: it is on by default. tests/test_admin.py uses aiohttp's test server,
+which has no lean front.)
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ CORPUS: dict[str, Request] = {
     "localhost": _post(MINT, host="localhost"),
     "charset": _post(MINT, type="application/json; charset=utf-8"),
     "type-upper-case": _post(MINT, type="Application/JSON"),
+    "charset-upper-case": _post(MINT, type="application/json; charset=UTF-8"),
+    "charset-latin1": _post(MINT, type="application/json; charset=latin-1"),
+    "json-suffix": _post(MINT, type="application/json-seq"),
     "query": _post(MINT, target="/referstring?x=1"),
     "sec-fetch-same-origin": _post(MINT, "Sec-Fetch-Site: same-origin"),
     # Refusals: every one is aiohttp's to answer.
@@ -211,7 +215,7 @@ async def test_plain_mints_are_not_handed_over_and_the_rest_is(
 ) -> None:
     lean, _ = pair
     before = _handovers()
-    three = _post(MINT)(lean) * 3
+    three = _post(MINT)(lean) + _post(MINT, type="application/json; charset=utf-8")(lean) * 2
     response = await raw_http(lean.admin_port, three, answers=3, quiet=1.0)
     assert re.findall(rb"HTTP/1\.1 (\d{3})", response.raw) == [b"200"] * 3
     assert _handovers() == before  # three mints on one connection, all the lane's
@@ -283,3 +287,13 @@ async def test_a_lane_mint_is_audited_once_with_its_request_id(
     assert token not in caplog.text
     access = [r.getMessage() for r in caplog.records if r.name == "sidecar.access"]
     assert any('"request_id": "audit-me-1"' in line and '"status": 200' in line for line in access)
+
+
+async def test_the_request_id_is_the_first_copy_even_empty(pair: tuple[Sidecar, Sidecar]) -> None:
+    for sc in pair:  # aiohttp's headers.get() reads the first copy: "" is no id, a new one
+        empty_first = _post(MINT, "X-Request-Id: ", "X-Request-Id: second-id")(sc)
+        response = await raw_http(sc.admin_port, empty_first)
+        assert response.status == 200
+        assert response.header("X-Request-Id") not in (None, "", "second-id")
+        both = _post(MINT, "X-Request-Id: first-id", "X-Request-Id: second-id")(sc)
+        assert (await raw_http(sc.admin_port, both)).header("X-Request-Id") == "first-id"

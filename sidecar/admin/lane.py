@@ -14,7 +14,9 @@ lane — every request whose answer could be anything but that ``200``:
 * an ``Origin`` or ``Sec-Fetch-Site`` header (browsers: the middleware refuses them);
 * a peer, ``Host`` or ``Authorization`` the guards refuse, or more than one
   ``Authorization``;
-* a ``Content-Type`` other than exactly ``application/json``, or a ``Content-Encoding``;
+* a ``Content-Type`` other than exactly ``application/json`` or
+  ``application/json; charset=utf-8`` (what backends' HTTP clients send), or a
+  ``Content-Encoding``;
 * a body that is not one strict JSON object, or that the mint refuses (400);
 * a mint the store refuses after all: over ``admin.mint_rate``, or the store unavailable.
   Nothing was recorded, and aiohttp's handler counts, mints and answers it again (a
@@ -23,7 +25,8 @@ lane — every request whose answer could be anything but that ``200``:
 
 tests/test_admin_lane.py sends the same bytes to a sidecar with the lane and one without
 and compares the answers byte for byte (``Date``, ``X-Request-Id`` and the minted values
-aside); the admin tests and tests/security run against the lane, which is on by default.
+aside); tests/security's admin cases, which use real listeners, run against the lane,
+which is on by default.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ PATH: Final = "/referstring"
 _TARGET: Final = PATH.encode()
 # Browsers' headers (the middleware refuses them), and a coded body (jsonbody refuses it).
 _REFUSED: Final = (b"origin", b"sec-fetch-site", b"content-encoding")
+_JSON_TYPES: Final = (b"application/json", b"application/json; charset=utf-8")
 # What aiohttp's server writes for the handler's answer, in its order (json_response, the
 # access middleware's X-Request-Id, then Content-Length, Date, and own_answer_headers').
 _HEAD: Final = (
@@ -94,7 +98,7 @@ class MintLane:
                     request_id = value.decode("utf-8", "surrogateescape")
             elif lower in _REFUSED:
                 return None
-        if content_type != b"application/json" or host is None:
+        if content_type not in _JSON_TYPES or host is None:
             return None
         if not self.guards.admits(reply.peer, host, reply.sockname, authorizations):
             return None
