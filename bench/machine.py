@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.loadgen import loadgen_name
+from bench.procs import PYTHON, child_env
 from bench.servers import nginx_version, tool_version
 
 
@@ -44,6 +45,24 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def served_build() -> str | None:
+    """Whether the sidecar the benchmark starts runs its hot path compiled: ``mypyc``,
+    ``no`` or ``partial`` (:mod:`sidecar.compiled`), asked of a child started as the
+    served ones are."""
+    try:
+        out = subprocess.run(
+            [PYTHON, "-c", "from sidecar import compiled; print(compiled.state().label)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+            env=child_env(),
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def describe() -> dict[str, str | int | None]:
     wrk = tool_version(["wrk", "-v"])
     redis = tool_version(["redis-server", "--version"])
@@ -57,6 +76,7 @@ def describe() -> dict[str, str | int | None]:
         "aiosqlite": _version("aiosqlite"),
         "uvloop": _version("uvloop"),  # sidecar serve runs on it when installed
         "httptools": _version("httptools"),
+        "compiled": served_build(),  # the hot path compiled with mypyc (scripts/bench)
         "redis_py": _version("redis"),
         "nginx": nginx_version(),
         "wrk": wrk.split(" [")[0].removeprefix("wrk ") if wrk else None,

@@ -24,12 +24,24 @@ PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# scripts/bench sets this to a compiled copy of this checkout's package (scripts/compile
+# --into DIR), as the Docker image runs it; unset, the sidecar runs as it is in the checkout.
+COMPILED_ENV = "SIDECAR_BENCH_COMPILED"
+
+
 def child_env(root: Path = ROOT) -> dict[str, str]:
     """This environment with the repo root (or another checkout's ``root``) first on
     ``PYTHONPATH``, so ``python -m sidecar`` and ``python -m bench.*`` work from any
-    directory, installed or not, and run that checkout's code."""
+    directory, installed or not, and run that checkout's code; with
+    ``SIDECAR_BENCH_COMPILED=DIR``, this checkout's package comes from DIR, compiled."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    compiled = env.get(COMPILED_ENV) if root == ROOT else None
+    if compiled:
+        # Not the working directory's sidecar/ first either (python -m, python -c).
+        env["PYTHONSAFEPATH"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (compiled, str(root), env.get("PYTHONPATH")) if p
+    )
     return env
 
 

@@ -189,6 +189,7 @@ def markdown(r: Results, chart: str | None) -> str:
             "aiohttp",
             "uvloop",
             "httptools",
+            "compiled",
             "nginx",
             "wrk",
             "redis-server",
@@ -205,6 +206,7 @@ def markdown(r: Results, chart: str | None) -> str:
                     "aiohttp",
                     "uvloop",
                     "httptools",
+                    "compiled",
                     "nginx",
                     "wrk",
                     "redis_server",
@@ -343,7 +345,8 @@ def markdown(r: Results, chart: str | None) -> str:
         "(`python -m bench.upstream`), nginx (`daemon off`, 1 worker, keep-alive pool, its "
         "own temp prefix), a private `redis-server`, and `sidecar serve` with a generated "
         "config and keyset in a temp dir (`cookie_secure: false`, access log on as shipped, "
-        "uvloop when installed, as `sidecar[speed]` runs).",
+        "uvloop when installed, as `sidecar[speed]` runs; `scripts/bench` runs the hot path "
+        "compiled with mypyc, as the Docker image does: the machine's `compiled` column).",
         "- Load: `wrk -t1` with a generated Lua script (headers, one-time paths, exact "
         "status counting); without wrk, `python -m bench.pyload` (aiohttp, one task per "
         "connection), which caps what it can measure.",

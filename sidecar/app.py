@@ -21,6 +21,7 @@ from typing import TypedDict
 
 from aiohttp import web
 
+from sidecar import compiled
 from sidecar.admin.api import build_admin_app
 from sidecar.config import Config, ConfigError, LoadedConfig, read_config
 from sidecar.reload import Reloader
@@ -109,6 +110,11 @@ async def serve(
     # the proxy side imports the whole gateway
     from sidecar.proxy.gateway import PERSISTENCE, build_proxy_app
 
+    build = compiled.state()
+    if build.label == "partial":  # a stale or broken build: say which modules fell back
+        _LOG.warning("hot path: %s", build.describe())
+    else:
+        _LOG.info("hot path: %s", build.describe())
     cfg = services.config
     if stop is None:
         stop = asyncio.Event()

@@ -77,7 +77,11 @@ def _spawn(config: Path) -> tuple[SidecarProc, queue.Queue[str | None]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        # After what is there already: the compiled run of scripts/test puts a compiled copy
+        # of the package first (tests/compiled_run.py).
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p
+        )},
     )  # fmt: skip
     sidecar = SidecarProc(proc)
     lines: queue.Queue[str | None] = queue.Queue()

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar import __version__
+from sidecar import __version__, compiled
 from sidecar.cli import build_parser
 from sidecar.cli.admin import refer_body
 from sidecar.cli.keys import _retire_warning
@@ -52,7 +52,8 @@ async def sidecar_async(*args: str, cwd: Path) -> subprocess.CompletedProcess[st
 def test_version(tmp_path: Path) -> None:
     result = sidecar("--version", cwd=tmp_path)
     assert result.returncode == 0
-    assert result.stdout.strip() == f"sidecar {__version__}"
+    build = compiled.state().describe()  # tests/test_compiled.py: the build itself
+    assert result.stdout.strip() == f"sidecar {__version__}; hot path {build}"
 
 
 def _every_action(

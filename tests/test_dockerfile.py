@@ -220,6 +220,7 @@ def test_dockerignore_sends_what_copy_needs_and_no_secrets() -> None:
         "config/keyset.json",
         "keyset.json",
         "sidecar/__pycache__/app.cpython-311.pyc",
+        "sidecar/web/lean.cpython-311-x86_64-linux-gnu.so",  # scripts/compile's, in place
         "sidecar.db",
         "sidecar.db-wal",
         "tests/test_app.py",
@@ -227,3 +228,18 @@ def test_dockerignore_sends_what_copy_needs_and_no_secrets() -> None:
         "artifacts/browser/demo.png",
     ):
         assert _ignored(secret_or_junk, rules), secret_or_junk
+
+
+def test_the_build_stage_compiles_the_hot_path_and_checks_it() -> None:
+    """``SIDECAR_COMPILE=1`` unless the build says otherwise: the hot path compiled with
+    mypyc (sidecar/compiled.py) from the files setup.py needs, and the build fails unless
+    the installed package (not /src) runs it compiled."""
+    _, stages = _parse()
+    build = stages[0]
+    assert "SIDECAR_COMPILE=1" in build.all("ARG")
+    copied = {src for copy in build.all("COPY") for src in copy.split()[:-1]}
+    assert {"pyproject.toml", "setup.py", "build_support", "sidecar"} <= copied
+    install = next(run for run in build.all("RUN") if "pip install" in run)
+    assert "cd / && python -P -c" in install
+    assert "compiled.state()" in install
+    assert '"mypyc"' in install

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar import __version__
+from sidecar import __version__, compiled
 from sidecar.telemetry import metrics, tally
 from tests.harness import free_port, running_upstream
 from tests.serve_process import running_serve
@@ -106,7 +106,8 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path) -> None:
     assert sample(text, "process_cpu_seconds_total") > 0
 
     assert "_created" not in text, "no _created twin series"
-    assert sample(text, "sidecar_build_info", {"version": __version__}) == 1
+    build = {"version": __version__, "compiled": compiled.state().label}
+    assert sample(text, "sidecar_build_info", build) == 1
     # The scrape itself is in flight, on a connection of its own (and the keep-alive
     # connections of this test's session are open too).
     assert sample(text, "sidecar_requests_in_flight") >= 1

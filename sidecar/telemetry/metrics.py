@@ -26,7 +26,8 @@ metric                                     labels       observed by
                                                         every listener)
 ``sidecar_lean_handovers_total``                        :func:`handover` (the proxy's lean
                                                         front: :mod:`sidecar.web.lean`)
-``sidecar_build_info``                     version      always 1
+``sidecar_build_info``                     version,     always 1 (``compiled``: ``mypyc``,
+                                           compiled     ``no`` or ``partial``: sidecar.compiled)
 ========================================== ============ ===================================
 
 Counters have no ``_created`` twin series (prometheus-client's default doubles every
@@ -52,7 +53,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from sidecar import __version__
+from sidecar import __version__, compiled
 from sidecar.telemetry import tally
 from sidecar.telemetry.tally import Tally
 
@@ -141,12 +142,13 @@ HANDOVERS = Counter(
 )
 BUILD_INFO = Gauge(
     "sidecar_build_info",
-    "Always 1; the version is the label.",
-    ("version",),
+    "Always 1; the version and whether the hot path is compiled (mypyc, no, partial) are the "
+    "labels.",
+    ("version", "compiled"),
     registry=_OWN,
     multiprocess_mode="max",
 )
-BUILD_INFO.labels(__version__).set(1)
+BUILD_INFO.labels(__version__, compiled.state().label).set(1)
 
 
 # (listener, status, route) -> its two series. ``labels()`` checks, formats and locks on
