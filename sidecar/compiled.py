@@ -49,6 +49,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.telemetry.audit",
     "sidecar.telemetry.context",
     "sidecar.telemetry.metrics",
+    "sidecar.telemetry.tally",
 )
 
 # mypyc puts the compiled code of all of MODULES in one shared library, this module's
