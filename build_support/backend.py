@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +27,54 @@ def _compiling() -> bool:
     return os.environ.get("SIDECAR_COMPILE") == "1"
 
 
+@contextmanager
+def _as_pure() -> Iterator[None]:
+    """setuptools' hooks run setup.py; these ones as the pure build: a compiling setup.py
+    imports mypyc (which the requirements hook is asked to name, so it is not there yet)
+    and runs mypy, which the metadata (the same either way) does not need."""
+    saved = os.environ.pop("SIDECAR_COMPILE", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["SIDECAR_COMPILE"] = saved
+
+
 def _compile_requires() -> list[str]:
     project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
     return [*extras["compile"], *project["dependencies"], *extras["speed"]]
 
 
+def _refuse_editable() -> None:
+    if _compiling():
+        raise SystemExit(
+            "SIDECAR_COMPILE=1: an editable install stays pure Python; "
+            "run scripts/compile in the checkout for an in-place compiled build"
+        )
+
+
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
-    if not _compiling():
-        pure: list[str] = _setuptools.get_requires_for_build_wheel(config_settings)
-        return pure
-    # setuptools' hook runs setup.py to find what it needs, and a compiling setup.py imports
-    # mypyc, which is what is being asked for: it runs as the pure build, then mypy is added.
-    del os.environ["SIDECAR_COMPILE"]
-    try:
+    compiling = _compiling()
+    with _as_pure():
         requires: list[str] = _setuptools.get_requires_for_build_wheel(config_settings)
-    finally:
-        os.environ["SIDECAR_COMPILE"] = "1"
-    return requires + _compile_requires()
+    return requires + _compile_requires() if compiling else requires
+
+
+def prepare_metadata_for_build_wheel(
+    metadata_directory: str, config_settings: dict[str, Any] | None = None
+) -> str:
+    with _as_pure():
+        name: str = _setuptools.prepare_metadata_for_build_wheel(
+            metadata_directory, config_settings
+        )
+    return name
+
+
+def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
+    _refuse_editable()
+    requires: list[str] = _setuptools.get_requires_for_build_editable(config_settings)
+    return requires
 
 
 def build_editable(
@@ -50,10 +82,6 @@ def build_editable(
     config_settings: dict[str, Any] | None = None,
     metadata_directory: str | None = None,
 ) -> str:
-    if _compiling():
-        raise SystemExit(
-            "SIDECAR_COMPILE=1: an editable install stays pure Python; "
-            "run scripts/compile in the checkout for an in-place compiled build"
-        )
+    _refuse_editable()
     name: str = _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)
     return name
