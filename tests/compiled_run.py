@@ -6,9 +6,16 @@ tests.compiled_run ...``, with a compiled copy of ``sidecar/`` first on ``PYTHON
 plugin refuses to start unless every module of :data:`sidecar.compiled.MODULES` is
 compiled, and deselects the tests of :data:`DESELECTED`, naming each with its reason in the
 summary. A name there that no longer matches a test is an error, so the list cannot rot.
+
+A test that monkeypatches a class or a function of a compiled module fails here at once,
+saying so: compiled callers call them natively, so the patch would never be reached and
+the test would fail (or pass) for the wrong reason. Such a test belongs in DESELECTED.
 """
 
 from __future__ import annotations
+
+import types
+from typing import Any
 
 import pytest
 
@@ -16,14 +23,47 @@ from sidecar import compiled
 
 # node id -> why it cannot run against the compiled build. Native classes and functions
 # are called directly by compiled callers: a monkeypatched replacement is never reached.
+_LEAN = "tests/test_lean.py::"
 DESELECTED: dict[str, str] = {
-    "tests/test_lean.py::test_a_fault_in_the_lane_is_answered_by_aiohttp_or_drops_the_connection": (
+    _LEAN + "test_a_fault_in_the_lane_is_answered_by_aiohttp_or_drops_the_connection": (
         "injects its faults by monkeypatching ExpressLane._admit and answers.whole, which "
         "the compiled lane calls natively (the patch is never reached)"
+    ),
+    _LEAN + "test_a_handover_from_the_store_lookup_mid_pipeline_keeps_every_byte_in_order": (
+        "injects its fault by monkeypatching Gateway.anonymous, which the compiled lane "
+        "calls natively (the patch is never reached)"
     ),
 }
 
 _SEEN = pytest.StashKey[list[str]]()
+_SETATTR = pytest.MonkeyPatch.setattr
+
+
+def _native(target: object, args: tuple[Any, ...]) -> str | None:
+    """What a ``monkeypatch.setattr`` call would replace, when compiled code calls it
+    natively: a class of a compiled module, or one of its attributes, or a module's
+    function."""
+    if isinstance(target, str):  # setattr("package.module.name", value)
+        module, _, name = target.rpartition(".")
+        return target if module in compiled.MODULES else None
+    name = str(args[0]) if args else "?"
+    if isinstance(target, types.ModuleType):
+        patched = getattr(target, name, None)
+        if target.__name__ in compiled.MODULES and callable(patched):
+            return f"{target.__name__}.{name}"
+    elif isinstance(target, type) and target.__module__ in compiled.MODULES:
+        return f"{target.__module__}.{target.__qualname__}.{name}"
+    return None
+
+
+def _guarded_setattr(self: pytest.MonkeyPatch, target: Any, *args: Any, **kwargs: Any) -> None:
+    where = _native(target, args)
+    if where is not None:
+        pytest.fail(
+            f"monkeypatches {where}, which compiled callers call natively (the patch is never "
+            "reached): add this test to DESELECTED in tests/compiled_run.py, with the reason"
+        )
+    _SETATTR(self, target, *args, **kwargs)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "first on PYTHONPATH (scripts/compile --into DIR)"
         )
     config.stash[_SEEN] = []
+    pytest.MonkeyPatch.setattr = _guarded_setattr  # type: ignore[method-assign]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
