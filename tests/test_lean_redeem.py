@@ -106,6 +106,12 @@ async def _pipelined(sc: Sidecar) -> bytes:
     )
 
 
+async def _with_a_body(sc: Sidecar) -> bytes:
+    """A link's GET with a small body (the lean front reads such bodies for forwarding)."""
+    token, _ = sc.seal()
+    return _get(sc, f"/?refer={token}", "Content-Length: 2") + b"ab"
+
+
 async def _holding_a_session(sc: Sidecar) -> bytes:
     """A browser holding a session redeems a link: its old session ends (the next request
     with the old cookie is anonymous: 401)."""
@@ -155,6 +161,7 @@ CORPUS: dict[str, Case] = {
         method="POST",
     ),
     "DELETE": _link("/?refer={t}", lean=False, method="DELETE"),
+    "GET with a body": Case(_with_a_body, lean=False),
     "percent-encoded name": _link("/?r%65fer={t}", lean=False),
     "percent in another parameter": _link("/?a=%41&refer={t}", lean=False),
     "plus in another parameter": _link("/?a=b+c&refer={t}", lean=False),

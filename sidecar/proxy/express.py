@@ -11,7 +11,7 @@ could be anything else:
 * a path under the sidecar's own routes (the prefix, forward-auth's Envoy prefix: raw or
   percent-decoded), a path :func:`~sidecar.proxy.paths.normalise` refuses, a query that
   may hold ``refer`` (any spelling: ``%`` or ``refer``) but for a plain refer link's
-  ``GET``, which :mod:`sidecar.proxy.redeem_lane` redeems (or declines);
+  bodyless ``GET``, which :mod:`sidecar.proxy.redeem_lane` redeems (or declines);
 * a ``Host`` (or a trusted proxy's forwarded host) the host check refuses.
 
 Forward-auth's ``GET <prefix>/auth`` is the one own route it serves
@@ -138,7 +138,7 @@ class ExpressLane:
         elif cut >= 0 and may_hold_refer(query := target[cut + 1 :].decode("latin-1")):
             # Perhaps a refer link: a plain one's GET is redeemed here, the rest by the
             # handler (no other query is parsed here).
-            if head.method != "GET" or not target.isascii():
+            if head.method != "GET" or head.length or not target.isascii():
                 return None
             refer = plain_refer_values(query)
             if refer is None:

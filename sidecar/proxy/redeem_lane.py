@@ -2,8 +2,8 @@
 
 The express lane (:mod:`sidecar.proxy.express`) admits a request as it admits any other —
 not under the sidecar's own routes, a path :func:`~sidecar.proxy.paths.normalise` takes, a
-host the host check takes — and passes it here when it is a ``GET`` whose target is ASCII
-and whose query is plain and names ``refer``
+host the host check takes — and passes it here when it is a bodyless ``GET`` whose target
+is ASCII and whose query is plain and names ``refer``
 (:func:`~sidecar.refer.redeem.plain_refer_values`). :meth:`RedeemLane.start` opens the link
 (:meth:`~sidecar.refer.redeem.Redeemer.open`: decryption, expiry, kind, role; nothing is
 read or written) and **declines** — the request is handed to aiohttp, whose handler answers
