@@ -520,3 +520,11 @@ def test_check_config_is_quiet_about_a_durable_store(tmp_path: Path) -> None:
         result = sidecar("check-config", "sidecar.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr
+
+
+def test_revoke_takes_an_id_that_begins_with_a_dash_after_the_double_dash() -> None:
+    """Ids minted before they stopped beginning with ``-`` are still revocable, as the
+    command's help says: after ``--``."""
+    args = build_parser().parse_args(["revoke", "--config", "c.yaml", "--", "-S1ecx07_SoTrMw"])
+    assert args.token_id == "-S1ecx07_SoTrMw"
+    assert args.config == "c.yaml"

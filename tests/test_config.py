@@ -244,6 +244,15 @@ def test_an_identity_header_cannot_be_a_framing_or_hop_by_hop_header(
     assert any(e.startswith(f"roles.Authenticated.headers.{name}: ") for e in errors), errors
 
 
+@pytest.mark.parametrize("name", ["Set-Cookie", "set_cookie", "Cookie", "Cookie2", "Set-Cookie2"])
+def test_an_identity_header_cannot_be_a_cookie_header(tmp_path: Path, name: str) -> None:
+    """Forward-auth answers with the identity headers and never with a cookie (SPEC); and a
+    Cookie of the sidecar's own would overwrite the browser's for the upstream."""
+    roles = {"Authenticated": {"params": ["tenant"], "headers": {name: "{param.tenant}"}}}
+    errors = errors_of(tmp_path, config_doc(roles=roles))
+    assert any(e.startswith(f"roles.Authenticated.headers.{name}: ") for e in errors), errors
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("public_url: [unclosed\n")

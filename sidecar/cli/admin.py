@@ -140,7 +140,12 @@ def _lifetime(text: str) -> tuple[str, int]:
 
 
 def revoke_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("token_id", metavar="ID", help="the link's id (the mint's answer has it)")
+    p.add_argument(
+        "token_id",
+        metavar="ID",
+        help="the link's id (the mint's answer has it; an older id beginning with '-' goes "
+        "after '--')",
+    )
     admin_args(p)
 
 

@@ -24,6 +24,9 @@ _NOT_IDENTITY = frozenset(
 )  # fmt: skip
 
 
+_COOKIES = frozenset({"cookie", "set-cookie", "cookie2", "set-cookie2"})
+
+
 class TemplateError(ValueError):
     """A header name or template is not valid."""
 
@@ -71,6 +74,10 @@ def compile_header(name: str, template: str) -> HeaderTemplate:
         raise TemplateError(
             f"{name!r} frames the request or names its connection; it cannot carry identity"
         )
+    if canonical in _COOKIES:
+        # Forward-auth answers with the identity headers, and never with a cookie; and the
+        # upstream's own cookies are the browser's, which the sidecar forwards untouched.
+        raise TemplateError(f"{name!r} is a cookie header; it cannot carry identity")
     parts: list[str] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(template):
