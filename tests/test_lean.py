@@ -28,11 +28,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from sidecar.app import build_services
 from sidecar.proxy import answers
 from sidecar.proxy.express import ExpressLane
 from sidecar.proxy.forward import Forwarder
-from sidecar.proxy.gateway import Gateway
+from sidecar.proxy.gateway import Gateway, build_proxy_app
+from sidecar.sessions import SESSIONS, cookie_values
 from sidecar.telemetry import metrics
+from sidecar.web.drain import Drain
+from sidecar.web.heads import parse_head
+from sidecar.web.listener import LANE, ConnectionLimits, ListenerRunner
+from tests.harness.config import make_config
 from tests.harness.raw import RawResponse, raw_http
 from tests.harness.served import Sidecar, running_sidecar
 from tests.harness.upstream import Upstream, running_upstream
@@ -817,3 +823,71 @@ async def test_a_fault_after_an_answer_began_leaves_nothing_for_the_shutdown_to_
         started = time.monotonic()
         await served.__aexit__(None, None, None)
     assert time.monotonic() - started < 0.2
+
+
+class _HeldReply:
+    """A client connection as the lane sees it (sidecar.web.lanes.Reply), in memory."""
+
+    peer: str | None = "127.0.0.1"
+    sockname: object = ("127.0.0.1", 8080)
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.finished_count = 0
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    async def drain(self, within: float) -> bool:
+        return True
+
+    def abort(self) -> None:
+        return None
+
+    def finished(self) -> None:
+        self.finished_count += 1
+
+    def decline(self) -> None:
+        raise AssertionError("declined")
+
+
+async def test_a_request_whose_client_left_before_its_task_began_is_counted_out(
+    tmp_path: Path,
+) -> None:
+    """A request that must wait (no idle upstream connection: a task relays it) whose client
+    leaves in the same loop iteration: the task is cancelled before its first step, so its
+    body and its ``finally`` never run. It is still finished once, as a 499, and the drain
+    does not wait for it (a SIGTERM would otherwise wait out its whole grace period)."""
+    cfg = make_config(tmp_path, "http://127.0.0.1:9")
+    services = build_services(cfg)
+    await services.store.open()
+    app = build_proxy_app(services)
+    drain = Drain()
+    drain.attach(app)
+    runner = ListenerRunner(app, limits=ConnectionLimits(head_timeout=10, max_head_size=8192))
+    await runner.setup()
+    try:
+        value = await app[SESSIONS].start(user_id="u-1", role=cfg.roles["Authenticated"],
+                                          token_id="t-1")  # fmt: skip
+        head = parse_head(
+            f"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Cookie: {cfg.session.cookie_name}={value}\r\n\r\n".encode(),
+            100,
+            8192,
+        )
+        assert head is not None
+        # The session in this process's cache: the verdict is given at once (no store task).
+        cookies = cookie_values([head.headers[1][1]], cfg.session.cookie_name)
+        assert await app[SESSIONS].lookup_cookies(cookies) is not None
+        reply = _HeldReply()
+        started = app[LANE].start(head, reply)  # no idle upstream connection: a task
+        assert started is not None
+        assert drain.in_flight == 1
+        started.cancel()  # the client left, before the task's first step
+        await asyncio.sleep(0.05)
+        assert reply.finished_count == 1
+        assert reply.written == []
+        assert drain.in_flight == 0
+    finally:
+        await runner.cleanup()
+        await services.store.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
 from sidecar.proxy import answers
@@ -52,26 +53,14 @@ if TYPE_CHECKING:
     from sidecar.proxy.express import Admitted, ExpressLane
 
 LOG = logging.getLogger("sidecar.forward")
+Held = UpstreamResponse | None  # an answer a task reads, released when it ends
 
 
 class Exchange:
     """A request being answered by the express lane (a :class:`~sidecar.web.lanes.Started`)."""
 
-    __slots__ = (
-        "_admitted",
-        "_body",
-        "_conn",
-        "_deciding",
-        "_head",
-        "_lane",
-        "_over",
-        "_record",
-        "_reply",
-        "_started",
-        "_upstream_head",
-        "status",
-        "task",
-    )
+    __slots__ = ("_admitted", "_body", "_conn", "_deciding", "_head", "_lane", "_over",
+                 "_record", "_reply", "_started", "_upstream_head", "status", "task")  # fmt: skip
 
     def __init__(self, lane: ExpressLane, head: Head, reply: Reply, admitted: Admitted) -> None:
         self._lane = lane
@@ -169,7 +158,7 @@ class Exchange:
                 self._conn = conn
                 pool.begin(conn)
                 return
-        self.task = asyncio.get_running_loop().create_task(self._relay())
+        self._spawn(self._relay())
 
     # -- the answer, in callbacks ----------------------------------------------------
     def upstream_event(self, conn: Connection) -> None:
@@ -244,7 +233,7 @@ class Exchange:
             # a fresh one, as the pool does. Only an idempotent request without a body,
             # as the pool's rule: the upstream may have acted on it before closing
             # (RFC 9110 §9.2.2).
-            self.task = asyncio.get_running_loop().create_task(self._relay())
+            self._spawn(self._relay())
             return
         record.upstream_s = time.perf_counter() - self._started
         if isinstance(error, UpstreamTimeout):
@@ -262,7 +251,7 @@ class Exchange:
         upstream = pool.response(conn)
         if not upstream.complete:
             conn.detach()
-            self.task = asyncio.get_running_loop().create_task(self._finish_answer(upstream))
+            self._spawn(self._finish_answer(upstream), upstream)
             return
         try:
             self._whole(upstream, upstream.take_body())
@@ -271,6 +260,19 @@ class Exchange:
         self.finish()
 
     # -- the answer, in a task -------------------------------------------------------
+    def _spawn(self, work: Coroutine[None, None, None], upstream: Held = None) -> None:
+        # A task cancelled before its first step (its client left in the same iteration)
+        # never runs its body, nor its finally: then its ending frees and finishes here.
+        task = self.task = asyncio.get_running_loop().create_task(work)
+        task.add_done_callback(lambda _: self._ended(upstream))
+
+    def _ended(self, upstream: Held) -> None:
+        if upstream is not None:
+            upstream.release()  # (once released, a no-op)
+        if not self._over:
+            self.status = CLIENT_CLOSED
+            self.finish()
+
     async def _relay(self) -> None:
         CURRENT.set(self._record)  # this task's own context: for the forwarder's records
         try:
