@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.store.base import StoreUnavailable
 from sidecar.telemetry import metrics
 from tests.harness.raw import RawResponse, raw_http
 from tests.harness.served import Sidecar, running_sidecar
@@ -297,3 +298,48 @@ async def test_the_request_id_is_the_first_copy_even_empty(pair: tuple[Sidecar, 
         assert response.header("X-Request-Id") not in (None, "", "second-id")
         both = _post(MINT, "X-Request-Id: first-id", "X-Request-Id: second-id")(sc)
         assert (await raw_http(sc.admin_port, both)).header("X-Request-Id") == "first-id"
+
+
+async def test_a_mint_the_store_refuses_is_answered_by_the_lane_as_aiohttp_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over admin.mint_rate (429) or with the store failing as it keeps the link (503), the
+    lane answers the handler's refusal byte for byte (headers in order) — and the store is
+    asked once: handed over, aiohttp's handler would count again, and after a failure that
+    came once the link was kept, record a second link."""
+    limited: dict[str, object] = {**_ROLES, "admin": {"mint_rate": "1/1m"}}
+    async with (
+        running_sidecar(tmp_path / "lean", overrides=limited) as lean,
+        running_sidecar(
+            tmp_path / "plain",
+            overrides={**_ROLES, "admin": {"mint_rate": "1/1m", "lean_front": False}},
+        ) as plain,
+    ):
+        plain.clock.now = lean.clock.now
+        shapes = []
+        for sc in (lean, plain):
+            before = _handovers()
+            response = await raw_http(sc.admin_port, _post(MINT)(sc) * 2, answers=2, quiet=1.0)
+            assert re.findall(rb"HTTP/1\.1 (\d{3})", response.raw) == [b"200", b"429"]
+            assert _handovers() == before
+            shapes.append(_answers(response)[1:])
+        assert shapes[0] == shapes[1]
+
+        calls: list[int] = []
+        shapes = []
+        for sc in (lean, plain):
+            store = sc.store
+
+            async def failing(*args: object, **kwargs: object) -> object:
+                calls.append(1)
+                raise StoreUnavailable("the store fell over as it kept the link")
+
+            monkeypatch.setattr(store, "record_counted", failing)
+            calls.clear()
+            before = _handovers()
+            response = await raw_http(sc.admin_port, _post(MINT)(sc), quiet=1.0)
+            assert response.status == 503
+            assert calls == [1]  # asked once: not handed over and minted again
+            assert _handovers() == before
+            shapes.append(_answers(response))
+        assert shapes[0] == shapes[1]

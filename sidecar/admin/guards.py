@@ -204,10 +204,9 @@ class Guards:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        api = _MINT_APIS.get(request.path)
         response = await self._answer(request, handler)
-        if api is not None and response.status >= 400:
-            metrics.mint_failure(api, _MINT_FAILURE.get(response.status, "other"))
+        if response.status >= 400:
+            count_mint_failure(request.path, response.status)
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -235,7 +234,7 @@ class Guards:
             return json_error(request, exc.status, exc.reason, headers=headers)
         except StoreUnavailable:
             _LOG.warning("store unavailable during %s %s", request.method, request.path)
-            return json_error(request, 503, "the store is unavailable; try again shortly")
+            return json_error(request, 503, STORE_DOWN_MESSAGE)
         except Exception:
             _LOG.exception("unhandled error during %s %s", request.method, request.path)
             return json_error(request, 500, "internal error", error_code=codes.UNEXPECTED_FAILURE)
@@ -338,14 +337,24 @@ def _bearer_key(value: str) -> str | None:
     return key if scheme.lower() == "bearer" and key else None
 
 
-def too_many_mints(request: web.Request, retry_after: int) -> web.Response:
-    """The answer to a mint over ``admin.mint_rate``."""
-    return json_error(
-        request,
-        429,
-        f"too many mints; retry after {retry_after}s",
-        headers={hdrs.RETRY_AFTER: str(retry_after)},
-    )
+def too_many_mints(request: web.BaseRequest | None, retry_after: int) -> web.Response:
+    """The answer to a mint over ``admin.mint_rate`` (``request`` None: ``POST /referstring``,
+    as the admin lean front answers it)."""
+    message = f"too many mints; retry after {retry_after}s"
+    headers: dict[str, str] = {hdrs.RETRY_AFTER: str(retry_after)}
+    if request is None:
+        return admin_error(429, message, headers=headers)
+    return json_error(request, 429, message, headers=headers)
+
+
+STORE_DOWN_MESSAGE = "the store is unavailable; try again shortly"
+
+
+def count_mint_failure(path: str, status: int) -> None:
+    """``sidecar_mint_failures_total``: a refusal of one of the mint routes."""
+    api = _MINT_APIS.get(path)
+    if api is not None:
+        metrics.mint_failure(api, _MINT_FAILURE.get(status, "other"))
 
 
 def _too_large(request: web.Request, max_body: int) -> web.Response:

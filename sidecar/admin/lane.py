@@ -17,11 +17,12 @@ lane — every request whose answer could be anything but that ``200``:
 * a ``Content-Type`` other than exactly ``application/json`` or
   ``application/json; charset=utf-8`` (what backends' HTTP clients send), or a
   ``Content-Encoding``;
-* a body that is not one strict JSON object, or that the mint refuses (400);
-* a mint the store refuses after all: over ``admin.mint_rate``, or the store unavailable.
-  Nothing was recorded, and aiohttp's handler counts, mints and answers it again (a
-  ``429``, a ``503``): a refused mint counts twice against a rate it is already over,
-  which the fixed window's reset does not notice.
+* a body that is not one strict JSON object, or that the mint refuses (400).
+
+A mint the store refuses once taken — over ``admin.mint_rate`` (``429``), or the store
+unavailable (``503``) — is answered here with the handler's refusal, byte for byte, and
+not handed over: aiohttp's handler would count it again, and after a store failure (which
+may come after the store kept the link) mint and record a second link.
 
 tests/test_admin_lane.py sends the same bytes to a sidecar with the lane and one without
 and compares the answers byte for byte (``Date``, ``X-Request-Id`` and the minted values
@@ -32,15 +33,27 @@ which is on by default.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from email.utils import formatdate
 from functools import lru_cache
 from typing import Final
 
-from sidecar.admin.guards import Guards, RequestError
+from aiohttp import web
+
+from sidecar.admin.guards import (
+    STORE_DOWN_MESSAGE,
+    Guards,
+    RequestError,
+    admin_error,
+    count_mint_failure,
+    too_many_mints,
+)
 from sidecar.admin.mints import announce, keep_link, mint_link
 from sidecar.refer.minting import MintedLink
 from sidecar.services import Services
+from sidecar.store.base import StoreUnavailable
+from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry.context import CURRENT, RequestRecord
 from sidecar.web.accesslog import CLIENT_CLOSED, AccessLine, request_id_for
 from sidecar.web.drain import Drain
@@ -48,6 +61,7 @@ from sidecar.web.heads import Head
 from sidecar.web.jsonbody import BadBody, parse_json_object
 from sidecar.web.lanes import Reply, Started
 
+_LOG = logging.getLogger("sidecar.admin")  # the guards' logger: the same warning
 PATH: Final = "/referstring"
 _TARGET: Final = PATH.encode()
 # Browsers' headers (the middleware refuses them), and a coded body (jsonbody refuses it).
@@ -137,6 +151,15 @@ class _Mint:
         except asyncio.CancelledError:
             self._log(CLIENT_CLOSED)
             raise
+        except RateLimited as exc:
+            self._refuse(too_many_mints(None, exc.retry_after))
+            return
+        except StoreUnavailable:
+            # Answered here, not handed over: the store may have kept the mint before it
+            # failed, and aiohttp's handler would mint and record a second link.
+            _LOG.warning("store unavailable during POST %s", PATH)
+            self._refuse(admin_error(503, STORE_DOWN_MESSAGE))
+            return
         except Exception:
             reply.decline()
             return
@@ -144,6 +167,20 @@ class _Mint:
         reply.write(_HEAD % (record.request_id.encode(), len(body), _date_line()) + body)
         self._log(200)
         reply.finished()
+
+    def _refuse(self, answer: web.Response) -> None:
+        """A refusal of the store's, with the bytes aiohttp's server writes for it."""
+        body = answer.body
+        assert isinstance(body, bytes)  # json_response's
+        head = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason.encode())]
+        head += [f"{name}: {value}\r\n".encode() for name, value in answer.headers.items()]
+        head.append(b"X-Request-Id: %b\r\nContent-Length: %d\r\n" % (
+            self._record.request_id.encode(), len(body)))  # fmt: skip
+        head.append(_date_line() + b"X-Content-Type-Options: nosniff\r\n\r\n")
+        self._reply.write(b"".join(head) + body)
+        count_mint_failure(PATH, answer.status)
+        self._log(answer.status)
+        self._reply.finished()
 
     def _log(self, status: int) -> None:
         elapsed = time.perf_counter() - self.started
