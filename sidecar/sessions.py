@@ -186,17 +186,9 @@ class SessionManager:
         self._cache_ttl = cfg.cache_ttl
         self._cache.clear()
 
-    async def start(
-        self,
-        *,
-        user_id: str,
-        role: RoleConfig,
-        token_id: str,
-        params: Mapping[str, str] | None = None,
-        email: str | None = None,
-        module: str | None = None,
-        client: str | None = None,
-    ) -> str:
+    async def start(self, *, user_id: str, role: RoleConfig, token_id: str,
+                    params: Mapping[str, str] | None = None, email: str | None = None,
+                    module: str | None = None, client: str | None = None) -> str:  # fmt: skip
         """Store a new session and return the cookie value to send (once) to the browser."""
         cookie_value, record = self.new(
             user_id=user_id, role=role, token_id=token_id, params=params, email=email,
