@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,10 +26,10 @@ from multidict import CIMultiDict
 
 from sidecar.proxy import answers
 from sidecar.proxy.forward_auth import STORE_DOWN, Answer, ForwardAuth
+from sidecar.proxy.taken import TakenRequest
 from sidecar.sessions import NOT_CACHED, Session, SessionManager
 from sidecar.store.base import StoreUnavailable
-from sidecar.telemetry.context import RequestRecord
-from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
+from sidecar.web.accesslog import CLIENT_CLOSED
 from sidecar.web.heads import Head
 from sidecar.web.lanes import Reply, Started
 
@@ -77,25 +76,16 @@ class AuthLane:
         return check
 
 
-class AuthCheck:
+class AuthCheck(TakenRequest):
     """One sub-request the lean front took (a :class:`~sidecar.web.lanes.Started`)."""
 
-    __slots__ = ("_admitted", "_auth", "_head", "_lane", "_over", "_record", "_reply",
-                 "_started", "status", "task")  # fmt: skip
+    __slots__ = ("_auth",)
 
     def __init__(
         self, auth: AuthLane, lane: ExpressLane, head: Head, reply: Reply, admitted: Admitted
     ) -> None:
+        super().__init__(lane, head, reply, admitted, "page")
         self._auth = auth
-        self._lane = lane
-        self._head = head
-        self._reply = reply
-        self._admitted = admitted
-        self._record = RequestRecord(request_id_for(admitted.request_id), "page")
-        self._started = time.perf_counter()
-        self._over = False
-        self.status = 500
-        self.task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
         """Judge, and answer now or start the store lookup. An exception escapes before
@@ -114,7 +104,7 @@ class AuthCheck:
             elif session is NOT_CACHED:
                 self.task = asyncio.get_running_loop().create_task(self._lookup(examined))
                 # A task cancelled before its first step never runs its body.
-                self.task.add_done_callback(self._ended)
+                self.task.add_done_callback(self.ended)
             else:
                 self._decided(examined, session)
         except Exception:
@@ -153,28 +143,3 @@ class AuthCheck:
         self._reply.write(answers.bodyless(answer.status, headers, self._record.request_id,
                                            keep_alive))  # fmt: skip
         self.finish()
-
-    def finish(self) -> None:
-        """Count out, log the access line, tell the connection."""
-        if self._over:
-            return
-        self._over = True
-        lane = self._lane
-        if lane.drain is not None:
-            lane.drain.end()
-        remote = lane.clients.client(self._reply.peer, self._admitted.forwarded_for)
-        elapsed = time.perf_counter() - self._started
-        lane.access(self._head.method, self._admitted.path_text, self.status, elapsed,
-                    self._record, remote)  # fmt: skip
-        self._reply.finished()
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if not self._over:
-            self.status = CLIENT_CLOSED
-            self.finish()
-
-    def cancel(self) -> None:
-        """The client left: stop the store lookup (its ending logs a 499)."""
-        task = self.task
-        if task is not None and not task.done():
-            task.cancel()

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from sidecar.proxy import answers
 from sidecar.proxy.forward import Failure
 from sidecar.proxy.redemptions import FailedRedemptions
+from sidecar.proxy.taken import TakenRequest
 from sidecar.refer.redeem import Redeemer, RedeemFailed
-from sidecar.telemetry.context import CURRENT, RequestRecord
-from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
+from sidecar.telemetry.context import CURRENT
+from sidecar.web.accesslog import CLIENT_CLOSED
 from sidecar.web.heads import Head
 from sidecar.web.lanes import Reply, Started
 
@@ -81,24 +81,10 @@ class RedeemLane:
         return redemption
 
 
-class LeanRedemption:
+class LeanRedemption(TakenRequest):
     """One redemption the lean front took (a :class:`~sidecar.web.lanes.Started`)."""
 
-    __slots__ = (
-        "_admitted",
-        "_claims",
-        "_client",
-        "_head",
-        "_lane",
-        "_over",
-        "_record",
-        "_redeem",
-        "_reply",
-        "_role",
-        "_started",
-        "status",
-        "task",
-    )
+    __slots__ = ("_claims", "_redeem", "_role")
 
     def __init__(
         self,
@@ -110,19 +96,10 @@ class LeanRedemption:
         claims: Claims,
         role: RoleConfig,
     ) -> None:
+        super().__init__(lane, head, reply, admitted, "redeem")
         self._redeem = redeem
-        self._lane = lane
-        self._head = head
-        self._reply = reply
-        self._admitted = admitted
         self._claims = claims
         self._role = role
-        self._client = lane.clients.client(reply.peer, admitted.forwarded_for)
-        self._record = RequestRecord(request_id_for(admitted.request_id), "redeem")
-        self._started = time.perf_counter()
-        self._over = False
-        self.status = 500
-        self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Redeem, answer, finish (the task's body)."""
@@ -165,28 +142,3 @@ class LeanRedemption:
             self._reply.abort()
         finally:
             self.finish()
-
-    def finish(self) -> None:
-        """Count out, log the access line, tell the connection."""
-        if self._over:
-            return
-        self._over = True
-        lane = self._lane
-        if lane.drain is not None:
-            lane.drain.end()
-        elapsed = time.perf_counter() - self._started
-        lane.access(self._head.method, self._admitted.path_text, self.status, elapsed,
-                    self._record, self._client)  # fmt: skip
-        self._reply.finished()
-
-    def ended(self, task: asyncio.Task[None]) -> None:
-        """The task is over: finished, unless it was cancelled before it began."""
-        if not self._over:
-            self.status = CLIENT_CLOSED
-            self.finish()
-
-    def cancel(self) -> None:
-        """The client left: stop (its ending finishes; a burn already sent stands)."""
-        task = self.task
-        if task is not None and not task.done():
-            task.cancel()

@@ -114,8 +114,9 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 def new_token_id() -> str:
     """128 random bits, base64url; never beginning with ``-``, so that an id is one
     argument on any command line (``sidecar revoke <id>``), not an option."""
-    while (token_id := secrets.token_urlsafe(16)).startswith("-"):
-        pass  # 1 draw in 64: expected 1.016 draws
+    token_id = secrets.token_urlsafe(16)
+    while token_id.startswith("-"):  # 1 draw in 64: expected 1.016 draws
+        token_id = secrets.token_urlsafe(16)
     return token_id
 
 
