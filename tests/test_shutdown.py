@@ -28,11 +28,16 @@ POLL_TIMEOUT = 10.0
 
 
 async def refused(url: str) -> bool:
-    """True once a new TCP connection to ``url``'s port is refused."""
+    """True once a new TCP connection to ``url``'s port is refused.
+
+    A connection that is reset while it connects counts too: closing a listening socket resets
+    the connections still waiting in its accept queue, so a poll that races the close sees
+    ECONNRESET rather than ECONNREFUSED. Either way the port no longer takes connections.
+    """
     host, port = url.removeprefix("http://").rsplit(":", 1)
     try:
         _, writer = await asyncio.open_connection(host, int(port))
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     writer.close()
     await writer.wait_closed()
