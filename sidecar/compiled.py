@@ -17,8 +17,8 @@ Left interpreted, because mypyc cannot compile them as they are:
 - modules with ``@web.middleware`` functions (``web.drain``, ``web.accesslog``,
   ``proxy.guards``): aiohttp marks the function with an attribute, which a native function
   does not take, so the module fails at import;
-- modules with async generators (``proxy.forward``, ``proxy.pool``), which mypyc does not
-  support.
+- modules with async generators (``proxy.forward``), which mypyc does not support
+  (``proxy.pool``'s body iterator is a class for this reason).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.proxy.verdicts",
     "sidecar.proxy.headers",
     "sidecar.proxy.upstream_conn",
+    "sidecar.proxy.pool",
     "sidecar.proxy.upstream_body",
     "sidecar.proxy.upstream_errors",
     "sidecar.proxy.gateway",

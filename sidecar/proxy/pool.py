@@ -93,21 +93,43 @@ class UpstreamResponse:
             raise UpstreamError("the response was released")
         return await self._conn.read()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises :class:`UpstreamError` if it is cut short, and
         :class:`UpstreamBodyTimeout` if it stalls for the pool's ``stream_idle_timeout``."""
         conn = self._conn
         if conn is None:
             raise UpstreamError("the response was released")
-        idle = self._pool.stream_idle_timeout
-        while chunk := await conn.next_chunk(idle):
-            yield chunk
+        return _Chunks(conn, self._pool.stream_idle_timeout)
 
     def release(self) -> None:
         """Give the connection back, or close it if it cannot carry another request."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool._release(conn)
+
+
+class _Chunks:
+    """:meth:`UpstreamResponse.chunks`: an async iterator class rather than an async
+    generator, which mypyc cannot compile (this module is on the hot path's compiled list:
+    :mod:`sidecar.compiled`)."""
+
+    __slots__ = ("_conn", "_idle")
+
+    def __init__(self, conn: Connection, idle: float) -> None:
+        self._conn: Connection | None = conn
+        self._idle = idle
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is not None:
+            chunk = await conn.next_chunk(self._idle)
+            if chunk:
+                return chunk
+            self._conn = None  # the end: nothing more, ever (as a finished generator)
+        raise StopAsyncIteration
 
 
 class UpstreamPool:
