@@ -38,6 +38,7 @@ from bench.servers import start_nginx, start_redis, start_upstream
 from bench.target import COOKIE, Sidecar, session_cookie, sqlite_url, start_sidecar
 
 NO_ACCESS_LOG = "sidecar, logging.access false"
+NGINX_LOGGED = "nginx, access_log on"
 LAYOUTS = {
     "A": "sidecar/nginx + upstream on core 0, load generator on core 1",
     "C": "sidecar/nginx alone on core 0, upstream + load generator on core 1",
@@ -106,10 +107,14 @@ def run(settings: Settings, note: str, log: Log) -> Results:
         upstream = start_upstream(work, [c0])
         kids.append(upstream.child)
         nginx = start_nginx(work, upstream.port, [c0])
-        if nginx is None:
+        # The reference nginx logs nothing; a second one writes Debian's default access log
+        # (one unbuffered `combined` line per request to a file), so the sidecar, which logs
+        # as shipped, is also compared with an nginx that does the same work.
+        logged = start_nginx(work, upstream.port, [c0], access_log=True)
+        if nginx is None or logged is None:
             results.missing.append("nginx (not installed): no reference row")
         else:
-            kids.append(nginx.child)
+            kids.extend([nginx.child, logged.child])
 
         def sidecar(name: str, store_url: str) -> Sidecar:
             sc = start_sidecar(
@@ -136,8 +141,9 @@ def run(settings: Settings, note: str, log: Log) -> Results:
             ProxyTarget("sidecar", sc.proxy_port, sc.pid),
             ProxyTarget(NO_ACCESS_LOG, quiet.proxy_port, quiet.pid),
         ]
-        if nginx is not None:
+        if nginx is not None and logged is not None:
             targets.append(ProxyTarget("nginx", nginx.port, nginx.pid))
+            targets.append(ProxyTarget(NGINX_LOGGED, logged.port, logged.pid))
         log(f"memory: idle, then {settings.connections} connections")
         results.memory = memory(sc, targets[0], cookie, settings.connections)
         for layout, upstream_core in (("A", c0), ("C", c1)):
@@ -152,6 +158,8 @@ def run(settings: Settings, note: str, log: Log) -> Results:
                 warmup=settings.warmup,
             )
         _stop(quiet.child, kids)
+        if logged is not None:
+            _stop(logged.child, kids)
         if settings.profile:
             log("profile: py-spy on the sidecar, layout C")
             spec = LoadSpec(

@@ -47,7 +47,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    {access_log}
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
@@ -71,16 +71,24 @@ http {{
 """
 
 
-def start_nginx(workdir: Path, upstream_port: int, cores: Sequence[int] | None) -> Server | None:
-    """nginx (master + 1 worker, keep-alive pool to the upstream), or None if not installed."""
+def start_nginx(
+    workdir: Path, upstream_port: int, cores: Sequence[int] | None, *, access_log: bool = False
+) -> Server | None:
+    """nginx (master + 1 worker, keep-alive pool to the upstream), or None if not installed.
+
+    ``access_log``: one ``combined`` line per request to a file, unbuffered, as Debian's
+    nginx.conf ships it (``access_log /var/log/nginx/access.log;``); off by default."""
     exe = nginx_path()
     if exe is None:
         return None
-    prefix = workdir / "nginx"
+    prefix = workdir / ("nginx-logged" if access_log else "nginx")
     prefix.mkdir(exist_ok=True)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(prefix=prefix, upstream=upstream_port, port=port))
+    log = f"access_log {prefix}/access.log;" if access_log else "access_log off;"
+    conf.write_text(
+        _NGINX_CONF.format(prefix=prefix, upstream=upstream_port, port=port, access_log=log)
+    )
     argv = [exe, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     child = spawn("nginx", argv, logdir=workdir, cores=cores)
     wait_port(child, port)
