@@ -50,7 +50,7 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
 
     names = ["direct", "sidecar", "sidecar, logging.access false"]
-    names += ["nginx"] if doc["meta"]["nginx"] else []
+    names += ["nginx", "nginx, access_log on"] if doc["meta"]["nginx"] else []
     for layout in ("A", "C"):
         proxied = doc["proxied"][layout]
         assert sorted(proxied) == sorted(names)
