@@ -75,9 +75,9 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     mib = ("idle_mib", "after_mib", "peak_mib", "upstream_idle_mib", "upstream_after_mib")
     assert all(v > 0 for v in _numbers(memory, *mib))
     assert len(doc["targets"]) == 10
-    # Without nginx, the two rows measured against it have nothing to divide by.
+    # Without nginx, the rows measured against it have nothing to divide by.
     against_nginx = [t for t in doc["targets"] if "nginx's" in t["name"] or "same" in t["name"]]
-    assert len(against_nginx) == 3
+    assert len(against_nginx) == 4
     expected = (
         doc["targets"]
         if doc["meta"]["nginx"]
