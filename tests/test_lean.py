@@ -17,8 +17,10 @@ streaming, SSE, WebSockets — runs against the lean front too: it is on by defa
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -581,6 +583,89 @@ async def test_a_client_that_leaves_frees_its_upstream_connection_at_once(
         response = await raw_http(sc.proxy_port, (request + "Connection: close\r\n\r\n").encode())
         assert response.status == 200
         assert time.monotonic() - started < 1.5  # not the 3 s upstream_timeout
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    with sock:
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+async def test_requests_beyond_the_pool_wait_in_its_queue_without_a_task_each(
+    tmp_path: Path,
+) -> None:
+    """A burst larger than ``proxy.max_connections``: the requests that find every upstream
+    connection busy wait in the pool's queue as objects, not as tasks (a task and its
+    coroutines per waiting request were most of the memory a burst of 1,000 left behind),
+    and are all answered, never more than ``max_connections`` upstream at once."""
+    burst = 40
+    overrides: dict[str, object] = {"proxy": {"max_connections": 2, "upstream_timeout": "10s"}}
+    gate = asyncio.Event()
+    inside = most = 0
+
+    async def held(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        try:
+            await gate.wait()
+        finally:
+            inside -= 1
+        return web.Response(text="ok")
+
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        request = (
+            f"GET /app/burst HTTP/1.1\r\nHost: 127.0.0.1:{sc.proxy_port}\r\n"
+            f"Cookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        assert (await raw_http(sc.proxy_port, request)).status == 200  # session cached
+        sc.upstream.respond = held
+        before = len(asyncio.all_tasks())
+        # Blocking sockets: the clients add no tasks of their own to count.
+        clients = [socket.create_connection(("127.0.0.1", sc.proxy_port), 10) for _ in range(burst)]
+        for client in clients:
+            client.sendall(request)
+        deadline = time.monotonic() + 5
+        while inside < 2:
+            assert time.monotonic() < deadline, "the first requests never reached the upstream"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # every request in: two upstream, the rest queued
+        # The two relayed requests' tasks and the upstream's handlers (two each); a task
+        # per queued request would be 38 more.
+        assert len(asyncio.all_tasks()) - before <= 8
+        gate.set()
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(asyncio.to_thread(_read_to_end, c) for c in clients)), 10
+        )
+        assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * burst
+        assert most == 2
+
+
+async def test_a_request_queued_for_a_slot_longer_than_upstream_timeout_gets_a_504(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides: dict[str, object] = {"proxy": {"max_connections": 1, "upstream_timeout": "1s"}}
+    async with running_sidecar(tmp_path, overrides=overrides) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        host = f"127.0.0.1:{sc.proxy_port}"
+        # An open event stream holds the only slot (stream_idle_timeout: minutes).
+        reader, holder = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        holder.write(f"GET /_up/sse HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n".encode())
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        caplog.set_level(logging.WARNING, logger="sidecar.forward")
+        started = time.monotonic()
+        request = f"GET /app/waits HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        response = await raw_http(sc.proxy_port, (request + "Connection: close\r\n\r\n").encode())
+        took = time.monotonic() - started
+        assert response.status == 504
+        assert 0.9 <= took < 3.0, took  # its own wait of upstream_timeout, bounded
+        assert "upstream did not answer within 1.0s" in caplog.text
+        holder.close()  # the stream ends: its slot comes back for the next request
+        response = await raw_http(sc.proxy_port, (request + "Connection: close\r\n\r\n").encode())
+        assert response.status == 200
 
 
 async def test_a_fault_in_the_lane_is_answered_by_aiohttp_or_drops_the_connection(

@@ -517,6 +517,61 @@ async def test_waiting_for_a_busy_pool_is_bounded_by_the_response_timeout() -> N
             stream.release()
 
 
+class Queued:
+    """A :class:`~sidecar.proxy.pool.SlotWaiter` that notes what the pool told it; with
+    ``wants`` False it has left (its client gone) and declines the slot."""
+
+    def __init__(self, name: str, told: list[str], wants: bool = True) -> None:
+        self.name = name
+        self.told = told
+        self.wants = wants
+        self.slot_deadline = 0.0
+
+    def slot_free(self) -> bool:
+        self.told.append(f"{self.name}: slot" if self.wants else f"{self.name}: declined")
+        return self.wants
+
+    def slot_timeout(self) -> None:
+        self.told.append(f"{self.name}: timeout")
+
+
+async def test_queued_requests_and_waiting_tasks_share_one_queue_in_order() -> None:
+    told: list[str] = []
+    async with raw_upstream(answering(OK, OK, OK, OK)) as up, pool_for(up.port, limit=1) as pool:
+        assert pool.slot_for(Queued("first", told))  # a free slot: taken at once
+        assert not pool.slot_for(Queued("second", told))
+        task = asyncio.create_task(fetch(pool))  # a task waits behind it
+        await asyncio.sleep(0.05)
+        assert not pool.slot_for(Queued("gone", told, wants=False))
+        assert not pool.slot_for(Queued("third", told))
+        assert told == []
+        pool.give_back()  # first's slot: to the second, in callbacks
+        assert told == ["second: slot"]
+        pool.give_back()  # second's: to the task, which answers and passes it on
+        assert (await asyncio.wait_for(task, 5))[2] == b"ok"
+        # The task's slot went past the one that left to the third.
+        assert told == ["second: slot", "gone: declined", "third: slot"]
+        pool.give_back()
+        assert (await asyncio.wait_for(fetch(pool), 5))[2] == b"ok"  # nobody holds a slot
+
+
+async def test_a_queued_request_gets_no_slot_after_the_response_timeout() -> None:
+    told: list[str] = []
+    async with (
+        raw_upstream(answering(OK)) as up,
+        pool_for(up.port, limit=1, response_timeout=0.2) as pool,
+    ):
+        assert pool.slot_for(Queued("holder", told))
+        assert not pool.slot_for(Queued("waiter", told))
+        await asyncio.sleep(0.15)
+        assert told == []
+        await asyncio.sleep(0.4)  # the sweep runs every tenth of the timeout
+        assert told == ["waiter: timeout"]
+        pool.give_back()  # nobody queued: the slot is free again
+        assert told == ["waiter: timeout"]
+        assert (await asyncio.wait_for(fetch(pool), 5))[2] == b"ok"
+
+
 # -- through the sidecar: what the client gets ------------------------------------------
 @asynccontextmanager
 async def sidecar_before(tmp_path: Path, answer: bytes) -> AsyncIterator[Sidecar]:

@@ -8,8 +8,9 @@ wherever something must be awaited, with the same rules as
 :meth:`sidecar.proxy.forward.Forwarder.forward`:
 
 * the session is not in the cache (:meth:`judge`);
-* no idle connection, or the idle one turned out closed (:meth:`_relay`: the pool waits for
-  a slot or connects, and retries a stale connection once);
+* no idle connection, or the idle one turned out closed (:meth:`_relay`: the pool connects,
+  and retries a stale connection once). While every slot is taken the exchange waits in
+  the pool's queue as it is (:meth:`slot_free`): a burst costs no task per request;
 * the body is not in yet, or is large (:meth:`_answer`: read whole within
   ``upstream_timeout``, or streamed with ``stream_idle_timeout`` and ``send_timeout``).
   Whether it is in is looked at one loop iteration after the head came
@@ -39,7 +40,7 @@ from sidecar.proxy.forward import (
     read_whole,
     stream_broken,
 )
-from sidecar.proxy.pool import IDEMPOTENT, UpstreamResponse
+from sidecar.proxy.pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection
 from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError, UpstreamTimeout
 from sidecar.proxy.verdicts import PUBLIC, STORE_DOWN, Redirect, Verdict
@@ -59,8 +60,9 @@ Held = UpstreamResponse | None  # an answer a task reads, released when it ends
 class Exchange:
     """A request being answered by the express lane (a :class:`~sidecar.web.lanes.Started`)."""
 
-    __slots__ = ("_admitted", "_body", "_conn", "_deciding", "_head", "_lane", "_over",
-                 "_record", "_reply", "_started", "_upstream_head", "status", "task")  # fmt: skip
+    __slots__ = ("_admitted", "_body", "_conn", "_deciding", "_head", "_holds_slot", "_lane",
+                 "_over", "_record", "_reply", "_started", "_upstream_head", "slot_deadline",
+                 "status", "task")  # fmt: skip
 
     def __init__(self, lane: ExpressLane, head: Head, reply: Reply, admitted: Admitted) -> None:
         self._lane = lane
@@ -75,6 +77,8 @@ class Exchange:
         self._body = b""  # the request body as sent upstream (framed: see _begin)
         self._over = False
         self._deciding = False  # the head came; the rest is looked at next iteration
+        self.slot_deadline = 0.0  # while queued for a slot (the pool's)
+        self._holds_slot = False
         self.status = 500
 
     # -- the verdict -----------------------------------------------------------------
@@ -146,19 +150,54 @@ class Exchange:
         self._body = body
         self._upstream_head = forwarder.upstream_head(head.method, head.target, headers)
         pool = forwarder.pool
-        conn = pool.take_idle() if pool is not None else None
-        if conn is not None and pool is not None:
+        if pool is None:
+            self._spawn(self._relay())
+            return
+        conn = pool.take_idle()
+        if conn is not None or pool.slot_for(self):
+            self._go(pool, conn)
+        else:
+            # Queued: slot_free() or slot_timeout() goes on. The task that judged it (if
+            # any) is over: not kept, with its coroutine, while this waits.
+            self.task = None
+
+    def _go(self, pool: UpstreamPool, conn: Connection | None) -> None:
+        """With a slot of ``pool``: on the idle ``conn`` in callbacks, else on a new
+        connection in a task."""
+        if conn is not None:
             try:
                 # A body the lean front read whole goes in the same write, framed by the
                 # client's own Content-Length (or chunked, above).
-                conn.start(self._upstream_head + body, self)
+                conn.start(self._upstream_head + self._body, self)
             except StaleConnection:
-                pool.drop(conn)
+                conn.abort()  # closed meanwhile: another one, in the same slot
             else:
                 self._conn = conn
                 pool.begin(conn)
                 return
-        self._spawn(self._relay())
+        self._holds_slot = True  # until the task's first step hands it to the pool
+        self._spawn(self._relay(slot_held=True))
+
+    # -- queued for a slot (sidecar.proxy.pool.SlotWaiter) ----------------------------
+    def slot_free(self) -> bool:
+        """A slot is this exchange's; False when its client left meanwhile."""
+        if self._over:
+            return False
+        pool = self._lane.forwarder.pool
+        assert pool is not None  # it queued this exchange
+        self._go(pool, pool.take_held())
+        return True
+
+    def slot_timeout(self) -> None:
+        """No slot within ``upstream_timeout``: a 504, as the forwarder's for a busy pool."""
+        if self._over:
+            return
+        record = self._record
+        assert record is not None
+        record.upstream_s = time.perf_counter() - self._started
+        LOG.warning("upstream did not answer within %ss", self._lane.forwarder.response_timeout)
+        self._fail(GATEWAY_TIMEOUT)
+        self.finish()
 
     # -- the answer, in callbacks ----------------------------------------------------
     def upstream_event(self, conn: Connection) -> None:
@@ -267,19 +306,25 @@ class Exchange:
         task.add_done_callback(lambda _: self._ended(upstream))
 
     def _ended(self, upstream: Held) -> None:
+        if self._holds_slot:  # cancelled before its first step: the slot was never used
+            self._holds_slot = False
+            pool = self._lane.forwarder.pool
+            if pool is not None:
+                pool.give_back()
         if upstream is not None:
             upstream.release()  # (once released, a no-op)
         if not self._over:
             self.status = CLIENT_CLOSED
             self.finish()
 
-    async def _relay(self) -> None:
+    async def _relay(self, slot_held: bool = False) -> None:
+        self._holds_slot = False  # the pool's request() has it from here
         CURRENT.set(self._record)  # this task's own context: for the forwarder's records
         try:
             forwarder = self._lane.forwarder
-            body = self._body
+            body = one_chunk(self._body) if self._body else None
             upstream = await forwarder.exchange(
-                self._head.method, self._upstream_head, one_chunk(body) if body else None
+                self._head.method, self._upstream_head, body, slot_held=slot_held
             )
             if isinstance(upstream, Failure):
                 self._fail(upstream)

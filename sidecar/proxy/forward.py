@@ -148,6 +148,11 @@ class Forwarder:
         return self._pool
 
     @property
+    def response_timeout(self) -> float:
+        """How long the upstream may take to begin its answer (``proxy.upstream_timeout``)."""
+        return self._header_timeout
+
+    @property
     def send_timeout(self) -> float:
         """How long a client may take to accept the next chunk of a streamed answer."""
         return self._send_timeout
@@ -173,16 +178,18 @@ class Forwarder:
         head: bytes,
         body: AsyncIterable[bytes] | None = None,
         chunked: bool = False,
+        slot_held: bool = False,
     ) -> UpstreamResponse | Failure:
         """Send the request and wait for the response head; the failure to answer with
-        (502/504, logged and recorded for the access line) when none came."""
+        (502/504, logged and recorded for the access line) when none came. ``slot_held``:
+        the pool gave the caller a slot already (see :meth:`UpstreamPool.queue`)."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder used outside its cleanup_ctx")
         started = time.perf_counter()
         try:
             # The pool's deadline for the response head counts from the last body byte sent.
-            upstream = await pool.request(method, head, body, chunked=chunked)
+            upstream = await pool.request(method, head, body, chunked=chunked, slot_held=slot_held)
         except UpstreamTimeout:
             set_upstream_time(time.perf_counter() - started)
             LOG.warning("upstream did not answer within %ss", self._header_timeout)

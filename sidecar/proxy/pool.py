@@ -13,6 +13,11 @@ head. The body then arrives chunk by chunk (:meth:`UpstreamResponse.chunks`), or
 * A reused connection that the upstream closed before answering (its keep-alive timer
   fired as the request left) is retried once on a fresh connection, but only for an
   idempotent request without a body: one with a body cannot be sent twice.
+* At most ``limit`` requests hold a slot; the others wait in one queue, first come first
+  served, for at most ``response_timeout``: a task awaiting :meth:`UpstreamPool.request`, or
+  a request served in callbacks (the express lane's, :class:`SlotWaiter`) queued with
+  :meth:`UpstreamPool.queue` — a queued object rather than a task, its coroutines and its
+  timer, because a burst larger than the pool queues hundreds at once.
 * Deadlines: ``connect_timeout`` to connect; ``response_timeout`` for the response head,
   counted from the last request byte sent. One timer per pool checks the connections
   waiting for a head, instead of one timer per request. A body read whole
@@ -31,7 +36,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Final
+from typing import Final, Protocol
 
 from sidecar.proxy.upstream_body import HIGH_WATER
 from sidecar.proxy.upstream_conn import Connection
@@ -44,6 +49,7 @@ from sidecar.proxy.upstream_errors import (
 
 __all__ = [
     "HIGH_WATER",
+    "SlotWaiter",
     "UpstreamBodyTimeout",
     "UpstreamError",
     "UpstreamPool",
@@ -52,6 +58,20 @@ __all__ = [
 ]
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class SlotWaiter(Protocol):
+    """A request waiting for a slot in callbacks, not in a task (:meth:`UpstreamPool.queue`)."""
+
+    slot_deadline: float  # set by the pool: when the wait ends in slot_timeout()
+
+    def slot_free(self) -> bool:
+        """A slot is this request's now; False when it no longer wants one (its client
+        left), and the slot goes to the next in the queue."""
+
+    def slot_timeout(self) -> None:
+        """No slot came within the pool's ``response_timeout`` (the request is out of the
+        queue, and holds no slot)."""
 
 
 class UpstreamResponse:
@@ -166,7 +186,9 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._busy: set[Connection] = set()
         self._slots_taken = 0
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        # Tasks' futures and queued requests, in the order they came.
+        self._slot_waiters: deque[asyncio.Future[None] | SlotWaiter] = deque()
+        self._queued = 0  # SlotWaiters among them
         self._idle: list[Connection] = []
         self._closed = False
         self.opened = 0  # connections opened so far
@@ -178,10 +200,14 @@ class UpstreamPool:
         body: AsyncIterable[bytes] | None = None,
         *,
         chunked: bool = False,
+        slot_held: bool = False,
     ) -> UpstreamResponse:
         """Send ``head`` (request line and headers, ending in the blank line) and ``body``
-        (re-chunked when ``chunked``); return the final response head."""
-        if self._slots_taken < self._limit and not self._slot_waiters:
+        (re-chunked when ``chunked``); return the final response head. ``slot_held``: the
+        caller was given a slot already (:meth:`SlotWaiter.slot_free`)."""
+        if slot_held:
+            pass
+        elif self._slots_taken < self._limit and not self._slot_waiters:
             self._slots_taken += 1
         else:
             await self._wait_for_slot()
@@ -216,6 +242,30 @@ class UpstreamPool:
         if conn is not None:
             self._slots_taken += 1
         return conn
+
+    def slot_for(self, waiter: SlotWaiter) -> bool:
+        """A slot for ``waiter`` now (True: it connects, ``request(..., slot_held=True)``),
+        or ``waiter`` queued for one (False): its ``slot_free()`` is called with a slot,
+        or its ``slot_timeout()`` after ``response_timeout``."""
+        if self._slots_taken < self._limit and not self._slot_waiters:
+            self._slots_taken += 1
+            return True
+        loop = asyncio.get_running_loop()
+        waiter.slot_deadline = loop.time() + self._response_timeout
+        self._slot_waiters.append(waiter)
+        self._queued += 1
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._tick, self._sweep)
+        return False
+
+    def give_back(self) -> None:
+        """A slot from :meth:`slot_for` or ``slot_free()`` that was not used after all."""
+        self._free_slot()
+
+    def take_held(self) -> Connection | None:
+        """An idle connection for a request given a slot (:meth:`SlotWaiter.slot_free`);
+        None: it connects (``request(..., slot_held=True)``)."""
+        return self._pop_idle()
 
     def begin(self, conn: Connection) -> None:
         """``conn`` (from :meth:`take_idle`) waits for a response head: enforce its deadline."""
@@ -266,7 +316,26 @@ class UpstreamPool:
         now = loop.time()
         for conn in list(self._busy):
             conn.check_deadline(now)
-        self._sweeper = loop.call_at(now + self._tick, self._sweep) if self._busy else None
+        if self._queued:
+            self._expire(now)
+        again = self._busy or self._queued
+        self._sweeper = loop.call_at(now + self._tick, self._sweep) if again else None
+
+    def _expire(self, now: float) -> None:
+        """Out of the queue with the requests that waited ``response_timeout`` for a slot
+        (a task's wait has its own timeout)."""
+        waiters = self._slot_waiters
+        expired = [
+            w for w in waiters if not isinstance(w, asyncio.Future) and w.slot_deadline <= now
+        ]
+        if not expired:
+            return
+        self._slot_waiters = deque(
+            w for w in waiters if isinstance(w, asyncio.Future) or w.slot_deadline > now
+        )
+        self._queued -= len(expired)
+        for waiter in expired:
+            waiter.slot_timeout()
 
     def _pop_idle(self) -> Connection | None:
         idle = self._idle
@@ -336,7 +405,12 @@ class UpstreamPool:
         waiters = self._slot_waiters
         while waiters:
             waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+            else:
+                self._queued -= 1
+                if waiter.slot_free():
+                    return
         self._slots_taken -= 1
