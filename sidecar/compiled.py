@@ -1,10 +1,11 @@
 """Which modules an optional build compiles with mypyc, and which ones this process runs compiled.
 
 The proxy's hot path (the lean front, the gateway's verdict, the exchange with a pooled
-upstream connection, the telemetry it touches) can be compiled to C extensions with mypyc,
-the way black and mypy ship: ``SIDECAR_COMPILE=1 pip install .`` (the Docker image) or
-``scripts/compile`` in a checkout. The pure-Python modules stay the reference and the
-default; a compiled module is the same source, so every test runs against either.
+upstream connection, the telemetry it touches) and a mint's (the admin listener's lane, the
+token codec) can be compiled to C extensions with mypyc, the way black and mypy ship:
+``SIDECAR_COMPILE=1 pip install .`` (the Docker image) or ``scripts/compile`` in a checkout.
+The pure-Python modules stay the reference and the default; a compiled module is the same
+source, so every test runs against either.
 
 :data:`MODULES` is the one list: ``setup.py`` and ``scripts/compile`` build it,
 ``scripts/test`` runs the hot-path tests against it, and :func:`state` tells what a process
@@ -51,6 +52,15 @@ MODULES: tuple[str, ...] = (
     "sidecar.telemetry.context",
     "sidecar.telemetry.metrics",
     "sidecar.telemetry.tally",
+    # A mint (the admin listener's lean lane): its steps, the token codec, the body parse.
+    "sidecar.admin.lane",
+    "sidecar.admin.mints",
+    "sidecar.refer.minting",
+    "sidecar.tokens.b64",
+    "sidecar.tokens.codec",
+    "sidecar.tokens.identity",
+    "sidecar.tokens.records",
+    "sidecar.web.jsonbody",
 )
 
 # mypyc puts the compiled code of all of MODULES in one shared library, this module's

@@ -29,8 +29,8 @@ def mint_link(services: Services, body: dict[str, object]) -> MintedLink:
         )
     except MintError as exc:
         raise RequestError(400, str(exc), field=exc.field) from None
-    except TokenTooLong as exc:
-        raise RequestError(400, str(exc), field="additionalParams") from None
+    except TokenTooLong as too_long:  # its own name: compiled, `exc` is typed MintError
+        raise RequestError(400, str(too_long), field="additionalParams") from None
 
 
 async def keep_link(services: Services, guards: Guards, link: MintedLink) -> None:

@@ -222,7 +222,9 @@ def _lifetime(body: Mapping[str, object], role: RoleConfig, config: Config) -> i
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 1:
         raise MintError("expireOffset", f"expected a positive integer, got {_kind(offset)}")
     lifetime = offset * unit
-    if lifetime > limit:
+    # Against whole seconds (the same answer for an int): compiled, an int compared with a
+    # float is converted to one, and a huge expireOffset would raise OverflowError (a 500).
+    if lifetime > int(limit):
         which = (
             f"role {role.name} allows at most {format_duration(limit)}"
             if role.max_expiry < config.max_expiry

@@ -28,6 +28,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,27 +40,28 @@ MAX_TOKEN_LENGTH = 4096
 _HEADER_FIELDS = frozenset({"alg", "enc", "kid", "typ", "cty"})
 _IV_BYTES = 12  # A256GCM: a 96-bit IV (RFC 7518 §5.3)
 _TAG_BYTES = 16  # and a 128-bit tag
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# A raw pattern (re reads the escapes): mypyc refuses surrogates in string literals.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class TokenError(Exception):
-    reason = "invalid"
+    reason: ClassVar[str] = "invalid"
 
 
 class MalformedToken(TokenError):
-    reason = "malformed"
+    reason: ClassVar[str] = "malformed"
 
 
 class UnknownKey(TokenError):
-    reason = "unknown_key"
+    reason: ClassVar[str] = "unknown_key"
 
 
 class TamperedToken(TokenError):
-    reason = "tampered"
+    reason: ClassVar[str] = "tampered"
 
 
 class ExpiredToken(TokenError):
-    reason = "expired"
+    reason: ClassVar[str] = "expired"
 
     def __init__(self, claims: Claims) -> None:
         super().__init__("token expired")
@@ -141,8 +143,9 @@ class TokenCodec:
             raise TokenTooLong(len(token))
         return token
 
-    def open(self, token: str, now: float) -> Claims:
-        """Decrypt and verify ``token``; raise a :class:`TokenError` subclass."""
+    def open(self, token: object, now: float) -> Claims:
+        """Decrypt and verify ``token``; raise a :class:`TokenError` subclass (also for
+        what is not a string: compiled, a ``str`` parameter would raise ``TypeError``)."""
         if not isinstance(token, str) or not 0 < len(token) < MAX_TOKEN_LENGTH:
             raise MalformedToken("token is empty or too long")
         parts = token.split(".")
