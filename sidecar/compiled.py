@@ -48,6 +48,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.proxy.clientaddr",
     "sidecar.sessions",
     "sidecar.memo",
+    "sidecar.telemetry.access",
     "sidecar.telemetry.audit",
     "sidecar.telemetry.context",
     "sidecar.telemetry.metrics",

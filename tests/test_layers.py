@@ -39,6 +39,7 @@ DOMAIN_MODULES = [
     "sidecar.store.redis",
     "sidecar.store.ratelimit",
     "sidecar.services",
+    "sidecar.telemetry.access",
     "sidecar.telemetry.audit",
     "sidecar.telemetry.metrics",
 ]

@@ -54,8 +54,8 @@ from sidecar.refer.minting import MintedLink
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited
+from sidecar.telemetry.access import CLIENT_CLOSED, AccessLine, request_id_for
 from sidecar.telemetry.context import CURRENT, RequestRecord
-from sidecar.web.accesslog import CLIENT_CLOSED, AccessLine, request_id_for
 from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
 from sidecar.web.jsonbody import BadBody, parse_json_object

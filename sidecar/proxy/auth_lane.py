@@ -29,7 +29,7 @@ from sidecar.proxy.forward_auth import STORE_DOWN, Answer, ForwardAuth
 from sidecar.proxy.taken import TakenRequest
 from sidecar.sessions import NOT_CACHED, Session, SessionManager
 from sidecar.store.base import StoreUnavailable
-from sidecar.web.accesslog import CLIENT_CLOSED
+from sidecar.telemetry.access import CLIENT_CLOSED
 from sidecar.web.heads import Head
 from sidecar.web.lanes import Reply, Started
 

@@ -45,8 +45,8 @@ from sidecar.proxy.upstream_conn import Connection
 from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError, UpstreamTimeout
 from sidecar.proxy.verdicts import PUBLIC, STORE_DOWN, Redirect, Verdict
 from sidecar.telemetry import metrics
+from sidecar.telemetry.access import CLIENT_CLOSED, request_id_for
 from sidecar.telemetry.context import CURRENT, RequestRecord
-from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
 from sidecar.web.heads import Head
 from sidecar.web.lanes import Reply
 

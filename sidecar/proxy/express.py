@@ -45,7 +45,7 @@ from sidecar.proxy.redeem_lane import RedeemLane
 from sidecar.refer.redeem import may_hold_refer, plain_refer_values
 from sidecar.services import Services
 from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_values
-from sidecar.web.accesslog import AccessLine
+from sidecar.telemetry.access import AccessLine
 from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
 from sidecar.web.lanes import Reply, Started

@@ -41,8 +41,8 @@ from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.proxy.strip import StripList
 from sidecar.proxy.templates import canonical_header
 from sidecar.sessions import RequestCookies
+from sidecar.telemetry.access import REQUEST_ID
 from sidecar.telemetry.context import current_request_id
-from sidecar.web.accesslog import REQUEST_ID
 
 HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",

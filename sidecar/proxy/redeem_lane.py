@@ -34,8 +34,8 @@ from sidecar.proxy.forward import Failure
 from sidecar.proxy.redemptions import FailedRedemptions
 from sidecar.proxy.taken import TakenRequest
 from sidecar.refer.redeem import Redeemer, RedeemFailed
+from sidecar.telemetry.access import CLIENT_CLOSED
 from sidecar.telemetry.context import CURRENT
-from sidecar.web.accesslog import CLIENT_CLOSED
 from sidecar.web.heads import Head
 from sidecar.web.lanes import Reply, Started
 

@@ -14,8 +14,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from sidecar.telemetry.access import CLIENT_CLOSED, request_id_for
 from sidecar.telemetry.context import RequestRecord
-from sidecar.web.accesslog import CLIENT_CLOSED, request_id_for
 from sidecar.web.heads import Head
 from sidecar.web.lanes import Reply
 

@@ -94,7 +94,7 @@ def direct_sink(logger: logging.Logger) -> LoopBatchedHandler | None:
     way but the root's. Then a finished line can go straight to it, skipping the
     ``LogRecord``; with anything else installed (a test's capture, an operator's handler)
     records go through ``logging`` as usual."""
-    root = logging.getLogger()
+    root = logging.root  # what logging.getLogger() returns, without the call
     if logger.handlers or logger.filters or not logger.propagate or len(root.handlers) != 1:
         return None
     handler = root.handlers[0]

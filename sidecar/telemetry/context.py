@@ -55,6 +55,8 @@ def rfc3339(timestamp: float) -> str:
     last = _last
     if last[0] == millis:
         return last[1]
-    text = f"{_second(millis // 1000)}.{millis % 1000:03d}Z"
+    # The milliseconds zero-padded without a format spec (compiled, one would cost a
+    # str.format call).
+    text = _second(millis // 1000) + "." + str(1000 + millis % 1000)[1:] + "Z"
     _last = (millis, text)
     return text

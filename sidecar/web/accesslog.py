@@ -23,13 +23,9 @@ is done (for streamed bodies: when the last byte is written)::
   ``status`` is then the 504/502 the client got, or the upstream's status when the
   answer had begun and the client connection was aborted.
 
-The line is built with an f-string and the C string escaper of :mod:`json` (the same text
-``json.dumps`` gives, at half the cost). When the process logs as ``sidecar serve`` sets it
-up (one batched JSON-lines handler on the root logger, nothing else in the way) the line
-goes straight to that handler, with no ``LogRecord``
-(:func:`~sidecar.telemetry.audit.direct_sink`); otherwise it is handed to the logger as a
-ready record. ``logging.access: false`` turns the lines off (the metrics still count every
-request).
+The line itself, and the request ids, are :mod:`sidecar.telemetry.access`'s (compiled with
+the hot path; this module's middleware cannot be). ``logging.access: false`` turns the lines
+off (the metrics still count every request).
 
 Handlers and the upstream client reach the current request's record through a context
 variable: the middleware sets it, and aiohttp runs the handler, and the client calls it
@@ -39,35 +35,25 @@ makes, in the same task.
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
-import re
-import secrets
 import time
 from collections.abc import Callable
-from json.encoder import encode_basestring_ascii as _json_str
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from sidecar.telemetry import metrics
-from sidecar.telemetry.audit import ACCESS, direct_sink
-from sidecar.telemetry.context import CURRENT, RequestRecord, rfc3339
+from sidecar.telemetry.access import CLIENT_CLOSED, REQUEST_ID, AccessLine, request_id_for
+from sidecar.telemetry.context import CURRENT, RequestRecord
 
-REQUEST_ID = "X-Request-Id"
-_SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-_MAX_PATH = 2048
-# nginx's code for "the client closed the connection before the answer was complete".
-CLIENT_CLOSED = 499
-# Request ids need to be unique, not secret: no system call per request for them.
-_IDS = random.Random(secrets.randbits(128))  # noqa: S311
-
-
-def request_id_for(header: str | None) -> str:
-    """The client's request id when it is sane, else a new random one."""
-    if header is not None and _SANE_ID.fullmatch(header):
-        return header
-    return f"{_IDS.getrandbits(128):032x}"
+__all__ = [
+    "CLIENT_CLOSED",
+    "REQUEST_ID",
+    "AccessLine",
+    "access_middleware",
+    "request_id_for",
+    "set_upstream_error",
+    "set_upstream_time",
+    "set_user",
+]
 
 
 def set_user(user_id: str) -> None:
@@ -133,68 +119,5 @@ def access_middleware(
     return middleware
 
 
-class AccessLine:
-    """Counts a finished request of ``listener`` and writes its access line (when the
-    ``sidecar.access`` logger is on): the middleware's end, and the proxy listener's lean
-    front's (:mod:`sidecar.web.lean`)."""
-
-    __slots__ = ("_listener", "_prefix")
-
-    def __init__(self, listener: str) -> None:
-        self._listener = listener
-        self._prefix = (
-            f'"level": "info", "event": "access", "listener": {_json_str(listener)}, "method": '
-        )
-
-    def __call__(
-        self,
-        method: str,
-        path: str,
-        status: int,
-        elapsed: float,
-        record: RequestRecord,
-        remote: str | None,
-    ) -> None:
-        """``path``: the raw path without the query."""
-        metrics.observe_request(status, elapsed, self._listener, record.route)
-        if not ACCESS.isEnabledFor(logging.INFO):
-            return
-        line = _line(self._prefix, method, path, status, elapsed, record, remote)
-        sink = direct_sink(ACCESS)
-        if sink is not None:
-            sink.write_line(line)
-        else:
-            ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None))
-
-
 def _peer(request: web.BaseRequest) -> str | None:
     return request.remote
-
-
-def _line(
-    prefix: str,
-    method: str,
-    path: str,
-    status: int,
-    elapsed: float,
-    record: RequestRecord,
-    remote: str | None,
-) -> str:
-    """The JSON object ``json.dumps`` would write for the fields in the module docstring."""
-    if len(path) > _MAX_PATH:
-        path = path[:_MAX_PATH] + "…"
-    upstream = "null" if record.upstream_s is None else round(record.upstream_s * 1000, 2)
-    user = "null" if record.user_id is None else _json_str(record.user_id)
-    error = "" if record.upstream_error is None else _error_field(record.upstream_error)
-    return (
-        f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(method)}, '
-        f'"path": {_json_str(path)}, "status": {status}, '
-        f'"duration_ms": {round(elapsed * 1000, 2)}, "upstream_ms": {upstream}, '
-        f'"user_id": {user}, "request_id": {_json_str(record.request_id)}, '
-        f'"remote": {"null" if remote is None else _json_str(remote)}'
-        f"{error}}}"
-    )
-
-
-def _error_field(reason: str) -> str:
-    return ', "upstream_error": ' + _json_str(reason)

@@ -1,0 +1,117 @@
+"""The access log's line and its request ids: the part of :mod:`sidecar.web.accesslog` that
+runs for every request, kept apart from the aiohttp middleware so that it can be compiled
+with the hot path (:mod:`sidecar.compiled`; a module with a ``@web.middleware`` function
+cannot be). The line's fields and their meaning are documented in
+:mod:`sidecar.web.accesslog`.
+
+The line is built with an f-string and the C string escaper of :mod:`json` (the same text
+``json.dumps`` gives, at half the cost). When the process logs as ``sidecar serve`` sets it
+up (one batched JSON-lines handler on the root logger, nothing else in the way) the line
+goes straight to that handler, with no ``LogRecord``
+(:func:`~sidecar.telemetry.audit.direct_sink`); otherwise it is handed to the logger as a
+ready record.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import secrets
+import time
+from json.encoder import encode_basestring_ascii as _json_str
+from typing import Final
+
+from sidecar.telemetry import metrics
+from sidecar.telemetry.audit import ACCESS, direct_sink
+from sidecar.telemetry.context import RequestRecord, rfc3339
+
+REQUEST_ID: Final = "X-Request-Id"
+_SANE_ID: Final = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_MAX_PATH: Final = 2048
+# nginx's code for "the client closed the connection before the answer was complete".
+CLIENT_CLOSED: Final = 499
+# Request ids need to be unique, not secret: no system call per request for them.
+_IDS: Final = random.Random(secrets.randbits(128))  # noqa: S311
+
+
+def request_id_for(header: str | None) -> str:
+    """The client's request id when it is sane, else a new random one."""
+    if header is not None and _SANE_ID.fullmatch(header):
+        return header
+    return format(_IDS.getrandbits(128), "032x")  # (not in an f-string: see _line)
+
+
+class AccessLine:
+    """Counts a finished request of ``listener`` and writes its access line (when the
+    ``sidecar.access`` logger is on): the access middleware's end, and the lean front's
+    lanes' (:mod:`sidecar.web.lean`)."""
+
+    __slots__ = ("_listener", "_prefix")
+
+    def __init__(self, listener: str) -> None:
+        self._listener = listener
+        self._prefix = (
+            f'"level": "info", "event": "access", "listener": {_json_str(listener)}, "method": '
+        )
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        elapsed: float,
+        record: RequestRecord,
+        remote: str | None,
+    ) -> None:
+        """``path``: the raw path without the query."""
+        metrics.observe_request(status, elapsed, self._listener, record.route)
+        if not ACCESS.isEnabledFor(logging.INFO):
+            return
+        line = _line(self._prefix, method, path, status, elapsed, record, remote)
+        sink = direct_sink(ACCESS)
+        if sink is not None:
+            sink.write_line(line)
+        else:
+            ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None))
+
+
+def _line(
+    prefix: str,
+    method: str,
+    path: str,
+    status: int,
+    elapsed: float,
+    record: RequestRecord,
+    remote: str | None,
+) -> str:
+    """The JSON object ``json.dumps`` would write for the fields of the access line."""
+    if len(path) > _MAX_PATH:
+        path = path[:_MAX_PATH] + "…"
+    upstream = "null" if record.upstream_s is None else _millis(record.upstream_s)
+    user = "null" if record.user_id is None else _json_str(record.user_id)
+    error = "" if record.upstream_error is None else _error_field(record.upstream_error)
+    client = "null" if remote is None else _json_str(remote)
+    code = str(status)
+    # Every field a str, and no conversion or format spec in the f-string: compiled, it is
+    # then one concatenation (with either, mypyc falls back to str.format, three times
+    # the cost of the whole line).
+    return (
+        f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(method)}, '
+        f'"path": {_json_str(path)}, "status": {code}, '
+        f'"duration_ms": {_millis(elapsed)}, "upstream_ms": {upstream}, '
+        f'"user_id": {user}, "request_id": {_json_str(record.request_id)}, '
+        f'"remote": {client}{error}}}'
+    )
+
+
+def _millis(seconds: float) -> str:
+    """``seconds`` in milliseconds as ``json.dumps(round(seconds * 1000, 2))`` writes them
+    (below 10**15 ms, which no request takes), with one formatting instead of a rounding
+    and a formatting: the two-decimal text without its trailing zeros (``3.0`` keeps one)."""
+    text = format(seconds * 1000, ".2f").rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _error_field(reason: str) -> str:
+    return ', "upstream_error": ' + _json_str(reason)
