@@ -33,6 +33,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.web.heads",
     "sidecar.web.lean",
     "sidecar.web.lean_limits",
+    "sidecar.web.inflight",
     "sidecar.proxy.express",
     "sidecar.proxy.exchange",
     "sidecar.proxy.answers",

@@ -56,8 +56,8 @@ from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry.access import CLIENT_CLOSED, AccessLine, request_id_for
 from sidecar.telemetry.context import CURRENT, RequestRecord
-from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
+from sidecar.web.inflight import InFlight
 from sidecar.web.jsonbody import BadBody, parse_json_object
 from sidecar.web.lanes import Reply, Started
 
@@ -89,7 +89,7 @@ class MintLane:
         self.services = services
         self.guards = guards
         self.access = AccessLine("admin")
-        self.drain: Drain | None = None
+        self.drain: InFlight | None = None
 
     def start(self, head: Head, reply: Reply) -> Started | None:
         """Take ``head`` (None: declined now, nothing written)."""

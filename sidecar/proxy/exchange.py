@@ -61,8 +61,8 @@ class Exchange:
     """A request being answered by the express lane (a :class:`~sidecar.web.lanes.Started`)."""
 
     __slots__ = ("_admitted", "_body", "_conn", "_deciding", "_head", "_holds_slot", "_lane",
-                 "_over", "_record", "_reply", "_started", "_upstream_head", "slot_deadline",
-                 "status", "task")  # fmt: skip
+                 "_over", "_pool", "_record", "_reply", "_started", "_upstream_head",
+                 "slot_deadline", "status", "task")  # fmt: skip
 
     def __init__(self, lane: ExpressLane, head: Head, reply: Reply, admitted: Admitted) -> None:
         self._lane = lane
@@ -71,6 +71,7 @@ class Exchange:
         self._admitted = admitted
         self.task: asyncio.Task[None] | None = None
         self._conn: Connection | None = None
+        self._pool: UpstreamPool | None = None  # the forwarder's, read once (a property)
         self._record: RequestRecord | None = None
         self._started = 0.0
         self._upstream_head = b""
@@ -149,7 +150,7 @@ class Exchange:
             body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
         self._body = body
         self._upstream_head = forwarder.upstream_head(head.method, head.target, headers)
-        pool = forwarder.pool
+        pool = self._pool = forwarder.pool
         if pool is None:
             self._spawn(self._relay())
             return
@@ -183,7 +184,7 @@ class Exchange:
         """A slot is this exchange's; False when its client left meanwhile."""
         if self._over:
             return False
-        pool = self._lane.forwarder.pool
+        pool = self._pool
         assert pool is not None  # it queued this exchange
         self._go(pool, pool.take_held())
         return True
@@ -226,7 +227,7 @@ class Exchange:
     def _broken(self, conn: Connection) -> None:
         # A bug must not leave the client waiting for ever: drop both connections.
         LOG.exception("the express lane failed relaying an answer")
-        pool = self._lane.forwarder.pool
+        pool = self._pool
         if self._conn is conn and pool is not None:  # not handed on yet
             self._conn = None
             pool.drop(conn)
@@ -234,7 +235,7 @@ class Exchange:
         self.finish()
 
     def _on_upstream(self, conn: Connection) -> None:
-        pool = self._lane.forwarder.pool
+        pool = self._pool
         assert pool is not None  # the connection came from it
         record = self._record
         assert record is not None
@@ -257,7 +258,7 @@ class Exchange:
         """An error by the time the answer is looked at (none came, or the read that
         completed the head also failed: one too large, a bad byte after it) fails the
         exchange as the forwarder's ``exchange()`` does when it resumes: 502/504."""
-        pool = self._lane.forwarder.pool
+        pool = self._pool
         record = self._record
         assert pool is not None  # the connection came from it
         assert record is not None
@@ -284,7 +285,7 @@ class Exchange:
         self.finish()
 
     def _answer_now(self, conn: Connection) -> None:
-        pool = self._lane.forwarder.pool
+        pool = self._pool
         assert pool is not None  # the connection came from it
         self._conn = None
         upstream = pool.response(conn)
@@ -308,7 +309,7 @@ class Exchange:
     def _ended(self, upstream: Held) -> None:
         if self._holds_slot:  # cancelled before its first step: the slot was never used
             self._holds_slot = False
-            pool = self._lane.forwarder.pool
+            pool = self._pool
             if pool is not None:
                 pool.give_back()
         if upstream is not None:
@@ -430,7 +431,7 @@ class Exchange:
             task.cancel()  # its own ending finishes (or, still judging, nothing began)
             return
         conn, self._conn = self._conn, None
-        pool = self._lane.forwarder.pool
+        pool = self._pool
         if conn is not None and pool is not None:
             pool.drop(conn)
         self.status = CLIENT_CLOSED

@@ -46,8 +46,8 @@ from sidecar.refer.redeem import may_hold_refer, plain_refer_values
 from sidecar.services import Services
 from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_values
 from sidecar.telemetry.access import AccessLine
-from sidecar.web.drain import Drain
 from sidecar.web.heads import Head
+from sidecar.web.inflight import InFlight
 from sidecar.web.lanes import Reply, Started
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class ExpressLane:
         self._own: tuple[str, ...] = (services.config.proxy.prefix,)
         self._normalise = Memo(normalise)
         self.access = AccessLine("proxy")
-        self.drain: Drain | None = None
+        self.drain: InFlight | None = None
 
     def own_routes(self, literals: tuple[str, ...]) -> None:
         """Decline every path that begins with one of ``literals`` (the router's own)."""

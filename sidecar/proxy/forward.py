@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import Config
-from sidecar.proxy.headers import Header, HeaderPolicy
+from sidecar.proxy.headers import Header, HeaderPolicy, request_head
 from sidecar.proxy.pool import (
     UpstreamBodyTimeout,
     UpstreamError,
@@ -160,17 +160,7 @@ class Forwarder:
     def upstream_head(self, method: str, target: bytes, headers: list[Header]) -> bytes:
         """The request head sent upstream: ``target`` (path and query, as the client sent
         them) below the upstream's base path, and ``headers`` as given."""
-        return b"".join(
-            [
-                method.encode(),
-                b" ",
-                self._base_path,
-                target,
-                b" HTTP/1.1\r\n",
-                *[name + b": " + value + b"\r\n" for name, value in headers],
-                b"\r\n",
-            ]
-        )
+        return request_head(method, self._base_path, target, headers)
 
     async def exchange(
         self,

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from sidecar.web.inflight import InFlight
 from sidecar.web.listener import LANE
 
 
@@ -23,31 +24,29 @@ class Drain:
     """Counts the requests in flight on every app it is attached to."""
 
     def __init__(self) -> None:
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._requests = InFlight()
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._requests.count
 
     def attach(self, app: web.Application) -> None:
         """Track ``app``'s requests (before the app is started; outermost middleware)."""
         app.middlewares.insert(0, self._middleware)
         lane = app.get(LANE)
         if lane is not None:
-            lane.drain = self  # the lean front's requests count too (sidecar.web.lean)
+            # The lean front's requests count too (sidecar.web.lean), with the counter
+            # itself: the lanes are compiled, and so is it (this module cannot be).
+            lane.drain = self._requests
 
     def begin(self) -> None:
-        """A request started (the middleware's, and the lean front's: :mod:`sidecar.web.lean`)."""
-        self._in_flight += 1
-        self._idle.clear()
+        """A request started (the middleware's; the lean front's lanes count with the
+        :class:`~sidecar.web.inflight.InFlight` :meth:`attach` gives them)."""
+        self._requests.begin()
 
     def end(self) -> None:
         """A request started with :meth:`begin` is over."""
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
+        self._requests.end()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -67,7 +66,7 @@ class Drain:
                 await site.stop()
         try:
             async with asyncio.timeout(grace_period):
-                await self._idle.wait()
+                await self._requests.wait_idle()
         except TimeoutError:
             return False
         return True

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from sidecar.web.heads import Head
 
 if TYPE_CHECKING:
-    from sidecar.web.drain import Drain
+    from sidecar.web.inflight import InFlight
 
 
 class Reply(Protocol):
@@ -45,8 +45,8 @@ class Lane(Protocol):
     """Serves the hot path: :meth:`start` takes ``head`` and answers it through ``reply``
     (ending with :meth:`Reply.finished`, or :meth:`Reply.decline` before writing a byte),
     or returns None having done nothing (the request is then handed over). ``drain``
-    counts the requests it answers (set by :meth:`Drain.attach`)."""
+    counts the requests it answers (set by :meth:`~sidecar.web.drain.Drain.attach`)."""
 
-    drain: Drain | None
+    drain: InFlight | None
 
     def start(self, head: Head, reply: Reply) -> Started | None: ...

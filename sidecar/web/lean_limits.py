@@ -15,6 +15,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from sidecar.web.inflight import InFlight
+
 if TYPE_CHECKING:
     from sidecar.web.lean import LeanConnection
 
@@ -35,9 +37,7 @@ class LeanConnections:
         self._tick = max(0.02, min(1.0, head_timeout / 4, keepalive_timeout / 4))
         self._connections: set[LeanConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._busy = 0
-        self._quiet = asyncio.Event()
-        self._quiet.set()
+        self._busy = InFlight()
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -55,14 +55,11 @@ class LeanConnections:
 
     def entered(self) -> None:
         """A request is in progress on one of the connections."""
-        self._busy += 1
-        self._quiet.clear()
+        self._busy.begin()
 
     def left(self) -> None:
         """A request :meth:`entered` is over."""
-        self._busy -= 1
-        if self._busy == 0:
-            self._quiet.set()
+        self._busy.end()
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -82,7 +79,7 @@ class LeanConnections:
             conn.shut()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                await self._quiet.wait()
+                await self._busy.wait_idle()
         for conn in list(self._connections):
             conn.cancel()
         self.stop()
