@@ -40,6 +40,7 @@ from sidecar.proxy.forward import (
     read_whole,
     stream_broken,
 )
+from sidecar.proxy.paths import NormalPath
 from sidecar.proxy.pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection
 from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError, UpstreamTimeout
@@ -69,7 +70,7 @@ class Exchange:
         self._head = head
         self._reply = reply
         self._admitted = admitted
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[Verdict | None] | asyncio.Task[None] | None = None
         self._conn: Connection | None = None
         self._pool: UpstreamPool | None = None  # the forwarder's, read once (a property)
         self._record: RequestRecord | None = None
@@ -83,8 +84,8 @@ class Exchange:
         self.status = 500
 
     # -- the verdict -----------------------------------------------------------------
-    async def judge(self) -> None:
-        """The verdict with the store asked (the cache could not tell)."""
+    async def judge(self) -> Verdict | None:
+        """The verdict with the store asked (the cache could not tell); None if it failed."""
         admitted = self._admitted
         try:
             verdict = await self._lane.gateway.judge(admitted.path, admitted.cookies)
@@ -94,6 +95,17 @@ class Exchange:
                 raise  # an answer began: nobody else may answer now
             LOG.exception("the express lane failed to judge a request; aiohttp answers it")
             self._reply.decline()
+            return None
+        return verdict
+
+    @property
+    def path(self) -> NormalPath:
+        return self._admitted.path
+
+    @property
+    def over(self) -> bool:
+        """Answered, or abandoned (its client left)."""
+        return self._over
 
     def judged(self, verdict: Verdict) -> None:
         """Act on ``verdict``: answer it (or forward it)."""

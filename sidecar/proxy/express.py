@@ -25,12 +25,16 @@ change the answer.
 Most requests are served without a single coroutine (:mod:`sidecar.proxy.exchange`): the
 session comes from the cache, an idle upstream connection from the pool, and the answer is
 written from the upstream connection's own callback. Whatever must wait — a session lookup
-in the store, a new upstream connection, a body to stream — goes on in a task.
+in the store, a new upstream connection, a body to stream — goes on in a task. Requests
+with the same session cookie that come while one of them is judged by the store wait for
+that judgement instead of asking again (a page's burst of requests when the cache had no
+entry: one store read, no task each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
@@ -42,6 +46,7 @@ from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.origins import PublicOrigin, hosts_allowed
 from sidecar.proxy.paths import NormalPath, UnsafePath, normalise
 from sidecar.proxy.redeem_lane import RedeemLane
+from sidecar.proxy.verdicts import Verdict
 from sidecar.refer.redeem import may_hold_refer, plain_refer_values
 from sidecar.services import Services
 from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_values
@@ -54,6 +59,7 @@ if TYPE_CHECKING:
     from sidecar.proxy.auth_lane import AuthLane
     from sidecar.proxy.gateway import Gateway
 
+LOG = logging.getLogger("sidecar.forward")
 _FORWARDED_HOST: Final = (b"x-forwarded-host", b"forwarded")
 
 
@@ -97,6 +103,8 @@ class ExpressLane:
         self._normalise = Memo(normalise)
         self.access = AccessLine("proxy")
         self.drain: InFlight | None = None
+        # The session cookies being judged by the store, and the exchanges that wait for it.
+        self._judging: dict[tuple[str, ...], list[Exchange]] = {}
 
     def own_routes(self, literals: tuple[str, ...]) -> None:
         """Decline every path that begins with one of ``literals`` (the router's own)."""
@@ -114,16 +122,61 @@ class ExpressLane:
         exchange = Exchange(self, head, reply, admitted)
         verdict = self.gateway.judge_now(admitted.path, admitted.cookies)
         if verdict is None:  # the store must be asked
-            task = exchange.task = asyncio.get_running_loop().create_task(exchange.judge())
-            drain = self.drain
-            if drain is not None:
-                # In flight while judged, as in aiohttp's handler: a graceful shutdown waits
-                # for it. (An answer counts itself before the judging ends: no gap between.)
-                drain.begin()
-                task.add_done_callback(lambda _: drain.end())
+            self._judge(exchange, admitted.cookies.values)
             return exchange
         exchange.judged(verdict)
         return exchange
+
+    def _judge(self, exchange: Exchange, cookies: tuple[str, ...]) -> None:
+        """Judge ``exchange`` in a task that asks the store, or, when a request with the
+        same session ``cookies`` is being judged so, with that one's answer."""
+        drain = self.drain
+        if drain is not None:
+            # In flight while judged, as in aiohttp's handler: a graceful shutdown waits
+            # for it. (An answer counts itself before the judging ends: no gap between.)
+            drain.begin()
+        waiting = self._judging.get(cookies)
+        if waiting is not None:
+            waiting.append(exchange)
+            return
+        self._judging[cookies] = []
+        task = exchange.task = asyncio.get_running_loop().create_task(exchange.judge())
+        task.add_done_callback(lambda done: self._judged(cookies, done))
+
+    def _judged(self, cookies: tuple[str, ...], task: asyncio.Task[Verdict | None]) -> None:
+        """The store's judgement for ``cookies`` is in: the exchanges that waited for it
+        are judged with the same session (or none), each for its own path; without one
+        (the first request's client left, or its judging failed) each asks on its own."""
+        drain = self.drain
+        if drain is not None:
+            drain.end()
+        waiting = self._judging.pop(cookies, [])
+        verdict = None
+        if not task.cancelled():
+            failed = task.exception()
+            if failed is None:
+                verdict = task.result()
+            else:  # (retrieved here: logged here)
+                LOG.error("the express lane failed after judging a request", exc_info=failed)
+        for exchange in waiting:
+            try:
+                if not exchange.over:  # (else its client left)
+                    self._judge_with(exchange, verdict, cookies)
+            except Exception:
+                LOG.exception("the express lane failed after judging a request")
+            finally:
+                if drain is not None:
+                    drain.end()
+
+    def _judge_with(
+        self, exchange: Exchange, verdict: Verdict | None, cookies: tuple[str, ...]
+    ) -> None:
+        """Judge ``exchange`` with the session ``verdict`` was given for, else on its own."""
+        same = None if verdict is None else self.gateway.same_session(verdict, exchange.path)
+        if same is None:
+            self._judge(exchange, cookies)
+        else:
+            exchange.judged(same)  # (a failure there aborts and finishes it)
 
     def _admit(self, head: Head, peer: str | None) -> Admitted | None:
         target = head.target

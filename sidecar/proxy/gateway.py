@@ -251,6 +251,14 @@ class Gateway:
             return None
         return self._session_verdict(path, session)
 
+    def same_session(self, verdict: Verdict, path: NormalPath) -> Verdict | None:
+        """:meth:`judge` for ``path`` with the lookup another request's ``verdict`` made."""
+        if verdict is PUBLIC:  # a path public since a reload: nothing was looked up
+            return None
+        if self._public and path.matched_by(self._public):
+            return PUBLIC
+        return verdict if verdict is STORE_DOWN else self._session_verdict(path, verdict.session)
+
     def _session_verdict(self, path: NormalPath, session: Session | None) -> Verdict:
         if session is None:
             return ANONYMOUS

@@ -1,0 +1,135 @@
+"""Requests with one session cookie that the cache cannot judge: the store is asked once.
+
+When the session cache has no entry for a cookie (after a restart, once ``cache_ttl`` ran
+out, or before the first request of a new session), a page's burst of requests would each
+look the session up in the store, each in a task of its own. The lean front's lane judges
+the first in a task and lets the others wait for that judgement
+(:meth:`sidecar.proxy.express.ExpressLane._judge`): the same session (or lack of one), each
+judged for its own path (:meth:`sidecar.proxy.gateway.Gateway.same_session`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+from sidecar.store.base import SessionRecord
+from sidecar.store.sqlite import SQLiteStore
+from tests.harness.served import running_sidecar
+
+
+class GatedStore(SQLiteStore):
+    """A real SQLite store that counts session reads and, while ``gate`` is set and not
+    open, holds them (the test decides when the store answers)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+
+    async def get_session(self, key: str) -> SessionRecord | None:
+        self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().get_session(key)
+
+
+def _send(port: int, cookie: str, path: str) -> socket.socket:
+    """A blocking client socket that sent ``GET path`` (they add no tasks to the loop)."""
+    sock = socket.create_connection(("127.0.0.1", port), 10)
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    return sock
+
+
+def _status(sock: socket.socket) -> int:
+    with sock:
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    answer = b"".join(chunks)
+    return int(answer.split(b" ", 2)[1]) if answer else 0
+
+
+async def _statuses(socks: list[socket.socket]) -> list[int]:
+    return list(
+        await asyncio.wait_for(asyncio.gather(*(asyncio.to_thread(_status, s) for s in socks)), 10)
+    )
+
+
+async def _until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not callable(condition) or not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_a_burst_with_one_uncached_session_cookie_asks_the_store_once(
+    tmp_path: Path,
+) -> None:
+    store = GatedStore(str(tmp_path / "gated.db"))
+    async with running_sidecar(tmp_path, store=store) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        reads = store.reads
+        store.gate = asyncio.Event()
+        # Forwarded, refused by the role's rules, public: each judged for its own path.
+        paths = ["/app/page"] * 20 + ["/private/x", "/static/site.css"] + ["/app/more"] * 8
+        before = len(asyncio.all_tasks())
+        socks = [_send(sc.proxy_port, cookie, path) for path in paths]
+        await _until(lambda: store.reads > reads, "the first request never asked the store")
+        await asyncio.sleep(0.3)  # every request in: the first judged, the rest waiting
+        # One task judges; the requests waiting for it have none (29 more otherwise).
+        assert len(asyncio.all_tasks()) - before <= 3
+        store.gate.set()
+        statuses = await _statuses(socks)
+        assert store.reads == reads + 1
+        assert statuses == [200] * 20 + [403, 200] + [200] * 8
+        forwarded = [r for r in sc.upstream.requests if r.raw_path.startswith("/app/")]
+        assert len(forwarded) == 28
+        users = {tuple(r.values("X-Forwarded-User")) for r in forwarded}
+        assert len(users) == 1  # the session's user, on every one
+        assert len(users.pop()) == 1
+        # The public path went without identity, as the gateway forwards it.
+        (public,) = [r for r in sc.upstream.requests if r.raw_path == "/static/site.css"]
+        assert public.values("X-Forwarded-User") == []
+
+
+async def test_when_the_first_requests_client_leaves_the_others_are_judged_all_the_same(
+    tmp_path: Path,
+) -> None:
+    store = GatedStore(str(tmp_path / "gated.db"))
+    async with running_sidecar(tmp_path, store=store) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}"
+        reads = store.reads
+        store.gate = asyncio.Event()
+        first = _send(sc.proxy_port, cookie, "/app/first")
+        await _until(lambda: store.reads == reads + 1, "the first request never asked the store")
+        others = [_send(sc.proxy_port, cookie, "/app/other") for _ in range(5)]
+        await asyncio.sleep(0.2)  # waiting for the first one's judgement
+        first.close()  # its lookup is cancelled with it
+        await asyncio.sleep(0.2)
+        store.gate.set()
+        assert await _statuses(others) == [200] * 5
+        # The first one's lookup was cancelled: one of the others asked again, once.
+        assert store.reads == reads + 2
+
+
+async def test_a_dead_session_cookie_burst_is_refused_with_one_store_read(tmp_path: Path) -> None:
+    store = GatedStore(str(tmp_path / "gated.db"))
+    async with running_sidecar(tmp_path, store=store) as sc:
+        cookie = f"{sc.cookie_name}={'x' * 43}"  # well-formed, no such session
+        reads = store.reads
+        store.gate = asyncio.Event()
+        socks = [_send(sc.proxy_port, cookie, "/app/page") for _ in range(10)]
+        await _until(lambda: store.reads > reads, "the first request never asked the store")
+        await asyncio.sleep(0.2)
+        store.gate.set()
+        # unauthenticated: deny (the preset): every one refused, from one lookup.
+        statuses = await _statuses(socks)
+        assert len(set(statuses)) == 1
+        assert statuses[0] in (401, 403)
+        assert store.reads == reads + 1
