@@ -11,6 +11,8 @@ log holds exactly what the process loaded until it exited.
   builder and no ``importlib.metadata`` (only ``GET /openapi.json`` needs them), and none
   of the other subcommands' modules (``sidecar demo``, ``mint``, ``keygen``, ``init``,
   ``check-config``).
+* frozenlist without its C++ extension, which would map libstdc++ (~1 MiB): ``sidecar
+  serve`` sets ``FROZENLIST_NO_EXTENSIONS`` before aiohttp is imported.
 * The controls show the probe sees each of them when they are needed, and that the lazy
   Public Suffix List still judges the allow-list at start (a bad wildcard is a start-up
   error, not a first-request one).
@@ -99,6 +101,9 @@ async def test_sqlite_serve_loads_no_redis_psl_or_metadata(tmp_path: Path) -> No
     found = {package: modules for package in NOT_ON_SQLITE if (modules := loaded(names, package))}
     assert found == {}, "a SQLite sidecar imported these"
     assert sorted(names.intersection(OTHER_COMMANDS)) == [], "serve imported other commands"
+    # frozenlist's pure-Python class: its C++ extension would map libstdc++ (~1 MiB).
+    assert "frozenlist" in names
+    assert "frozenlist._frozenlist" not in names
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ is adding a row. Every runner returns the exit code; errors go to stderr with ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Before anything imports aiohttp: frozenlist's C++ extension (aiohttp's signal and
+    # cleanup lists) maps libstdc++ into the process, 1.1 MiB of RSS measured, for lists
+    # read a few times per request on aiohttp's path only; the pure-Python FrozenList is
+    # the same API over a list. An operator's own setting of the variable wins.
+    os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
     from sidecar.workers import parse_workers, shared_metrics_dir
 
     try:
