@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -22,6 +23,7 @@ from sidecar.tokens.codec import (
     TokenError,
     TokenTooLong,
     UnknownKey,
+    claims_json,
     new_token_id,
 )
 from sidecar.tokens.keys import KeySet, generate_keyset
@@ -222,6 +224,43 @@ def test_just_under_the_limit_mints() -> None:
     assert MAX_TOKEN_LENGTH - 60 < len(token) < MAX_TOKEN_LENGTH
     with pytest.raises(TokenTooLong):
         CODEC.seal(claims(subject="u" * (low + 1)))
+
+
+# -- the sealed payload ------------------------------------------------------------------
+
+_TEXT = st.text(max_size=12)  # any code point: quotes, backslashes, controls, surrogates
+
+
+@given(
+    subject=_TEXT,
+    params=st.dictionaries(_TEXT, _TEXT, max_size=3),
+    module=st.none() | _TEXT,
+    email=st.none() | _TEXT,
+    redirect_to=st.none() | _TEXT,
+    one_time=st.booleans(),
+    issued_at=st.integers(0, 2**40 - 1),
+)
+def test_the_payload_is_what_json_dumps_writes(
+    subject: str,
+    params: dict[str, str],
+    module: str | None,
+    email: str | None,
+    redirect_to: str | None,
+    one_time: bool,
+    issued_at: int,
+) -> None:
+    """claims_json is written by hand (every mint seals one): byte for byte json.dumps's."""
+    c = claims(
+        subject=subject, params=params, module=module, email=email, redirect_to=redirect_to,
+        one_time=one_time, issued_at=issued_at, expires_at=issued_at + 60,
+    )  # fmt: skip
+    assert claims_json(c) == json.dumps(c.to_json(), separators=(",", ":"))
+
+
+def test_a_token_is_base64url_segments_and_dots() -> None:
+    """What the mint's answer writes unescaped (MintedLink.answer_text) relies on it."""
+    token = CODEC.seal(claims(subject='"\\\n\u2028é', params={"q": '"\\'}))
+    assert re.fullmatch(r"[A-Za-z0-9_-]+\.\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", token)
 
 
 # -- interop with jwcrypto ---------------------------------------------------------------

@@ -78,9 +78,20 @@ class MintedLink:
 
     def answer_text(self, expires_at_iso: str) -> str:
         """``json.dumps(self.to_json())``, written directly (every mint answers it);
-        ``expires_at_iso`` is :attr:`expires_at_iso`, which the caller has already."""
+        ``expires_at_iso`` is :attr:`expires_at_iso`, which the caller has already.
+
+        The token is what :meth:`TokenCodec.seal` writes, base64url segments and dots,
+        which JSON never escapes: its two copies (the token, and inside the URL; some 300
+        characters each) are written as they are, and only the URL's text around the
+        token (the same on every mint) is escaped."""
+        token = self.token
+        before, found, after = self.url.partition(token)
+        if found:
+            url = f"{_json_inner(before)}{token}{_json_inner(after)}"
+        else:
+            url = _json_str(self.url)[1:-1]
         return (
-            f'{{"referString": {_json_str(self.token)}, "url": {_json_str(self.url)}, '
+            f'{{"referString": "{token}", "url": "{url}", '
             f'"expiresAt": {_json_str(expires_at_iso)}, "id": {_json_str(self.claims.token_id)}}}'
         )
 
@@ -127,6 +138,12 @@ def refer_url(public_url: str, token: str, module: str | None) -> str:
     """The Unqork link form: ``<public_url>/?refer=<token>/#/display/<module>``."""
     url = f"{public_url.rstrip('/')}/?refer={token}/"
     return f"{url}#/display/{module}" if module else url
+
+
+@functools.lru_cache(maxsize=64)  # a link's URL around its token: one or two per module
+def _json_inner(text: str) -> str:
+    """``text`` as a JSON string, without its quotes."""
+    return _json_str(text)[1:-1]
 
 
 def iso_utc(epoch: float) -> str:

@@ -32,7 +32,7 @@ async def read_json_object(request: web.BaseRequest) -> dict[str, object]:
 def parse_json_object(raw: bytes) -> dict[str, object]:
     """``raw`` as one JSON object; raise :class:`BadBody` for anything else."""
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_constant)
+        doc = _DECODER.decode(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadBody("the body is not UTF-8") from None
     except BadBody:
@@ -53,3 +53,8 @@ def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def _constant(name: str) -> object:
     raise BadBody(f"the body contains {name}, which is not JSON")
+
+
+# One decoder: json.loads with hooks builds a decoder and its C scanner on every call. It
+# keeps nothing between calls (the scanner clears its memo after each).
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
