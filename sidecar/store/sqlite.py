@@ -96,8 +96,7 @@ class SQLiteStore(Store):
         try:
             # Plain sqlite3 first: a file aiosqlite cannot open leaves its worker thread
             # answering into a loop that may be gone.
-            await asyncio.to_thread(prepare_file, self._path)
-            await writer.start()
+            await writer.start(prepare_file)
             reader = await aiosqlite.connect(self._path, isolation_level=None)
             reader.row_factory = sqlite3.Row
             await reader.execute("PRAGMA busy_timeout = 5000")
