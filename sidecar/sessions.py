@@ -47,7 +47,7 @@ class Session:
     cached_until: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RequestCookies:
     """A request's ``Cookie`` headers, read once and shared by the session lookup and the
     header policy (:mod:`sidecar.proxy.headers`).
@@ -61,6 +61,12 @@ class RequestCookies:
 
     values: tuple[str, ...]
     others: tuple[bytes, ...]
+
+    def __init__(self, values: tuple[str, ...], others: tuple[bytes, ...]) -> None:
+        # Frozen: set as the generated __init__ sets them, but compiled (see Head in
+        # sidecar.web.heads).
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "others", others)
 
     @property
     def value(self) -> str | None:

@@ -63,7 +63,7 @@ LOG = logging.getLogger("sidecar.forward")
 _FORWARDED_HOST: Final = (b"x-forwarded-host", b"forwarded")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # its __init__ compiled: see sidecar.web.heads.Head
 class Admitted:
     """What the lane read of a request it may serve."""
 
@@ -73,8 +73,28 @@ class Admitted:
     request_id: str | None  # the client's X-Request-Id
     accept: str | None
     forwarded_for: list[str]  # X-Forwarded-For values (the access line's remote)
-    refer: list[str] | None = None  # a plain refer link's values (sidecar.proxy.redeem_lane)
-    auth: bool = False  # forward-auth's sub-request (sidecar.proxy.auth_lane)
+    refer: list[str] | None  # a plain refer link's values (sidecar.proxy.redeem_lane)
+    auth: bool  # forward-auth's sub-request (sidecar.proxy.auth_lane)
+
+    def __init__(
+        self,
+        path: NormalPath,
+        path_text: str,
+        cookies: RequestCookies,
+        request_id: str | None,
+        accept: str | None,
+        forwarded_for: list[str],
+        refer: list[str] | None = None,
+        auth: bool = False,
+    ) -> None:
+        self.path = path
+        self.path_text = path_text
+        self.cookies = cookies
+        self.request_id = request_id
+        self.accept = accept
+        self.forwarded_for = forwarded_for
+        self.refer = refer
+        self.auth = auth
 
 
 class ExpressLane:

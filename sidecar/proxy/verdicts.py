@@ -12,15 +12,27 @@ from typing import Final
 from sidecar.sessions import Session
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Verdict:
     """:meth:`Gateway.judge`'s answer: ``forward`` with the ``identity`` headers, or not;
     ``session`` is the request's live session, if any (not forwarded with one: the role's
     rules refuse the path)."""
 
     forward: bool
-    identity: tuple[tuple[str, str], ...] = ()
-    session: Session | None = None
+    identity: tuple[tuple[str, str], ...]
+    session: Session | None
+
+    def __init__(
+        self,
+        forward: bool,
+        identity: tuple[tuple[str, str], ...] = (),
+        session: Session | None = None,
+    ) -> None:
+        # Frozen: set as the generated __init__ sets them, but compiled (one per request;
+        # see Head in sidecar.web.heads).
+        object.__setattr__(self, "forward", forward)
+        object.__setattr__(self, "identity", identity)
+        object.__setattr__(self, "session", session)
 
 
 PUBLIC: Final = Verdict(True)

@@ -13,13 +13,27 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # its __init__ compiled: see sidecar.web.heads.Head
 class RequestRecord:
     request_id: str
     route: str  # proxied, redeem, verify, page, admin: the request-duration histogram's label
-    user_id: str | None = None
-    upstream_s: float | None = None
-    upstream_error: str | None = None
+    user_id: str | None
+    upstream_s: float | None
+    upstream_error: str | None
+
+    def __init__(
+        self,
+        request_id: str,
+        route: str,
+        user_id: str | None = None,
+        upstream_s: float | None = None,
+        upstream_error: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.route = route
+        self.user_id = user_id
+        self.upstream_s = upstream_s
+        self.upstream_error = upstream_error
 
 
 CURRENT: ContextVar[RequestRecord | None] = ContextVar("sidecar_request", default=None)

@@ -27,7 +27,10 @@ _SINGLETONS: Final = frozenset(
 _REFUSED: Final = b"sec-websocket-key1"
 
 
-@dataclass(slots=True)
+# init=False, here and for the hot path's other per-request dataclasses: the __init__
+# written out is compiled with its module, where the one @dataclass generates would run
+# interpreted even in the compiled build (mypyc compiles a dataclass's own methods only).
+@dataclass(slots=True, init=False)
 class Head:
     """A parsed request head the lean front may serve.
 
@@ -41,8 +44,26 @@ class Head:
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     names: list[bytes]  # the header names lower-cased, in the same order (read once)
-    length: int = 0
-    body: bytes = b""
+    length: int
+    body: bytes
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        names: list[bytes],
+        length: int = 0,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.names = names
+        self.length = length
+        self.body = body
 
 
 class _Parsed:
