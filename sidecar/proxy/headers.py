@@ -235,13 +235,14 @@ def request_head(method: str, base_path: bytes, target: bytes, headers: list[Hea
     and ``headers`` as given, through the blank line (:meth:`Forwarder.upstream_head
     <sidecar.proxy.forward.Forwarder.upstream_head>`; compiled here with the hot path)."""
     parts = [method.encode(), b" ", base_path, target, b" HTTP/1.1\r\n"]
-    append = parts.append
     for name, value in headers:
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(b"\r\n")
+        # parts.append itself, not a bound method in a variable: compiled, that is a
+        # generic call each time.
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
+    parts.append(b"\r\n")
     return b"".join(parts)
 
 

@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
+from sidecar.memo import Memo
+
 # Segments of unreserved characters, dots only inside a segment: already normal.
 _PLAIN = re.compile(r"(?=/)(?:/[A-Za-z0-9_~-]+(?:\.+[A-Za-z0-9_~-]+)*)*/?")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -215,9 +217,11 @@ def glob_regex(pattern: str) -> str:
 
 
 class GlobSet:
-    """A set of path globs compiled into one regular expression, once."""
+    """A set of path globs compiled into one regular expression, once; each path's answer
+    remembered (:class:`~sidecar.memo.Memo`: a role's rules ask two or three times a
+    request, for the same few paths)."""
 
-    __slots__ = ("_regex", "patterns")
+    __slots__ = ("_matches", "_regex", "patterns")
 
     def __init__(self, patterns: Iterable[str], *, ignore_case: bool = False) -> None:
         self.patterns = tuple(patterns)
@@ -227,11 +231,15 @@ class GlobSet:
             if self.patterns
             else None
         )
+        self._matches: Memo[str, bool] = Memo(self._fullmatch)
 
     def __bool__(self) -> bool:
         return self._regex is not None
 
     def matches(self, path: str) -> bool:
+        return self._regex is not None and self._matches(path)
+
+    def _fullmatch(self, path: str) -> bool:
         return self._regex is not None and self._regex.fullmatch(path) is not None
 
 
