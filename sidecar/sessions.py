@@ -178,6 +178,12 @@ class SessionManager:
         self._services = services
         self._cache_size = services.config.session.cache_size  # a restart changes it
         self._cache: OrderedDict[str, Session] = OrderedDict()
+        # Bumped when an end of sessions (logout, revocation) begins and when it is done: a
+        # lookup whose store read overlapped one (its answer may predate the delete) must
+        # not put its session in the cache, where it would outlive the end by cache_ttl;
+        # the lean front's lane does not let a request sent after one share a lookup begun
+        # before it (ExpressLane._judge).
+        self.ends = 0
         self.configure(services.config)
         services.on_reconfigure.append(self.configure)
 
@@ -323,19 +329,22 @@ class SessionManager:
             del self._cache[key]
             session = None
         if session is None:
+            ends = self.ends
             record = await self._services.store.get_session(key)
             if record is None or record.role not in self._services.config.roles:
                 # A role removed from the config ends its sessions.
                 return None
-            session = self._remember(key, record, now)
+            session = self._remember(key, record, now, cache=self.ends == ends)
         record = session.record
         if not record.is_live(now):
             self._cache.pop(key, None)
             return None
         if now - record.last_seen >= min(_MAX_TOUCH_INTERVAL, record.idle_timeout / 10):
+            ends = self.ends
             await self._services.store.touch_session(key, now)
             session = replace(session, record=replace(record, last_seen=now))
-            if key in self._cache:  # not if evicted meanwhile, nor with cache_size 0
+            # Not if evicted meanwhile, nor with cache_size 0, nor if an end overlapped.
+            if key in self._cache and self.ends == ends:
                 self._cache[key] = session
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -349,34 +358,46 @@ class SessionManager:
     async def end_cookies(self, cookies: RequestCookies) -> SessionRecord | None:
         """:meth:`end` for a request's cookies, already read."""
         ended: SessionRecord | None = None
-        for value in cookies.values:
-            key = session_key(value)
-            self._cache.pop(key, None)
-            record = await self._services.store.get_session(key)
-            await self._services.store.delete_session(key)
-            ended = ended or record
+        self.ends += 1
+        try:
+            for value in cookies.values:
+                key = session_key(value)
+                self._cache.pop(key, None)
+                record = await self._services.store.get_session(key)
+                await self._services.store.delete_session(key)
+                ended = ended or record
+        finally:
+            self.ends += 1
         return ended
 
     async def end_user(self, user_id: str) -> int:
         """End every session of ``user_id`` in the store and in this process's cache."""
-        for key in [k for k, s in self._cache.items() if s.record.user_id == user_id]:
-            del self._cache[key]
-        return await self._services.store.delete_user_sessions(user_id)
+        self.ends += 1
+        try:
+            for key in [k for k, s in self._cache.items() if s.record.user_id == user_id]:
+                del self._cache[key]
+            return await self._services.store.delete_user_sessions(user_id)
+        finally:
+            self.ends += 1
 
     async def end_token(self, token_id: str) -> int:
         """End every session created from the link ``token_id`` (store and this cache)."""
-        for key in [k for k, s in self._cache.items() if s.record.token_id == token_id]:
-            del self._cache[key]
-        return await self._services.store.delete_token_sessions(token_id)
+        self.ends += 1
+        try:
+            for key in [k for k, s in self._cache.items() if s.record.token_id == token_id]:
+                del self._cache[key]
+            return await self._services.store.delete_token_sessions(token_id)
+        finally:
+            self.ends += 1
 
-    def _remember(self, key: str, record: SessionRecord, now: float) -> Session:
+    def _remember(self, key: str, record: SessionRecord, now: float, *, cache: bool) -> Session:
         session = Session(
             key=key,
             record=record,
             headers=self._render_headers(record),
             cached_until=now + self._cache_ttl,
         )
-        if self._cache_size:
+        if self._cache_size and cache:
             self._cache[key] = session
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)

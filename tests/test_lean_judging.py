@@ -15,6 +15,9 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
+from sidecar.sessions import session_key
 from sidecar.store.base import SessionRecord
 from sidecar.store.sqlite import SQLiteStore
 from tests.harness.served import running_sidecar
@@ -133,3 +136,61 @@ async def test_a_dead_session_cookie_burst_is_refused_with_one_store_read(tmp_pa
         assert len(set(statuses)) == 1
         assert statuses[0] in (401, 403)
         assert store.reads == reads + 1
+
+
+class LateStore(SQLiteStore):
+    """A real SQLite store whose next session read, once ``hold`` is set, reads the row at
+    once but answers only when ``hold`` opens: a lookup whose read was done before a
+    logout and whose answer comes after it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
+
+    async def get_session(self, key: str) -> SessionRecord | None:
+        record = await super().get_session(key)
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            self.held.set()
+            await hold.wait()
+        return record
+
+
+@pytest.mark.parametrize("end", ["logout", "revocation"])
+async def test_a_request_after_a_logout_is_not_judged_by_a_lookup_from_before_it(
+    tmp_path: Path, end: str
+) -> None:
+    """A lookup that read the live session before a logout (or an admin's end of the
+    user's sessions) and answers after it: neither a request sent after the end may share
+    it (the lane's one lookup per cookie), nor may it leave the session in the cache."""
+    store = LateStore(str(tmp_path / "late.db"))
+    async with running_sidecar(tmp_path, store=store) as sc:
+        value = await sc.login(userId="user-9")
+        cookie = f"{sc.cookie_name}={value}"
+        hold = store.hold = asyncio.Event()
+        first = _send(sc.proxy_port, cookie, "/app/first")  # read the live session, held
+        await asyncio.wait_for(store.held.wait(), 5)
+        if end == "logout":
+            ending = sc.http.post(
+                sc.proxy_url + "/_sidecar/logout",
+                headers=sc.cookie_header(value),
+                allow_redirects=False,
+            )
+        else:
+            ending = sc.http.delete(
+                sc.admin_url + "/sessions", params={"user_id": "user-9"}, headers=sc.admin_headers
+            )
+        async with ending as out:
+            assert out.status in (200, 303), await out.text()
+        assert await store.get_session(session_key(value)) is None  # ended, durably
+        # Sent after the end was answered: not with the session the held read found.
+        after = _send(sc.proxy_port, cookie, "/app/after")
+        await asyncio.sleep(0.2)
+        hold.set()
+        statuses = await _statuses([first, after])
+        assert statuses[1] in (401, 403), statuses
+        # Nor any request later: the held read must not have put the session in the cache.
+        later = await _statuses([_send(sc.proxy_port, cookie, "/app/later")])
+        assert later[0] in (401, 403), later
+        assert not [r for r in sc.upstream.requests if r.raw_path in ("/app/after", "/app/later")]

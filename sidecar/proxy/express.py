@@ -123,8 +123,9 @@ class ExpressLane:
         self._normalise = Memo(normalise)
         self.access = AccessLine("proxy")
         self.drain: InFlight | None = None
-        # The session cookies being judged by the store, and the exchanges that wait for it.
-        self._judging: dict[tuple[str, ...], list[Exchange]] = {}
+        # The session cookies being judged by the store (with the sessions' ends count when
+        # the lookup began), and the exchanges that wait for it.
+        self._judging: dict[tuple[int, tuple[str, ...]], list[Exchange]] = {}
 
     def own_routes(self, literals: tuple[str, ...]) -> None:
         """Decline every path that begins with one of ``literals`` (the router's own)."""
@@ -155,22 +156,28 @@ class ExpressLane:
             # In flight while judged, as in aiohttp's handler: a graceful shutdown waits
             # for it. (An answer counts itself before the judging ends: no gap between.)
             drain.begin()
-        waiting = self._judging.get(cookies)
+        # Only with a lookup begun since the last logout or revocation began and ended in
+        # this process: a request sent after one must not share a read from before it.
+        flight = (self._sessions.ends, cookies)
+        waiting = self._judging.get(flight)
         if waiting is not None:
             waiting.append(exchange)
             return
-        self._judging[cookies] = []
+        self._judging[flight] = []
         task = exchange.task = asyncio.get_running_loop().create_task(exchange.judge())
-        task.add_done_callback(lambda done: self._judged(cookies, done))
+        task.add_done_callback(lambda done: self._judged(flight, done))
 
-    def _judged(self, cookies: tuple[str, ...], task: asyncio.Task[Verdict | None]) -> None:
-        """The store's judgement for ``cookies`` is in: the exchanges that waited for it
-        are judged with the same session (or none), each for its own path; without one
+    def _judged(
+        self, flight: tuple[int, tuple[str, ...]], task: asyncio.Task[Verdict | None]
+    ) -> None:
+        """The store's judgement for ``flight``'s cookies is in: the exchanges that waited
+        for it are judged with the same session (or none), each for its own path; without one
         (the first request's client left, or its judging failed) each asks on its own."""
         drain = self.drain
         if drain is not None:
             drain.end()
-        waiting = self._judging.pop(cookies, [])
+        waiting = self._judging.pop(flight, [])
+        cookies = flight[1]
         verdict = None
         if not task.cancelled():
             failed = task.exception()
