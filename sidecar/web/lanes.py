@@ -20,7 +20,9 @@ class Reply(Protocol):
     aiohttp's ``transport.get_extra_info("sockname")``)."""
 
     peer: str | None
-    sockname: object
+
+    @property
+    def sockname(self) -> object: ...
 
     def write(self, data: bytes) -> None: ...
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING, Final, cast
 
 from sidecar.telemetry import metrics
@@ -62,6 +63,7 @@ class _Starting:
 
 
 _STARTING: Final = _Starting()
+_UNASKED: Final = object()  # LeanConnection.sockname, not read yet
 
 
 class LeanConnection(asyncio.Protocol):
@@ -83,8 +85,8 @@ class LeanConnection(asyncio.Protocol):
         "_pending",
         "_refused",
         "_server",
+        "_sockname",
         "peer",
-        "sockname",
         "transport",
     )
 
@@ -93,7 +95,7 @@ class LeanConnection(asyncio.Protocol):
         self._lane = lane
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
-        self.sockname: object = None
+        self._sockname: object = _UNASKED
         # What came and is not answered yet: the bytes as read while they are one whole
         # read (the usual case: no copy, and nothing held between requests), a bytearray
         # only while a head arrives in pieces.
@@ -111,6 +113,15 @@ class LeanConnection(asyncio.Protocol):
         self._idle_since: float | None = None  # no request in progress, none begun
         self._linger_until: float | None = None  # after a 408: reading, dropping, until
 
+    @property
+    def sockname(self) -> object:
+        """The listener's own address, as the socket gives it: asked when first needed
+        (the admin lane's host check), not kept for every connection."""
+        if self._sockname is _UNASKED:
+            transport = self.transport
+            self._sockname = None if transport is None else transport.get_extra_info("sockname")
+        return self._sockname
+
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is not an asyncio.Transport subclass).
@@ -121,8 +132,8 @@ class LeanConnection(asyncio.Protocol):
         # (asyncio and uvloop both set TCP_NODELAY on every TCP transport themselves.)
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if isinstance(peer, tuple) else None
-        self.sockname = transport.get_extra_info("sockname")
+        # Interned: the connections from one address (a load balancer's) share one string.
+        self.peer = sys.intern(peer[0]) if isinstance(peer, tuple) else None
         self._idle_since = self._server.clock()
         self._server.lean.add(self)
 
