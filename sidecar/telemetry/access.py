@@ -15,6 +15,7 @@ ready record.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import secrets
@@ -34,6 +35,16 @@ CLIENT_CLOSED: Final = 499
 # Request ids need to be unique, not secret: no system call per request for them.
 _IDS: Final = random.Random(secrets.randbits(128))  # noqa: S311
 _ID_TOP_BIT: Final = 1 << 128
+
+
+def _reseed_ids() -> None:
+    _IDS.seed(secrets.randbits(128))
+
+
+# `sidecar serve --workers` forks its workers from a supervisor that has imported this
+# module: without a new seed each worker would give the same ids as every other, in the
+# same order (the random module reseeds only its own global generator at a fork).
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def request_id_for(header: str | None) -> str:

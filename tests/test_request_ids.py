@@ -1,0 +1,38 @@
+"""Request ids (:func:`sidecar.telemetry.access.request_id_for`): unique per request, in
+every process of ``sidecar serve --workers``, which forks its workers."""
+
+from __future__ import annotations
+
+import os
+
+from sidecar.telemetry.access import request_id_for
+
+
+def _ids_in_a_forked_child(count: int) -> list[str]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, then out at once (no cleanup of the parent's state)
+        try:
+            os.write(write, " ".join(request_id_for(None) for _ in range(count)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text.split()
+
+
+def test_forked_processes_give_different_request_ids() -> None:
+    first, second = _ids_in_a_forked_child(50), _ids_in_a_forked_child(50)
+    own = [request_id_for(None) for _ in range(50)]
+    assert len(first) == len(second) == 50
+    assert len(set(first) | set(second) | set(own)) == 150
+
+
+def test_request_ids_are_32_hex_digits_and_a_sane_client_id_is_kept() -> None:
+    ids = [request_id_for(None) for _ in range(1000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    assert len(set(ids)) == 1000
+    assert request_id_for("abc-123") == "abc-123"
+    assert len(request_id_for("bad id\\r\\n")) == 32
