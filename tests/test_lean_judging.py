@@ -157,15 +157,17 @@ class LateStore(SQLiteStore):
         return record
 
 
+@pytest.mark.parametrize("lean_front", [True, False], ids=["lean", "aiohttp"])
 @pytest.mark.parametrize("end", ["logout", "revocation"])
 async def test_a_request_after_a_logout_is_not_judged_by_a_lookup_from_before_it(
-    tmp_path: Path, end: str
+    tmp_path: Path, end: str, lean_front: bool
 ) -> None:
     """A lookup that read the live session before a logout (or an admin's end of the
     user's sessions) and answers after it: neither a request sent after the end may share
     it (the lane's one lookup per cookie), nor may it leave the session in the cache."""
     store = LateStore(str(tmp_path / "late.db"))
-    async with running_sidecar(tmp_path, store=store) as sc:
+    overrides: dict[str, object] = {"proxy": {"lean_front": lean_front}}
+    async with running_sidecar(tmp_path, store=store, overrides=overrides) as sc:
         value = await sc.login(userId="user-9")
         cookie = f"{sc.cookie_name}={value}"
         hold = store.hold = asyncio.Event()
