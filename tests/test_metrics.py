@@ -159,14 +159,44 @@ def test_the_tally_is_exposed_exactly_as_prometheus_clients_own_series(openmetri
     assert write(ours) == write(theirs)
 
 
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_the_store_tally_is_exposed_exactly_as_prometheus_clients_histogram(
+    openmetrics: bool,
+) -> None:
+    """sidecar_store_seconds kept as plain numbers (every store call observes it) reads,
+    when scraped, as prometheus-client's labelled Histogram fed the same observations."""
+    buckets = (0.0001, 0.00025, 0.001, 0.5, 1)
+    observed = [
+        ("record_counted", 0.00005),
+        ("burn", 0.0001),  # on a bound
+        ("record_counted", 0.0003),
+        ("get_session", 0.7),
+        ("burn", 3.0),  # over the last bound: +Inf only
+    ]
+    own = tally.StoreTally(buckets)
+    ours = CollectorRegistry()
+    ours.register(own)
+    theirs = CollectorRegistry()
+    histogram = Histogram(*tally.STORE_SECONDS, ("op",), buckets=buckets, registry=theirs)
+    write = openmetrics_latest if openmetrics else generate_latest
+    assert write(ours) == write(theirs)  # no series yet: the family alone
+    for op, seconds in observed:
+        own.observe(op, seconds)
+        histogram.labels(op).observe(seconds)
+    assert write(ours) == write(theirs)
+
+
 def test_the_served_registry_reads_the_tally() -> None:
     """In one process, /metrics reads the tally the hot path writes (not an idle twin)."""
     assert metrics.TALLY is not None
     before = sample(metrics.render()[0].decode(), "sidecar_upstream_seconds_count")
     metrics.observe_upstream(0.002)
     metrics.observe_request(200, 0.002, "proxy", "proxied")
+    stored = sample(metrics.render()[0].decode(), "sidecar_store_seconds_count", {"op": "hit"})
+    metrics.observe_store("hit", 0.0002)
     text = metrics.render()[0].decode()
     assert sample(text, "sidecar_upstream_seconds_count") == before + 1
+    assert sample(text, "sidecar_store_seconds_count", {"op": "hit"}) == stored + 1
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) >= 1
 
 

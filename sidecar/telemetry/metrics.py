@@ -114,13 +114,11 @@ STORE_UP = Gauge(
 )
 if TALLY is not None:
     REGISTRY.register(TALLY.upstream_collector)  # where the histogram always stood
-STORE_SECONDS = Histogram(
-    "sidecar_store_seconds",
-    "Latency of store operations, by Store method.",
-    ("op",),
-    buckets=_STORE_BUCKETS,
-    registry=_OWN,
-)
+# Store latency likewise: plain numbers in one process, prometheus-client's under workers.
+STORE_TALLY = None if MULTIPROCESS else tally.StoreTally(_STORE_BUCKETS)
+if STORE_TALLY is not None:
+    REGISTRY.register(STORE_TALLY)  # where the histogram always stood
+STORE_SECONDS = Histogram(*tally.STORE_SECONDS, ("op",), buckets=_STORE_BUCKETS, registry=None)
 
 IN_FLIGHT = Gauge(
     "sidecar_requests_in_flight",
@@ -216,6 +214,9 @@ def observe_upstream(seconds: float) -> None:
 
 
 def observe_store(op: str, seconds: float) -> None:
+    if STORE_TALLY is not None:
+        STORE_TALLY.observe(op, seconds)
+        return
     series = _STORE_SERIES.get(op)
     if series is None:
         series = _STORE_SERIES[op] = STORE_SECONDS.labels(op)

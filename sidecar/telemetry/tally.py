@@ -7,8 +7,11 @@ request, about a fourteenth of its Python work. :class:`Tally` keeps the same se
 ``sidecar_upstream_seconds`` — as integers and floats that one ``bisect`` and two additions
 update, and is a registry collector: a scrape reads them as the families prometheus-client
 would have written (same names, help, labels and bucket bounds; no ``_created``).
+:class:`StoreTally` does the same for ``sidecar_store_seconds`` (every store call: a mint,
+a redemption's burn; the histogram's ``observe`` was 3 % of a mint's instructions).
 
-They are written by the event loop's thread only (every request is answered there). Under
+They are written by the event loop's thread only (every request is answered there, every
+store call awaited there). Under
 ``sidecar serve --workers N`` figures must reach the shared files at once; then
 :mod:`sidecar.telemetry.metrics` uses prometheus-client's own multiprocess series instead.
 """
@@ -36,6 +39,7 @@ UPSTREAM_SECONDS = (
     "sidecar_upstream_seconds",
     "Time from sending a request upstream to receiving its response headers.",
 )
+STORE_SECONDS = ("sidecar_store_seconds", "Latency of store operations, by Store method.")
 
 
 class Durations:
@@ -117,3 +121,27 @@ class UpstreamCollector:
         upstream = HistogramMetricFamily(*UPSTREAM_SECONDS)
         upstream.add_metric((), self._series.cumulative(self._les), self._series.total)
         yield upstream
+
+
+class StoreTally:
+    """``sidecar_store_seconds``: one :class:`Durations` per store method, and a registry
+    collector of its own (the family keeps its place among /metrics' families)."""
+
+    __slots__ = ("_buckets", "_les", "_series")
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self._buckets = tuple(sorted(buckets))
+        self._les = [floatToGoString(b) for b in (*self._buckets, float("inf"))]  # type: ignore[no-untyped-call]
+        self._series: dict[str, Durations] = {}  # op -> its series, first seen first
+
+    def observe(self, op: str, seconds: float) -> None:
+        series = self._series.get(op)
+        if series is None:
+            series = self._series[op] = Durations(self._buckets)
+        series.observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(*STORE_SECONDS, labels=("op",))
+        for op, series in self._series.items():
+            family.add_metric((op,), series.cumulative(self._les), series.total)
+        yield family
