@@ -186,6 +186,25 @@ def test_the_store_tally_is_exposed_exactly_as_prometheus_clients_histogram(
     assert write(ours) == write(theirs)
 
 
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_the_mint_counts_are_exposed_exactly_as_prometheus_clients_counter(
+    openmetrics: bool,
+) -> None:
+    """sidecar_mints_total kept as plain numbers (every mint counts one) reads, when
+    scraped, as prometheus-client's labelled Counter fed the same mints."""
+    own = tally.Counts(*tally.MINTS, "kind")
+    ours = CollectorRegistry()
+    ours.register(own)
+    theirs = CollectorRegistry()
+    counter = Counter(*tally.MINTS, ("kind",), registry=theirs)
+    write = openmetrics_latest if openmetrics else generate_latest
+    assert write(ours) == write(theirs)  # no series yet: the family alone
+    for kind in ("refer", "magiclink", "refer", "refer", "signup"):
+        own.inc(kind)
+        counter.labels(kind).inc()
+    assert write(ours) == write(theirs)
+
+
 def test_the_served_registry_reads_the_tally() -> None:
     """In one process, /metrics reads the tally the hot path writes (not an idle twin)."""
     assert metrics.TALLY is not None
@@ -194,7 +213,10 @@ def test_the_served_registry_reads_the_tally() -> None:
     metrics.observe_request(200, 0.002, "proxy", "proxied")
     stored = sample(metrics.render()[0].decode(), "sidecar_store_seconds_count", {"op": "hit"})
     metrics.observe_store("hit", 0.0002)
+    minted = sample(metrics.render()[0].decode(), "sidecar_mints_total", {"kind": "recovery"})
+    metrics.mint("recovery")
     text = metrics.render()[0].decode()
+    assert sample(text, "sidecar_mints_total", {"kind": "recovery"}) == minted + 1
     assert sample(text, "sidecar_upstream_seconds_count") == before + 1
     assert sample(text, "sidecar_store_seconds_count", {"op": "hit"}) == stored + 1
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) >= 1

@@ -93,12 +93,11 @@ REDEMPTIONS = Counter(
     ("outcome",),
     registry=_OWN,
 )
-MINTS = Counter(
-    "sidecar_mints",
-    "Links minted, by kind: refer, or the auth link type (magiclink, signup, ...).",
-    ("kind",),
-    registry=_OWN,
-)
+# Mints likewise (every mint counts one): plain numbers in one process.
+MINT_COUNTS = None if MULTIPROCESS else tally.Counts(*tally.MINTS, "kind")
+if MINT_COUNTS is not None:
+    REGISTRY.register(MINT_COUNTS)
+MINTS = Counter(*tally.MINTS, ("kind",), registry=None)
 MINT_FAILURES = Counter(
     "sidecar_mint_failures",
     "Mints refused, by API (referstring, generate_link) and reason (invalid_request, "
@@ -186,6 +185,9 @@ def redemption(outcome: str) -> None:
 
 
 def mint(kind: str) -> None:
+    if MINT_COUNTS is not None:
+        MINT_COUNTS.inc(kind)
+        return
     series = _MINT_SERIES.get(kind)
     if series is None:
         series = _MINT_SERIES[kind] = MINTS.labels(kind)

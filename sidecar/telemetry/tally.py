@@ -8,7 +8,8 @@ request, about a fourteenth of its Python work. :class:`Tally` keeps the same se
 update, and is a registry collector: a scrape reads them as the families prometheus-client
 would have written (same names, help, labels and bucket bounds; no ``_created``).
 :class:`StoreTally` does the same for ``sidecar_store_seconds`` (every store call: a mint,
-a redemption's burn; the histogram's ``observe`` was 3 % of a mint's instructions).
+a redemption's burn; the histogram's ``observe`` was 3 % of a mint's instructions), and
+:class:`Counts` for ``sidecar_mints_total``.
 
 They are written by the event loop's thread only (every request is answered there, every
 store call awaited there). Under
@@ -40,6 +41,10 @@ UPSTREAM_SECONDS = (
     "Time from sending a request upstream to receiving its response headers.",
 )
 STORE_SECONDS = ("sidecar_store_seconds", "Latency of store operations, by Store method.")
+MINTS = (
+    "sidecar_mints",
+    "Links minted, by kind: refer, or the auth link type (magiclink, signup, ...).",
+)
 
 
 class Durations:
@@ -144,4 +149,26 @@ class StoreTally:
         family = HistogramMetricFamily(*STORE_SECONDS, labels=("op",))
         for op, series in self._series.items():
             family.add_metric((op,), series.cumulative(self._les), series.total)
+        yield family
+
+
+class Counts:
+    """A counter family with one label, as plain integers, and its registry collector."""
+
+    __slots__ = ("_help", "_label", "_name", "counts")
+
+    def __init__(self, name: str, help_text: str, label: str) -> None:
+        self._name = name
+        self._help = help_text
+        self._label = label
+        self.counts: dict[str, int] = {}  # label value -> count, first seen first
+
+    def inc(self, value: str) -> None:
+        counts = self.counts
+        counts[value] = counts.get(value, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._help, labels=(self._label,))
+        for value, count in self.counts.items():
+            family.add_metric((value,), count)
         yield family
