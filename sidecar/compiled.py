@@ -48,6 +48,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.proxy.paths",
     "sidecar.proxy.clientaddr",
     "sidecar.sessions",
+    "sidecar.session_cookies",
     "sidecar.memo",
     "sidecar.telemetry.access",
     "sidecar.telemetry.audit",

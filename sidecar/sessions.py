@@ -13,12 +13,9 @@ does not hand out live cookies. Lookups go through a small in-process cache (bou
 from __future__ import annotations
 
 import enum
-import functools
-import hashlib
-import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from http.cookies import Morsel, SimpleCookie
 from typing import Final
@@ -27,12 +24,9 @@ from aiohttp import hdrs, web
 
 from sidecar.config import Config, RoleConfig
 from sidecar.services import Services
+from sidecar.session_cookies import COOKIE_VALUE, RequestCookies, read_cookies, session_key
 from sidecar.store.base import SessionRecord
 
-_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
-# Copies of the cookie looked up per request, at most: bounds the store reads one request
-# with a stuffed Cookie header can cause.
-MAX_COOKIE_COPIES = 4
 # last_seen is written back at most this often; the idle check is early by at most this much.
 _MAX_TOUCH_INTERVAL = 60.0
 
@@ -47,36 +41,6 @@ class Session:
     cached_until: float
 
 
-@dataclass(frozen=True, slots=True, init=False)
-class RequestCookies:
-    """A request's ``Cookie`` headers, read once and shared by the session lookup and the
-    header policy (:mod:`sidecar.proxy.headers`).
-
-    ``values`` are the well-formed copies of the sidecar's cookie, in the order sent (at
-    most :data:`MAX_COOKIE_COPIES`). Several copies mean someone set one beside ours — a
-    sibling host with ``Domain=`` (cookie tossing) or a stale one with another path — so
-    the session lookup tries each (:meth:`SessionManager.lookup_cookies`). ``others``
-    holds, for each ``Cookie`` header in order, what is left of it for the upstream (empty
-    when nothing is)."""
-
-    values: tuple[str, ...]
-    others: tuple[bytes, ...]
-
-    def __init__(self, values: tuple[str, ...], others: tuple[bytes, ...]) -> None:
-        # Frozen: set as the generated __init__ sets them, but compiled (see Head in
-        # sidecar.web.heads).
-        object.__setattr__(self, "values", values)
-        object.__setattr__(self, "others", others)
-
-    @property
-    def value(self) -> str | None:
-        """The first well-formed copy, if any."""
-        return self.values[0] if self.values else None
-
-
-NO_COOKIES = RequestCookies((), ())
-
-
 class NotCached(enum.Enum):
     """:meth:`SessionManager.cached`: the store must be asked."""
 
@@ -84,91 +48,6 @@ class NotCached(enum.Enum):
 
 
 NOT_CACHED: Final = NotCached.NOT_CACHED
-
-
-def read_cookies(request: web.BaseRequest, name: str) -> RequestCookies:
-    """Split every ``Cookie`` header of ``request`` into the copies of the sidecar's
-    cookie ``name`` and the rest (see :func:`split_cookie_header`)."""
-    if hdrs.COOKIE not in request.headers:
-        return NO_COOKIES
-    raw = [value for header, value in request.raw_headers if header.lower() == b"cookie"]
-    return cookie_values(raw, name)
-
-
-def cookie_values(headers: Iterable[bytes], name: str) -> RequestCookies:
-    """:func:`read_cookies` for the raw values of a request's ``Cookie`` headers, in order.
-    They are read as latin-1, so other cookies reach the upstream byte for byte."""
-    found: list[str] = []
-    others: list[bytes] = []
-    for raw in headers:
-        values, rest = _split_cookie_header(raw.decode("latin-1"), name)
-        for value in values:
-            if (
-                len(found) < MAX_COOKIE_COPIES
-                and _COOKIE_VALUE.fullmatch(value)
-                and value not in found
-            ):
-                found.append(value)
-        others.append(rest.encode("latin-1"))
-    if not others:
-        return NO_COOKIES
-    return RequestCookies(tuple(found), tuple(others))
-
-
-def session_key(cookie_value: str) -> str:
-    return hashlib.sha256(cookie_value.encode("ascii")).hexdigest()
-
-
-def split_cookie_header(header: str, name: str) -> tuple[str | None, str]:
-    """Return (the value of cookie ``name``, the header without it).
-
-    Every other cookie is kept byte for byte, so the upstream sees exactly what the browser
-    sent for its own cookies. Every copy of ``name`` is removed; the first one is
-    returned. A pair that hides ``name`` behind a ``,`` (RFC 2109 servers split there) is
-    dropped whole."""
-    values, rest = _split_cookie_header(header, name)
-    return (values[0] if values else None), rest
-
-
-def _split_cookie_header(header: str, name: str) -> tuple[list[str], str]:
-    """Every value of cookie ``name`` in order, and the header without them.
-
-    Every spelling of the name with or without a ``__Host-``/``__Secure-`` prefix is cut
-    out too (only ``name`` itself is read): after the default name gained its prefix,
-    browsers still send the old cookie, whose session is live until it expires."""
-    found: list[str] = []
-    kept: list[str] = []
-    base = _base_name(name)
-    spellings = _spellings(base)
-    for part in header.split(";"):
-        key, sep, value = part.strip().partition("=")
-        key = key.rstrip()
-        if sep and key == name:
-            found.append(value.strip().strip('"'))
-        elif sep and spellings.fullmatch(key):
-            continue
-        elif part.strip() and not (base in part and _hidden_cookie(base).search(part)):
-            kept.append(part.strip())
-    return found, "; ".join(kept)
-
-
-def _base_name(name: str) -> str:
-    """``name`` without its cookie prefix (browsers read prefixes in any letter case)."""
-    lower = name.lower()
-    for prefix in ("__host-", "__secure-"):
-        if lower.startswith(prefix):
-            return name[len(prefix) :]
-    return name
-
-
-@functools.lru_cache(maxsize=4)
-def _spellings(base: str) -> re.Pattern[str]:
-    return re.compile(r"(?i:__host-|__secure-)?" + re.escape(base))
-
-
-@functools.lru_cache(maxsize=4)
-def _hidden_cookie(base: str) -> re.Pattern[str]:
-    return re.compile(r"[\s,](?i:__host-|__secure-)?" + re.escape(base) + r"\s*=")
 
 
 class SessionManager:
@@ -252,7 +131,7 @@ class SessionManager:
         Written directly, byte for byte what aiohttp's ``response.set_cookie`` writes
         (``http.cookies`` costs several microseconds per redemption); a value that would
         need quoting (never one of ours) is written by ``http.cookies``, as aiohttp does."""
-        if not _COOKIE_VALUE.fullmatch(cookie_value):
+        if not COOKIE_VALUE.fullmatch(cookie_value):
             morsel: Morsel[str] = SimpleCookie({self.cookie_name: cookie_value})[self.cookie_name]
             if self._domain is not None:
                 morsel["domain"] = self._domain
@@ -320,7 +199,7 @@ class SessionManager:
 
         Raises :class:`~sidecar.store.base.StoreUnavailable` when the store is needed and
         down: the caller fails closed."""
-        if cookie_value is None or not _COOKIE_VALUE.fullmatch(cookie_value):
+        if cookie_value is None or not COOKIE_VALUE.fullmatch(cookie_value):
             return None
         key = session_key(cookie_value)
         now = self._services.clock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.sessions import session_key
+from sidecar.session_cookies import session_key
 from tests.harness.links import AUTH, Env, token_of
 
 JSON = {"Accept": "application/json"}

@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.proxy.headers import Action, HeaderPolicy
-from sidecar.sessions import NO_COOKIES, RequestCookies, read_cookies
+from sidecar.session_cookies import NO_COOKIES, RequestCookies, read_cookies
 from tests.harness import make_config
 
 OWN = "sidecar_session"

@@ -35,7 +35,8 @@ from sidecar.proxy import answers
 from sidecar.proxy.express import ExpressLane
 from sidecar.proxy.forward import Forwarder
 from sidecar.proxy.gateway import Gateway, build_proxy_app
-from sidecar.sessions import SESSIONS, cookie_values
+from sidecar.session_cookies import cookie_values
+from sidecar.sessions import SESSIONS
 from sidecar.telemetry import metrics
 from sidecar.web.drain import Drain
 from sidecar.web.heads import parse_head

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.sessions import session_key
+from sidecar.session_cookies import session_key
 from sidecar.store.base import SessionRecord
 from sidecar.store.sqlite import SQLiteStore
 from tests.harness.served import running_sidecar

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from sidecar.sessions import session_key
+from sidecar.session_cookies import session_key
 from sidecar.telemetry import metrics
 from tests.harness.raw import RawResponse, raw_http
 from tests.harness.served import Sidecar, running_sidecar

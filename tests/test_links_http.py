@@ -257,7 +257,7 @@ async def test_password_change_and_email_change_end_other_sessions(env: Env) -> 
 
 
 def _key(cookie: str) -> str:
-    from sidecar.sessions import session_key
+    from sidecar.session_cookies import session_key
 
     return session_key(cookie)
 

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from sidecar.config import RoleConfig
 from sidecar.services import Services
-from sidecar.sessions import SessionManager, split_cookie_header
+from sidecar.session_cookies import split_cookie_header
+from sidecar.sessions import SessionManager
 from sidecar.store.base import SessionRecord, Store
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens.codec import TokenCodec

@@ -49,7 +49,8 @@ from sidecar.proxy.redeem_lane import RedeemLane
 from sidecar.proxy.verdicts import Verdict
 from sidecar.refer.redeem import may_hold_refer, plain_refer_values
 from sidecar.services import Services
-from sidecar.sessions import NO_COOKIES, RequestCookies, SessionManager, cookie_values
+from sidecar.session_cookies import NO_COOKIES, RequestCookies, cookie_values
+from sidecar.sessions import SessionManager
 from sidecar.telemetry.access import AccessLine
 from sidecar.web.heads import Head
 from sidecar.web.inflight import InFlight

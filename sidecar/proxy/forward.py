@@ -40,7 +40,7 @@ from sidecar.proxy.pool import (
     UpstreamTimeout,
 )
 from sidecar.proxy.websocket import Alive, relay_websocket
-from sidecar.sessions import RequestCookies
+from sidecar.session_cookies import RequestCookies
 from sidecar.telemetry import metrics
 from sidecar.web import pages
 from sidecar.web.accesslog import set_upstream_error, set_upstream_time

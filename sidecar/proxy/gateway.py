@@ -41,7 +41,8 @@ from sidecar.proxy.verdicts import ANONYMOUS, PUBLIC, STORE_DOWN, Redirect, Verd
 from sidecar.proxy.websocket import Alive
 from sidecar.refer.redeem import Redeemer, has_refer
 from sidecar.services import Services
-from sidecar.sessions import NOT_CACHED, SESSIONS, RequestCookies, Session, SessionManager
+from sidecar.session_cookies import RequestCookies
+from sidecar.sessions import NOT_CACHED, SESSIONS, Session, SessionManager
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.persistence import PersistenceWatch
 from sidecar.telemetry.audit import audit

@@ -8,7 +8,7 @@ Request headers sent upstream:
 * well-known identity, override and client-address headers the config does not inject
   (:mod:`sidecar.proxy.strip`, plus ``proxy.strip_headers``) are dropped, in any spelling;
 * the sidecar's own cookie is cut out of ``Cookie`` (from the request's
-  :class:`~sidecar.sessions.RequestCookies`, read once); other cookies pass unchanged;
+  :class:`~sidecar.session_cookies.RequestCookies`, read once); other cookies pass unchanged;
 * hop-by-hop headers (RFC 9110 §7.6.1: ``Connection`` and every header it names,
   ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``, ``Transfer-Encoding``,
   ``Upgrade``) and ``Expect`` (the sidecar already answered ``100 Continue``) are dropped;
@@ -40,7 +40,7 @@ from sidecar.config import Config
 from sidecar.proxy.clientaddr import ClientAddresses
 from sidecar.proxy.strip import StripList
 from sidecar.proxy.templates import canonical_header
-from sidecar.sessions import RequestCookies
+from sidecar.session_cookies import RequestCookies
 from sidecar.telemetry.access import REQUEST_ID
 from sidecar.telemetry.context import current_request_id
 

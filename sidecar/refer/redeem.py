@@ -36,7 +36,8 @@ from sidecar.proxy.origins import PublicOrigin
 from sidecar.proxy.redemptions import FailedRedemptions
 from sidecar.refer.minting import MODULE
 from sidecar.services import Services
-from sidecar.sessions import RequestCookies, SessionManager
+from sidecar.session_cookies import RequestCookies
+from sidecar.sessions import SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit
