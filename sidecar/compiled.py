@@ -19,7 +19,7 @@ Left interpreted, because mypyc cannot compile them as they are:
   ``proxy.guards``): aiohttp marks the function with an attribute, which a native function
   does not take, so the module fails at import;
 - modules with async generators (``proxy.forward``), which mypyc does not support
-  (``proxy.pool``'s body iterator is a class for this reason).
+  (``proxy.upstream_response``'s body iterator is a class for this reason).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.proxy.headers",
     "sidecar.proxy.upstream_conn",
     "sidecar.proxy.pool",
+    "sidecar.proxy.upstream_response",
     "sidecar.proxy.upstream_body",
     "sidecar.proxy.upstream_errors",
     "sidecar.proxy.gateway",
