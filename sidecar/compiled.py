@@ -1,8 +1,9 @@
 """Which modules an optional build compiles with mypyc, and which ones this process runs compiled.
 
 The proxy's hot path (the lean front, the gateway's verdict, the exchange with a pooled
-upstream connection, the telemetry it touches) and a mint's (the admin listener's lane, the
-token codec) can be compiled to C extensions with mypyc, the way black and mypy ship:
+upstream connection, the telemetry it touches), a mint's (the admin listener's lane, the
+token codec) and a redemption's (the redemption lane, the redeemer, the SQLite store's
+group-commit writer) can be compiled to C extensions with mypyc, the way black and mypy ship:
 ``SIDECAR_COMPILE=1 pip install .`` (the Docker image) or ``scripts/compile`` in a checkout.
 The pure-Python modules stay the reference and the default; a compiled module is the same
 source, so every test runs against either.
@@ -65,6 +66,13 @@ MODULES: tuple[str, ...] = (
     "sidecar.tokens.identity",
     "sidecar.tokens.records",
     "sidecar.web.jsonbody",
+    # A redemption (the proxy's lean redeem lane; auth_lane: TakenRequest's other subclass),
+    # the redeemer and the SQLite writer that burns the link and stores the session.
+    "sidecar.proxy.redeem_lane",
+    "sidecar.proxy.taken",
+    "sidecar.proxy.auth_lane",
+    "sidecar.refer.redeem",
+    "sidecar.store._groupcommit",
 )
 
 # mypyc puts the compiled code of all of MODULES in one shared library, this module's

@@ -148,8 +148,9 @@ class Redeemer:
             token = token[:-1]
         try:
             claims = self._services.codec.open(token, self._services.clock())
-        except ExpiredToken as exc:
-            raise RedeemFailed("expired", exc.claims.token_id) from None
+        # One name per handler: compiled (mypyc), a name holds the first handler's type.
+        except ExpiredToken as expired:
+            raise RedeemFailed("expired", expired.claims.token_id) from None
         except TokenError as exc:
             raise RedeemFailed(exc.reason) from None
         if claims.kind != "refer":

@@ -21,7 +21,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState, UserExists
@@ -57,10 +56,14 @@ class _Op(Protocol):
     def fail(self, exc: BaseException) -> None: ...
 
 
-@dataclass(slots=True)
+# Plain classes, not dataclasses(slots=True): a slotted dataclass is a new class made after
+# the fact, which a compiled (mypyc) class cannot be.
 class _Write(Generic[T]):
-    apply: Callable[[sqlite3.Connection], T]
-    future: asyncio.Future[T]
+    __slots__ = ("apply", "future")
+
+    def __init__(self, apply: Callable[[sqlite3.Connection], T], future: asyncio.Future[T]) -> None:
+        self.apply = apply
+        self.future = future
 
     def run(self, conn: sqlite3.Connection) -> Answer:
         try:
@@ -74,17 +77,25 @@ class _Write(Generic[T]):
             self.future.set_exception(exc)
 
 
-@dataclass(slots=True)
 class _Burn:
     """Burns are batched apart from other ops: two statements per chunk, not two per id.
 
     ``then`` is written in the same transaction when, and only when, this op burned the
     token (a redemption's session: one commit for both)."""
 
-    token_id: str
-    expires_at: float
-    future: asyncio.Future[BurnResult]
-    then: Callable[[sqlite3.Connection], object] | None = None
+    __slots__ = ("expires_at", "future", "then", "token_id")
+
+    def __init__(
+        self,
+        token_id: str,
+        expires_at: float,
+        future: asyncio.Future[BurnResult],
+        then: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> None:
+        self.token_id = token_id
+        self.expires_at = expires_at
+        self.future = future
+        self.then = then
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
@@ -179,7 +190,7 @@ class GroupCommitWriter:
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._conn: sqlite3.Connection | None = None
         self._queue: asyncio.Queue[_Op | _Burn | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -188,7 +199,7 @@ class GroupCommitWriter:
         self._event_loop: asyncio.AbstractEventLoop | None = None
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def start(self, prepare: Callable[[str], None] | None = None) -> None:
         """Open the connection (may raise :class:`sqlite3.Error`) and start writing;
@@ -198,7 +209,7 @@ class GroupCommitWriter:
         try:
             self._conn = await self._in_thread(functools.partial(_connect, self._path, prepare))
         except BaseException:
-            await asyncio.to_thread(self._thread.shutdown)
+            await asyncio.to_thread(self._executor.shutdown)
             raise
         self._task = asyncio.create_task(self._loop(), name="sqlite-group-commit")
 
@@ -211,7 +222,7 @@ class GroupCommitWriter:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._in_thread(conn.close)
-        await asyncio.to_thread(self._thread.shutdown)
+        await asyncio.to_thread(self._executor.shutdown)
 
     async def write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``apply`` (in the writer thread) in the next group transaction; return its
@@ -266,10 +277,11 @@ class GroupCommitWriter:
             for op in batch:
                 op.fail(StoreUnavailable("SQLite store closed mid-write"))
             raise
-        except WholeBatchFailed as exc:
+        # One name per handler: compiled (mypyc), a name holds the first handler's type.
+        except WholeBatchFailed as whole:
             for op in batch:
-                error = StoreUnavailable(f"SQLite write failed: {exc.__cause__}")
-                error.__cause__ = exc.__cause__
+                error = StoreUnavailable(f"SQLite write failed: {whole.__cause__}")
+                error.__cause__ = whole.__cause__
                 op.fail(error)
             return
         except Exception as exc:  # every failure, even a bug, must reach the callers
