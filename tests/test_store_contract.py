@@ -245,6 +245,31 @@ async def test_200_concurrent_redemptions_of_one_link_make_one_session(
     assert await store.delete_token_sessions("hot") == 1
 
 
+async def test_concurrent_redemptions_of_many_links_store_each_winners_session(
+    store: Store, now: float
+) -> None:
+    """77 links, each redeemed twice at once (SQLite writes one transaction's sessions in
+    multi-row INSERTs of 32, 32, 8, 4 and 1 rows): every winner's session reads back
+    whole, no loser's exists, and each is indexed under its link and user."""
+    calls = []
+    for i in range(77):
+        for side in ("a", "b"):
+            record = replace(
+                session(f"m{i}{side}", now, user=f"user-{i % 5}"),
+                token_id=f"link-{i}",
+                module=None if i % 2 else f"mod{i}",
+                client=f"192.0.2.{i}",
+            )
+            calls.append((record, store.burn(f"link-{i}", now + HOUR, record)))
+    results = await asyncio.gather(*(call for _, call in calls))
+    assert results.count(BurnResult.BURNED) == 77
+    for (record, _), result in zip(calls, results, strict=True):
+        stored = await store.get_session(record.key)
+        assert stored == (record if result is BurnResult.BURNED else None)
+    assert len(await store.list_user_sessions("user-0")) == 16
+    assert await store.delete_token_sessions("link-76") == 1
+
+
 async def test_token_use_says_when(store: Store, now: float) -> None:
     assert await store.token_use("t") == TokenUse(TokenState.UNUSED, None)
     before = time.time()
