@@ -31,11 +31,6 @@ Answer = Callable[[], None]
 
 _MAX_BATCH = 2048
 _BURN_CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
-# Rows per multi-row INSERT of the rows burns bring along (Row): a power of two at most
-# this, so that a chunk takes a few statements whose texts stay in sqlite3's statement
-# cache (128 per connection) instead of one new text per chunk size. 32 rows of a session
-# are 416 variables, under the 999 of the oldest SQLite builds.
-_ROWS_PER_INSERT = 32
 
 
 def fetchone(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3.Row | None:
@@ -46,19 +41,6 @@ def fetchone(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3
 def statement(sql: str, params: Params) -> Callable[[sqlite3.Connection], int]:
     """A write op of one statement; it answers with the number of rows changed."""
     return lambda conn: conn.execute(sql, params).rowcount
-
-
-class Row:
-    """One row a burn inserts along with itself (:meth:`GroupCommitWriter.burn`): ``head``
-    is the statement up to and including ``VALUES`` (``INSERT OR REPLACE INTO t (a, b)
-    VALUES``), ``values`` the row's. The rows of one transaction's burns that share a
-    ``head`` are written by multi-row INSERTs, in the order of their burns."""
-
-    __slots__ = ("head", "values")
-
-    def __init__(self, head: str, values: Params) -> None:
-        self.head = head
-        self.values = values
 
 
 def _settle(future: asyncio.Future[T], result: T) -> None:
@@ -108,7 +90,7 @@ class _Burn:
         token_id: str,
         expires_at: float,
         future: asyncio.Future[BurnResult],
-        then: Row | None = None,
+        then: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         self.token_id = token_id
         self.expires_at = expires_at
@@ -127,19 +109,15 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
     states = {str(row[0]): str(row[1]) for row in rows}
     fresh: dict[str, float] = {}
     answers: list[Answer] = []
-    followers: dict[str, list[Params]] = {}
+    followers: list[Callable[[sqlite3.Connection], object]] = []
     for burn in burns:
         state = states.get(burn.token_id)
         if state is None:
             states[burn.token_id] = TokenState.USED.value
             fresh[burn.token_id] = burn.expires_at
             result = BurnResult.BURNED
-            then = burn.then
-            if then is not None:
-                pending = followers.get(then.head)
-                if pending is None:
-                    pending = followers[then.head] = []
-                pending.append(then.values)
+            if burn.then is not None:
+                followers.append(burn.then)
         elif state == TokenState.REVOKED.value:
             result = BurnResult.REVOKED
         else:
@@ -150,22 +128,9 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
         values = ",".join("(?, 'used', ?, ?)" for _ in fresh)
         params = tuple(item for pair in fresh.items() for item in (*pair, at))
         conn.execute(f"INSERT INTO tokens (id, state, expires_at, at) VALUES {values}", params)  # noqa: S608
-    for head, pending in followers.items():  # after the burns: a row never precedes its burn
-        _insert_rows(conn, head, pending)
+    for then in followers:  # after the burns: a session row never precedes its burn
+        then(conn)
     return answers
-
-
-def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[Params]) -> None:
-    """``rows`` (of one width) by multi-row INSERTs of ``head``, in order: chunks of the
-    largest power of two rows left, at most :data:`_ROWS_PER_INSERT`."""
-    marks = "(" + ",".join("?" * len(rows[0])) + ")"
-    done = 0
-    while done < len(rows):
-        count = 1 << (min(len(rows) - done, _ROWS_PER_INSERT).bit_length() - 1)
-        chunk = rows[done : done + count]
-        values = tuple([value for row in chunk for value in row])
-        conn.execute(f"{head} {','.join([marks] * count)}", values)
-        done += count
 
 
 class WholeBatchFailed(Exception):
@@ -266,9 +231,14 @@ class GroupCommitWriter:
         self._enqueue(_Write(apply, future))
         return await future
 
-    async def burn(self, token_id: str, expires_at: float, then: Row | None = None) -> BurnResult:
-        """Burn ``token_id`` in the next group transaction; if this call burned it, insert
-        the row ``then`` in that same transaction."""
+    async def burn(
+        self,
+        token_id: str,
+        expires_at: float,
+        then: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> BurnResult:
+        """Burn ``token_id`` in the next group transaction; if this call burned it, run
+        ``then`` (in the writer thread) in that same transaction."""
         future: asyncio.Future[BurnResult] = self._new_future()
         self._enqueue(_Burn(token_id, expires_at, future, then))
         return await future

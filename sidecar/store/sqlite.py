@@ -19,7 +19,7 @@ from typing import TypeVar
 import aiosqlite
 
 from sidecar.store import _codec
-from sidecar.store._groupcommit import GroupCommitWriter, Params, Row, fetchone, statement
+from sidecar.store._groupcommit import GroupCommitWriter, Params, fetchone, statement
 from sidecar.store.base import (
     BurnResult,
     PendingLink,
@@ -165,7 +165,7 @@ class SQLiteStore(Store):
     ) -> BurnResult:
         if self._writer is None:
             raise StoreUnavailable("SQLite store is not open")
-        then = None if session is None else Row(_INSERT_SESSION, _session_row(session))
+        then = None if session is None else _insert_session(session)
         return await self._writer.burn(token_id, expires_at, then)
 
     async def revoke(self, token_id: str, expires_at: float) -> TokenState:
@@ -241,7 +241,7 @@ class SQLiteStore(Store):
 
     # -- sessions ---------------------------------------------------------------------
     async def create_session(self, session: SessionRecord) -> None:
-        await self._write(statement(_INSERT_SESSION + _SESSION_MARKS, _session_row(session)))
+        await self._write(_insert_session(session))
 
     async def list_user_sessions(self, user_id: str) -> list[SessionRecord]:
         sql = "SELECT * FROM sessions WHERE user_id = ? ORDER BY created_at, key"
@@ -358,21 +358,20 @@ class SQLiteStore(Store):
         return removed
 
 
-def _session_row(s: SessionRecord) -> Params:
-    """The values of :data:`_INSERT_SESSION` for ``s``."""
-    return (
+def _insert_session(s: SessionRecord) -> Callable[[Conn], int]:
+    params = (
         s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
         s.idle_timeout, s.last_seen, s.token_id, s.email, s.module,
         _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout), s.client,
     )  # fmt: skip
+    return statement(_INSERT_SESSION, params)
 
 
-# Up to VALUES: a redemption's burn inserts its session row with others' (multi-row).
 _INSERT_SESSION = (
     "INSERT OR REPLACE INTO sessions (key, user_id, role, params, created_at,"
-    " expires_at, idle_timeout, last_seen, token_id, email, module, dead_at, client) VALUES"
+    " expires_at, idle_timeout, last_seen, token_id, email, module, dead_at, client)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-_SESSION_MARKS = " (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 def _user_columns(user: User) -> Iterable[str | float | None]:
