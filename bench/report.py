@@ -36,9 +36,6 @@ def _check(
     return Target(name, f"{sign} {goal:g}{unit}", value, unit, met, nginx)
 
 
-_NONE = Measure(0.0, 0.0, 0.0, None, None, None, [])
-
-
 def _pair(r: Results, layout: str) -> tuple[Measure | None, Measure | None]:
     by_target = r.proxied.get(layout, {})
     return by_target.get("sidecar"), by_target.get("nginx")
@@ -48,29 +45,24 @@ def _over(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _worst_cpu_ratio(r: Results, proxy: str, nginx: str) -> tuple[str | None, float | None]:
+    """The layout, A or C, where ``proxy``'s CPU per request is the largest multiple of
+    ``nginx``'s in the same run, and that multiple (None, None: neither was measured)."""
+    ratios = [
+        (k, _over(by[proxy].cpu_us, by[nginx].cpu_us))
+        for k in ("A", "C")
+        if proxy in (by := r.proxied.get(k, {})) and nginx in by
+    ]
+    return max(ratios, key=lambda kv: kv[1] or 0.0, default=(None, None))
+
+
 def targets(r: Results) -> list[Target]:
     """The rows of issue #15's table, each beside nginx's figure from the same run."""
     a, a_nginx = _pair(r, "A")
     c, c_nginx = _pair(r, "C")
-    cpu_ratios = [
-        (k, _over(m.cpu_us, n.cpu_us))
-        for k, (m, n) in (("A", (a, a_nginx)), ("C", (c, c_nginx)))
-        if m is not None and n is not None
-    ]
-    worst = max(cpu_ratios, key=lambda kv: kv[1] or 0.0, default=(None, None))
-    worst_nginx = {"A": a_nginx, "C": c_nginx}.get(worst[0] or "")
-    quiet = [
-        _over(r.proxied.get(k, {}).get(NO_ACCESS_LOG, _NONE).cpu_us, n.cpu_us)
-        for k, n in (("A", a_nginx), ("C", c_nginx))
-        if n is not None and NO_ACCESS_LOG in r.proxied.get(k, {})
-    ]
-    quiet_worst = max((q for q in quiet if q is not None), default=None)
-    both_logging = [
-        (k, _over(m.cpu_us, r.proxied[k][NGINX_LOGGED].cpu_us))
-        for k, m in (("A", a), ("C", c))
-        if m is not None and NGINX_LOGGED in r.proxied.get(k, {})
-    ]
-    logging_worst = max(both_logging, key=lambda kv: kv[1] or 0.0, default=(None, None))
+    worst = _worst_cpu_ratio(r, "sidecar", "nginx")
+    logging_worst = _worst_cpu_ratio(r, "sidecar", NGINX_LOGGED)
+    quiet_worst = _worst_cpu_ratio(r, NO_ACCESS_LOG, "nginx")[1]
     sqlite = r.redemptions.get("sqlite")
     full = r.latency.get(str(r.settings.burned))
 
@@ -86,7 +78,7 @@ def targets(r: Results) -> list[Target]:
             2.0,
             " times",
             at_least=False,
-            nginx=us(worst_nginx),
+            nginx=us(r.proxied.get(worst[0] or "", {}).get("nginx")),
         ),
         _check(
             "The same against an nginx writing its default access log (both log each request"
