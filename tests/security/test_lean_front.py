@@ -59,13 +59,15 @@ class _ClosesSecondRequests:
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
-        self._served: dict[int, int] = {}
+        # Keyed by the writer itself, not id(writer): a closed connection's writer may be
+        # freed and its id reused by the next connection's, which then looked "second".
+        self._served: dict[asyncio.StreamWriter, int] = {}
 
     async def __call__(
         self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         self.seen.append(head.split(b"\r\n", 1)[0])
-        count = self._served[id(writer)] = self._served.get(id(writer), 0) + 1
+        count = self._served[writer] = self._served.get(writer, 0) + 1
         if count > 1:
             return False  # closed without a byte of an answer
         path = request_path(head)
