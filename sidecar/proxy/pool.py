@@ -8,8 +8,12 @@ write the head in one ``write``, stream the body if there is one, and wait for t
 head. The body then arrives chunk by chunk (:meth:`UpstreamResponse.chunks`), or whole
 (:meth:`UpstreamResponse.read`) when it is known to be small.
 
-* Idle connections are reused last-in first-out; one the upstream closed is dropped when
-  its close arrives, and one idle longer than ``idle_timeout`` is not trusted.
+* Idle connections are reused last-in first-out, at most ``max_idle`` of them kept. One
+  idle for ``idle_timeout`` is closed (as nginx's upstream ``keepalive_timeout`` and
+  aiohttp's connector do), so an upstream behind a quiet proxy is not left holding its
+  sockets: one sweep per pool, due when the connection idle longest is, and at most a tenth
+  of the timeout (a second at most) late; a connection is never reused past the timeout.
+  One the upstream closed is never reused either.
 * A reused connection that the upstream closed before answering (its keep-alive timer
   fired as the request left) is retried once on a fresh connection, but only for an
   idempotent request without a body: one with a body cannot be sent twice.
@@ -101,6 +105,11 @@ class UpstreamPool:
         self._response_timeout = response_timeout
         self._max_head = max_head_size
         self._idle_timeout = idle_timeout
+        # How late the idle sweep may close a connection: a sweep closes every connection
+        # that is due within this, so there is at most one sweep per slack, however the
+        # connections' idle times are spread.
+        self._idle_slack = min(1.0, idle_timeout / 10)
+        self._idle_sweeper: asyncio.TimerHandle | None = None
         self.stream_idle_timeout = (
             response_timeout if stream_idle_timeout is None else stream_idle_timeout
         )
@@ -213,9 +222,10 @@ class UpstreamPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.abort()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._idle_sweeper):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._idle_sweeper = None
 
     async def _exchange(
         self,
@@ -243,6 +253,28 @@ class UpstreamPool:
             self._expire(now)
         again = self._busy or self._queued
         self._sweeper = loop.call_at(now + self._tick, self._sweep) if again else None
+
+    def _close_idle(self) -> None:
+        """The idle sweep: close the connections idle for ``idle_timeout`` and forget the
+        ones the upstream closed; again when the next one is due."""
+        loop = asyncio.get_running_loop()
+        oldest = loop.time() - self._idle_timeout
+        idle = self._idle
+        kept: list[Connection] = []
+        for conn in idle:
+            if conn.idle_since > oldest and not conn.closed:
+                kept.append(conn)
+            else:
+                conn.abort()
+        idle[:] = kept  # in the order they went idle, as before
+        self._idle_sweeper = (
+            loop.call_at(
+                min(conn.idle_since for conn in kept) + self._idle_timeout + self._idle_slack,
+                self._close_idle,
+            )
+            if kept
+            else None
+        )
 
     def _expire(self, now: float) -> None:
         """Out of the queue with the requests that waited ``response_timeout`` for a slot
@@ -296,13 +328,18 @@ class UpstreamPool:
         try:
             if conn.finish() and not self._closed and self._max_idle > 0:
                 conn.reused = True
-                conn.idle_since = conn.loop.time()
+                conn.idle_since = now = conn.loop.time()
                 idle = self._idle
                 if len(idle) >= self._max_idle:
                     # Kept: the one just used; closed: the one idle longest (as nginx's
                     # keepalive cache does), so a burst leaves no crowd of idle sockets.
                     idle.pop(0).abort()
                 idle.append(conn)
+                if self._idle_sweeper is None:
+                    self._idle_sweeper = conn.loop.call_at(
+                        now + self._idle_timeout + self._idle_slack,
+                        self._close_idle,
+                    )
             else:
                 conn.abort()
         finally:

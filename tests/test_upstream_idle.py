@@ -1,0 +1,144 @@
+"""The upstream pool's idle connections over real sockets: closed once they have been idle
+for the pool's ``idle_timeout`` (the upstream sees the end of input), never while in use."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sidecar.proxy.pool import UpstreamPool
+from tests.test_upstream import OK, fetch, head, raw_upstream
+
+IDLE = 0.25  # the pools' idle_timeout here, in seconds
+BOUND = 10.0  # the longest any wait below may take
+
+
+@asynccontextmanager
+async def idle_pool(port: int, idle_timeout: float = IDLE) -> AsyncIterator[UpstreamPool]:
+    pool = UpstreamPool(
+        "127.0.0.1",
+        port,
+        limit=8,
+        connect_timeout=5.0,
+        response_timeout=BOUND,
+        idle_timeout=idle_timeout,
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+class Recording:
+    """An upstream answering ``OK`` to every request (``/hold``: ``ab`` of a four-byte body,
+    then ``cd`` once :attr:`go_on` is set) and noting when each connection's input ends."""
+
+    def __init__(self) -> None:
+        self.go_on = asyncio.Event()
+        self.ended: list[asyncio.Future[float]] = []  # per connection, in accept order
+        self.paths: list[list[bytes]] = []  # the request targets each connection carried
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        paths: list[bytes] = []
+        self.ended.append(ended)
+        self.paths.append(paths)
+        try:
+            while request := await reader.readuntil(b"\r\n\r\n"):
+                target = request.split(b" ", 2)[1]
+                paths.append(target)
+                if target == b"/hold":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+                    await writer.drain()
+                    await self.go_on.wait()
+                    writer.write(b"cd")
+                else:
+                    writer.write(OK)
+                await writer.drain()
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:  # the pool closed the connection between requests
+                ended.set_result(loop.time())
+            raise
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    """The upstream sees the end of input once the connection has been idle for the
+    timeout (not before), and the next request gets a new connection."""
+    upstream = Recording()
+    loop = asyncio.get_running_loop()
+    async with raw_upstream(upstream) as up, idle_pool(up.port) as pool:
+        assert (await fetch(pool))[2] == b"ok"
+        released = loop.time()
+        assert pool.idle_connections == 1
+        async with asyncio.timeout(BOUND):
+            closed_at = await upstream.ended[0]
+        assert closed_at - released >= IDLE
+        assert pool.idle_connections == 0
+        assert (await fetch(pool))[2] == b"ok"
+        assert up.connections == 2
+        assert upstream.paths == [[b"/"], [b"/"]]
+
+
+async def test_a_connection_reused_in_time_stays_open() -> None:
+    """Each use restarts the connection's idle time: used more often than the timeout, it
+    is never closed, and one connection carries every request."""
+    upstream = Recording()
+    loop = asyncio.get_running_loop()
+    async with raw_upstream(upstream) as up, idle_pool(up.port) as pool:
+        until = loop.time() + 3 * IDLE
+        requests = 0
+        while loop.time() < until:
+            assert (await fetch(pool))[2] == b"ok"
+            requests += 1
+            await asyncio.sleep(IDLE / 5)  # the pause between two requests is the point
+        assert up.connections == 1
+        assert len(upstream.paths[0]) == requests
+        assert not upstream.ended[0].done()
+
+
+async def test_the_idle_sweep_never_closes_a_connection_in_use() -> None:
+    """A connection waiting for its answer's body stays open through sweeps that close
+    the idle ones, carries its answer to the end, and only then starts its idle time."""
+    upstream = Recording()
+    loop = asyncio.get_running_loop()
+    async with raw_upstream(upstream) as up, idle_pool(up.port) as pool:
+        held = await pool.request("GET", head("GET", "/hold"))  # connection 1, in use
+        try:
+            assert (await fetch(pool))[2] == b"ok"  # connection 2, idle from now
+            async with asyncio.timeout(BOUND):
+                await upstream.ended[1]  # swept
+            # Longer than the idle timeout in use, and at least one sweep ran meanwhile.
+            assert not upstream.ended[0].done()
+        finally:
+            upstream.go_on.set()
+        assert await held.read() == b"abcd"
+        held.release()
+        released = loop.time()
+        assert pool.idle_connections == 1
+        async with asyncio.timeout(BOUND):
+            closed_at = await upstream.ended[0]
+        assert closed_at - released >= IDLE
+        assert up.connections == 2
+        assert upstream.paths == [[b"/hold"], [b"/"]]
+
+
+async def test_closing_the_pool_stops_its_idle_sweep() -> None:
+    """Closed, the pool closes its idle connections at once and leaves nothing scheduled
+    on the loop: no timer keeps the pool (or the loop) alive."""
+    upstream = Recording()
+    async with raw_upstream(upstream) as up:
+        pool = UpstreamPool(
+            "127.0.0.1", up.port, limit=8, connect_timeout=5.0, response_timeout=BOUND
+        )  # the default idle timeout: 15 s
+        assert (await fetch(pool))[2] == b"ok"
+        await pool.close()
+        async with asyncio.timeout(BOUND):
+            await upstream.ended[0]
+        pool_ref = weakref.ref(pool)
+        del pool
+        gc.collect()
+        assert pool_ref() is None
