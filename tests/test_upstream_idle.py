@@ -1,5 +1,6 @@
 """The upstream pool's idle connections over real sockets: closed once they have been idle
-for the pool's ``idle_timeout`` (the upstream sees the end of input), never while in use."""
+for the pool's ``idle_timeout`` (the upstream sees the end of input), never while in use,
+and kept free of the context of the request that happened to open them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import gc
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 from sidecar.proxy.pool import UpstreamPool
+from sidecar.proxy.upstream_conn import Connection
 from tests.test_upstream import OK, fetch, head, raw_upstream
 
 IDLE = 0.25  # the pools' idle_timeout here, in seconds
@@ -128,17 +131,84 @@ async def test_the_idle_sweep_never_closes_a_connection_in_use() -> None:
 
 async def test_closing_the_pool_stops_its_idle_sweep() -> None:
     """Closed, the pool closes its idle connections at once and leaves nothing scheduled
-    on the loop: no timer keeps the pool (or the loop) alive."""
+    on the loop: no timer holds the pool (or keeps the loop busy) any more."""
     upstream = Recording()
     async with raw_upstream(upstream) as up:
         pool = UpstreamPool(
             "127.0.0.1", up.port, limit=8, connect_timeout=5.0, response_timeout=BOUND
         )  # the default idle timeout: 15 s
         assert (await fetch(pool))[2] == b"ok"
+        assert _callbacks_of(pool)  # the idle sweep's timer, due in 15 s
         await pool.close()
         async with asyncio.timeout(BOUND):
             await upstream.ended[0]
-        pool_ref = weakref.ref(pool)
-        del pool
+        assert _callbacks_of(pool) == []
+
+
+def _callbacks_of(pool: UpstreamPool) -> list[object]:
+    """The bound methods of ``pool`` alive (a scheduled timer holds one; compiled with
+    mypyc, the pool takes no weak reference)."""
+    gc.collect()
+    return [ref for ref in gc.get_referrers(pool) if getattr(ref, "__self__", None) is pool]
+
+
+# -- the context of the request that opened a connection -----------------------------
+REQUEST_STATE: ContextVar[object] = ContextVar("request_state")
+
+
+class _State:
+    """Something a request keeps in a context variable (as the access log's record)."""
+
+
+async def test_a_pooled_connection_keeps_nothing_of_the_request_that_opened_it() -> None:
+    """A connection opened in a request's task outlives the request in the pool; the
+    request's context variables are freed with the request all the same."""
+    upstream = Recording()
+    async with raw_upstream(upstream) as up, idle_pool(up.port, idle_timeout=BOUND) as pool:
+
+        async def one_request() -> weakref.ref[_State]:
+            state = _State()
+            REQUEST_STATE.set(state)
+            assert (await fetch(pool))[2] == b"ok"
+            return weakref.ref(state)
+
+        state_ref = await asyncio.create_task(one_request())  # in a context of its own
+        assert pool.idle_connections == 1
+        await asyncio.sleep(0)  # the callback that woke this task holds the finished one
         gc.collect()
-        assert pool_ref() is None
+        assert state_ref() is None
+
+
+async def test_a_pooled_connection_answers_in_no_request_context() -> None:
+    """The callbacks of a connection opened by one request do not run in that request's
+    context when the connection serves the next request in callbacks (the lean front's
+    way: :meth:`UpstreamPool.take_idle`, then :meth:`Connection.start`)."""
+    upstream = Recording()
+    async with raw_upstream(upstream) as up, idle_pool(up.port, idle_timeout=BOUND) as pool:
+
+        async def first_request() -> None:
+            REQUEST_STATE.set(_State())
+            assert (await fetch(pool))[2] == b"ok"
+
+        await asyncio.create_task(first_request())
+        seen: list[object] = []
+        answered = asyncio.get_running_loop().create_future()
+
+        class Listener:
+            def upstream_event(self, conn: Connection) -> None:
+                seen.append(REQUEST_STATE.get(None))
+                if not conn.head_pending and not answered.done():
+                    answered.set_result(None)
+
+        conn = pool.take_idle()
+        assert conn is not None
+        conn.start(head(), Listener())
+        pool.begin(conn)
+        async with asyncio.timeout(BOUND):
+            await answered
+        response = pool.response(conn)
+        assert await response.read() == b"ok"
+        response.release()
+        assert seen
+        assert all(value is None for value in seen)
+        assert up.connections == 1

@@ -8,12 +8,10 @@ write the head in one ``write``, stream the body if there is one, and wait for t
 head. The body then arrives chunk by chunk (:meth:`UpstreamResponse.chunks`), or whole
 (:meth:`UpstreamResponse.read`) when it is known to be small.
 
-* Idle connections are reused last-in first-out, at most ``max_idle`` of them kept. One
-  idle for ``idle_timeout`` is closed (as nginx's upstream ``keepalive_timeout`` and
-  aiohttp's connector do), so an upstream behind a quiet proxy is not left holding its
-  sockets: one sweep per pool, due when the connection idle longest is, and at most a tenth
-  of the timeout (a second at most) late; a connection is never reused past the timeout.
-  One the upstream closed is never reused either.
+* Idle connections are reused last-in first-out, at most ``max_idle`` kept, none reused
+  once the upstream closed it or past ``idle_timeout``; one idle that long is closed (as
+  nginx's upstream ``keepalive_timeout``, aiohttp's connector), by one sweep per pool due
+  when the oldest idle connection is, at most a tenth of the timeout (1 s) late.
 * A reused connection that the upstream closed before answering (its keep-alive timer
   fired as the request left) is retried once on a fresh connection, but only for an
   idempotent request without a body: one with a body cannot be sent twice.
@@ -22,6 +20,9 @@ head. The body then arrives chunk by chunk (:meth:`UpstreamResponse.chunks`), or
   a request served in callbacks (the express lane's, :class:`SlotWaiter`) queued with
   :meth:`UpstreamPool.queue` — a queued object rather than a task, its coroutines and its
   timer, because a burst larger than the pool queues hundreds at once.
+* Connections are opened, and the pool's timers run, in an empty context: a transport
+  keeps the context it was made in, so one opened in a request's task would keep that
+  request's context variables (its access-log record) alive, and visible, while pooled.
 * Deadlines: ``connect_timeout`` to connect; ``response_timeout`` for the response head,
   counted from the last request byte sent. One timer per pool checks the connections
   waiting for a head, instead of one timer per request. A body read whole
@@ -37,6 +38,7 @@ refused, closed, malformed).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable
@@ -110,6 +112,8 @@ class UpstreamPool:
         # connections' idle times are spread.
         self._idle_slack = min(1.0, idle_timeout / 10)
         self._idle_sweeper: asyncio.TimerHandle | None = None
+        # The context the pool's timers run in (passed, it is not copied per timer).
+        self._context = contextvars.Context()
         self.stream_idle_timeout = (
             response_timeout if stream_idle_timeout is None else stream_idle_timeout
         )
@@ -187,7 +191,7 @@ class UpstreamPool:
         self._slot_waiters.append(waiter)
         self._queued += 1
         if self._sweeper is None:
-            self._sweeper = loop.call_later(self._tick, self._sweep)
+            self._sweeper = loop.call_later(self._tick, self._sweep, context=self._context)
         return False
 
     def give_back(self) -> None:
@@ -203,7 +207,9 @@ class UpstreamPool:
         """``conn`` (from :meth:`take_idle`) waits for a response head: enforce its deadline."""
         self._busy.add(conn)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self._tick, self._sweep, context=self._context
+            )
 
     def drop(self, conn: Connection) -> None:
         """Close ``conn`` and free its slot."""
@@ -238,7 +244,9 @@ class UpstreamPool:
         busy = self._busy
         busy.add(conn)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self._tick, self._sweep, context=self._context
+            )
         try:
             await conn.exchange(method, head, body, chunked)
         finally:
@@ -252,7 +260,9 @@ class UpstreamPool:
         if self._queued:
             self._expire(now)
         again = self._busy or self._queued
-        self._sweeper = loop.call_at(now + self._tick, self._sweep) if again else None
+        self._sweeper = (
+            loop.call_at(now + self._tick, self._sweep, context=self._context) if again else None
+        )
 
     def _close_idle(self) -> None:
         """The idle sweep: close the connections idle for ``idle_timeout`` and forget the
@@ -271,6 +281,7 @@ class UpstreamPool:
             loop.call_at(
                 min(conn.idle_since for conn in kept) + self._idle_timeout + self._idle_slack,
                 self._close_idle,
+                context=self._context,
             )
             if kept
             else None
@@ -307,6 +318,23 @@ class UpstreamPool:
     async def _connect(self) -> Connection:
         if self._closed:
             raise UpstreamError("the upstream pool is closed")
+        # In a task of its own with an empty context: the transport runs the connection's
+        # callbacks in a copy of the context it is made in, for as long as it lives, and
+        # a pooled connection outlives the request that happened to open it.
+        opening = asyncio.get_running_loop().create_task(
+            self._open(), context=contextvars.Context()
+        )
+        try:
+            conn = await opening
+        except BaseException:
+            # Cancelled just as the connection was made: it is nobody's.
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                opening.result().abort()
+            raise
+        self.opened += 1
+        return conn
+
+    async def _open(self) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -321,7 +349,6 @@ class UpstreamPool:
             raise UpstreamError(f"no connection within {self._connect_timeout}s") from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect: {exc.strerror or exc}") from None
-        self.opened += 1
         return conn
 
     def release_connection(self, conn: Connection) -> None:
@@ -339,6 +366,7 @@ class UpstreamPool:
                     self._idle_sweeper = conn.loop.call_at(
                         now + self._idle_timeout + self._idle_slack,
                         self._close_idle,
+                        context=self._context,
                     )
             else:
                 conn.abort()
