@@ -187,21 +187,30 @@ def test_the_store_tally_is_exposed_exactly_as_prometheus_clients_histogram(
 
 
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
-def test_the_mint_counts_are_exposed_exactly_as_prometheus_clients_counter(
-    openmetrics: bool,
+@pytest.mark.parametrize(
+    ("family", "label", "values"),
+    [
+        (tally.MINTS, "kind", ("refer", "magiclink", "refer", "refer", "signup")),
+        (tally.REDEMPTIONS, "outcome", ("success", "used", "success", "expired", "success")),
+    ],
+    ids=["mints", "redemptions"],
+)
+def test_the_counts_are_exposed_exactly_as_prometheus_clients_counter(
+    openmetrics: bool, family: tuple[str, str], label: str, values: tuple[str, ...]
 ) -> None:
-    """sidecar_mints_total kept as plain numbers (every mint counts one) reads, when
-    scraped, as prometheus-client's labelled Counter fed the same mints."""
-    own = tally.Counts(*tally.MINTS, "kind")
+    """sidecar_mints_total and sidecar_redemptions_total kept as plain numbers (every mint
+    and redemption counts one) read, when scraped, as prometheus-client's labelled Counter
+    fed the same events."""
+    own = tally.Counts(*family, label)
     ours = CollectorRegistry()
     ours.register(own)
     theirs = CollectorRegistry()
-    counter = Counter(*tally.MINTS, ("kind",), registry=theirs)
+    counter = Counter(*family, (label,), registry=theirs)
     write = openmetrics_latest if openmetrics else generate_latest
     assert write(ours) == write(theirs)  # no series yet: the family alone
-    for kind in ("refer", "magiclink", "refer", "refer", "signup"):
-        own.inc(kind)
-        counter.labels(kind).inc()
+    for value in values:
+        own.inc(value)
+        counter.labels(value).inc()
     assert write(ours) == write(theirs)
 
 
@@ -215,8 +224,11 @@ def test_the_served_registry_reads_the_tally() -> None:
     metrics.observe_store("hit", 0.0002)
     minted = sample(metrics.render()[0].decode(), "sidecar_mints_total", {"kind": "recovery"})
     metrics.mint("recovery")
+    used = sample(metrics.render()[0].decode(), "sidecar_redemptions_total", {"outcome": "used"})
+    metrics.redemption("used")
     text = metrics.render()[0].decode()
     assert sample(text, "sidecar_mints_total", {"kind": "recovery"}) == minted + 1
+    assert sample(text, "sidecar_redemptions_total", {"outcome": "used"}) == used + 1
     assert sample(text, "sidecar_upstream_seconds_count") == before + 1
     assert sample(text, "sidecar_store_seconds_count", {"op": "hit"}) == stored + 1
     assert sample(text, "sidecar_request_duration_seconds_count", {"route": "proxied"}) >= 1

@@ -87,13 +87,11 @@ REQUEST_SECONDS = Histogram(
     *tally.REQUEST_SECONDS, ("route",), buckets=_LATENCY_BUCKETS, registry=None
 )
 UPSTREAM_SECONDS = Histogram(*tally.UPSTREAM_SECONDS, buckets=_LATENCY_BUCKETS, registry=None)
-REDEMPTIONS = Counter(
-    "sidecar_redemptions",
-    "Link redemptions, by outcome: success, or the failure reason (used, expired, tampered, ...).",
-    ("outcome",),
-    registry=_OWN,
-)
-# Mints likewise (every mint counts one): plain numbers in one process.
+# Redemptions and mints likewise (every one counts one): plain numbers in one process.
+REDEMPTION_COUNTS = None if MULTIPROCESS else tally.Counts(*tally.REDEMPTIONS, "outcome")
+if REDEMPTION_COUNTS is not None:
+    REGISTRY.register(REDEMPTION_COUNTS)
+REDEMPTIONS = Counter(*tally.REDEMPTIONS, ("outcome",), registry=None)
 MINT_COUNTS = None if MULTIPROCESS else tally.Counts(*tally.MINTS, "kind")
 if MINT_COUNTS is not None:
     REGISTRY.register(MINT_COUNTS)
@@ -178,6 +176,9 @@ _STORE_SERIES: dict[str, Histogram] = {}
 
 
 def redemption(outcome: str) -> None:
+    if REDEMPTION_COUNTS is not None:
+        REDEMPTION_COUNTS.inc(outcome)
+        return
     series = _REDEMPTION_SERIES.get(outcome)
     if series is None:
         series = _REDEMPTION_SERIES[outcome] = REDEMPTIONS.labels(outcome)

@@ -9,7 +9,7 @@ update, and is a registry collector: a scrape reads them as the families prometh
 would have written (same names, help, labels and bucket bounds; no ``_created``).
 :class:`StoreTally` does the same for ``sidecar_store_seconds`` (every store call: a mint,
 a redemption's burn; the histogram's ``observe`` was 3 % of a mint's instructions), and
-:class:`Counts` for ``sidecar_mints_total``.
+:class:`Counts` for ``sidecar_redemptions_total`` and ``sidecar_mints_total``.
 
 They are written by the event loop's thread only (every request is answered there, every
 store call awaited there). Under
@@ -41,6 +41,10 @@ UPSTREAM_SECONDS = (
     "Time from sending a request upstream to receiving its response headers.",
 )
 STORE_SECONDS = ("sidecar_store_seconds", "Latency of store operations, by Store method.")
+REDEMPTIONS = (
+    "sidecar_redemptions",
+    "Link redemptions, by outcome: success, or the failure reason (used, expired, tampered, ...).",
+)
 MINTS = (
     "sidecar_mints",
     "Links minted, by kind: refer, or the auth link type (magiclink, signup, ...).",
