@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import json
 import logging
+from collections.abc import Callable
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.telemetry.audit import AUDIT, Field, JsonLineFormatter, LoopBatchedHandler, audit
+from sidecar.telemetry.audit import (
+    AUDIT,
+    Field,
+    JsonLineFormatter,
+    LoopBatchedHandler,
+    audit,
+    audit_redemption,
+)
+from sidecar.telemetry.context import CURRENT, RequestRecord
 
 
 class CountingStream(io.StringIO):
@@ -98,3 +108,53 @@ def test_an_audit_line_is_what_json_dumps_writes(event: str, fields: dict[str, F
     line = records[0].getMessage()
     stamp = json.loads(line.replace("NaN", "0").replace("Infinity", "0"))["ts"]
     assert line == json.dumps({"ts": stamp, "level": "info", "event": event, **fields})
+
+
+def _captured(write: Callable[[], None], request_id: str | None) -> str:
+    """The one audit line ``write`` logs, with ``request_id`` the current request's."""
+    records: list[logging.LogRecord] = []
+    handler = Capture(records)
+    AUDIT.addHandler(handler)  # not the direct sink: the line goes through a LogRecord
+    level = AUDIT.level
+    AUDIT.setLevel(logging.INFO)
+
+    def run() -> None:
+        if request_id is not None:
+            CURRENT.set(RequestRecord(request_id, "redeem"))
+        write()
+
+    try:
+        contextvars.copy_context().run(run)
+    finally:
+        AUDIT.removeHandler(handler)
+        AUDIT.setLevel(level)
+    [record] = records
+    return record.getMessage()
+
+
+@given(
+    token_id=st.text(),
+    user_id=st.text(),
+    role=st.text(),
+    one_time=st.booleans(),
+    request_id=st.none() | st.text(),
+)
+def test_the_redemption_line_is_the_audit_line(
+    token_id: str, user_id: str, role: str, one_time: bool, request_id: str | None
+) -> None:
+    """A redemption's audit line, built in one piece, is byte for byte the line of the
+    general builder (the timestamp aside: each is of its own instant)."""
+    ours = _captured(lambda: audit_redemption(token_id, user_id, role, one_time), request_id)
+    general = _captured(
+        lambda: audit("redeem", token_id=token_id, user_id=user_id, role=role, one_time=one_time),
+        request_id,
+    )
+    stamp = len('{"ts": "2026-11-30T03:50:01.123Z"')
+    assert ours[:8] == general[:8] == '{"ts": "'
+    assert ours[stamp:] == general[stamp:]
+    doc = json.loads(ours)
+    expected = {"ts": doc["ts"], "level": "info", "event": "redeem", "token_id": token_id}
+    expected |= {"user_id": user_id, "role": role, "one_time": one_time}
+    if request_id is not None:
+        expected["request_id"] = request_id
+    assert ours == json.dumps(expected)

@@ -32,14 +32,39 @@ def audit(event: str, **fields: Field) -> None:
         request_id = current_request_id()
         if request_id is not None and "request_id" not in fields:
             fields["request_id"] = request_id
-        line = _line(event, fields)
-        # As the access log does: no LogRecord (and no caller lookup) when nothing but the
-        # batched handler would see the line.
-        sink = direct_sink(AUDIT)
-        if sink is not None:
-            sink.write_line(line)
-        else:
-            AUDIT.handle(AUDIT.makeRecord(AUDIT.name, logging.INFO, "", 0, line, (), None))
+        _write(_line(event, fields))
+
+
+def audit_redemption(token_id: str, user_id: str, role: str, one_time: bool) -> None:
+    """``audit("redeem", token_id=…, user_id=…, role=…, one_time=…)``, the same line byte
+    for byte, built in one piece: every redemption writes one, and the general builder's
+    keyword dictionary and per-field escaping of the names were two thirds of its cost."""
+    if AUDIT.isEnabledFor(logging.INFO):
+        _write(redemption_line(rfc3339(time.time()), token_id, user_id, role, one_time))
+
+
+def redemption_line(ts: str, token_id: str, user_id: str, role: str, one_time: bool) -> str:
+    """The line of :func:`audit_redemption` at ``ts`` (the request id, when there is one,
+    last, as :func:`audit` adds it)."""
+    request_id = current_request_id()
+    # Every field a str, and no conversion or format spec in the f-string: compiled, it is
+    # one concatenation (see sidecar.telemetry.access).
+    last = "}" if request_id is None else ', "request_id": ' + _json_str(request_id) + "}"
+    once = "true" if one_time else "false"
+    return (
+        f'{{"ts": "{ts}", "level": "info", "event": "redeem", "token_id": {_json_str(token_id)}'
+        f', "user_id": {_json_str(user_id)}, "role": {_json_str(role)}, "one_time": {once}{last}'
+    )
+
+
+def _write(line: str) -> None:
+    # As the access log does: no LogRecord (and no caller lookup) when nothing but the
+    # batched handler would see the line.
+    sink = direct_sink(AUDIT)
+    if sink is not None:
+        sink.write_line(line)
+    else:
+        AUDIT.handle(AUDIT.makeRecord(AUDIT.name, logging.INFO, "", 0, line, (), None))
 
 
 def _line(event: str, fields: dict[str, Field]) -> str:
