@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -23,10 +24,13 @@ from sidecar.tokens.codec import (
     TokenError,
     TokenTooLong,
     UnknownKey,
+    _load_claims,
     claims_json,
+    has_control,
     new_token_id,
 )
 from sidecar.tokens.keys import KeySet, generate_keyset
+from tests.security.fuzzing import fuzz
 
 NOW = 1_800_000_000
 KEYSET = generate_keyset("k1")
@@ -305,3 +309,50 @@ def test_a_token_id_is_never_taken_for_a_command_line_option() -> None:
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> bytes:
+    """JSON texts as json.loads takes them: any encoding it sniffs, whitespace around,
+    escaped or raw non-ASCII, and sometimes a byte changed or cut."""
+    text = json.dumps(draw(_JSON), ensure_ascii=draw(st.booleans()))
+    space = st.sampled_from(["", " ", "\n", "\t\r "])
+    text = draw(space) + text + draw(space)
+    codec = draw(st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"]))
+    raw = text.encode(codec, "surrogatepass")
+    if raw and draw(st.booleans()):
+        at = draw(st.integers(0, len(raw) - 1))
+        raw = raw[:at] + draw(st.binary(max_size=2)) + raw[at + 1 :]
+    return raw
+
+
+def _outcome(raw: bytes, load: Callable[[bytes], object]) -> tuple[str, str]:
+    try:
+        return "value", repr(load(raw))
+    except (ValueError, RecursionError) as exc:
+        return "error", type(exc).__name__
+
+
+@fuzz(3000)
+@given(raw=_documents() | st.binary(max_size=40) | st.just(b'{"a": "\xed\xa0\x80"}'))
+def test_claims_are_read_as_json_loads_reads_them(raw: bytes) -> None:
+    """The claims' direct scan gives json.loads's value or error for any bytes."""
+    assert _outcome(raw, _load_claims) == _outcome(raw, json.loads)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+@fuzz(3000)
+@given(st.text() | st.text(st.characters(max_codepoint=0x7F)) | st.text("a~ \x1f\x7f\x80\x9f"))
+def test_the_control_rule_is_the_regular_expression(text: str) -> None:
+    """has_control's ASCII shortcut (the unprintable characters) answers as the rule's
+    regular expression does, for any text."""
+    assert has_control(text) == (_CONTROL.search(text) is not None)
