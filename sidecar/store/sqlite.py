@@ -34,11 +34,10 @@ from sidecar.store.base import (
     UserExists,
 )
 from sidecar.store.sqlite_schema import (
-    MINT_RECORD,
     PURGE_CHUNK,
     PURGES,
     count_hit,
-    mint_record_row,
+    mint_record,
     prepare_file,
 )
 
@@ -194,7 +193,7 @@ class SQLiteStore(Store):
 
     # -- minted-link records ----------------------------------------------------------
     async def record_token(self, record: TokenRecord, keep_until: float) -> None:
-        await self._write(statement(MINT_RECORD, mint_record_row(record, keep_until)))
+        await self._write(statement(*mint_record(record, keep_until)))
 
     async def record_counted(
         self,
@@ -206,12 +205,12 @@ class SQLiteStore(Store):
         now: float,
     ) -> tuple[int, float]:
         reset = _codec.window_reset(window, now)
-        row = mint_record_row(record, keep_until)
+        sql, row = mint_record(record, keep_until)
 
         def apply(conn: Conn) -> int:
             count = count_hit(conn, key, reset)
             if count <= limit:
-                conn.execute(MINT_RECORD, row)
+                conn.execute(sql, row)
             return count
 
         return await self._write(apply), reset

@@ -76,7 +76,17 @@ PURGES = (
 )
 
 # What more than one op writes: a minted link's record, a rate-limit hit.
-MINT_RECORD = "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,?,?,?)"
+# A minted link's record: a None email or module is written as the literal NULL, not bound
+# as a parameter. sqlite3 binds str, int and float directly, but a None first goes through
+# its adapter lookup, which raises and formats an AttributeError inside (measured: two None
+# parameters made the statement cost 8.0 instead of 4.6 us). At most four statement texts,
+# all kept in sqlite3's statement cache.
+_MINT_RECORDS = {  # (email given, module given): the statement
+    (True, True): "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,?,?,?)",
+    (True, False): "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,?,NULL,?)",
+    (False, True): "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,NULL,?,?)",
+    (False, False): "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,NULL,NULL,?)",
+}
 _COUNT_HIT = (
     "INSERT INTO ratelimits (key, count, reset_at) VALUES (?1, 1, ?2)"
     " ON CONFLICT (key) DO UPDATE SET reset_at = ?2,"
@@ -86,12 +96,17 @@ _BUMP = "UPDATE ratelimits SET count = count + 1 WHERE key = ? AND reset_at = ?"
 _COUNT = "SELECT count FROM ratelimits WHERE key = ?"
 
 
-def mint_record_row(r: TokenRecord, keep_until: float) -> tuple[str | float | int | None, ...]:
-    """The parameters of :data:`MINT_RECORD` for ``r``."""
-    return (
-        r.token_id, r.user_id, r.kind, r.role, r.created_at, r.expires_at,
-        int(r.one_time), r.email, r.module, keep_until,
+def mint_record(r: TokenRecord, keep_until: float) -> tuple[str, tuple[str | float | int, ...]]:
+    """The statement that records ``r`` (kept until ``keep_until``), and its parameters."""
+    email, module = r.email, r.module
+    params: tuple[str | float | int, ...] = (
+        r.token_id, r.user_id, r.kind, r.role, r.created_at, r.expires_at, int(r.one_time),
     )  # fmt: skip
+    if email is not None:
+        params += (email,)
+    if module is not None:
+        params += (module,)
+    return _MINT_RECORDS[email is not None, module is not None], (*params, keep_until)
 
 
 def count_hit(conn: sqlite3.Connection, key: str, reset: float) -> int:
