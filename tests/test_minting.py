@@ -266,7 +266,13 @@ def test_iso_utc() -> None:
 
 
 @pytest.mark.parametrize(
-    "public_url", ["https://app.example.com", 'https://ex.test/"q"\\/ü\u2028', "http://h:1/p/"]
+    "public_url",
+    [
+        "https://app.example.com",
+        'https://ex.test/"q"\\/ü\u2028',
+        "http://h:1/p/",
+        "https://ex.test/?refer=",  # the first "?refer=" is not the token's
+    ],
 )
 def test_the_answer_text_is_what_json_dumps_writes(public_url: str, config: Config) -> None:
     link = mint_refer(
@@ -278,3 +284,6 @@ def test_the_answer_text_is_what_json_dumps_writes(public_url: str, config: Conf
     link = dataclasses.replace(link, url=link.url + "\x00\u00e9\U0001f600")
     assert link.answer_text(link.expires_at_iso) == json.dumps(link.to_json())
     assert link.expires_at_iso == "2027-01-15T09:00:00Z"  # issued 08:00:00.75, 1 h
+    for url in (f"https://x.test/\u2028{link.token}", "https://x.test/?refer=\u2028"):
+        other = dataclasses.replace(link, url=url)  # the token elsewhere, or nowhere
+        assert other.answer_text(link.expires_at_iso) == json.dumps(other.to_json())

@@ -31,6 +31,7 @@ from sidecar.tokens.identity import identity_problem
 
 FIELDS = ("userId", "additionalParams", "expireMeasure", "expireOffset", "oneTimeUse", "module")
 _FIELD_NAMES = frozenset(FIELDS)
+_REFER_QUERY = "?refer="  # a refer link's URL: <public_url>/?refer=<token>/...
 MAX_USER_ID = 256
 MODULE = re.compile(MODULE_NAME)  # what a mint's "module" may be
 _MEASURES = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -113,12 +114,17 @@ class MintedLink:
         which JSON never escapes: its two copies (the token, and inside the URL; some 300
         characters each) are written as they are, and only the URL's text around the
         token (the same on every mint) is escaped."""
-        token = self.token
-        before, found, after = self.url.partition(token)
-        if found:
-            url = f"{_json_inner(before)}{token}{_json_inner(after)}"
+        token, url = self.token, self.url
+        # The token where refer_url put it, found without searching the whole URL for it
+        # (searching its 600 characters cost as much as the rest of this method).
+        start = url.find(_REFER_QUERY) + len(_REFER_QUERY)
+        if start < len(_REFER_QUERY) or not url.startswith(token, start):
+            start = url.find(token)
+        if start < 0:
+            url = _json_str(url)[1:-1]
         else:
-            url = _json_str(self.url)[1:-1]
+            before, after = url[:start], url[start + len(token) :]
+            url = f"{_json_inner(before)}{token}{_json_inner(after)}"
         return (
             f'{{"referString": "{token}", "url": "{url}", '
             f'"expiresAt": {_json_str(expires_at_iso)}, "id": {_json_str(self.claims.token_id)}}}'
@@ -165,7 +171,7 @@ def mint_refer(
 
 def refer_url(public_url: str, token: str, module: str | None) -> str:
     """The Unqork link form: ``<public_url>/?refer=<token>/#/display/<module>``."""
-    url = f"{public_url.rstrip('/')}/?refer={token}/"
+    url = f"{public_url.rstrip('/')}/{_REFER_QUERY}{token}/"
     return f"{url}#/display/{module}" if module else url
 
 
