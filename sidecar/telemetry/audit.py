@@ -74,10 +74,23 @@ def _line(event: str, fields: dict[str, Field]) -> str:
     if "ts" in fields or "level" in fields:  # an override keeps json.dumps' key order
         return json.dumps({"ts": ts, "level": "info", "event": event, **fields})
     parts = [f'{{"ts": "{ts}", "level": "info", "event": {_json_str(event)}']
+    keys = _KEYS
     for name, value in fields.items():
-        parts.append(f", {_json_str(name)}: {_value(value)}")
+        key = keys.get(name)
+        if key is None:
+            key = ", " + _json_str(name) + ": "
+            if len(keys) < _MAX_KEYS:
+                keys[name] = key
+        parts.append(key)
+        parts.append(_value(value))
     parts.append("}")
     return "".join(parts)
+
+
+# Each field name's text in the line (``, "name": ``), escaped once: the names are the
+# callers' keywords, a few dozen in all (bounded all the same: a name is any string).
+_KEYS: dict[str, str] = {}
+_MAX_KEYS = 256
 
 
 def _value(value: Field) -> str:
