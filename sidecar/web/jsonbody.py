@@ -32,7 +32,15 @@ async def read_json_object(request: web.BaseRequest) -> dict[str, object]:
 def parse_json_object(raw: bytes) -> dict[str, object]:
     """``raw`` as one JSON object; raise :class:`BadBody` for anything else."""
     try:
-        doc = _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if text[:1] in _SPACE or text[-1:] in _SPACE:  # "" included: an empty body
+            doc = _DECODER.decode(text)
+        else:
+            # What decode() does without its two whitespace matches (a regex each, and
+            # two Python calls): the value, then nothing after it.
+            doc, end = _DECODER.raw_decode(text)
+            if end != len(text):
+                raise ValueError("extra data")
     except UnicodeDecodeError:
         raise BadBody("the body is not UTF-8") from None
     except BadBody:
@@ -55,6 +63,7 @@ def _constant(name: str) -> object:
     raise BadBody(f"the body contains {name}, which is not JSON")
 
 
+_SPACE = " \t\n\r"  # JSON's whitespace (what json.decoder.WHITESPACE matches)
 # One decoder: json.loads with hooks builds a decoder and its C scanner on every call. It
 # keeps nothing between calls (the scanner clears its memo after each).
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
