@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import sqlite3
 import time
+import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ from sidecar.store import (
     UserExists,
     open_store,
 )
-from sidecar.store.base import CONCERNS, STORE_METHODS
+from sidecar.store.base import CONCERNS, STORE_METHODS, Persistence
 from sidecar.store.timed import timed
 from sidecar.telemetry.metrics import REGISTRY
 from tests.conftest import RedisServer
@@ -140,18 +141,47 @@ def test_every_backend_implements_every_concern(backend_class: type) -> None:
         assert inspect.iscoroutinefunction(implementation), name
 
 
+def _sample(hint: object, index: int) -> object:
+    """A value of the type ``hint`` (a parameter's or an answer's), distinct per ``index``."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None: an X, which shows it was passed on
+        (hint,) = (arg for arg in args if arg is not type(None))
+    token = TokenRecord(
+        token_id=f"t{index}", kind="refer", user_id="u", role="Viewer", created_at=1.0,
+        expires_at=2.0, one_time=True,
+    )  # fmt: skip
+    samples: dict[object, object] = {
+        str: f"text-{index}", float: 0.5 + index, int: 10 + index, bool: True, None: None,
+        type(None): None, tuple[int, float]: (index, 0.25), tuple[float, str]: (0.75, "c"),
+        SessionRecord: session(f"k{index}", 100.0), TokenRecord: token,
+        User: User(id=f"u{index}", email="a@example.org", created_at=1.0),
+        PendingLink: link(100.0, ident=f"l{index}"), BurnResult: BurnResult.REVOKED,
+        TokenState: TokenState.USED, TokenUse: TokenUse(TokenState.REVOKED, 3.0),
+        Persistence: Persistence(None, "unknown"), list[TokenRecord]: [token],
+        list[SessionRecord]: [session("k", 100.0)],
+    }  # fmt: skip
+    return samples[hint]
+
+
 class Recorder:
-    """Answers any store method with its own name and records the call."""
+    """Answers every store method with a value of the type it declares, and records the
+    call (its arguments bound to the protocol's parameters, defaults applied)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+        self.calls: list[tuple[str, dict[str, object]]] = []
+        self.answers: dict[str, object] = {}
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[str]]:
-        async def method(*args: object, **kwargs: object) -> str:
-            self.calls.append((name, args, kwargs))
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[object]]:
+        protocol = getattr(Store, name)
+
+        async def method(*args: object, **kwargs: object) -> object:
+            bound = inspect.signature(protocol).bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            self.calls.append((name, dict(list(bound.arguments.items())[1:])))
             if name == "ping":
                 raise StoreUnavailable("down")
-            return name
+            answer = self.answers[name] = _sample(typing.get_type_hints(protocol)["return"], 99)
+            return answer
 
         return method
 
@@ -160,21 +190,28 @@ async def test_the_timed_store_forwards_and_times_every_method() -> None:
     inner = Recorder()
     store = timed(cast(Store, inner))
     for name in STORE_METHODS:
-        seconds = REGISTRY.get_sample_value("sidecar_store_seconds_count", {"op": name}) or 0
-        method = getattr(store, name)
-        assert method.__name__ == name
-        assert method.__doc__ == getattr(Store, name).__doc__
-        if name == "ping":
-            with pytest.raises(StoreUnavailable):
-                await method("a", 1, k=2.5)
-            assert REGISTRY.get_sample_value("sidecar_store_up") == 0
-        else:
-            assert await method("a", 1, k=2.5) == name
-            assert REGISTRY.get_sample_value("sidecar_store_up") == 1
-        assert inner.calls[-1] == (name, ("a", 1), {"k": 2.5})
-        after = REGISTRY.get_sample_value("sidecar_store_seconds_count", {"op": name})
-        assert after == seconds + 1, name
-    assert len(inner.calls) == len(STORE_METHODS)
+        assert name in vars(type(store)), f"{name} is not written out in the timed store"
+        protocol = getattr(Store, name)
+        hints = typing.get_type_hints(protocol)
+        parameters = list(inspect.signature(protocol).parameters.values())[1:]
+        given = {p.name: _sample(hints[p.name], i) for i, p in enumerate(parameters)}
+        required = {p.name: given[p.name] for p in parameters if p.default is p.empty}
+        defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+        # Every parameter given, then only the required ones (the protocol's defaults).
+        for args, seen in ((given, given), (required, {**required, **defaults})):
+            seconds = REGISTRY.get_sample_value("sidecar_store_seconds_count", {"op": name})
+            method = getattr(store, name)
+            if name == "ping":
+                with pytest.raises(StoreUnavailable):
+                    await method(*args.values())
+                assert REGISTRY.get_sample_value("sidecar_store_up") == 0
+            else:
+                assert await method(*args.values()) == inner.answers[name]
+                assert REGISTRY.get_sample_value("sidecar_store_up") == 1
+            assert inner.calls[-1] == (name, seen)
+            after = REGISTRY.get_sample_value("sidecar_store_seconds_count", {"op": name})
+            assert after == (seconds or 0) + 1, name
+    assert len(inner.calls) == 2 * len(STORE_METHODS)
     with pytest.raises(AttributeError):
         store.not_a_store_method  # type: ignore[attr-defined]  # noqa: B018
 
