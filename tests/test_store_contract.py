@@ -340,6 +340,22 @@ async def test_token_records_round_trip(store: Store, now: float) -> None:
     assert await store.get_token("nope") is None
 
 
+@pytest.mark.parametrize("email", [None, "a@x.org"])
+@pytest.mark.parametrize("module", [None, "m2"])
+async def test_token_records_keep_email_and_module_given_or_not(
+    store: Store, now: float, email: str | None, module: str | None
+) -> None:
+    made = dataclasses.replace(record("e", now), email=email, module=module)
+    counted = dataclasses.replace(made, token_id="c")
+    await store.record_token(made, now + HOUR)
+    assert await store.record_counted(counted, now + HOUR, "em", 60, 5, now) == (
+        1, (now // 60 + 1) * 60,
+    )  # fmt: skip
+    assert await store.get_token("e") == made
+    assert await store.get_token("c") == counted
+    assert await store.list_user_tokens("u:1", 5) == [made, counted]  # same time: id desc
+
+
 async def test_list_user_tokens_pages_newest_first(store: Store, now: float) -> None:
     # Three share a created_at: the id breaks the tie, and the cursor must not skip any.
     made = [record(f"t{i}", now + (i // 3)) for i in range(8)]
