@@ -37,6 +37,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.web.inflight",
     "sidecar.proxy.express",
     "sidecar.proxy.exchange",
+    "sidecar.proxy.relay",
     "sidecar.proxy.answers",
     "sidecar.proxy.verdicts",
     "sidecar.proxy.headers",

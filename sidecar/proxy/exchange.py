@@ -17,8 +17,9 @@ wherever something must be awaited, with the same rules as
   (:meth:`_decide`), when the forwarder's own task would look: a small answer split over
   two reads is relayed whole on both paths.
 
-Failures answer the forwarder's 502/504 pages, logged with its words. Every request ends in
-:meth:`finish`: counted by the drain, one access line, the connection told.
+What goes over the wire either way is :mod:`sidecar.proxy.relay`'s. Failures answer the
+forwarder's 502/504 pages, logged with its words. Every request ends in :meth:`finish`:
+counted by the drain, one access line, the connection told.
 """
 
 from __future__ import annotations
@@ -29,21 +30,12 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
-from sidecar.proxy import answers
-from sidecar.proxy.forward import (
-    BAD_GATEWAY,
-    GATEWAY_TIMEOUT,
-    UPSTREAM_ERRORS,
-    Failure,
-    client_stopped_reading,
-    one_chunk,
-    read_whole,
-    stream_broken,
-)
+from sidecar.proxy import answers, relay
+from sidecar.proxy.forward import GATEWAY_TIMEOUT, Failure, one_chunk, read_whole, upstream_failure
 from sidecar.proxy.paths import NormalPath
 from sidecar.proxy.pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection
-from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError, UpstreamTimeout
+from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError
 from sidecar.proxy.verdicts import PUBLIC, STORE_DOWN, Redirect, Verdict
 from sidecar.telemetry import metrics
 from sidecar.telemetry.access import CLIENT_CLOSED, request_id_for
@@ -143,25 +135,15 @@ class Exchange:
             self._fail(refused)
             self.finish()
             return
-        head = self._head
         forwarder = lane.forwarder
-        headers, has_length = forwarder.headers.raw_request_headers(
-            head.headers,
+        self._upstream_head, self._body = relay.upstream_request(
+            forwarder,
+            self._head,
             self._reply.peer,
-            "http",
             self._admitted.cookies,
             verdict.identity,
             record.request_id,
         )
-        body = head.body
-        if body and not has_length:
-            # proxy.strip_headers dropped the client's Content-Length: framed chunked, as
-            # aiohttp's front does (sent unframed, the upstream would read the body as a
-            # second request that nothing judged).
-            headers.append((b"Transfer-Encoding", b"chunked"))
-            body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
-        self._body = body
-        self._upstream_head = forwarder.upstream_head(head.method, head.target, headers)
         pool = self._pool = forwarder.pool
         if pool is None:
             self._spawn(self._relay())
@@ -288,12 +270,7 @@ class Exchange:
             self._spawn(self._relay())
             return
         record.upstream_s = time.perf_counter() - self._started
-        if isinstance(error, UpstreamTimeout):
-            LOG.warning("upstream did not answer within %ss", conn.timeout)
-            self._fail(GATEWAY_TIMEOUT)
-        else:
-            LOG.warning("upstream request failed: %s", error)
-            self._fail(BAD_GATEWAY)
+        self._fail(upstream_failure(error, conn.timeout))
         self.finish()
 
     def _answer_now(self, conn: Connection) -> None:
@@ -361,39 +338,18 @@ class Exchange:
             self.finish()
 
     async def _answer(self, upstream: UpstreamResponse) -> None:
-        if self._lane.forwarder.buffered(upstream):
+        forwarder = self._lane.forwarder
+        if forwarder.buffered(upstream):
             payload = await read_whole(upstream)
             if isinstance(payload, Failure):
                 self._fail(payload)
             else:
                 self._whole(upstream, payload)
             return
-        await self._stream(upstream)
-
-    async def _stream(self, upstream: UpstreamResponse) -> None:
-        forwarder = self._lane.forwarder
-        reply = self._reply
         out = forwarder.headers.response_headers(upstream.headers)
         self.status = upstream.status
-        head, chunked = answers.stream_head(
-            upstream.status, upstream.reason, out, self._head.keep_alive
-        )
-        send_timeout = forwarder.send_timeout
-        try:
-            reply.write(head)
-            async for chunk in upstream.chunks():
-                reply.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                if not await reply.drain(send_timeout):
-                    client_stopped_reading(send_timeout)
-                    reply.abort()
-                    return
-            if chunked:
-                reply.write(b"0\r\n\r\n")
-        except UPSTREAM_ERRORS as exc:
-            stream_broken(exc)
-            reply.abort()
-        finally:
-            upstream.release()
+        keep_alive = self._head.keep_alive
+        await relay.stream(self._reply, upstream, out, keep_alive, forwarder.send_timeout)
 
     # -- writing and ending ----------------------------------------------------------
     def _whole(self, upstream: UpstreamResponse, body: bytes) -> None:
@@ -401,16 +357,8 @@ class Exchange:
         assert record is not None
         out = self._lane.forwarder.headers.response_headers(upstream.headers)
         self.status = upstream.status
-        self._reply.write(
-            answers.whole(
-                upstream.status,
-                upstream.reason,
-                out,
-                body,
-                record.request_id,
-                self._head.keep_alive,
-            )
-        )
+        self._reply.write(answers.whole(upstream.status, upstream.reason, out, body,
+                                        record.request_id, self._head.keep_alive))  # fmt: skip
 
     def _fail(self, failed: Failure | Redirect) -> None:
         record = self._record

@@ -180,14 +180,9 @@ class Forwarder:
         try:
             # The pool's deadline for the response head counts from the last body byte sent.
             upstream = await pool.request(method, head, body, chunked=chunked, slot_held=slot_held)
-        except UpstreamTimeout:
-            set_upstream_time(time.perf_counter() - started)
-            LOG.warning("upstream did not answer within %ss", self._header_timeout)
-            return GATEWAY_TIMEOUT
         except UpstreamError as exc:
             set_upstream_time(time.perf_counter() - started)
-            LOG.warning("upstream request failed: %s", exc)
-            return BAD_GATEWAY
+            return upstream_failure(exc, self._header_timeout)
         elapsed = time.perf_counter() - started
         set_upstream_time(elapsed)
         metrics.observe_upstream(elapsed)
@@ -242,6 +237,16 @@ class Failure:
 
 GATEWAY_TIMEOUT: Final = Failure(504, "gateway_timeout")
 BAD_GATEWAY: Final = Failure(502, "bad_gateway")
+
+
+def upstream_failure(error: UpstreamError, timeout: float) -> Failure:
+    """The failure to answer, logged, when no answer came: a 504 when none came within
+    ``timeout`` (``proxy.upstream_timeout``), else a 502."""
+    if isinstance(error, UpstreamTimeout):
+        LOG.warning("upstream did not answer within %ss", timeout)
+        return GATEWAY_TIMEOUT
+    LOG.warning("upstream request failed: %s", error)
+    return BAD_GATEWAY
 
 
 async def one_chunk(body: bytes) -> AsyncIterator[bytes]:
