@@ -52,6 +52,7 @@ RESTART_ONLY = (
     "proxy.max_client_connections",
     "proxy.max_connections",
     "proxy.max_idle_connections",
+    "proxy.upstream_keepalive_timeout",
     "proxy.max_header_size",
     "session.cache_size",
     "store",

@@ -117,6 +117,18 @@ def test_max_idle_connections_follows_max_connections_unless_set(tmp_path: Path)
     assert any("proxy.max_idle_connections" in e for e in errors_of(tmp_path, doc))
 
 
+def test_upstream_keepalive_timeout_is_15s_unless_set(tmp_path: Path) -> None:
+    doc = config_doc()
+    assert build_config(tmp_path, doc).proxy.upstream_keepalive_timeout == 15.0
+    proxy = doc["proxy"]
+    assert isinstance(proxy, dict)
+    proxy["upstream_keepalive_timeout"] = "4s"
+    assert build_config(tmp_path, doc).proxy.upstream_keepalive_timeout == 4.0
+    for bad in ("0s", "2h", "soon"):
+        proxy["upstream_keepalive_timeout"] = bad
+        assert any("proxy.upstream_keepalive_timeout" in e for e in errors_of(tmp_path, doc))
+
+
 def test_admin_lean_front_can_be_turned_off(tmp_path: Path) -> None:
     doc = config_doc()
     admin = doc["admin"]

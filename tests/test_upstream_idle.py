@@ -10,9 +10,11 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from pathlib import Path
 
 from sidecar.proxy.pool import UpstreamPool
 from sidecar.proxy.upstream_conn import Connection
+from tests.harness import make_config, running_sidecar
 from tests.test_upstream import OK, fetch, head, raw_upstream
 
 IDLE = 0.25  # the pools' idle_timeout here, in seconds
@@ -84,6 +86,32 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
         assert (await fetch(pool))[2] == b"ok"
         assert up.connections == 2
         assert upstream.paths == [[b"/"], [b"/"]]
+
+
+async def test_a_served_sidecar_closes_idle_upstream_connections_as_configured(
+    tmp_path: Path,
+) -> None:
+    """``proxy.upstream_keepalive_timeout`` reaches the served sidecar's pool: its upstream
+    connection is closed once idle that long, and the next request opens another."""
+    upstream = Recording()
+    loop = asyncio.get_running_loop()
+    async with raw_upstream(upstream) as up:
+        config = make_config(
+            tmp_path,
+            f"http://127.0.0.1:{up.port}",
+            proxy={"upstream_keepalive_timeout": f"{int(IDLE * 1000)}ms"},
+        )
+        async with running_sidecar(tmp_path, config=config) as sc:
+            await sc.sign_in()
+            async with sc.client.get("/first") as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+            answered = loop.time()
+            async with asyncio.timeout(BOUND):
+                closed_at = await upstream.ended[0]
+            assert closed_at - answered >= IDLE - 0.05  # the answer left just before
+            async with sc.client.get("/second") as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+    assert upstream.paths == [[b"/first"], [b"/second"]]
 
 
 async def test_a_connection_reused_in_time_stays_open() -> None:

@@ -210,6 +210,7 @@ def _build(r: Reader) -> Config | None:
         max_idle_connections=px.integer(
             "max_idle_connections", max_connections, low=0, high=100_000
         ),
+        upstream_keepalive_timeout=px.duration("upstream_keepalive_timeout", 15.0, at_most=3600.0),
     )
 
     se = root.section("session")

@@ -81,6 +81,8 @@ class ProxyConfig:
     strip_headers: tuple[str, ...]
     lean_front: bool = True  # plain forwarded requests skip aiohttp's server (web.lean)
     max_idle_connections: int = 256  # idle upstream connections kept (nginx's keepalive)
+    # An idle upstream connection is closed after this (nginx's upstream keepalive_timeout).
+    upstream_keepalive_timeout: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ class Forwarder:
         self._connect_timeout = px.connect_timeout
         self._max_connections = px.max_connections
         self._max_idle = px.max_idle_connections
+        self._idle_timeout = px.upstream_keepalive_timeout
         self._max_field_size = max(8190, px.max_header_size)
         self._pool: UpstreamPool | None = None
         self._ws_session: aiohttp.ClientSession | None = None
@@ -92,6 +93,7 @@ class Forwarder:
             max_head_size=max(64 * 1024, self._max_field_size),
             stream_idle_timeout=self._stream_idle_timeout,
             max_idle=self._max_idle,
+            idle_timeout=self._idle_timeout,
         )
         # WebSocket handshakes are rare and long-lived: aiohttp's client does them.
         self._ws_session = aiohttp.ClientSession(

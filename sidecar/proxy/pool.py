@@ -18,7 +18,7 @@ head. The body then arrives chunk by chunk (:meth:`UpstreamResponse.chunks`), or
 * At most ``limit`` requests hold a slot; the others wait in one queue, first come first
   served, for at most ``response_timeout``: a task awaiting :meth:`UpstreamPool.request`, or
   a request served in callbacks (the express lane's, :class:`SlotWaiter`) queued with
-  :meth:`UpstreamPool.queue` — a queued object rather than a task, its coroutines and its
+  :meth:`UpstreamPool.slot_for` — a queued object rather than a task, its coroutines and its
   timer, because a burst larger than the pool queues hundreds at once.
 * Connections are opened, and the pool's timers run, in an empty context: a transport
   keeps the context it was made in, so one opened in a request's task would keep that
@@ -68,7 +68,7 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE
 
 
 class SlotWaiter(Protocol):
-    """A request waiting for a slot in callbacks, not in a task (:meth:`UpstreamPool.queue`)."""
+    """A request waiting for a slot in callbacks, not in a task (:meth:`UpstreamPool.slot_for`)."""
 
     slot_deadline: float  # set by the pool: when the wait ends in slot_timeout()
 
@@ -276,15 +276,10 @@ class UpstreamPool:
                 kept.append(conn)
             else:
                 conn.abort()
-        idle[:] = kept  # in the order they went idle, as before
+        idle[:] = kept  # in the order they went idle: the first is the next one due
+        due = kept[0].idle_since + self._idle_timeout + self._idle_slack if kept else 0.0
         self._idle_sweeper = (
-            loop.call_at(
-                min(conn.idle_since for conn in kept) + self._idle_timeout + self._idle_slack,
-                self._close_idle,
-                context=self._context,
-            )
-            if kept
-            else None
+            loop.call_at(due, self._close_idle, context=self._context) if kept else None
         )
 
     def _expire(self, now: float) -> None:
