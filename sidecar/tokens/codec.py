@@ -272,17 +272,18 @@ def _claims(plaintext: bytes) -> Claims:
         raise MalformedToken("claims are not JSON") from None
     if not isinstance(doc, dict):
         raise MalformedToken("claims are not an object")
-    get = doc.get
-    params = get("params", {})
-    module, email, redirect_to = get("module"), get("email"), get("redirect_to")
+    # doc.get(...) each time, not a bound `get`: compiled, a dict's get is then a direct
+    # lookup instead of a call through a method object.
+    params = doc.get("params", {})
+    module, email, redirect_to = doc.get("module"), doc.get("email"), doc.get("redirect_to")
     if not (
-        _is_str(get("jti"))
-        and _is_str(get("sub"))
-        and _is_str(get("role"))
-        and _is_str(get("kind"))
-        and _is_int(get("iat"))
-        and _is_int(get("exp"))
-        and isinstance(get("one_time"), bool)
+        _is_str(doc.get("jti"))
+        and _is_str(doc.get("sub"))
+        and _is_str(doc.get("role"))
+        and _is_str(doc.get("kind"))
+        and _is_int(doc.get("iat"))
+        and _is_int(doc.get("exp"))
+        and isinstance(doc.get("one_time"), bool)
         and isinstance(params, dict)
         and all(
             _is_str(k) and isinstance(v, str) and (v == "" or _is_str(v)) for k, v in params.items()
