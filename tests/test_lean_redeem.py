@@ -15,11 +15,13 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from sidecar.proxy.answers import _head_lines
 from sidecar.session_cookies import session_key
 from sidecar.telemetry import metrics
 from tests.harness.raw import RawResponse, raw_http
@@ -294,3 +296,14 @@ async def test_one_link_redeemed_at_once_through_both_fronts_burns_once(
         statuses = sorted(a.status for a in answers)
         assert (statuses.count(303), statuses.count(410)) == (1, 39), statuses
         assert sum(a.header("Set-Cookie") is not None for a in answers) == 1
+
+
+@pytest.mark.parametrize("reason", [None, "Custom Reason", "Ünïcode"])
+def test_a_status_line_is_formatted_as_before(reason: str | None) -> None:
+    """The own answers' status lines, formatted once per standard status, are the lines
+    formatted per answer (every status a line can carry, standard or not)."""
+    reasons = {s.value: s.phrase for s in HTTPStatus}
+    for status in range(100, 1000):
+        phrase = reasons.get(status, "") if reason is None else reason
+        expected = b"HTTP/1.1 %d %b\r\n" % (status, phrase.encode("latin-1", "replace"))
+        assert _head_lines(status, reason, [("A", "b")]) == [expected, b"A: b\r\n"]

@@ -139,9 +139,19 @@ def _bodyless_as_named(
     return b"".join(lines)
 
 
+def _status_line(status: int, phrase: str) -> bytes:
+    return b"HTTP/1.1 %d %b\r\n" % (status, phrase.encode("latin-1", "replace"))
+
+
+# Every standard status's line, formatted once rather than per answer (every redemption's
+# 303 is one).
+_STATUS_LINES: Final = {status: _status_line(status, phrase) for status, phrase in _REASONS.items()}
+
+
 def _head_lines(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> list[bytes]:
-    phrase = _REASONS.get(status, "") if reason is None else reason
-    status_line = b"HTTP/1.1 %d %b\r\n" % (status, phrase.encode("latin-1", "replace"))
+    status_line = _STATUS_LINES.get(status) if reason is None else None
+    if status_line is None:
+        status_line = _status_line(status, _REASONS.get(status, "") if reason is None else reason)
     # Names are tokens (ASCII); values go back as the bytes that came (surrogateescape).
     text = "".join([f"{name}: {value}\r\n" for name, value in headers])
     return [status_line, text.encode("utf-8", "surrogateescape")]
