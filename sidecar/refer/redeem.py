@@ -40,10 +40,9 @@ from sidecar.sessions import SessionManager
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import audit_redemption
-from sidecar.telemetry.context import set_route
+from sidecar.telemetry.context import set_route, set_user
 from sidecar.tokens.codec import Claims, ExpiredToken, TokenError
 from sidecar.web import pages
-from sidecar.web.accesslog import set_user
 
 
 def may_hold_refer(query: str) -> bool:

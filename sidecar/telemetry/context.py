@@ -51,6 +51,13 @@ def set_route(route: str) -> None:
         record.route = route
 
 
+def set_user(user_id: str) -> None:
+    """Name the user of the request being handled (for its access log line)."""
+    record = CURRENT.get()
+    if record is not None:
+        record.user_id = user_id
+
+
 @functools.lru_cache(maxsize=4)
 def _second(whole: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))

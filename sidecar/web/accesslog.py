@@ -42,8 +42,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from sidecar.telemetry.access import CLIENT_CLOSED, REQUEST_ID, AccessLine, request_id_for
-from sidecar.telemetry.context import CURRENT, RequestRecord
+from sidecar.telemetry.context import CURRENT, RequestRecord, set_user
 
+# set_user lives with the request record, in a compiled module (every redemption names its
+# user); it is still this module's to import.
 __all__ = [
     "CLIENT_CLOSED",
     "REQUEST_ID",
@@ -54,13 +56,6 @@ __all__ = [
     "set_upstream_time",
     "set_user",
 ]
-
-
-def set_user(user_id: str) -> None:
-    """Name the user of the request being handled (for its access log line)."""
-    record = CURRENT.get()
-    if record is not None:
-        record.user_id = user_id
 
 
 def set_upstream_time(seconds: float) -> None:
