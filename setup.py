@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,6 +34,35 @@ def _listed(name: str) -> object:
     raise LookupError(f"sidecar/compiled.py defines no {name}")
 
 
+def _glibc_at_least(major: int, minor: int) -> bool:
+    """Whether this machine's C library is glibc ``major.minor`` or newer."""
+    try:
+        name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except (ValueError, OSError):  # not glibc (no such name), or not a version we read
+        return False
+    return name == "glibc" and found >= (major, minor)
+
+
+def _linked(extensions: list[Extension]) -> list[Extension]:
+    """mypyc's extensions linked with ``-z pack-relative-relocs`` (DT_RELR) where the
+    building machine's glibc is 2.36 or newer, as the Docker image's is (its build stage is
+    its runtime's image): the shared library's ~7,000 relative relocations then take 3.5 KB
+    instead of 168 KB, pages of the mapped file that every process (each worker) keeps
+    resident, whatever its traffic: the library's mapping 2.23 -> 2.09 MiB resident in a
+    served process (``/proc/PID/smaps``; idle and with 1,000 connections alike). The code
+    is unchanged.
+    ``setup.py`` is each extension's dependency, so that a cached build
+    (``scripts/compile --into``) is linked again when this changes."""
+    if not sys.platform.startswith("linux") or not _glibc_at_least(2, 36):
+        return extensions
+    for ext in extensions:
+        # A fresh list each: mypycify may give its extensions one list object.
+        ext.extra_link_args = [*ext.extra_link_args, "-Wl,-z,pack-relative-relocs"]
+        ext.depends = [*ext.depends, "setup.py"]
+    return extensions
+
+
 if os.environ.get("SIDECAR_COMPILE") == "1":
     # mypy brings mypyc; build_support/backend.py asks pip for it (with the packages it
     # type-checks the sources against) when the build is isolated.
@@ -43,6 +73,6 @@ if os.environ.get("SIDECAR_COMPILE") == "1":
         raise TypeError("sidecar/compiled.py: MODULES is a tuple of names, GROUP a name")
     os.chdir(HERE)  # mypy names a module by its path: sidecar/web/lean.py -> sidecar.web.lean
     paths = ["/".join(m.split(".")) + ".py" for m in modules]
-    setup(ext_modules=mypycify(paths, opt_level="3", group_name=group))
+    setup(ext_modules=_linked(mypycify(paths, opt_level="3", group_name=group)))
 else:
     setup()
