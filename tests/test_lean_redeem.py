@@ -173,6 +173,16 @@ CORPUS: dict[str, Case] = {
     "dot segments": _link("/a/../?refer={t}", lean=False),
     "own route": _link("/_sidecar/session?refer={t}", lean=False),
     "another host": _link("/?refer={t}", lean=False, host="evil.example"),
+    # Odd spellings of a link: the lean front's plain reading and aiohttp's must agree
+    "name in capitals: not a link": _link("/?REFER={t}", lean=True),
+    "fragment sent on the wire": _link("/?refer={t}/#/display/m-1", lean=False, module="m-1"),
+    "plus before the token": _link("/?refer=+{t}", lean=False),
+    "encoded trailing slash": _link("/?refer={t}%2F", lean=False),
+    "two links, one with the trailing slash": _link("/?refer={t}&refer={t}/", lean=False),
+    "escape that is not UTF-8": _link("/?a=%E9&refer={t}", lean=False),
+    "truncated token": Case(
+        lambda sc: _async(_get(sc, "/?refer=" + sc.seal()[0][:-9])), lean=False
+    ),
     # UTF-8 on the wire (aiohttp's parser refuses it, and logs the request line: no token)
     "non-ASCII path": Case(lambda sc: _async(_get(sc, "/caf\u00c3\u00a9?refer=x")), lean=False),
 }
