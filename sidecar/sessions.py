@@ -189,9 +189,13 @@ class SessionManager:
             if session is None or session.cached_until <= now:
                 return NOT_CACHED
             record = session.record
-            if not record.is_live(now):
+            last_seen = record.last_seen
+            idle_timeout = record.idle_timeout
+            # SessionRecord.is_live(now), written out: that method is interpreted (the
+            # store's module is not compiled), and this runs for every proxied request.
+            if not (now < record.expires_at and now < last_seen + idle_timeout):
                 return NOT_CACHED  # lookup_value drops it, then tries the next copy
-            if now - record.last_seen >= min(_MAX_TOUCH_INTERVAL, record.idle_timeout / 10):
+            if now - last_seen >= min(_MAX_TOUCH_INTERVAL, idle_timeout / 10):
                 return NOT_CACHED
             cache.move_to_end(session.key)
             return session

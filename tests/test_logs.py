@@ -17,13 +17,14 @@ import logging
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
 
+from sidecar.telemetry.access import _info_enabled
 from sidecar.telemetry.audit import ACCESS, AUDIT
 from sidecar.web.logsetup import set_levels
 from tests.harness import Upstream, running_upstream
@@ -276,3 +277,47 @@ def test_logging_access_false_silences_access_lines_only() -> None:
     finally:
         root.setLevel(level)
         ACCESS.setLevel(logging.NOTSET)
+
+
+def test_the_access_lines_info_check_follows_every_level_change() -> None:
+    """The access line's INFO check reads ``logging``'s per-logger cache: it must answer as
+    the logger's levels say after each change that empties that cache (a level set on the
+    logger or a parent, ``logging.disable``, a logger disabled), cached or not."""
+    parent = logging.getLogger("sidecar.test_levels")
+    logger = logging.getLogger("sidecar.test_levels.access")
+    root = logging.getLogger()
+    saved = root.level
+
+    def expected() -> bool:
+        return (
+            not logger.disabled
+            and logging.root.manager.disable < logging.INFO
+            and logger.getEffectiveLevel() <= logging.INFO
+        )
+
+    steps: list[Callable[[], None]] = [
+        lambda: root.setLevel(logging.INFO),
+        lambda: logger.setLevel(logging.WARNING),
+        lambda: logger.setLevel(logging.NOTSET),
+        lambda: parent.setLevel(logging.ERROR),
+        lambda: parent.setLevel(logging.DEBUG),
+        lambda: logging.disable(logging.INFO),
+        lambda: logging.disable(logging.NOTSET),
+        lambda: setattr(logger, "disabled", True),
+        lambda: setattr(logger, "disabled", False),
+        lambda: root.setLevel(logging.WARNING),
+    ]
+    seen = set()
+    try:
+        for step in steps:
+            step()
+            for _ in range(2):  # the first call may fill the cache, the second reads it
+                assert _info_enabled(logger) is expected()
+            seen.add(expected())
+    finally:
+        logging.disable(logging.NOTSET)
+        root.setLevel(saved)
+        parent.setLevel(logging.NOTSET)
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
+    assert seen == {True, False}

@@ -72,7 +72,9 @@ class Forwarder:
         self._max_idle = px.max_idle_connections
         self._idle_timeout = px.upstream_keepalive_timeout
         self._max_field_size = max(8190, px.max_header_size)
-        self._pool: UpstreamPool | None = None
+        # The upstream pool, None outside the app's lifetime (cleanup_ctx). An attribute,
+        # not a property: the lean front reads it per request, from compiled code.
+        self.pool: UpstreamPool | None = None
         self._ws_session: aiohttp.ClientSession | None = None
 
     def configure(self, config: Config, headers: HeaderPolicy) -> None:
@@ -83,7 +85,7 @@ class Forwarder:
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Open the upstream pool for the app's lifetime (``app.cleanup_ctx.append``)."""
-        self._pool = UpstreamPool(
+        self.pool = UpstreamPool(
             self._origin.host or "127.0.0.1",
             self._origin.port or 80,
             tls=self._origin.scheme == "https",
@@ -109,9 +111,9 @@ class Forwarder:
         try:
             yield
         finally:
-            await self._pool.close()
+            await self.pool.close()
             await self._ws_session.close()
-            self._pool = self._ws_session = None
+            self.pool = self._ws_session = None
 
     # -- HTTP ------------------------------------------------------------------------
     async def forward(
@@ -145,11 +147,6 @@ class Forwarder:
         )
 
     @property
-    def pool(self) -> UpstreamPool | None:
-        """The upstream pool (None outside the app's lifetime)."""
-        return self._pool
-
-    @property
     def response_timeout(self) -> float:
         """How long the upstream may take to begin its answer (``proxy.upstream_timeout``)."""
         return self._header_timeout
@@ -175,7 +172,7 @@ class Forwarder:
         """Send the request and wait for the response head; the failure to answer with
         (502/504, logged and recorded for the access line) when none came. ``slot_held``:
         the pool gave the caller a slot already (see :meth:`UpstreamPool.queue`)."""
-        pool = self._pool
+        pool = self.pool
         if pool is None:
             raise RuntimeError("Forwarder used outside its cleanup_ctx")
         started = time.perf_counter()

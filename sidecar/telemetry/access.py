@@ -80,7 +80,7 @@ class AccessLine:
     ) -> None:
         """``path``: the raw path without the query."""
         metrics.observe_request(status, elapsed, self._listener, record.route)
-        if not ACCESS.isEnabledFor(logging.INFO):
+        if not _info_enabled(ACCESS):
             return
         line = _line(self._prefix, method, path, status, elapsed, record, remote)
         sink = direct_sink(ACCESS)
@@ -88,6 +88,21 @@ class AccessLine:
             sink.write_line(line)
         else:
             ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None))
+
+
+def _info_enabled(logger: logging.Logger) -> bool:
+    """``logger.isEnabledFor(logging.INFO)``, read from the answer ``logging`` keeps per
+    logger (``Logger._cache``: filled by isEnabledFor, emptied by every ``setLevel`` and
+    ``logging.disable``); compiled, the method itself is an interpreted call per request.
+    Without that cache (another Python), the method."""
+    if logger.disabled:
+        return False
+    cache = getattr(logger, "_cache", None)
+    if type(cache) is dict:
+        enabled = cache.get(logging.INFO)
+        if type(enabled) is bool:
+            return enabled
+    return logger.isEnabledFor(logging.INFO)
 
 
 def _line(
