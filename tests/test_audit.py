@@ -18,6 +18,7 @@ from sidecar.telemetry.audit import (
     JsonLineFormatter,
     LoopBatchedHandler,
     audit,
+    audit_mint,
     audit_redemption,
 )
 from sidecar.telemetry.context import CURRENT, RequestRecord
@@ -155,6 +156,47 @@ def test_the_redemption_line_is_the_audit_line(
     doc = json.loads(ours)
     expected = {"ts": doc["ts"], "level": "info", "event": "redeem", "token_id": token_id}
     expected |= {"user_id": user_id, "role": role, "one_time": one_time}
+    if request_id is not None:
+        expected["request_id"] = request_id
+    assert ours == json.dumps(expected)
+
+
+@given(
+    token_id=st.text(),
+    user_id=st.text(),
+    role=st.text(),
+    kind=st.text(),
+    one_time=st.booleans(),
+    expires_at=st.text(),
+    module=st.none() | st.text(),
+    request_id=st.none() | st.text(),
+)
+def test_the_mint_line_is_the_audit_line(
+    token_id: str,
+    user_id: str,
+    role: str,
+    kind: str,
+    one_time: bool,
+    expires_at: str,
+    module: str | None,
+    request_id: str | None,
+) -> None:
+    """A mint's audit line, built in one piece, is byte for byte the line of the general
+    builder (the timestamp aside: each is of its own instant) and json.dumps' text."""
+    fields: dict[str, Field] = {
+        "token_id": token_id, "user_id": user_id, "role": role, "kind": kind,
+        "one_time": one_time, "expires_at": expires_at, "module": module,
+    }  # fmt: skip
+    ours = _captured(
+        lambda: audit_mint(token_id, user_id, role, kind, one_time, expires_at, module),
+        request_id,
+    )
+    general = _captured(lambda: audit("mint", **fields), request_id)
+    stamp = len('{"ts": "2026-11-30T03:50:01.123Z"')
+    assert ours[:8] == general[:8] == '{"ts": "'
+    assert ours[stamp:] == general[stamp:]
+    expected: dict[str, Field] = {"ts": json.loads(ours)["ts"], "level": "info", "event": "mint"}
+    expected |= fields
     if request_id is not None:
         expected["request_id"] = request_id
     assert ours == json.dumps(expected)

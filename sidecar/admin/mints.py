@@ -15,7 +15,7 @@ from sidecar.admin.guards import Guards, RequestError
 from sidecar.refer.minting import MintedLink, MintError, mint_refer, parse_refer_request
 from sidecar.services import Services
 from sidecar.telemetry import metrics
-from sidecar.telemetry.audit import audit
+from sidecar.telemetry.audit import audit_mint
 from sidecar.tokens.codec import TokenTooLong
 from sidecar.tokens.records import remember_counted_mint
 
@@ -44,14 +44,13 @@ def announce(link: MintedLink) -> str:
     claims = link.claims
     metrics.mint(claims.kind)
     expires_at = link.expires_at_iso
-    audit(
-        "mint",
-        token_id=claims.token_id,
-        user_id=claims.subject,
-        role=claims.role,
-        kind=claims.kind,
-        one_time=claims.one_time,
-        expires_at=expires_at,
-        module=claims.module,
+    audit_mint(
+        claims.token_id,
+        claims.subject,
+        claims.role,
+        claims.kind,
+        claims.one_time,
+        expires_at,
+        claims.module,
     )
     return link.answer_text(expires_at)

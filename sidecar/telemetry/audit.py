@@ -57,6 +57,47 @@ def redemption_line(ts: str, token_id: str, user_id: str, role: str, one_time: b
     )
 
 
+def audit_mint(
+    token_id: str,
+    user_id: str,
+    role: str,
+    kind: str,
+    one_time: bool,
+    expires_at: str,
+    module: str | None,
+) -> None:
+    """``audit("mint", token_id=…, user_id=…, role=…, kind=…, one_time=…, expires_at=…,
+    module=…)``, the same line byte for byte, built in one piece as a redemption's is
+    (every mint writes one)."""
+    if AUDIT.isEnabledFor(logging.INFO):
+        ts = rfc3339(time.time())
+        _write(mint_line(ts, token_id, user_id, role, kind, one_time, expires_at, module))
+
+
+def mint_line(
+    ts: str,
+    token_id: str,
+    user_id: str,
+    role: str,
+    kind: str,
+    one_time: bool,
+    expires_at: str,
+    module: str | None,
+) -> str:
+    """The line of :func:`audit_mint` at ``ts`` (the request id, when there is one, last)."""
+    request_id = current_request_id()
+    last = "}" if request_id is None else ', "request_id": ' + _json_str(request_id) + "}"
+    once = "true" if one_time else "false"
+    shown_module = "null" if module is None else _json_str(module)
+    # Every field a str, no conversion or format spec (see redemption_line).
+    return (
+        f'{{"ts": "{ts}", "level": "info", "event": "mint", "token_id": {_json_str(token_id)}'
+        f', "user_id": {_json_str(user_id)}, "role": {_json_str(role)}'
+        f', "kind": {_json_str(kind)}, "one_time": {once}'
+        f', "expires_at": {_json_str(expires_at)}, "module": {shown_module}{last}'
+    )
+
+
 def _write(line: str) -> None:
     # As the access log does: no LogRecord (and no caller lookup) when nothing but the
     # batched handler would see the line.
