@@ -41,6 +41,7 @@ MAX_TOKEN_LENGTH = 4096
 _HEADER_FIELDS = frozenset({"alg", "enc", "kid", "typ", "cty"})
 _IV_BYTES = 12  # A256GCM: a 96-bit IV (RFC 7518 §5.3)
 _TAG_BYTES = 16  # and a 128-bit tag
+_IV_CHARS = _IV_BYTES * 4 // 3  # its base64: no padding, as _IV_BYTES % 3 == 0
 # A raw pattern (re reads the escapes): mypyc refuses surrogates in string literals.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -182,8 +183,11 @@ class TokenCodec:
         payload = claims_json(claims).encode()
         iv = os.urandom(_IV_BYTES)  # random per token: never reused under one key
         sealed = self._sealer.encrypt(iv, payload, self._aad)
-        ciphertext, tag = sealed[:-_TAG_BYTES], sealed[-_TAG_BYTES:]
-        token = f"{self._header}..{b64encode(iv)}.{b64encode(ciphertext)}.{b64encode(tag)}"
+        # The IV is a whole number of base64 groups (12 bytes, 16 characters): encoded with
+        # the ciphertext in one call, it is the text of both segments, one after the other.
+        iv_ciphertext = b64encode(iv + sealed[:-_TAG_BYTES])
+        iv_text, ciphertext = iv_ciphertext[:_IV_CHARS], iv_ciphertext[_IV_CHARS:]
+        token = f"{self._header}..{iv_text}.{ciphertext}.{b64encode(sealed[-_TAG_BYTES:])}"
         if len(token) >= MAX_TOKEN_LENGTH:
             raise TokenTooLong(len(token))
         return token
