@@ -213,7 +213,10 @@ class SQLiteStore(Store):
                 conn.execute(sql, row)
             return count
 
-        return await self._write(apply), reset
+        writer = self._writer  # not through _write: one coroutine fewer on every mint
+        if writer is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return await writer.write(apply), reset
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         sql = "SELECT * FROM token_records WHERE token_id = ?"

@@ -80,7 +80,17 @@ class TimedStore:
     async def burn(
         self, token_id: str, expires_at: float, session: SessionRecord | None = None
     ) -> BurnResult:
-        return await _timed("burn", self.inner.burn(token_id, expires_at, session))
+        # Every redemption's call: _timed written out (one coroutine fewer), as for mints.
+        started = time.perf_counter()
+        try:
+            result = await self.inner.burn(token_id, expires_at, session)
+        except StoreUnavailable:
+            store_up(False)
+            raise
+        finally:
+            observe_store("burn", time.perf_counter() - started)
+        store_up(True)
+        return result
 
     async def revoke(self, token_id: str, expires_at: float) -> TokenState:
         return await _timed("revoke", self.inner.revoke(token_id, expires_at))
@@ -104,8 +114,17 @@ class TimedStore:
         limit: int,
         now: float,
     ) -> tuple[int, float]:
-        call = self.inner.record_counted(record, keep_until, key, window, limit, now)
-        return await _timed("record_counted", call)
+        # Every mint's call: _timed written out (one coroutine fewer).
+        started = time.perf_counter()
+        try:
+            result = await self.inner.record_counted(record, keep_until, key, window, limit, now)
+        except StoreUnavailable:
+            store_up(False)
+            raise
+        finally:
+            observe_store("record_counted", time.perf_counter() - started)
+        store_up(True)
+        return result
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         return await _timed("get_token", self.inner.get_token(token_id))
