@@ -540,7 +540,10 @@ async def test_hit_counts_in_fixed_windows(store: Store, now: float) -> None:
     assert await store.hit("ip:2", 60, start + 1) == (1, start + 60)
     assert await store.hit("ip:1", 60, start + 60) == (1, start + 120)
     assert await store.hit("ip:1", 60, start + 61) == (2, start + 120)
-    assert await store.hit("ip:1", 3600, start) == (1, (start // 3600 + 1) * 3600)
+    # Another window length is another limit, so another key: a key is counted in one
+    # window length (its counter is told by its window's end; "ip:1"'s 60 s window above
+    # may end on the hour, as its 3600 s one would, one run in sixty).
+    assert await store.hit("ip:3", 3600, start) == (1, (start // 3600 + 1) * 3600)
     with pytest.raises(ValueError, match="window"):
         await store.hit("ip:1", 0, now)
 

@@ -341,7 +341,10 @@ class CounterStore(Protocol):
     async def hit(self, key: str, window: float, now: float) -> tuple[int, float]:
         """Count one event in the fixed window containing ``now``.
 
-        Returns ``(count including this one, epoch second the window resets)``."""
+        Returns ``(count including this one, epoch second the window resets)``. A key is
+        counted in one window length (a limit per key): its counter is the one of the
+        window ending at that second, so a key counted in two lengths would share a count
+        whenever both windows end together."""
 
 
 class Store(
