@@ -17,7 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from sidecar.store import BurnResult, SQLiteStore, TokenState
+from sidecar.store import BurnResult, SQLiteStore, StoreUnavailable, TokenState
+from sidecar.store._groupcommit import GroupCommitWriter
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 64
@@ -121,3 +122,38 @@ async def test_an_open_keeps_no_thread_but_its_writer_and_reader(tmp_path: Path)
         await store.close()
     assert len(new) == 2, new  # the group-commit writer and aiosqlite's reader
     assert not any(name.startswith("asyncio") for name in new), new
+
+
+async def test_a_cancelled_stop_refuses_every_queued_write(tmp_path: Path) -> None:
+    """stop() cancelled while a batch is in the writer's thread: that batch and every op
+    queued behind it get StoreUnavailable, none waits for ever, and no write is taken
+    after."""
+    writer = GroupCommitWriter(str(tmp_path / "cancelled.db"))
+    await writer.start()
+    in_thread, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> int:
+        in_thread.set()
+        release.wait(10)
+        return 1
+
+    try:
+        first = asyncio.ensure_future(writer.write(slow))
+        assert await asyncio.to_thread(in_thread.wait, 10)
+        queued = [asyncio.ensure_future(writer.write(lambda conn: 2)) for _ in range(10)]
+        await asyncio.sleep(0)  # each is queued behind the batch in the thread
+        stopping = asyncio.ensure_future(writer.stop())
+        await asyncio.sleep(0.05)
+        stopping.cancel()
+        async with asyncio.timeout(10):
+            answers = await asyncio.gather(first, *queued, stopping, return_exceptions=True)
+    finally:
+        release.set()
+    assert all(isinstance(a, StoreUnavailable) for a in answers[:-1]), answers
+    assert isinstance(answers[-1], asyncio.CancelledError)
+    try:
+        await writer.write(lambda conn: 3)
+    except StoreUnavailable:
+        pass
+    else:
+        raise AssertionError("a write was taken after the writer stopped")

@@ -254,7 +254,8 @@ class GroupCommitWriter:
         return self._event_loop.create_future()
 
     def _enqueue(self, op: _Op | _Burn) -> None:
-        if self._task is None:
+        task = self._task
+        if task is None or task.done():  # done: stopped, or cancelled with its loop
             raise StoreUnavailable("SQLite store is not open")
         self._put(op)
 
@@ -267,20 +268,29 @@ class GroupCommitWriter:
     async def _loop(self) -> None:
         pending, loop = self._pending, asyncio.get_running_loop()
         stopping = False
-        while not stopping:
-            while not pending:
-                wakeup = self._wakeup = loop.create_future()
-                await wakeup
-            # Everything queued by now (at most _MAX_BATCH), up to a stop.
-            batch: list[_Op | _Burn] = []
-            while pending and len(batch) < _MAX_BATCH:
+        try:
+            while not stopping:
+                while not pending:
+                    wakeup = self._wakeup = loop.create_future()
+                    await wakeup
+                # Everything queued by now (at most _MAX_BATCH), up to a stop.
+                batch: list[_Op | _Burn] = []
+                while pending and len(batch) < _MAX_BATCH:
+                    item = pending.popleft()
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                if batch:
+                    await self._commit(batch)
+        finally:
+            # Cancelled (a stop() itself cancelled, the loop shutting down): the ops still
+            # queued behind the batch are refused, not left waiting for ever. A stop that
+            # ends normally has answered them all.
+            while pending:
                 item = pending.popleft()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            if batch:
-                await self._commit(batch)
+                if item is not None:
+                    item.fail(StoreUnavailable("SQLite store closed before this write"))
 
     async def _commit(self, batch: list[_Op | _Burn]) -> None:
         conn = self._conn
