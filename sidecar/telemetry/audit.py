@@ -46,15 +46,21 @@ def audit_redemption(token_id: str, user_id: str, role: str, one_time: bool) -> 
 def redemption_line(ts: str, token_id: str, user_id: str, role: str, one_time: bool) -> str:
     """The line of :func:`audit_redemption` at ``ts`` (the request id, when there is one,
     last, as :func:`audit` adds it)."""
-    request_id = current_request_id()
     # Every field a str, and no conversion or format spec in the f-string: compiled, it is
     # one concatenation (see sidecar.telemetry.access).
-    last = "}" if request_id is None else ', "request_id": ' + _json_str(request_id) + "}"
+    last = _closing()
     once = "true" if one_time else "false"
     return (
         f'{{"ts": "{ts}", "level": "info", "event": "redeem", "token_id": {_json_str(token_id)}'
         f', "user_id": {_json_str(user_id)}, "role": {_json_str(role)}, "one_time": {once}{last}'
     )
+
+
+def _closing() -> str:
+    """The end of a line built in one piece: the request id, when there is one, last (as
+    :func:`audit` adds it), and the closing brace."""
+    request_id = current_request_id()
+    return "}" if request_id is None else ', "request_id": ' + _json_str(request_id) + "}"
 
 
 def audit_mint(
@@ -85,8 +91,7 @@ def mint_line(
     module: str | None,
 ) -> str:
     """The line of :func:`audit_mint` at ``ts`` (the request id, when there is one, last)."""
-    request_id = current_request_id()
-    last = "}" if request_id is None else ', "request_id": ' + _json_str(request_id) + "}"
+    last = _closing()
     once = "true" if one_time else "false"
     shown_module = "null" if module is None else _json_str(module)
     # Every field a str, no conversion or format spec (see redemption_line).
