@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import itertools
 import sqlite3
 import time
 import typing
@@ -414,6 +415,22 @@ async def test_session_round_trip_and_expiry_by_injected_now(store: Store, now: 
     assert got.is_live(now + 599)
     assert not got.is_live(now + 600)  # idle
     assert not got.is_live(now + HOUR)
+
+
+async def test_session_round_trip_with_each_optional_field_given_or_not(
+    store: Store, now: float
+) -> None:
+    """Email, module and client each given or None (SQLite writes a None as the literal
+    NULL: eight statement texts), stored alone and with a burn."""
+    for index, (email, module, client) in enumerate(
+        itertools.product(("a@example.org", None), ("m1", None), ("192.0.2.7", None))
+    ):
+        record = replace(session(f"o{index}", now), email=email, module=module, client=client)
+        burned = replace(record, key=f"b{index}", token_id=f"link-{index}")
+        await store.create_session(record)
+        assert await store.burn(burned.token_id, now + HOUR, burned) is BurnResult.BURNED
+        assert await store.get_session(record.key) == record
+        assert await store.get_session(burned.key) == burned
 
 
 async def test_touch_session_moves_last_seen_forward_only(store: Store, now: float) -> None:

@@ -39,6 +39,7 @@ from sidecar.store.sqlite_schema import (
     count_hit,
     mint_record,
     prepare_file,
+    session_row,
 )
 
 T = TypeVar("T")
@@ -361,19 +362,7 @@ class SQLiteStore(Store):
 
 
 def _insert_session(s: SessionRecord) -> Callable[[Conn], int]:
-    params = (
-        s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
-        s.idle_timeout, s.last_seen, s.token_id, s.email, s.module,
-        _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout), s.client,
-    )  # fmt: skip
-    return statement(_INSERT_SESSION, params)
-
-
-_INSERT_SESSION = (
-    "INSERT OR REPLACE INTO sessions (key, user_id, role, params, created_at,"
-    " expires_at, idle_timeout, last_seen, token_id, email, module, dead_at, client)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+    return statement(*session_row(s))
 
 
 def _user_columns(user: User) -> Iterable[str | float | None]:

@@ -5,9 +5,11 @@ and the statements the ops run on the connection they are given.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 
-from sidecar.store.base import TokenRecord
+from sidecar.store import _codec
+from sidecar.store.base import SessionRecord, TokenRecord
 
 PURGE_CHUNK = 5000  # rows per purge transaction, so burns are never stalled for long
 
@@ -87,6 +89,17 @@ _MINT_RECORDS = {  # (email given, module given): the statement
     (False, True): "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,NULL,?,?)",
     (False, False): "INSERT OR REPLACE INTO token_records VALUES (?,?,?,?,?,?,?,NULL,NULL,?)",
 }
+# A session (every redemption writes one), the same way: its optional columns (email,
+# module, client) written as NULL when None, so at most eight statement texts.
+_SESSION_COLUMNS = (
+    "key, user_id, role, params, created_at, expires_at, idle_timeout, last_seen, token_id,"
+    " dead_at, email, module, client"
+)
+_INSERT_SESSIONS = {  # (email given, module given, client given): the statement
+    given: f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}) VALUES"  # noqa: S608
+    f" (?,?,?,?,?,?,?,?,?,?{''.join(',?' if present else ',NULL' for present in given)})"
+    for given in itertools.product((True, False), repeat=3)
+}
 _COUNT_HIT = (
     "INSERT INTO ratelimits (key, count, reset_at) VALUES (?1, 1, ?2)"
     " ON CONFLICT (key) DO UPDATE SET reset_at = ?2,"
@@ -107,6 +120,24 @@ def mint_record(r: TokenRecord, keep_until: float) -> tuple[str, tuple[str | flo
     if module is not None:
         params += (module,)
     return _MINT_RECORDS[email is not None, module is not None], (*params, keep_until)
+
+
+def session_row(s: SessionRecord) -> tuple[str, tuple[str | float, ...]]:
+    """The statement that writes session ``s`` (replacing one of the same key), and its
+    parameters."""
+    email, module, client = s.email, s.module, s.client
+    params: tuple[str | float, ...] = (
+        s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
+        s.idle_timeout, s.last_seen, s.token_id,
+        _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout),
+    )  # fmt: skip
+    if email is not None:
+        params += (email,)
+    if module is not None:
+        params += (module,)
+    if client is not None:
+        params += (client,)
+    return _INSERT_SESSIONS[email is not None, module is not None, client is not None], params
 
 
 def count_hit(conn: sqlite3.Connection, key: str, reset: float) -> int:
