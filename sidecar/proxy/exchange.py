@@ -37,6 +37,7 @@ from sidecar.proxy.pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection
 from sidecar.proxy.upstream_errors import StaleConnection, UpstreamError
 from sidecar.proxy.verdicts import PUBLIC, STORE_DOWN, Redirect, Verdict
+from sidecar.session_cookies import NO_COOKIES
 from sidecar.telemetry import metrics
 from sidecar.telemetry.access import CLIENT_CLOSED, request_id_for
 from sidecar.telemetry.context import CURRENT, RequestRecord
@@ -53,13 +54,17 @@ Held = UpstreamResponse | None  # an answer a task reads, released when it ends
 class Exchange:
     """A request being answered by the express lane (a :class:`~sidecar.web.lanes.Started`)."""
 
-    __slots__ = ("_admitted", "_body", "_conn", "_deciding", "_head", "_holds_slot", "_lane",
-                 "_over", "_pool", "_record", "_reply", "_started", "_upstream_head",
-                 "slot_deadline", "status", "task")  # fmt: skip
+    __slots__ = ("_admitted", "_body", "_conn", "_deciding", "_head", "_holds_slot",
+                 "_keep_alive", "_lane", "_method", "_over", "_pool", "_record", "_reply",
+                 "_started", "_upstream_head", "slot_deadline", "status", "task")  # fmt: skip
 
     def __init__(self, lane: ExpressLane, head: Head, reply: Reply, admitted: Admitted) -> None:
         self._lane = lane
-        self._head = head
+        # The parsed head until the request sent upstream is built from it (_begin); then
+        # only what the rest of the exchange reads of it.
+        self._head: Head | None = head
+        self._method = head.method
+        self._keep_alive = head.keep_alive
         self._reply = reply
         self._admitted = admitted
         self.task: asyncio.Task[Verdict | None] | asyncio.Task[None] | None = None
@@ -107,8 +112,10 @@ class Exchange:
             refused = Failure(503, "store_unavailable")
         elif verdict.session is None and not verdict.forward:
             # No live session: proxy.unauthenticated decides, as in the handler.
-            target = self._head.target.decode("utf-8", "surrogateescape")
-            refused = lane.gateway.anonymous(self._head.method, target, self._admitted.accept or "")
+            head = self._head
+            assert head is not None  # (judged once, before _begin)
+            target = head.target.decode("utf-8", "surrogateescape")
+            refused = lane.gateway.anonymous(self._method, target, self._admitted.accept or "")
             if refused is None:
                 verdict = PUBLIC  # "pass": forwarded without identity
         elif not verdict.forward:
@@ -136,14 +143,20 @@ class Exchange:
             self.finish()
             return
         forwarder = lane.forwarder
+        head = self._head
+        assert head is not None  # (judged once)
+        admitted = self._admitted
         self._upstream_head, self._body = relay.upstream_request(
-            forwarder,
-            self._head,
-            self._reply.peer,
-            self._admitted.cookies,
-            verdict.identity,
+            forwarder, head, self._reply.peer, admitted.cookies, verdict.identity,
             record.request_id,
-        )
+        )  # fmt: skip
+        # From here the request is what goes upstream: the parsed head, the cookies and the
+        # bytes as the client sent them are not kept while it waits for a slot and for its
+        # answer (a burst of requests beyond proxy.max_connections all wait at once, and the
+        # memory their peak takes stays with the process).
+        self._head = None
+        admitted.cookies = NO_COOKIES
+        self._reply.committed()
         pool = self._pool = forwarder.pool
         if pool is None:
             self._spawn(self._relay())
@@ -260,8 +273,8 @@ class Exchange:
         pool.drop(conn)
         if (
             isinstance(error, StaleConnection)
-            and self._head.method in IDEMPOTENT
-            and not self._head.body
+            and self._method in IDEMPOTENT
+            and not self._body  # (the body as sent: empty when the client's was)
         ):
             # The upstream closed the idle connection as the request left: once more, on
             # a fresh one, as the pool does. Only an idempotent request without a body,
@@ -314,7 +327,7 @@ class Exchange:
             forwarder = self._lane.forwarder
             body = one_chunk(self._body) if self._body else None
             upstream = await forwarder.exchange(
-                self._head.method, self._upstream_head, body, slot_held=slot_held
+                self._method, self._upstream_head, body, slot_held=slot_held
             )
             if isinstance(upstream, Failure):
                 self._fail(upstream)
@@ -348,7 +361,7 @@ class Exchange:
             return
         out = forwarder.headers.response_headers(upstream.headers)
         self.status = upstream.status
-        keep_alive = self._head.keep_alive
+        keep_alive = self._keep_alive
         await relay.stream(self._reply, upstream, out, keep_alive, forwarder.send_timeout)
 
     # -- writing and ending ----------------------------------------------------------
@@ -358,7 +371,7 @@ class Exchange:
         out = self._lane.forwarder.headers.response_headers(upstream.headers)
         self.status = upstream.status
         self._reply.write(answers.whole(upstream.status, upstream.reason, out, body,
-                                        record.request_id, self._head.keep_alive))  # fmt: skip
+                                        record.request_id, self._keep_alive))  # fmt: skip
 
     def _fail(self, failed: Failure | Redirect) -> None:
         record = self._record
@@ -366,7 +379,7 @@ class Exchange:
         self.status = failed.status
         config = self._lane.services.config
         self._reply.write(answers.refusal(failed, self._admitted.accept, config.pages,
-                                          record.request_id, self._head.keep_alive))  # fmt: skip
+                                          record.request_id, self._keep_alive))  # fmt: skip
 
     def finish(self) -> None:
         """The answer is complete (or abandoned): count, log, and tell the connection."""
@@ -380,7 +393,7 @@ class Exchange:
                 lane.drain.end()
             remote = lane.clients.client(self._reply.peer, self._admitted.forwarded_for)
             elapsed = time.perf_counter() - self._started
-            lane.access(self._head.method, self._admitted.path_text, self.status, elapsed,
+            lane.access(self._method, self._admitted.path_text, self.status, elapsed,
                         record, remote)  # fmt: skip
         self._reply.finished()
 

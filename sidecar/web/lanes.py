@@ -36,6 +36,10 @@ class Reply(Protocol):
     def decline(self) -> None:
         """Not answered after all (nothing written): hand the request to aiohttp."""
 
+    def committed(self) -> None:
+        """The lane answers this request itself (it will not :meth:`decline` it): the
+        request's bytes as received, kept for a handover, are not needed any more."""
+
 
 class Started(Protocol):
     """A request a lane took; :meth:`cancel` when its client leaves."""

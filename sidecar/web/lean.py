@@ -209,6 +209,9 @@ class LeanConnection(asyncio.Protocol):
         if self._go_on():
             self._next()
 
+    def committed(self) -> None:
+        self._pending = b""
+
     def decline(self) -> None:
         if self._current is None or self._current is _STARTING:
             return
