@@ -19,8 +19,6 @@ from functools import partial
 from pathlib import Path
 from typing import TypedDict
 
-from aiohttp import web
-
 from sidecar import compiled
 from sidecar.admin.api import build_admin_app
 from sidecar.config import Config, ConfigError, LoadedConfig, read_config
@@ -37,6 +35,7 @@ from sidecar.web.listener import ConnectionLimits, ListenerRunner, raise_fd_limi
 from sidecar.web.logsetup import configure_logging, set_levels
 from sidecar.web.loop import run_loop
 from sidecar.web.metrics import metrics_app
+from sidecar.web.sites import listener_site
 
 _LOG = logging.getLogger("sidecar.app")
 
@@ -167,7 +166,7 @@ async def serve(
             await runner.setup()
             runners.append(runner)
             try:
-                site = web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port or None)
+                site = listener_site(runner, listen.host, listen.port, reuse_port=reuse_port)
                 await site.start()
             except OSError as exc:
                 raise ServeError(f"cannot listen on {listen} ({name}): {exc.strerror}") from None
