@@ -6,6 +6,8 @@ tests.compiled_run ...``, with a compiled copy of ``sidecar/`` first on ``PYTHON
 plugin refuses to start unless every module of :data:`sidecar.compiled.MODULES` is
 compiled, and deselects the tests of :data:`DESELECTED`, naming each with its reason in the
 summary. A name there that no longer matches a test is an error, so the list cannot rot.
+Under pytest-xdist the workers collect and deselect; each sends the names it deselected to
+the controller, which prints them.
 
 A test that monkeypatches a class or a function of a compiled module fails here at once,
 saying so: compiled callers call them natively, so the patch would never be reached and
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from sidecar import compiled
+from tests import parallel
 
 # node id -> why it cannot run against the compiled build. Native classes and functions
 # are called directly by compiled callers: a monkeypatched replacement is never reached.
@@ -88,6 +91,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     stale = [node for node in DESELECTED if node.split("::")[0] in files and node not in seen]
     if stale:
         raise pytest.UsageError(f"tests.compiled_run: DESELECTED names no test: {stale}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = parallel.worker_output(session.config)
+    if output is not None:
+        output["compiled_deselected"] = session.config.stash[_SEEN]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the controller: the tests a worker deselected join the summary (once each)."""
+    seen: list[str] = node.config.stash[_SEEN]
+    names = getattr(node, "workeroutput", {}).get("compiled_deselected", [])
+    seen.extend(name for name in names if name not in seen)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -14,13 +14,46 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests import parallel
 from tests.harness.links import Env, env_for
 from tests.harness.upstream import Upstream, running_upstream
+from tests.security import casebook
 
 if TYPE_CHECKING:
     from tests.redis_topologies import Topology
 
 REQUIRE_ALL = os.environ.get("SIDECAR_REQUIRE_ALL") == "1"
+
+
+# -- the suite split between pytest-xdist workers (tests/parallel.py) ----------------------
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return parallel.scheduler(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    parallel.heaviest_first(items)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = parallel.worker_output(session.config)
+    if output is not None:
+        output["casebook"] = casebook.counts()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the controller: a worker ended; its security cases join the summary."""
+    counts = getattr(node, "workeroutput", {}).get("casebook")
+    if counts is not None:
+        casebook.add(counts)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if any(casebook.TRIED.values()):
+        terminalreporter.section("security cases (tried / got through)")
+        for line in casebook.summary_lines():
+            terminalreporter.write_line(line)
 
 
 def skip_or_fail(reason: str) -> None:

@@ -1,8 +1,9 @@
 """Counts of attack cases tried and let through, per category, for the suite's summary.
 
 Tests record what they tried and what got through (which then fails the test); the
-``tests/security/conftest.py`` terminal-summary hook prints the table, which is the
-"cases tried / got through" note the issue asks for.
+``tests/conftest.py`` terminal-summary hook prints the table, which is the
+"cases tried / got through" note the issue asks for. Under pytest-xdist each worker counts
+its own; :func:`counts` travels to the controller, which adds them up (:func:`add`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ def record(category: str, *, tried: int = 1, through: int = 0) -> None:
         raise ValueError(f"unknown category {category!r}")
     TRIED[category] += tried
     THROUGH[category] += through
+
+
+def counts() -> dict[str, tuple[int, int]]:
+    """This process's counts, as plain data: category -> (tried, through)."""
+    return {name: (TRIED[name], THROUGH[name]) for name in CATEGORIES if TRIED[name]}
+
+
+def add(counts: dict[str, tuple[int, int]]) -> None:
+    """Adds another process's :func:`counts` (an xdist worker's) to this one's."""
+    for name, (tried, through) in counts.items():
+        record(name, tried=tried, through=through)
 
 
 def summary_lines() -> list[str]:

@@ -1,4 +1,5 @@
-"""Fixtures of the adversarial suite (see :mod:`tests.harness`) and its summary table."""
+"""Fixtures of the adversarial suite (see :mod:`tests.harness`). Its summary table is
+printed by ``tests/conftest.py``, which also adds up what each xdist worker counted."""
 
 from __future__ import annotations
 
@@ -8,14 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Sidecar, running_sidecar
-from tests.security import casebook
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if any(casebook.TRIED.values()):
-        terminalreporter.section("security cases (tried / got through)")
-        for line in casebook.summary_lines():
-            terminalreporter.write_line(line)
 
 
 @pytest.fixture
