@@ -30,13 +30,18 @@ GROUPS: dict[str, str] = {
 _HEAVY = ("slow", "browser")
 
 
+def unit_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: its file, or its file's group."""
+    path = nodeid.split("::", 1)[0]
+    return GROUPS.get(path, path)
+
+
 class FileScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no py.typed
     """xdist's ``loadfile`` with :data:`GROUPS`, handing units out in collection order
     (which :func:`heaviest_first` arranged) rather than by their number of tests."""
 
     def _split_scope(self, nodeid: str) -> str:
-        path = nodeid.split("::", 1)[0]
-        return GROUPS.get(path, path)
+        return unit_of(nodeid)
 
     def schedule(self) -> None:
         # xdist would sort the units by how many tests they hold; a file of 200 quick
