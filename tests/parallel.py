@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from xdist.scheduler import LoadScopeScheduling
 
 # test file -> the unit it is scheduled in, when it is not its own
 _TOPOLOGIES = "redis topologies (tests/redis_topologies.py)"
@@ -36,24 +35,26 @@ def unit_of(nodeid: str) -> str:
     return GROUPS.get(path, path)
 
 
-class FileScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no py.typed
-    """xdist's ``loadfile`` with :data:`GROUPS`, handing units out in collection order
-    (which :func:`heaviest_first` arranged) rather than by their number of tests."""
+def scheduler(config: pytest.Config, log: Any) -> Any:
+    """For ``--dist loadfile``: xdist's ``loadfile`` with :data:`GROUPS` (:func:`unit_of`),
+    handing units out in collection order (which :func:`heaviest_first` arranged) rather
+    than by their number of tests. None (xdist's own) for any other mode.
 
-    def _split_scope(self, nodeid: str) -> str:
-        return unit_of(nodeid)
-
-    def schedule(self) -> None:
-        # xdist would sort the units by how many tests they hold; a file of 200 quick
-        # tests is not a long one, so the order the workers collected stands.
-        self.config.option.loadscopereorder = False
-        super().schedule()
-
-
-def scheduler(config: pytest.Config, log: Any) -> FileScheduling | None:
-    """The scheduler for ``--dist loadfile`` (None: xdist's own for any other mode)."""
+    xdist is imported here, when it runs: a venv without it runs the suite in one process."""
     if config.getvalue("dist") != "loadfile":
         return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no py.typed
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+        def schedule(self) -> None:
+            # xdist would sort the units by how many tests they hold; a file of 200 quick
+            # tests is not a long one, so the order the workers collected stands.
+            self.config.option.loadscopereorder = False
+            super().schedule()
+
     return FileScheduling(config, log)
 
 
