@@ -60,6 +60,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.telemetry.tally",
     # A mint (the admin listener's lean lane): its steps, the token codec, the body parse.
     "sidecar.admin.lane",
+    "sidecar.admin.guards",
     "sidecar.admin.mints",
     "sidecar.refer.minting",
     "sidecar.tokens.b64",

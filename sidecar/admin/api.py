@@ -9,9 +9,10 @@ line.
 from __future__ import annotations
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 
 from sidecar.admin import reads
-from sidecar.admin.guards import TOKEN_ID, Guards, RequestError, guards, too_many_mints
+from sidecar.admin.guards import TOKEN_ID, Guards, RequestError, too_many_mints
 from sidecar.admin.lane import MintLane
 from sidecar.admin.mints import announce, keep_link, mint_link
 from sidecar.config import MAX_EXPIRY
@@ -23,6 +24,7 @@ from sidecar.sessions import SESSIONS
 from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry.audit import audit
 from sidecar.web import jsonbody
+from sidecar.web.accesslog import access_middleware
 from sidecar.web.appkeys import SERVICES
 from sidecar.web.listener import LANE, own_answer_headers
 
@@ -110,6 +112,23 @@ async def openapi_json(request: web.Request) -> web.Response:
     from sidecar.admin import openapi
 
     return await openapi.openapi_json(request)
+
+
+def guards(services: Services) -> tuple[list[Middleware], Guards]:
+    """The admin app's middlewares, outermost first (the access log, then every guard in
+    one), and the :class:`Guards` they check with, bound at start and bound again on a
+    reload (a new admin key, allowed peers or mint rate apply at once) — never read from
+    the config per request."""
+    checks = Guards(services)
+
+    # Here, not in sidecar.admin.guards: aiohttp marks a middleware with an attribute,
+    # which a compiled (mypyc) function cannot take, and that module is compiled (a mint's
+    # Guards.admits).
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await checks.middleware(request, handler)
+
+    return [access_middleware("admin", route=lambda _: "admin"), guard], checks
 
 
 def build_admin_app(services: Services) -> web.Application:

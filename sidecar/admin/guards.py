@@ -1,12 +1,12 @@
 """What stands before every admin handler, and the admin API's error shapes.
 
-:func:`guards` gives the admin app's middlewares: the access log, then one middleware
-(:class:`Guards`, its options bound once and again on a reload) that counts refused mints,
-maps errors, and checks the peer (loopback or ``admin.allowed_peers``), the ``Host`` (DNS
-rebinding), the browser (``Origin`` / ``Sec-Fetch-Site``: CSRF), the bearer admin key, the
-body size and, for mints (``/referstring`` and ``/admin/generate_link``), a rate limit
-counted in the store. One middleware rather than one per check: each layer is a coroutine
-per request, and a mint is the admin port's hot path.
+The admin app's middlewares (:func:`sidecar.admin.api.guards`) are the access log, then
+one middleware (:class:`Guards`, its options bound once and again on a reload) that counts
+refused mints, maps errors, and checks the peer (loopback or ``admin.allowed_peers``), the
+``Host`` (DNS rebinding), the browser (``Origin`` / ``Sec-Fetch-Site``: CSRF), the bearer
+admin key, the body size and, for mints (``/referstring`` and ``/admin/generate_link``), a
+rate limit counted in the store. One middleware rather than one per check: each layer is a
+coroutine per request.
 
 Errors are JSON ``{"code": <status>, "error_code", "message"[, "field"]}``
 (:func:`admin_error`); on the GoTrue-style routes under ``/admin/`` every answer, refusals
@@ -14,6 +14,10 @@ included, is GoTrue's ``{code, error_code, msg, details}``
 (:func:`sidecar.links.http.gotrue_error`). ``error_code`` comes from
 :mod:`sidecar.links.errorcodes`. Nothing here answers 500 with details, and no token text,
 admin key or traceback reaches a response or a log line.
+
+This module is compiled with a mint's path (:mod:`sidecar.compiled`: the lean lane calls
+:meth:`Guards.admits` for every mint), so the aiohttp middleware that wraps
+:meth:`Guards.middleware` is :mod:`sidecar.admin.api`'s.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from sidecar.config import AdminConfig, Config
 from sidecar.config.values import HostPort, Network, RateLimit
@@ -38,7 +42,6 @@ from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
 from sidecar.telemetry import metrics
-from sidecar.web.accesslog import access_middleware
 
 # GoTrue-style routes answer errors as {code, msg, details}, like GoTrue itself.
 GOTRUE_PREFIX = "/admin/"
@@ -132,16 +135,7 @@ def _host_name(host: str) -> str:
     return f"[{host}]" if ":" in host else host.lower()
 
 
-# -- the middlewares ---------------------------------------------------------------------
-
-
-def guards(services: Services) -> tuple[list[Middleware], Guards]:
-    """The admin app's middlewares, outermost first (the access log, then every guard in
-    one), and the :class:`Guards` they check with, bound at start and bound again on a
-    reload (a new admin key, allowed peers or mint rate apply at once) — never read from
-    the config per request."""
-    g = Guards(services)
-    return [access_middleware("admin", route=lambda _: "admin"), g.middleware], g
+# -- the checks ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +196,8 @@ class Guards:
     def configure(self, config: Config) -> None:
         self._options = _Options.of(config.admin)
 
-    @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """What the admin app's middleware (:func:`sidecar.admin.api.guards`) answers."""
         response = await self._answer(request, handler)
         if response.status >= 400:
             count_mint_failure(request.path, response.status)
@@ -220,9 +214,14 @@ class Guards:
                 if limited is not None:
                     return limited
             return await handler(request)
-        except RequestError as exc:
+        # One name per handler: compiled (mypyc), a name holds the first handler's type.
+        except RequestError as refused:
             return json_error(
-                request, exc.status, exc.message, field=exc.field, error_code=exc.error_code
+                request,
+                refused.status,
+                refused.message,
+                field=refused.field,
+                error_code=refused.error_code,
             )
         except web.HTTPRequestEntityTooLarge:
             return _too_large(request, self._options.max_body)
