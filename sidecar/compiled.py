@@ -75,6 +75,8 @@ MODULES: tuple[str, ...] = (
     "sidecar.proxy.auth_lane",
     "sidecar.refer.redeem",
     "sidecar.store._groupcommit",
+    # A mint's record.
+    "sidecar.store.token_record",
     # Every store call of both: the latency wrapper around the backend.
     "sidecar.store.timed",
 )
