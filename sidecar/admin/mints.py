@@ -11,6 +11,8 @@ line and gives the answer's document.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from sidecar.admin.guards import Guards, RequestError
 from sidecar.refer.minting import MintedLink, MintError, mint_refer, parse_refer_request
 from sidecar.services import Services
@@ -33,10 +35,11 @@ def mint_link(services: Services, body: dict[str, object]) -> MintedLink:
         raise RequestError(400, str(too_long), field="additionalParams") from None
 
 
-async def keep_link(services: Services, guards: Guards, link: MintedLink) -> None:
-    """Count the mint and record the link: one store call (one SQLite transaction)."""
+def keep_link(services: Services, guards: Guards, link: MintedLink) -> Awaitable[None]:
+    """Count the mint and record the link: one store call (one SQLite transaction), to be
+    awaited. Not a coroutine itself: one coroutine level fewer on every mint."""
     key, rate = guards.quota()
-    await remember_counted_mint(services.store, link.claims, key, rate, services.clock())
+    return remember_counted_mint(services.store, link.claims, key, rate, services.clock())
 
 
 def announce(link: MintedLink) -> str:

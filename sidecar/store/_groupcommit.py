@@ -229,12 +229,13 @@ class GroupCommitWriter:
             await self._in_thread(conn.close)
         await asyncio.to_thread(self._executor.shutdown)
 
-    async def write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``apply`` (in the writer thread) in the next group transaction; return its
-        result once committed."""
+    def write(self, apply: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``apply`` (in the writer thread) in the next group transaction; the future
+        has its result once committed. A future, not a coroutine: one coroutine level
+        fewer on every write (a mint's store call awaits it directly)."""
         future: asyncio.Future[T] = self._new_future()
         self._enqueue(_Write(apply, future))
-        return await future
+        return future
 
     async def burn(
         self,
