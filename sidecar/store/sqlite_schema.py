@@ -140,7 +140,7 @@ def session_row(s: SessionRecord) -> tuple[str, tuple[str | float, ...]]:
     return _INSERT_SESSIONS[email is not None, module is not None, client is not None], params
 
 
-def count_hit(conn: sqlite3.Connection, key: str, reset: float) -> int:
+def count_hit(conn: sqlite3.Connection | sqlite3.Cursor, key: str, reset: float) -> int:
     """One event in ``key``'s window ending at ``reset`` (in the open transaction); the
     count including it.
 
