@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final, Protocol, cast
 
 from aiohttp import hdrs, web
 
@@ -66,8 +68,16 @@ def cookie_values(headers: Iterable[bytes], name: str) -> RequestCookies:
     They are read as latin-1, so other cookies reach the upstream byte for byte."""
     found: list[str] = []
     others: list[bytes] = []
+    alone = name + "="
     for raw in headers:
-        values, rest = _split_cookie_header(raw.decode("latin-1"), name)
+        text = raw.decode("latin-1")
+        if ";" not in text and text.startswith(alone):
+            # The usual header: our cookie alone. What _split_cookie_header gives for it,
+            # without its general pass (name is a cookie token: no "=", no whitespace).
+            values = [text[len(alone) :].strip().strip('"')]
+            rest = ""
+        else:
+            values, rest = _split_cookie_header(text, name)
         for value in values:
             if (
                 len(found) < MAX_COOKIE_COPIES
@@ -81,8 +91,32 @@ def cookie_values(headers: Iterable[bytes], name: str) -> RequestCookies:
     return RequestCookies(tuple(found), tuple(others))
 
 
+class _Digest(Protocol):
+    def hexdigest(self) -> str: ...
+
+
+def _sha256_constructor() -> Callable[[bytes], _Digest]:
+    """CPython's own SHA-256 (``_sha2`` from 3.12, ``_sha256`` before), else hashlib's.
+
+    The same digests (tests/test_session_cookies.py pins them to hashlib's); for one
+    43-byte cookie the builtin's set-up is far cheaper than OpenSSL's EVP that
+    ``hashlib.sha256`` goes through, and every proxied request hashes its cookie."""
+    for module in ("_sha2", "_sha256"):
+        try:
+            constructor = getattr(importlib.import_module(module), "sha256", None)
+        except ImportError:
+            continue
+        if callable(constructor):
+            return cast(Callable[[bytes], _Digest], constructor)
+    return hashlib.sha256
+
+
+_SHA256: Final = _sha256_constructor()
+
+
 def session_key(cookie_value: str) -> str:
-    return hashlib.sha256(cookie_value.encode("ascii")).hexdigest()
+    """The store's key for a session: the SHA-256 of its cookie, in hex."""
+    return _SHA256(cookie_value.encode("ascii")).hexdigest()
 
 
 def split_cookie_header(header: str, name: str) -> tuple[str | None, str]:

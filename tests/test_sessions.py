@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
 
 import pytest
 from aiohttp import web
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from sidecar import session_cookies
 from sidecar.config import RoleConfig
 from sidecar.services import Services
-from sidecar.session_cookies import split_cookie_header
+from sidecar.session_cookies import cookie_values, session_key, split_cookie_header
 from sidecar.sessions import SessionManager
 from sidecar.store.base import SessionRecord, Store
 from sidecar.store.sqlite import SQLiteStore
@@ -143,6 +147,66 @@ def test_the_cookie_header_is_split_into_ours_and_the_rest() -> None:
     value, rest = split_cookie_header("theme=dark; sidecar_session=abc; x=1", "sidecar_session")
     assert value == "abc"
     assert rest == "theme=dark; x=1"
+
+
+# Headers built of the pieces that matter to the split (our name and its spellings, the
+# separators, quotes, whitespace) and any latin-1 character.
+_COOKIE_TEXT = st.lists(
+    st.sampled_from(["sidecar_session", "__Host-", "SIDECAR_session", "a" * 43, *'=;, \t"x'])
+    | st.characters(min_codepoint=0, max_codepoint=255),
+    max_size=12,
+).map("".join)
+
+
+@given(st.lists(_COOKIE_TEXT, max_size=3))
+@example(["sidecar_session=" + "a" * 43])
+@example(["sidecar_session=" + "a" * 43 + " "])
+@example(['sidecar_session="' + "a" * 43 + '"'])
+@example(["sidecar_session=" + "a" * 43 + ", sidecar_session=" + "b" * 43])
+@example(["sidecar_session=" + "a" * 43 + "; x=1"])
+@example(["sidecar_session==" + "a" * 43])
+@example(["sidecar_session=" + "a" * 43, "sidecar_session=" + "b" * 43])
+def test_the_lone_cookie_shortcut_reads_what_the_general_split_reads(
+    headers: list[str],
+) -> None:
+    """cookie_values reads a header holding only our cookie without the general pass: it
+    must give the same copies and the same rest as that pass, for any header."""
+    name = "sidecar_session"
+    raws = [h.encode("latin-1") for h in headers]
+    found: list[str] = []
+    others: list[bytes] = []
+    for raw in raws:
+        values, rest = session_cookies._split_cookie_header(raw.decode("latin-1"), name)
+        for value in values:
+            if (
+                len(found) < session_cookies.MAX_COOKIE_COPIES
+                and session_cookies.COOKIE_VALUE.fullmatch(value)
+                and value not in found
+            ):
+                found.append(value)
+        others.append(rest.encode("latin-1"))
+    read = cookie_values(raws, name)
+    assert read.values == tuple(found)
+    assert read.others == tuple(others)
+
+
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+@example("a" * 43)
+@example("")
+def test_session_keys_are_hashlib_sha256_hex(value: str) -> None:
+    """The store's session keys stay the SHA-256 hex of the cookie, whichever SHA-256
+    implementation computes it: sessions stored before keep working."""
+    assert session_key(value) == hashlib.sha256(value.encode("ascii")).hexdigest()
+    assert session_key("a" * 43) == (
+        "66d34fba71f8f450f7e45598853e53bfc23bbd129027cbb131a2f4ffd7878cd0"
+    )
+
+
+def test_session_keys_use_cpythons_own_sha256_where_it_has_one() -> None:
+    """Not OpenSSL's (through hashlib): its per-call set-up costs more than hashing one
+    cookie. Both give the same digests (above)."""
+    digest = session_cookies._SHA256(b"x")
+    assert type(digest).__module__ in ("_sha256", "_sha2")
 
 
 @pytest.mark.parametrize(
