@@ -118,17 +118,25 @@ def _line(
     if len(path) > _MAX_PATH:
         path = path[:_MAX_PATH] + "…"
     upstream = "null" if record.upstream_s is None else _millis(record.upstream_s)
-    user = "null" if record.user_id is None else _json_str(record.user_id)
+    user = "null" if record.user_id is None else _quoted(record.user_id)
     error = "" if record.upstream_error is None else _error_field(record.upstream_error)
-    client = "null" if remote is None else _json_str(remote)
+    client = "null" if remote is None else _quoted(remote)
+    shown_method = _METHODS.get(method)
+    if shown_method is None:
+        shown_method = _json_str(method)
     code = str(status)
+    # The duration's two parts written into the line itself (see _millis): no string of
+    # its own to concatenate.
+    hundredths = int(elapsed * 100000 + 0.5)
+    whole = str(hundredths // 100)
     # Every field a str, and no conversion or format spec in the f-string: compiled, it is
     # then one concatenation (with either, mypyc falls back to str.format, three times
     # the cost of the whole line).
     return (
-        f'{{"ts": "{rfc3339(time.time())}", {prefix}{_json_str(method)}, '
+        f'{{"ts": "{rfc3339(time.time())}", {prefix}{shown_method}, '
         f'"path": {_json_str(path)}, "status": {code}, '
-        f'"duration_ms": {_millis(elapsed)}, "upstream_ms": {upstream}, '
+        f'"duration_ms": {whole}{_CENTS[hundredths % 100]}, '
+        f'"upstream_ms": {upstream}, '
         f'"user_id": {user}, "request_id": {_json_str(record.request_id)}, '
         f'"remote": {client}{error}}}'
     )
@@ -140,10 +148,36 @@ def _millis(seconds: float) -> str:
     formatting was a tenth of the line's cost. (Rounded half up from the product, it can
     differ from ``round``'s correctly rounded half-even only within a rounding error of a
     half hundredth: none in a million random durations.)"""
-    whole, cents = divmod(int(seconds * 100000 + 0.5), 100)
-    if cents % 10 == 0:
-        return str(whole) + "." + str(cents // 10)
-    return str(whole) + "." + str(100 + cents)[1:]
+    hundredths = int(seconds * 100000 + 0.5)
+    return str(hundredths // 100) + _CENTS[hundredths % 100]
+
+
+# The fraction of a duration in milliseconds, by its hundredths, as json.dumps writes a
+# float's: ".0" for none, one digit when the second is 0 (".5"), else two (".05", ".25").
+_CENTS: Final = tuple("." + (str(c // 10) if c % 10 == 0 else str(100 + c)[1:]) for c in range(100))
+
+# The methods every client sends, already written as JSON strings; any other is escaped.
+_METHODS: Final = {
+    m: _json_str(m) for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
+
+# Client addresses and user ids repeat from request to request: each written as a JSON
+# string once. Bounded: emptied when full, and long texts are not kept.
+_SEEN: Final[dict[str, str]] = {}
+_MAX_SEEN: Final = 1024
+_MAX_SEEN_LENGTH: Final = 128
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a JSON string (``json.dumps(text)``)."""
+    known = _SEEN.get(text)
+    if known is None:
+        known = _json_str(text)
+        if len(text) <= _MAX_SEEN_LENGTH:
+            if len(_SEEN) >= _MAX_SEEN:
+                _SEEN.clear()
+            _SEEN[text] = known
+    return known
 
 
 def _error_field(reason: str) -> str:

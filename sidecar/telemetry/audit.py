@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from json.encoder import encode_basestring_ascii as _json_str
-from typing import TextIO
+from typing import Final, TextIO
 
 from sidecar.telemetry.context import current_request_id, rfc3339
 
@@ -178,15 +178,24 @@ def direct_sink(logger: logging.Logger) -> LoopBatchedHandler | None:
     way but the root's. Then a finished line can go straight to it, skipping the
     ``LogRecord``; with anything else installed (a test's capture, an operator's handler)
     records go through ``logging`` as usual."""
-    root = logging.root  # what logging.getLogger() returns, without the call
-    if logger.handlers or logger.filters or not logger.propagate or len(root.handlers) != 1:
+    if logger.handlers or logger.filters or not logger.propagate:
         return None
-    handler = root.handlers[0]
+    root = _ROOT
+    handlers = root.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
     if type(handler) is not LoopBatchedHandler or handler.filters or root.filters:
         return None
-    if handler.level > logging.INFO:
+    if handler.level > _INFO:
         return None
     return handler
+
+
+# What logging.getLogger() returns and INFO's number, read once: compiled, each read of a
+# module's attribute costs as much as one of the checks above.
+_ROOT: Final = logging.root
+_INFO: Final = logging.INFO
 
 
 class LoopBatchedHandler(logging.StreamHandler[TextIO]):

@@ -7,10 +7,10 @@ upstream client reach the same record without it being passed around.
 
 from __future__ import annotations
 
-import functools
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Final
 
 
 @dataclass(slots=True, init=False)  # its __init__ compiled: see sidecar.web.heads.Head
@@ -58,12 +58,12 @@ def set_user(user_id: str) -> None:
         record.user_id = user_id
 
 
-@functools.lru_cache(maxsize=4)
-def _second(whole: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-
-
 _last = (-1, "")  # the millisecond formatted last, and its text (swapped whole: threads)
+_last_second = (-1, "")  # the same for the date and time to the second
+
+# ".000Z" to ".999Z": the milliseconds' part of the text, zero-padded without a format
+# spec (compiled, one would cost a str.format call).
+_MILLIS: Final = tuple("." + str(1000 + ms)[1:] + "Z" for ms in range(1000))
 
 
 def rfc3339(timestamp: float) -> str:
@@ -71,13 +71,16 @@ def rfc3339(timestamp: float) -> str:
 
     Formatted once per millisecond, the date part once per second (every log line asks,
     and under load many lines share a millisecond)."""
-    global _last
+    global _last, _last_second
     millis = int(timestamp * 1000)
     last = _last
     if last[0] == millis:
         return last[1]
-    # The milliseconds zero-padded without a format spec (compiled, one would cost a
-    # str.format call).
-    text = _second(millis // 1000) + "." + str(1000 + millis % 1000)[1:] + "Z"
+    whole = millis // 1000
+    second = _last_second
+    if second[0] != whole:
+        second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _last_second = second
+    text = second[1] + _MILLIS[millis % 1000]
     _last = (millis, text)
     return text
