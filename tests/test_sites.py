@@ -14,12 +14,16 @@ import pytest
 from aiohttp import web
 
 from sidecar.web.sites import listener_site
+from tests.conftest import skip_or_fail
 from tests.harness.upstream import running_upstream
 from tests.serve_process import running_serve
 
 
 async def _ok(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+_HAVE_PROC = Path("/proc/self/task").is_dir()  # read once, at import
 
 
 def _ipv6_loopback() -> bool:
@@ -64,8 +68,9 @@ async def test_an_address_is_bound_here_with_the_loops_socket_options() -> None:
         await runner.cleanup()
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
 async def test_an_ipv6_address_listens_on_ipv6_only() -> None:
+    if not _ipv6_loopback():
+        skip_or_fail("no IPv6 loopback on this machine")
     app = web.Application()
     app.router.add_get("/", _ok)
     runner = web.AppRunner(app)
@@ -92,13 +97,17 @@ def _threads(pid: int) -> list[str]:
     return names
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc (Linux)")
 async def test_a_served_process_on_addresses_starts_no_resolver_threads(tmp_path: Path) -> None:
     """``sidecar serve`` on uvloop, listening on 127.0.0.1 (admin, proxy) with an upstream
     at 127.0.0.1: nothing is resolved, so libuv's thread pool (four ``libuv-worker``
     threads, each with its stack and malloc arena) never starts, through a proxied request
     and its new upstream connection too."""
-    pytest.importorskip("uvloop", reason="the served process runs on uvloop when installed")
+    if not _HAVE_PROC:
+        skip_or_fail("needs /proc (Linux)")
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        skip_or_fail("the served process runs on uvloop when installed; uvloop is not")
     async with running_upstream() as upstream, running_serve(tmp_path, upstream.url) as served:
         assert served.proc.pid is not None
         async with aiohttp.ClientSession() as http:
