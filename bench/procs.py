@@ -176,6 +176,27 @@ def cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
+def core_ticks() -> list[tuple[int, int]]:
+    """(busy, total) clock ticks of each core since boot, from ``/proc/stat``'s ``cpuN``
+    lines; busy is everything but idle and iowait."""
+    cores = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(v) for v in rest.split()]
+            total = sum(ticks[:8])  # user .. steal; guest time is already inside user
+            cores.append((total - ticks[3] - ticks[4], total))
+    return cores
+
+
+def busy_between(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> list[float]:
+    """Each core's busy share (0..1) between two :func:`core_ticks` readings."""
+    return [
+        (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        for (b0, t0), (b1, t1) in zip(before, after, strict=True)
+    ]
+
+
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     """Resident memory of ``pid`` (``VmRSS``, or ``VmHWM`` for the peak), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -268,9 +268,10 @@ def markdown(r: Results, chart: str | None) -> str:
             proxy = None if name == "direct" else pm.cpu_us
             cells = [pm.per_s, pm.ratio, pm.p50_ms, pm.p99_ms, proxy, upstream]
             fmts = [",.0f", ".2f", ".2f", ".2f", ",.0f", ",.0f"]
-            rows.append([layout, name, *(_n(v, f) for v, f in zip(cells, fmts, strict=True))])
+            busy = " / ".join(f"{b:.0%}" for b in pm.cores_busy) or "—"
+            rows.append([layout, name, *(_n(v, f) for v, f in zip(cells, fmts, strict=True)), busy])
     head = ["Layout", "Path", "req/s", "ratio", "p50 ms", "p99 ms", "proxy CPU µs/req"]
-    out += _table([*head, "upstream CPU µs/req"], rows)
+    out += _table([*head, "upstream CPU µs/req", "cores busy (0 / 1)"], rows)
     out += [""] + [f"- **{k}**: {v}." for k, v in r.layouts.items()]
     if "W" in r.proxied:
         out += [

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bench.loadgen import LoadSpec, run_load
-from bench.procs import cpu_seconds, rss_bytes
+from bench.procs import busy_between, core_ticks, cpu_seconds, rss_bytes
 from bench.target import COOKIE, Sidecar, mint_body_json, mint_tokens
 
 MIB = 1024 * 1024
@@ -30,6 +30,9 @@ class Sample:
     cpu_us: float | None = None  # CPU per answered request of the measured process
     upstream_cpu_us: float | None = None  # the upstream's, in proxied runs
     ratio: float | None = None  # to direct-to-upstream, within the same pair
+    # Each core's busy share during the run (whatever ran there: load, upstream, proxy),
+    # so a throughput ratio can be read against the core that bounded it.
+    cores_busy: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Measure:
     upstream_cpu_us: float | None
     ratio: float | None
     samples: list[Sample] = field(repr=False)
+    cores_busy: tuple[float, ...] = ()
 
 
 def median_of(samples: Sequence[Sample]) -> Measure:
@@ -58,6 +62,11 @@ def median_of(samples: Sequence[Sample]) -> Measure:
         upstream_cpu_us=med([s.upstream_cpu_us for s in samples]),
         ratio=med([s.ratio for s in samples]),
         samples=list(samples),
+        cores_busy=tuple(
+            statistics.median(busy) for busy in zip(*(s.cores_busy for s in samples), strict=True)
+        )
+        if all(s.cores_busy for s in samples)
+        else (),
     )
 
 
@@ -71,7 +80,9 @@ def sample(
     (and the upstream's) spent per answered request."""
     pids = [p for p in (pid, upstream_pid) if p is not None]
     before = [cpu_seconds(p) for p in pids]
+    ticks = core_ticks()
     result = run_load(spec, load_cores)
+    busy = busy_between(ticks, core_ticks())
     per_request = [
         (cpu_seconds(p) - b) / result.ok * 1e6 if result.ok else None
         for p, b in zip(pids, before, strict=True)
@@ -84,6 +95,7 @@ def sample(
         socket_errors=result.socket_errors,
         cpu_us=per_request[0] if pid is not None else None,
         upstream_cpu_us=per_request[-1] if upstream_pid is not None else None,
+        cores_busy=tuple(busy),
     )
 
 

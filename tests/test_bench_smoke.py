@@ -56,6 +56,9 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         assert sorted(proxied) == sorted(names)
         for name in names:
             _measure_ok(proxied[name])
+            busy = proxied[name]["cores_busy"]  # each core's busy share during the runs
+            assert all(0 <= b <= 1 for b in busy), busy
+            assert max(busy, default=0) > 0, busy
             if name != "direct":
                 assert proxied[name]["ratio"] > 0
     workers = doc["proxied"]["W"]  # nothing pinned: 1 and 2 workers side by side
