@@ -129,6 +129,36 @@ async def test_idle_and_absolute_expiry(manager: Factory, clock: Clock, role: Ro
     assert await sessions.lookup_value(cookie) is None
 
 
+async def test_a_new_session_holds_each_value_in_its_own_field(
+    manager: Factory, store: CountingStore, clock: Clock, role: RoleConfig
+) -> None:
+    """new() builds its record positionally: every field of one type (the three times, the
+    three optional texts) gets a value of its own here, so a swap shows, stored or not."""
+    assert role.session_lifetime != role.idle_timeout
+    cookie, record = manager().new(
+        user_id="u-7", role=role, token_id="t-7", params={"p": "q"}, email="e@example.test",
+        module="m-7", client="203.0.113.7",
+    )  # fmt: skip
+    now = clock()
+    expected = (
+        session_key(cookie), "u-7", role.name, {"p": "q"}, now, now + role.session_lifetime,
+        role.idle_timeout, now, "t-7", "e@example.test", "m-7", "203.0.113.7",
+    )  # fmt: skip
+    for held in (record, await _stored(store, record)):
+        assert (
+            held.key, held.user_id, held.role, held.params, held.created_at, held.expires_at,
+            held.idle_timeout, held.last_seen, held.token_id, held.email, held.module,
+            held.client,
+        ) == expected  # fmt: skip
+
+
+async def _stored(store: Store, record: SessionRecord) -> SessionRecord:
+    await store.create_session(record)
+    stored = await store.get_session(record.key)
+    assert stored is not None
+    return stored
+
+
 @pytest.mark.parametrize(
     "value",
     ["", "a" * 42, "a" * 44, "a" * 42 + "!", "a" * 42 + "=", "a" * 21 + " " + "a" * 21, "é" * 43],
