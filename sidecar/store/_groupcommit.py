@@ -28,6 +28,7 @@ from sidecar.store.base import BurnResult, StoreUnavailable, TokenState, UserExi
 
 T = TypeVar("T")
 Params = tuple[str | float | int | None, ...]
+Row = tuple[str, Params]  # a statement that writes one row, and its parameters
 Answer = Callable[[], None]
 
 _MAX_BATCH = 2048
@@ -81,8 +82,8 @@ class _Write(Generic[T]):
 class _Burn:
     """Burns are batched apart from other ops: two statements per chunk, not two per id.
 
-    ``then`` is written in the same transaction when, and only when, this op burned the
-    token (a redemption's session: one commit for both)."""
+    ``then`` (a row: a redemption's session) is written in the same transaction when, and
+    only when, this op burned the token: one commit for both."""
 
     __slots__ = ("expires_at", "future", "then", "token_id")
 
@@ -91,7 +92,7 @@ class _Burn:
         token_id: str,
         expires_at: float,
         future: asyncio.Future[BurnResult],
-        then: Callable[[sqlite3.Connection], object] | None = None,
+        then: Row | None = None,
     ) -> None:
         self.token_id = token_id
         self.expires_at = expires_at
@@ -110,7 +111,7 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
     states = {str(row[0]): str(row[1]) for row in rows}
     fresh: dict[str, float] = {}
     answers: list[Answer] = []
-    followers: list[Callable[[sqlite3.Connection], object]] = []
+    followers: list[Row] = []
     for burn in burns:
         state = states.get(burn.token_id)
         if state is None:
@@ -129,9 +130,25 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
         values = ",".join("(?, 'used', ?, ?)" for _ in fresh)
         params = tuple(item for pair in fresh.items() for item in (*pair, at))
         conn.execute(f"INSERT INTO tokens (id, state, expires_at, at) VALUES {values}", params)  # noqa: S608
-    for then in followers:  # after the burns: a session row never precedes its burn
-        then(conn)
+    if followers:  # after the burns: a session row never precedes its burn
+        _write_rows(conn, followers)
     return answers
+
+
+def _write_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """Write ``rows`` in order, consecutive rows of one statement by one ``executemany``:
+    one cursor and one statement-cache lookup for them all, the statement bound again for
+    each row (a redemption's session costs the writer ~4k instructions less than its own
+    ``execute``). One statement text, whatever the batch's size: sqlite3's statement cache
+    gets no new entries."""
+    start, count = 0, len(rows)
+    while start < count:
+        sql = rows[start][0]
+        end = start + 1
+        while end < count and rows[end][0] == sql:
+            end += 1
+        conn.executemany(sql, [params for _, params in rows[start:end]])
+        start = end
 
 
 class WholeBatchFailed(Exception):
@@ -241,10 +258,10 @@ class GroupCommitWriter:
         self,
         token_id: str,
         expires_at: float,
-        then: Callable[[sqlite3.Connection], object] | None = None,
+        then: Row | None = None,
     ) -> BurnResult:
-        """Burn ``token_id`` in the next group transaction; if this call burned it, run
-        ``then`` (in the writer thread) in that same transaction."""
+        """Burn ``token_id`` in the next group transaction; if this call burned it, write
+        the row ``then`` in that same transaction."""
         future: asyncio.Future[BurnResult] = self._new_future()
         self._enqueue(_Burn(token_id, expires_at, future, then))
         return await future

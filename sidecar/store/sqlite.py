@@ -165,7 +165,7 @@ class SQLiteStore(Store):
     ) -> BurnResult:
         if self._writer is None:
             raise StoreUnavailable("SQLite store is not open")
-        then = None if session is None else _insert_session(session)
+        then = None if session is None else session_row(session)
         return await self._writer.burn(token_id, expires_at, then)
 
     async def revoke(self, token_id: str, expires_at: float) -> TokenState:
