@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 import httptools
 
@@ -71,6 +71,15 @@ class _Parsed:
 
     __slots__ = ("complete", "headers", "url")
 
+    # The callbacks it does not take, found as None: httptools asks for each one a parser
+    # may call (getattr with a default), and one not found costs an AttributeError raised
+    # and cleared, for every head.
+    on_message_begin: ClassVar[None] = None
+    on_body: ClassVar[None] = None
+    on_message_complete: ClassVar[None] = None
+    on_chunk_header: ClassVar[None] = None
+    on_chunk_complete: ClassVar[None] = None
+
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -108,7 +117,19 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
         parser.feed_data(data)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         return None
-    if not parsed.complete or parser.get_http_version() != "1.1":
+    if not parsed.complete:
+        return None
+    method = parser.get_method()
+    url = parsed.url
+    # HTTP/1.1 only, read off the request line rather than asked (get_http_version formats
+    # a string per call, and says 1.1 for "RTSP/1.1" and "ICE/1.1" too). llhttp took the
+    # line as method, space(s), target, space(s), version (8 bytes): one exactly as long as
+    # with single spaces that ends in " HTTP/1.1" is "METHOD TARGET HTTP/1.1", the line
+    # sent upstream. llhttp skips CR and LF before a request line; a line that ends
+    # otherwise (a bare LF) is handed over.
+    line = data.lstrip(b"\r\n")
+    end = line.find(b"\r\n")
+    if end != len(method) + len(url) + 10 or line[end - 9 : end] != b" HTTP/1.1":
         return None
     headers = parsed.headers
     if len(headers) > max_headers:
@@ -148,8 +169,6 @@ def parse_head(data: bytes, max_headers: int, max_size: int) -> Head | None:
                 return None
     if b"host" not in seen:
         return None  # HTTP/1.1 requires one: aiohttp answers 400
-    method = parser.get_method()
-    url = parsed.url
     if method in (b"HEAD", b"CONNECT") or url[:1] != b"/":
         return None
     if head_size(method, url, headers) > max_size:

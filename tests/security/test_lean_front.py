@@ -259,7 +259,7 @@ async def test_a_head_aiohttp_refuses_is_refused_and_never_forwarded(
 
 
 # Whole requests ({host} and {cookie} filled in) the lean front hands over or serves at a
-# limit: each must get aiohttp's status, and the upstream the same number of requests.
+# limit: each must get aiohttp's status, and the upstream the same requests, byte for byte.
 EDGE_REQUESTS: dict[str, str] = {
     "asterisk form": "OPTIONS * HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n",
     "absolute form": "GET http://{host}/app/x HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n",
@@ -285,6 +285,16 @@ EDGE_REQUESTS: dict[str, str] = {
 }
 
 
+def _sent(sc: Sidecar, heads: list[bytes]) -> list[bytes]:
+    """The heads the upstream received from ``sc``, with what differs between two sidecars
+    masked: the request id, the listener's port."""
+    port = str(sc.proxy_port).encode()
+    return [
+        re.sub(rb"(?im)^x-request-id:[^\r\n]*\r\n", b"", head).replace(port, b"PORT")
+        for head in heads
+    ]
+
+
 async def test_edge_requests_get_the_answer_aiohttp_gives(
     fronts: tuple[Sidecar, Sidecar, _Records],
 ) -> None:
@@ -298,10 +308,69 @@ async def test_edge_requests_get_the_answer_aiohttp_gives(
             text = template.format(host=host, cookie=cookies[id(sc)]) + "Connection: close\r\n\r\n"
             before = len(upstream.heads)
             response = await raw_http(sc.proxy_port, text.encode())
-            outcome.append((response.status, len(upstream.heads) - before))
+            outcome.append((response.status, _sent(sc, upstream.heads[before:])))
         if outcome[0] != outcome[1]:
             differ.append((name, outcome))
     casebook.record("framing", tried=len(EDGE_REQUESTS), through=len(differ))
+    assert not differ, differ
+
+
+# Request lines the lean front must serve exactly as aiohttp does or hand over: llhttp
+# reads some of them as HTTP/1.1 that are not (RTSP/1.1, ICE/1.1), others as another
+# version, with other separators, or not at all.
+ODD_REQUEST_LINES: dict[str, str] = {
+    "plain": "GET /app/x HTTP/1.1",
+    "HTTP/1.0": "GET /app/x HTTP/1.0",
+    "HTTP/0.9": "GET /app/x HTTP/0.9",
+    "HTTP/1.2": "GET /app/x HTTP/1.2",
+    "HTTP/2.0": "GET /app/x HTTP/2.0",
+    "RTSP/1.1": "GET /app/x RTSP/1.1",
+    "ICE/1.1": "SOURCE /app/x ICE/1.1",
+    "lower-case http/1.1": "GET /app/x http/1.1",
+    "HTTP/1.1 and junk": "GET /app/x HTTP/1.1x",
+    "two versions": "GET /app/x HTTP/1.1 HTTP/1.0",
+    "no version": "GET /app/x",
+    "a space after the version": "GET /app/x HTTP/1.1 ",
+    "two spaces before the target": "GET  /app/x HTTP/1.1",
+    "two spaces before the version": "GET /app/x  HTTP/1.1",
+    "a tab before the target": "GET\t/app/x HTTP/1.1",
+    "a tab before the version": "GET /app/x\tHTTP/1.1",
+    "a tab in the target": "GET /app/x\tHTTP/1.1 HTTP/1.1",
+    "a bare CR ending it": "GET /app/x HTTP/1.1\r",
+    "a bare LF ending it": "GET /app/x HTTP/1.1\n",
+    "a bare CR before it": "\rGET /app/x HTTP/1.1",
+    "a bare LF before it": "\nGET /app/x HTTP/1.1",
+    "CRLF CRLF before it": "\r\n\r\nGET /app/x HTTP/1.1",
+    "a lower-case method": "get /app/x HTTP/1.1",
+    "absolute form in upper case": "GET HTTP://{host}/app/x HTTP/1.1",
+}
+
+
+async def test_odd_request_lines_and_the_request_after_get_what_aiohttp_gives(
+    fronts: tuple[Sidecar, Sidecar, _Records],
+) -> None:
+    """Each line starts a request that leaves the connection open if its version allows,
+    and a plain request follows in the same packet: both fronts give the same answers on
+    the connection, and the upstream receives the same requests, byte for byte."""
+    lean, plain, upstream = fronts
+    cookies = {id(sc): await _cookie(sc) for sc in (lean, plain)}
+    differ = []
+    for name, line in ODD_REQUEST_LINES.items():
+        outcome = []
+        for sc in (lean, plain):
+            host = f"127.0.0.1:{sc.proxy_port}"
+            rest = f"Host: {host}\r\nCookie: {cookies[id(sc)]}\r\n"
+            text = (
+                f"{line.format(host=host)}\r\n{rest}\r\n"
+                f"GET /app/next HTTP/1.1\r\n{rest}Connection: close\r\n\r\n"
+            )
+            before = len(upstream.heads)
+            response = await raw_http(sc.proxy_port, text.encode(), answers=2)
+            statuses = re.findall(rb"(?m)^HTTP/1\.[01] (\d{3}) ", response.raw)
+            outcome.append((statuses, _sent(sc, upstream.heads[before:])))
+        if outcome[0] != outcome[1]:
+            differ.append((name, outcome))
+    casebook.record("framing", tried=len(ODD_REQUEST_LINES), through=len(differ))
     assert not differ, differ
 
 
@@ -603,13 +672,7 @@ async def test_random_heads_get_the_same_answer_and_upstream_request_through_eit
         lines += [f"{name}: {value}" for name, value in headers] + ["Connection: close"]
         before = len(upstream.heads)
         response = await raw_http(sc.proxy_port, ("\r\n".join(lines) + "\r\n\r\n").encode())
-        sent = [
-            re.sub(rb"(?im)^x-request-id:[^\r\n]*\r\n", b"", head).replace(
-                str(sc.proxy_port).encode(), b"PORT"
-            )
-            for head in upstream.heads[before:]
-        ]
-        outcomes.append((response.status, sent))
+        outcomes.append((response.status, _sent(sc, upstream.heads[before:])))
     casebook.record("framing", through=int(outcomes[0] != outcomes[1]))
     assert outcomes[0] == outcomes[1]
 
