@@ -308,7 +308,7 @@ async def test_one_link_redeemed_at_once_through_both_fronts_burns_once(
         assert sum(a.header("Set-Cookie") is not None for a in answers) == 1
 
 
-@pytest.mark.parametrize("reason", [None, "Custom Reason", "Ünïcode"])
+@pytest.mark.parametrize("reason", [None, "Custom Reason", "Ünïcode", "OK", "Not Found", ""])
 def test_a_status_line_is_formatted_as_before(reason: str | None) -> None:
     """The own answers' status lines, formatted once per standard status, are the lines
     formatted per answer (every status a line can carry, standard or not)."""

@@ -144,13 +144,15 @@ def _status_line(status: int, phrase: str) -> bytes:
 
 
 # Every standard status's line, formatted once rather than per answer (every redemption's
-# 303 is one).
+# 303 is one, and most relayed answers).
 _STATUS_LINES: Final = {status: _status_line(status, phrase) for status, phrase in _REASONS.items()}
 
 
 def _head_lines(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> list[bytes]:
-    status_line = _STATUS_LINES.get(status) if reason is None else None
-    if status_line is None:
+    status_line = _STATUS_LINES.get(status)
+    # The line formatted once also serves an upstream's reason that is the standard one
+    # (most answers relayed: "200 OK").
+    if status_line is None or (reason is not None and reason != _REASONS[status]):
         status_line = _status_line(status, _REASONS.get(status, "") if reason is None else reason)
     # Names are tokens (ASCII); values go back as the bytes that came (surrogateescape).
     text = "".join([f"{name}: {value}\r\n" for name, value in headers])
