@@ -32,7 +32,7 @@ from sidecar.telemetry import metrics
 from sidecar.tokens.codec import TokenCodec
 from sidecar.web.drain import Drain
 from sidecar.web.listener import ConnectionLimits, ListenerRunner, raise_fd_limit
-from sidecar.web.logsetup import configure_logging, set_levels
+from sidecar.web.logsetup import configure_logging, flush_logs, set_buffering, set_levels
 from sidecar.web.loop import run_loop
 from sidecar.web.metrics import metrics_app
 from sidecar.web.sites import listener_site
@@ -256,7 +256,7 @@ def run(config_path: str | Path, workers: int = 1) -> int:
         shared = _load(config_path)
         if shared is None:
             return 1
-        configure_logging(shared.config.log_level, access=shared.config.access_log)
+        _configure_logging(shared.config)
 
         def worker(on_ready: Callable[[], None]) -> int:
             # A worker started again after a reload reads the file as it is now.
@@ -275,8 +275,17 @@ def run(config_path: str | Path, workers: int = 1) -> int:
     loaded = _load(config_path)
     if loaded is None:
         return 1
-    configure_logging(loaded.config.log_level, access=loaded.config.access_log)
+    _configure_logging(loaded.config)
     return _serve_loaded(config_path, loaded)
+
+
+def _configure_logging(config: Config) -> None:
+    configure_logging(
+        config.log_level,
+        access=config.access_log,
+        buffer=config.access_buffer,
+        flush_after=config.access_flush,
+    )
 
 
 def _load(config_path: str | Path) -> LoadedConfig | None:
@@ -332,9 +341,11 @@ async def _serve_then(
 def _apply(services: Services, config: Config) -> None:
     services.reconfigure(config)
     set_levels(config.log_level, access=config.access_log)
+    set_buffering(config.access_buffer, config.access_flush)
 
 
 def _on_sighup(reloader: Reloader | None) -> None:
+    flush_logs()
     if reloader is None:
         _LOG.warning("SIGHUP ignored: this server was not started from a config file")
     else:

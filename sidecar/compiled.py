@@ -55,6 +55,7 @@ MODULES: tuple[str, ...] = (
     "sidecar.memo",
     "sidecar.telemetry.access",
     "sidecar.telemetry.audit",
+    "sidecar.telemetry.logwriter",
     "sidecar.telemetry.context",
     "sidecar.telemetry.metrics",
     "sidecar.telemetry.tally",

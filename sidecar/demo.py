@@ -209,7 +209,13 @@ async def _run_sidecar(
     log_path = state / "sidecar.log"
     with contextlib.ExitStack() as logs:
         stream = None if verbose else logs.enter_context(log_path.open("a", encoding="utf-8"))
-        configure_logging(config.log_level, stream, access=config.access_log)
+        configure_logging(
+            config.log_level,
+            stream,
+            access=config.access_log,
+            buffer=config.access_buffer,
+            flush_after=config.access_flush,
+        )
         # Back to stderr before the file closes (whatever is logged after the serve ends).
         logs.callback(configure_logging, "warning")
         log_note = "stderr" if verbose else str(log_path)

@@ -69,6 +69,8 @@ _YAML_NAMES = {
     "metrics_listen": "metrics.listen",
     "log_level": "logging.level",
     "access_log": "logging.access",
+    "access_buffer": "logging.buffer",
+    "access_flush": "logging.flush",
     "grace_period": "shutdown.grace_period",
     "watch_interval": "reload.watch_interval",
 }

@@ -154,6 +154,9 @@ def _sidecar_yaml(state: Path, public: str, admin: int, proxy: int, app: int, st
     doc["proxy"]["upstream"] = f"http://127.0.0.1:{app}"
     doc["session"]["cookie_secure"] = False  # plain http on loopback
     doc["store"]["url"] = store
+    # No access line held past its loop iteration: the log is searched for tokens while the
+    # stack runs (tests/test_nginx_forward_auth.py).
+    doc.setdefault("logging", {})["buffer"] = 0
     return yaml.safe_dump(doc)
 
 

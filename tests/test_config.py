@@ -456,6 +456,30 @@ def test_logging_access_is_on_by_default_and_a_boolean(tmp_path: Path) -> None:
     ]
 
 
+def test_logging_buffer_and_flush_hold_access_lines_as_nginx_does(tmp_path: Path) -> None:
+    """``logging.buffer`` (a size, or 0: no access line held past its loop iteration) and
+    ``logging.flush`` (a duration): 64KiB and 1s unless set; bounded, so that what a hard
+    kill can lose stays bounded; every error names the YAML path."""
+    default = build_config(tmp_path)
+    assert (default.access_buffer, default.access_flush) == (65536, 1.0)
+    set_ = build_config(tmp_path, config_doc(logging={"buffer": "8KiB", "flush": "250ms"}))
+    assert (set_.access_buffer, set_.access_flush) == (8192, 0.25)
+    assert build_config(tmp_path, config_doc(logging={"buffer": 0})).access_buffer == 0
+    assert build_config(tmp_path, config_doc(logging={"buffer": "0KiB"})).access_buffer == 0
+    assert errors_of(tmp_path, config_doc(logging={"buffer": -1, "flush": 0})) == [
+        "logging.buffer: got -1, expected a size like 65536, 64KiB or 1MiB",
+        "logging.flush: got 0, expected a duration greater than zero",
+    ]
+    assert errors_of(tmp_path, config_doc(logging={"buffer": "lots", "flush": "soon"})) == [
+        "logging.buffer: got 'lots', expected a size like 65536, 64KiB or 1MiB",
+        "logging.flush: got 'soon', expected a duration like 90s, 15m, 8h, 7d, 1w or 1h30m",
+    ]
+    assert errors_of(tmp_path, config_doc(logging={"buffer": "1GiB", "flush": "2h"})) == [
+        "logging.buffer: got '1GiB', at most 16777216 bytes",
+        "logging.flush: got '2h', at most 1m",
+    ]
+
+
 # -- config/sidecar.yaml documents every key ------------------------------------------
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "sidecar.yaml"

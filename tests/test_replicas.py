@@ -97,7 +97,9 @@ async def replicas(
         "session": {"cookie_secure": False, "cache_ttl": f"{int(CACHE_TTL * 1000)}ms"},
         "store": {"url": redis_url, "key_prefix": f"replicas-{uuid.uuid4().hex[:8]}:"},
         "roles": {"Authenticated": {}},
-        "logging": {"level": "info"},
+        # No access line held past its loop iteration: the log is searched for tokens
+        # while the replicas run.
+        "logging": {"level": "info", "buffer": 0},
         "shutdown": {"grace_period": "1s"},
     }
     config = tmp_path / "sidecar.yaml"

@@ -95,7 +95,9 @@ class Served:
                 self.proc.stderr.close()
 
 
-def serve_workers(directory: Path, store_url: str, tag: str) -> Served:
+def serve_workers(
+    directory: Path, store_url: str, tag: str, log_options: dict[str, object] | None = None
+) -> Served:
     keyset = generate_keyset()
     (directory / "keyset.json").write_text(keyset.to_json())
     (directory / "admin.key").write_text(ADMIN_KEY)
@@ -119,7 +121,7 @@ def serve_workers(directory: Path, store_url: str, tag: str) -> Served:
         "session": {"cookie_secure": False},
         "store": {"url": store_url, "key_prefix": f"workers-{tag}:"},
         "roles": {"Authenticated": {}},
-        "logging": {"level": "info"},
+        "logging": {"level": "info", **(log_options or {})},
         "shutdown": {"grace_period": "1s"},
     }
     config = directory / "sidecar.yaml"
@@ -302,6 +304,33 @@ def test_a_killed_worker_is_replaced_and_sighup_reaches_every_worker(
         code = served.stop()
     assert code == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+async def test_sigterm_writes_every_workers_held_access_lines_whole(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Each worker holds its access lines (``logging.flush: 1m``: nothing is written by time
+    here); SIGTERM to the supervisor reaches every worker, and each writes what it holds as
+    it exits. The workers share one pipe (stderr): every line arrives whole, none twice."""
+    held: dict[str, object] = {"buffer": "64KiB", "flush": "1m"}
+    served = serve_workers(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", "held", held)
+    ids = [f"held-{i}" for i in range(200)]
+    try:
+
+        async def one(request_id: str) -> int:
+            headers = {"X-Request-Id": request_id}
+            async with http.get(f"{served.proxy}/app", headers=headers) as response:
+                return response.status
+
+        assert set(await asyncio.gather(*(one(i) for i in ids))) == {401}
+        by_worker = requests_by_worker(served.metrics_dir, "proxy")
+        assert len(by_worker) == WORKERS, by_worker  # both workers answered some
+    finally:
+        code = served.stop()
+    assert code == 0
+    docs = [json.loads(line) for line in served.log if line.startswith("{")]
+    logged = [d["request_id"] for d in docs if d.get("event") == "access"]
+    assert sorted(logged) == sorted(ids)
 
 
 def test_a_worker_that_cannot_listen_fails_the_whole_start(tmp_path: Path) -> None:

@@ -55,12 +55,12 @@ def format_duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
-def parse_size(value: object) -> int:
-    """Bytes from ``65536``, ``64KiB``, ``1MB``."""
+def parse_size(value: object, *, zero_ok: bool = False) -> int:
+    """Bytes from ``65536``, ``64KiB``, ``1MB`` (``0``, ``0KiB``: only with ``zero_ok``)."""
     match = None if isinstance(value, bool) else _SIZE.fullmatch(str(value).strip())
     if match is None:
         raise ValueError(f"got {value!r}, expected a size like 65536, 64KiB or 1MiB")
     size = int(match.group(1)) * _UNIT_BYTES[match.group(2)]
-    if size <= 0:
+    if size < 0 or (size == 0 and not zero_ok):
         raise ValueError(f"got {value!r}, expected a size greater than zero")
     return size

@@ -39,6 +39,7 @@ from sidecar.links.redirects import RedirectPatternError, compile_pattern
 from sidecar.proxy.origins import parse_host, parse_origin
 from sidecar.proxy.strip import DEFAULT_STRIP_HEADERS, check_strip_name
 from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
+from sidecar.telemetry.logwriter import DEFAULT_BUFFER, DEFAULT_FLUSH
 from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
 
@@ -49,6 +50,10 @@ class ConfigError(Exception):
         self.errors = errors
         super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
 
+
+# logging.buffer and logging.flush at most: what a hard kill can lose stays bounded.
+MAX_LOG_BUFFER = 16 * 1024 * 1024
+MAX_LOG_FLUSH = 60.0
 
 # Routes the proxy listener serves under proxy.prefix (sidecar.proxy.gateway).
 PREFIX_ROUTES = (
@@ -280,6 +285,10 @@ def _build(r: Reader) -> Config | None:
     metrics_listen = metrics.optional_hostport("listen")
     log_level = root.choice("logging.level", ("debug", "info", "warning", "error"), "info")
     access_log = root.boolean("logging.access", True)
+    access_buffer = root.size(
+        "logging.buffer", DEFAULT_BUFFER, zero_ok=True, at_most=MAX_LOG_BUFFER
+    )
+    access_flush = root.duration("logging.flush", DEFAULT_FLUSH, at_most=MAX_LOG_FLUSH)
     grace = root.duration("shutdown.grace_period", 30.0, at_most=3600.0)
     pages: dict[str, str] = {}
     pages_dir = root.optional_string("pages.dir")
@@ -309,6 +318,8 @@ def _build(r: Reader) -> Config | None:
         metrics_listen=metrics_listen,
         log_level=log_level,
         access_log=access_log,
+        access_buffer=access_buffer,
+        access_flush=access_flush,
         grace_period=grace,
         pages=MappingProxyType(pages),
         watch_interval=watch_interval,

@@ -131,6 +131,8 @@ class Config:
     metrics_listen: HostPort | None
     log_level: str
     access_log: bool  # logging.access: one JSON line per request
+    access_buffer: int  # logging.buffer: bytes of access lines held at most (0: none)
+    access_flush: float  # logging.flush: seconds an access line is held at most
     grace_period: float
     # pages.dir: page name -> the operator's template (sidecar.config.pages); empty: built-in.
     pages: Mapping[str, str]

@@ -208,15 +208,21 @@ class Reader:
                 return at_most
             return seconds
 
-        def size(self, key: str, default: int) -> int:
+        def size(
+            self, key: str, default: int, *, zero_ok: bool = False, at_most: int | None = None
+        ) -> int:
             where, value = self._get(key)
             if value is None:
                 return default
             try:
-                return parse_size(value)
+                size = parse_size(value, zero_ok=zero_ok)
             except ValueError as exc:
                 self.reader.error(where, str(exc))
                 return default
+            if at_most is not None and size > at_most:
+                self.reader.error(where, f"got {value!r}, at most {at_most} bytes")
+                return default
+            return size
 
         def rate(self, key: str, default: str) -> RateLimit:
             where, value = self._get(key)

@@ -85,7 +85,7 @@ class AccessLine:
         line = _line(self._prefix, method, path, status, elapsed, record, remote)
         sink = direct_sink(ACCESS)
         if sink is not None:
-            sink.write_line(line)
+            sink.access(line)
         else:
             ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, line, (), None))
 

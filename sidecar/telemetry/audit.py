@@ -6,19 +6,19 @@ pass plain fields; this module adds the timestamp and event name and writes one 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import math
 import time
 from json.encoder import encode_basestring_ascii as _json_str
-from typing import Final, TextIO
 
 from sidecar.telemetry.context import current_request_id, rfc3339
+from sidecar.telemetry.logwriter import ACCESS_LOGGER
+from sidecar.telemetry.logwriter import LoopBatchedHandler as LoopBatchedHandler
+from sidecar.telemetry.logwriter import direct_sink as direct_sink
 
 AUDIT = logging.getLogger("sidecar.audit")
-ACCESS = logging.getLogger("sidecar.access")
+ACCESS = logging.getLogger(ACCESS_LOGGER)
 
 Field = str | int | float | bool | None
 
@@ -108,7 +108,7 @@ def _write(line: str) -> None:
     # batched handler would see the line.
     sink = direct_sink(AUDIT)
     if sink is not None:
-        sink.write_line(line)
+        sink.line(line)
     else:
         AUDIT.handle(AUDIT.makeRecord(AUDIT.name, logging.INFO, "", 0, line, (), None))
 
@@ -170,79 +170,3 @@ class JsonLineFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             doc["error"] = record.exc_info[0].__name__
         return json.dumps(doc)
-
-
-def direct_sink(logger: logging.Logger) -> LoopBatchedHandler | None:
-    """The one :class:`LoopBatchedHandler` every record of ``logger`` ends in, if that is
-    all that would happen to an INFO record: no handler, filter or level of its own on the
-    way but the root's. Then a finished line can go straight to it, skipping the
-    ``LogRecord``; with anything else installed (a test's capture, an operator's handler)
-    records go through ``logging`` as usual."""
-    if logger.handlers or logger.filters or not logger.propagate:
-        return None
-    root = _ROOT
-    handlers = root.handlers
-    if len(handlers) != 1:
-        return None
-    handler = handlers[0]
-    if type(handler) is not LoopBatchedHandler or handler.filters or root.filters:
-        return None
-    if handler.level > _INFO:
-        return None
-    return handler
-
-
-# What logging.getLogger() returns and INFO's number, read once: compiled, each read of a
-# module's attribute costs as much as one of the checks above.
-_ROOT: Final = logging.root
-_INFO: Final = logging.INFO
-
-
-class LoopBatchedHandler(logging.StreamHandler[TextIO]):
-    """A stream handler that writes the lines of one event-loop iteration in one ``write``.
-
-    The access log is one line per request; a ``write`` system call per line was about a
-    tenth of the proxy's CPU per request. Lines logged inside a running loop are queued and
-    flushed by a callback at the end of the iteration; anywhere else (threads, start-up,
-    shutdown) they are written at once, or with that iteration's lines when its flush is
-    already due. A hard kill loses at most one iteration's lines."""
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
-        self._pending: list[str] = []
-        self._scheduled = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # logging's contract: a bad record must not break the caller
-            self.handleError(record)
-            return
-        self.write_line(line)
-
-    def write_line(self, line: str) -> None:
-        """Queue one finished line (no ``LogRecord``: the access log's fast path)."""
-        with self.lock or contextlib.nullcontext():
-            self._pending.append(line)
-            if self._scheduled:
-                return  # the loop's flush at the end of this iteration writes it too
-            # Asked once per iteration, not per line: on Python 3.11 it costs a getpid().
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write()
-                return
-            self._scheduled = True
-            loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        with self.lock or contextlib.nullcontext():
-            self._scheduled = False
-            self._write()
-
-    def _write(self) -> None:
-        if self._pending:
-            text = "\n".join(self._pending) + "\n"
-            self._pending.clear()
-            self.stream.write(text)
-        self.stream.flush()

@@ -8,7 +8,8 @@ from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from sidecar.telemetry.audit import ACCESS, JsonLineFormatter, LoopBatchedHandler
+from sidecar.telemetry.audit import ACCESS, JsonLineFormatter
+from sidecar.telemetry.logwriter import DEFAULT_BUFFER, DEFAULT_FLUSH, LoopBatchedHandler
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -38,13 +39,24 @@ def _reason(exc: HttpProcessingError) -> str:
 
 
 def configure_logging(
-    level: str = "info", stream: TextIO | None = None, *, access: bool = True
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    access: bool = True,
+    buffer: int = DEFAULT_BUFFER,
+    flush_after: float = DEFAULT_FLUSH,
 ) -> None:
     """One JSON line per record on ``stream`` (stderr by default), at ``level`` and above;
-    ``access=False`` turns off the access lines (``logging.access``)."""
-    handler = LoopBatchedHandler(sys.stderr if stream is None else stream)
+    ``access=False`` turns off the access lines (``logging.access``); access lines are held
+    up to ``buffer`` bytes or ``flush_after`` seconds (``logging.buffer``, ``logging.flush``:
+    :mod:`sidecar.telemetry.logwriter`)."""
+    handler = LoopBatchedHandler(
+        sys.stderr if stream is None else stream, buffer=buffer, flush_after=flush_after
+    )
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
+    for previous in root.handlers:
+        previous.flush()
     root.handlers[:] = [handler]
     set_levels(level, access=access)
     server = logging.getLogger("aiohttp.server")
@@ -56,3 +68,17 @@ def set_levels(level: str, *, access: bool) -> None:
     """The root logger at ``level``; the access log at the same level, or off."""
     logging.getLogger().setLevel(level.upper())
     ACCESS.setLevel(logging.NOTSET if access else logging.CRITICAL + 1)
+
+
+def set_buffering(buffer: int, flush_after: float) -> None:
+    """``logging.buffer`` and ``logging.flush`` on a reload (what is held is written first)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LoopBatchedHandler):
+            handler.set_buffering(buffer, flush_after)
+
+
+def flush_logs() -> None:
+    """Write every line the root's handlers hold (SIGHUP: an operator rotating the log, or
+    looking for the latest access lines, sees them now)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -1,0 +1,256 @@
+"""How log lines reach the stream (:mod:`sidecar.telemetry.logwriter`): access lines held up
+to ``logging.buffer`` bytes or ``logging.flush`` seconds, any other line at the end of its
+event-loop iteration, everything in order. (Real processes killed and stopped with signals:
+tests/test_log_buffer.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import threading
+
+from sidecar.telemetry.audit import JsonLineFormatter
+from sidecar.telemetry.logwriter import PIPE_BUF, LoopBatchedHandler
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def handler_on(
+    stream: io.StringIO, *, buffer: int = 4096, flush_after: float = 60.0
+) -> LoopBatchedHandler:
+    return LoopBatchedHandler(stream, buffer=buffer, flush_after=flush_after)
+
+
+def access(n: int) -> str:
+    return json.dumps({"event": "access", "n": n})
+
+
+async def test_access_lines_are_held_past_the_iteration_until_the_timer() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream, flush_after=0.2)
+    for i in range(5):
+        handler.queue.access(access(i))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.writes == []  # held: not written at the end of the iteration
+    async with asyncio.timeout(10):
+        while True:  # polling the timer, not waiting for a time
+            if stream.writes:
+                break
+            await asyncio.sleep(0.02)
+    assert len(stream.writes) == 1
+    assert [json.loads(x)["n"] for x in stream.getvalue().splitlines()] == [0, 1, 2, 3, 4]
+
+
+async def test_a_full_buffer_is_written_at_once() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream, buffer=1000)
+    line = access(0)
+    count = 1000 // (len(line) + 1) + 1  # the line that reaches the buffer's size
+    for _ in range(count - 1):
+        handler.queue.access(line)
+    assert stream.writes == []
+    handler.queue.access(line)
+    assert len(stream.writes) == 1
+    assert stream.getvalue().count("\n") == count
+
+
+async def test_any_other_line_is_written_at_the_end_of_its_iteration_after_the_held_ones() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream)
+    logger = logging.getLogger(f"test.logwriter.{id(stream)}")
+    handler.setFormatter(JsonLineFormatter())
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler.queue.access(access(1))
+    handler.queue.access(access(2))
+    logger.warning("an upstream failed")
+    handler.queue.access(access(3))  # the same iteration: written with the warning
+    assert stream.writes == []
+    await asyncio.sleep(0)
+    assert len(stream.writes) == 1
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(x).get("n", json.loads(x).get("msg")) for x in lines] == [
+        1,
+        2,
+        "an upstream failed",
+        3,
+    ]
+
+
+async def test_buffer_zero_writes_access_lines_at_the_end_of_the_iteration() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream, buffer=0)
+    handler.queue.access(access(1))
+    handler.queue.access(access(2))
+    assert stream.writes == []
+    await asyncio.sleep(0)
+    assert stream.writes == [access(1) + "\n" + access(2) + "\n"]
+
+
+def test_outside_a_loop_access_lines_are_written_at_once() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream)
+    handler.queue.access(access(1))
+    assert stream.writes == [access(1) + "\n"]
+
+
+async def test_flush_writes_everything_held() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream)
+    handler.queue.access(access(1))
+    handler.flush()  # SIGHUP, logging.shutdown() at exit, close()
+    assert stream.getvalue() == access(1) + "\n"
+
+
+def test_a_timer_left_on_a_closed_loop_does_not_hold_lines_for_ever() -> None:
+    """A loop closed with the timer armed never fires it: the next access line after the
+    timer was due is written at once, and the one after arms a timer on its own loop."""
+    stream = CountingStream()
+    handler = handler_on(stream, flush_after=0.05)
+
+    async def one_line(n: int) -> None:
+        handler.queue.access(access(n))
+
+    asyncio.run(one_line(1))  # armed on a loop that is then closed
+    assert stream.writes == []
+
+    async def later() -> None:
+        await asyncio.sleep(0.1)
+        handler.queue.access(access(2))
+        assert stream.getvalue().splitlines() == [access(1), access(2)]
+        handler.queue.access(access(3))
+        async with asyncio.timeout(10):
+            while True:  # polling the timer, not waiting for a time
+                if access(3) in stream.getvalue():
+                    break
+                await asyncio.sleep(0.02)
+
+    asyncio.run(later())
+
+
+async def test_lines_from_other_threads_keep_whole_and_all_arrive() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream, buffer=2000, flush_after=0.05)
+
+    def log(base: int) -> None:
+        for i in range(300):
+            handler.queue.access(access(base + i))
+
+    threads = [threading.Thread(target=log, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(300):
+        handler.queue.access(access(9000 + i))
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+    for t in threads:
+        t.join()
+    handler.flush()
+    got = sorted(json.loads(x)["n"] for x in stream.getvalue().splitlines())
+    expected = sorted(
+        [k * 1000 + i for k in range(4) for i in range(300)] + [9000 + i for i in range(300)]
+    )
+    assert got == expected
+
+
+def test_lines_written_through_a_real_pipe_arrive_whole_and_in_order() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    with os.fdopen(write_fd, "w", encoding="ascii") as stream:
+        handler = LoopBatchedHandler(stream, buffer=60000)
+        assert handler.queue.piece == PIPE_BUF
+        for i in range(400):  # about 12 KB, three pieces at least
+            handler.queue.access(access(i))
+        handler.flush()
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(read_fd, 65536):
+                data += chunk
+    os.close(read_fd)
+    assert len(data) > 2 * PIPE_BUF
+    assert [json.loads(x)["n"] for x in data.decode().splitlines()] == list(range(400))
+
+
+def test_on_a_pipe_the_text_is_cut_into_whole_lines_of_at_most_pipe_buf() -> None:
+    """Workers share the pipe of a container's log collector: the kernel writes a piece of
+    at most PIPE_BUF bytes whole, so pieces cut at line ends never interleave in a line."""
+    read_fd, write_fd = os.pipe()
+    try:
+        stream = CountingStream()
+        with os.fdopen(os.dup(write_fd), "w") as pipe:
+            handler = LoopBatchedHandler(pipe, buffer=60000)
+            assert handler.queue.piece == PIPE_BUF
+            handler.setStream(stream)  # the cutting decided again for the new stream
+        assert handler.queue.piece == 0
+        handler.queue.piece = PIPE_BUF
+        for i in range(400):
+            handler.queue.access(access(i))
+        handler.flush()
+        assert len(stream.writes) > 3
+        for piece in stream.writes:
+            assert len(piece) <= PIPE_BUF
+            assert piece.endswith("\n")
+        assert [json.loads(x)["n"] for x in stream.getvalue().splitlines()] == list(range(400))
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+async def test_new_buffering_writes_what_is_held_and_applies_at_once() -> None:
+    """``logging.buffer``/``logging.flush`` changed by a reload (SIGHUP)."""
+    stream = CountingStream()
+    handler = handler_on(stream, buffer=60000)
+    handler.queue.access(access(1))
+    handler.set_buffering(0, 1.0)
+    assert stream.getvalue() == access(1) + "\n"  # held under the old settings: written
+    handler.queue.access(access(2))
+    await asyncio.sleep(0)  # buffer 0: at the end of the iteration
+    assert stream.getvalue().splitlines() == [access(1), access(2)]
+
+
+def test_a_flush_left_on_a_closed_loop_does_not_hold_the_next_lines() -> None:
+    """A loop stopped and closed in the iteration that scheduled the end-of-iteration flush
+    (``asyncio.run``'s last one) never runs it: the lines logged after, outside a loop or
+    in the next loop, are written then, not held until an exit."""
+    stream = CountingStream()
+    handler = handler_on(stream, buffer=0)
+
+    async def log_in_the_last_iteration() -> None:
+        asyncio.get_running_loop().stop()
+        handler.queue.line(access(1))
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_in_the_last_iteration())
+    loop.close()
+    assert stream.writes == []  # the flush was scheduled on the loop just closed
+    handler.queue.line(access(2))  # outside a loop: at once, with the one before
+    assert stream.getvalue().splitlines() == [access(1), access(2)]
+
+    async def in_the_next_loop() -> None:
+        asyncio.get_running_loop().stop()
+        handler.queue.line(access(3))
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(in_the_next_loop())
+    loop.close()
+
+    async def access_lines_in_a_new_loop() -> None:
+        handler.queue.access(access(4))
+        await asyncio.sleep(0)
+        assert stream.getvalue().splitlines() == [access(n) for n in (1, 2, 3, 4)]
+
+    asyncio.run(access_lines_in_a_new_loop())
