@@ -35,17 +35,59 @@ def whole(
     keep_alive: bool,
 ) -> bytes:
     """An upstream answer relayed whole."""
+    if status in NO_BODY:
+        return _whole_bodyless(status, reason, headers, request_id, keep_alive)
+    # The usual answer, in one pass over its headers: their lines, and whether the upstream
+    # gave the three the answer would otherwise get (a name is lower-cased only when it is
+    # as long as one of them). Every answer relayed whole comes this way: no set of names,
+    # no string formatted per header.
+    parts: list[str] = []
+    has_id = has_length = has_date = False
+    for name, value in headers:
+        size = len(name)
+        if size == 12 or size == 14 or size == 4:
+            lower = name.lower()
+            if lower == "x-request-id":
+                has_id = True
+            elif lower == "content-length":
+                has_length = True
+            elif lower == "date":
+                has_date = True
+        parts.append(name)
+        parts.append(": ")
+        parts.append(value)
+        parts.append("\r\n")
+    # Values go back as the bytes that came (surrogateescape), as _head_lines writes them.
+    lines = [_status_line_for(status, reason), "".join(parts).encode("utf-8", "surrogateescape")]
+    if not has_id:
+        lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
+    if not has_length:
+        lines.append(b"Content-Length: %d\r\n" % len(body))
+    if not has_date:
+        lines.append(_date_line(int(time.time())))
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)
+
+
+def _whole_bodyless(
+    status: int,
+    reason: str | None,
+    headers: list[tuple[str, str]],
+    request_id: str,
+    keep_alive: bool,
+) -> bytes:
+    """:func:`whole` for a status that has no body (``1xx``, ``204``, ``304``): no
+    ``Content-Length`` (the upstream's dropped), no body."""
     names = {n.lower() for n, _ in headers}
-    if status in NO_BODY and "content-length" in names:
+    if "content-length" in names:
         headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
     lines = _head_lines(status, reason, headers)
     if "x-request-id" not in names:
         lines.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
-    if status in NO_BODY:
-        body = b""
-    elif "content-length" not in names:
-        lines.append(b"Content-Length: %d\r\n" % len(body))
-    return _finish(lines, names, keep_alive) + body
+    return _finish(lines, names, keep_alive)
 
 
 def stream_head(
@@ -148,15 +190,20 @@ def _status_line(status: int, phrase: str) -> bytes:
 _STATUS_LINES: Final = {status: _status_line(status, phrase) for status, phrase in _REASONS.items()}
 
 
-def _head_lines(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> list[bytes]:
+def _status_line_for(status: int, reason: str | None) -> bytes:
+    """The status line of ``status`` with ``reason`` (None: the standard phrase)."""
     status_line = _STATUS_LINES.get(status)
     # The line formatted once also serves an upstream's reason that is the standard one
     # (most answers relayed: "200 OK").
     if status_line is None or (reason is not None and reason != _REASONS[status]):
         status_line = _status_line(status, _REASONS.get(status, "") if reason is None else reason)
+    return status_line
+
+
+def _head_lines(status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> list[bytes]:
     # Names are tokens (ASCII); values go back as the bytes that came (surrogateescape).
     text = "".join([f"{name}: {value}\r\n" for name, value in headers])
-    return [status_line, text.encode("utf-8", "surrogateescape")]
+    return [_status_line_for(status, reason), text.encode("utf-8", "surrogateescape")]
 
 
 def _finish(lines: list[bytes], names: set[str], keep_alive: bool) -> bytes:
