@@ -220,7 +220,27 @@ def test_the_lone_cookie_shortcut_reads_what_the_general_split_reads(
     assert read.others == tuple(others)
 
 
-@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@given(
+    st.text()
+    | st.text(alphabet=_B64URL + "=+/.é٣Ａ\u212a\x00 ", min_size=41, max_size=45)
+    | st.text(alphabet=_B64URL, min_size=43, max_size=43)
+)
+@example("a" * 43)
+@example("a" * 42 + "\n")
+@example("٣" * 43)  # digits, not ASCII
+@example("é" * 43)  # a letter, not ASCII
+@example("-" * 43)
+@example("_" * 43)
+def test_a_cookie_value_is_checked_as_the_pattern_checks_it(value: str) -> None:
+    assert session_cookies.is_cookie_value(value) == bool(
+        session_cookies.COOKIE_VALUE.fullmatch(value)
+    )
+
+
+@given(st.text(alphabet=_B64URL))
 @example("a" * 43)
 @example("")
 def test_session_keys_are_hashlib_sha256_hex(value: str) -> None:
