@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from tests.harness import running_upstream
 from tests.serve_process import Served, running_serve
@@ -140,3 +141,74 @@ async def test_buffer_zero_writes_each_line_at_the_end_of_its_iteration(tmp_path
         await eventually(lambda: access_ids(served, "zero-") == ids)
         assert await stopped(served, signal.SIGKILL) == -signal.SIGKILL
     assert access_ids(served, "zero-") == ids
+
+
+async def test_sigint_writes_every_held_access_line(tmp_path: Path) -> None:
+    """SIGINT stops the server as SIGTERM does (``app.py``), and writes the held lines too."""
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, logging=HELD) as served,
+    ):
+        ids = await send(served, "int", 20)
+        assert access_ids(served, "int-") == []
+        assert await stopped(served, signal.SIGINT) == 0
+    assert access_ids(served, "int-") == ids
+
+
+async def test_an_audit_line_is_written_after_the_access_lines_held_before_it(
+    tmp_path: Path,
+) -> None:
+    """An audit line is never held: it is written at the end of its loop iteration, with the
+    access lines held before it, and after them in the file (one queue: the log's order is
+    the order of the events)."""
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, logging=HELD) as served,
+    ):
+        ids = await send(served, "before", 5)
+        assert access_ids(served, "before-") == []
+        await failed_redemption(served)
+        await eventually(lambda: any('"redeem_failed"' in x for x in served.logs()))
+        lines = served.logs()
+        audit_at = next(i for i, x in enumerate(lines) if '"redeem_failed"' in x)
+        before = [json.loads(x).get("request_id") for x in lines[:audit_at]]
+        assert [i for i in before if i is not None and i.startswith("before-")] == ids
+        assert await stopped(served, signal.SIGTERM) == 0
+
+
+async def test_a_reload_applies_new_buffering(tmp_path: Path) -> None:
+    """SIGHUP writes what is held and applies the file's new ``logging.buffer`` and
+    ``logging.flush``: with ``buffer: 0`` the next access lines are written at the end of
+    their iteration (with ``flush: 1m`` still in force they would wait a minute)."""
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, logging=HELD) as served,
+    ):
+        held = await send(served, "old", 3)
+        doc = yaml.safe_load(served.config.read_text(encoding="utf-8"))
+        doc["logging"] = {"level": "info", "buffer": 0, "flush": "1m"}
+        served.config.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        served.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: any("logging.buffer" in x for x in served.logs()))
+        assert access_ids(served, "old-") == held
+        ids = await send(served, "new", 3)
+        await eventually(lambda: access_ids(served, "new-") == ids)
+        assert await stopped(served, signal.SIGKILL) == -signal.SIGKILL
+    assert access_ids(served, "new-") == ids
+
+
+async def test_a_reload_applies_a_new_flush_time(tmp_path: Path) -> None:
+    """``logging.flush`` 1m -> 200ms on SIGHUP: the access lines sent after the reload are
+    written by the new, shorter timer, with no other line or signal to push them out."""
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, logging=HELD) as served,
+    ):
+        doc = yaml.safe_load(served.config.read_text(encoding="utf-8"))
+        doc["logging"] = {"level": "info", "buffer": "64KiB", "flush": "200ms"}
+        served.config.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        served.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: any("logging.flush" in x for x in served.logs()))
+        ids = await send(served, "timer", 3)
+        await eventually(lambda: access_ids(served, "timer-") == ids)
+        assert await stopped(served, signal.SIGKILL) == -signal.SIGKILL
