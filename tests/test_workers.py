@@ -333,6 +333,37 @@ async def test_sigterm_writes_every_workers_held_access_lines_whole(
     assert sorted(logged) == sorted(ids)
 
 
+async def test_sighup_writes_every_workers_held_access_lines(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """SIGHUP to the supervisor is passed to every worker, and each writes the access lines
+    it holds (``logging.flush: 1m``: nothing is written by time here) without exiting; each
+    line once, whole."""
+    held: dict[str, object] = {"buffer": "64KiB", "flush": "1m"}
+    served = serve_workers(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", "hup", held)
+    ids = [f"hupw-{i}" for i in range(200)]
+    try:
+
+        async def one(request_id: str) -> int:
+            headers = {"X-Request-Id": request_id}
+            async with http.get(f"{served.proxy}/app", headers=headers) as response:
+                return response.status
+
+        assert set(await asyncio.gather(*(one(i) for i in ids))) == {401}
+        by_worker = requests_by_worker(served.metrics_dir, "proxy")
+        assert len(by_worker) == WORKERS, by_worker  # both workers hold some
+        assert not any('"hupw-' in line for line in served.log)
+        served.proc.send_signal(signal.SIGHUP)
+        served.wait_for_line('"hupw-', count=len(ids), within=20)
+        assert served.proc.poll() is None
+    finally:
+        code = served.stop()
+    assert code == 0
+    docs = [json.loads(line) for line in served.log if line.startswith("{")]
+    logged = [d["request_id"] for d in docs if d.get("event") == "access"]
+    assert sorted(logged) == sorted(ids)
+
+
 def test_a_worker_that_cannot_listen_fails_the_whole_start(tmp_path: Path) -> None:
     """The proxy port is held by a socket without SO_REUSEPORT: no worker can bind it, the
     supervisor stops the others and exits 1, as a single process would."""
