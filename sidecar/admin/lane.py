@@ -90,6 +90,9 @@ class MintLane:
         self.guards = guards
         self.access = AccessLine("admin")
         self.drain: InFlight | None = None
+        # The loop of the listener it serves, asked once: asyncio.get_running_loop() costs
+        # a getpid() system call on Python 3.11, and every mint starts a task on it.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, head: Head, reply: Reply) -> Started | None:
         """Take ``head`` (None: declined now, nothing written)."""
@@ -122,7 +125,10 @@ class MintLane:
             return None
         mint = _Mint(self, reply, link, RequestRecord(request_id_for(request_id), "admin"))
         mint.started = started
-        task = mint.task = asyncio.get_running_loop().create_task(mint.run())
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = mint.task = loop.create_task(mint.run())
         drain = self.drain
         if drain is not None:  # in flight until answered, as in aiohttp's handler
             drain.begin()
