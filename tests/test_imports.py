@@ -11,6 +11,9 @@ log holds exactly what the process loaded until it exited.
   builder and no ``importlib.metadata`` (only ``GET /openapi.json`` needs them), and none
   of the other subcommands' modules (``sidecar demo``, ``mint``, ``keygen``, ``init``,
   ``check-config``).
+* No auth-link handler either (``sidecar.links.http`` and the modules only it uses:
+  generate, verify, request, passwords, with cryptography's scrypt and HKDF): their routes
+  are there (:mod:`sidecar.links.edge`), their modules load at the first request to one.
 * frozenlist without its C++ extension, which would map libstdc++ (~1 MiB): ``sidecar
   serve`` sets ``FROZENLIST_NO_EXTENSIONS`` before aiohttp is imported.
 * The controls show the probe sees each of them when they are needed, and that the lazy
@@ -39,6 +42,16 @@ IMPORT_LOG = {"PYTHONPROFILEIMPORTTIME": "1"}
 # ~19 MiB on its own; importlib.metadata with zipfile/csv/importlib.resources ~1.3 MiB and
 # the OpenAPI builder ~0.1-0.4 MiB more; the Public Suffix List ~0.5 MiB + ~2 MiB parsed.
 NOT_ON_SQLITE = ("redis", "publicsuffixlist", "importlib.metadata", "sidecar.admin.openapi")
+# The auth links' handlers and what only they use (~0.3 MiB of module objects): imported at
+# the first POST /admin/generate_link or <prefix>/verify (sidecar.links.edge).
+AUTH_LINK_MODULES = (
+    "sidecar.links.http",
+    "sidecar.links.generate",
+    "sidecar.links.verify",
+    "sidecar.links.request",
+    "sidecar.links.passwords",
+    "cryptography.hazmat.primitives.kdf",
+)
 # The other subcommands (~0.8 MiB of a serving process, measured, with their parsers).
 OTHER_COMMANDS = (
     "sidecar.demo",
@@ -101,6 +114,11 @@ async def test_sqlite_serve_loads_no_redis_psl_or_metadata(tmp_path: Path) -> No
     found = {package: modules for package in NOT_ON_SQLITE if (modules := loaded(names, package))}
     assert found == {}, "a SQLite sidecar imported these"
     assert sorted(names.intersection(OTHER_COMMANDS)) == [], "serve imported other commands"
+    links = {
+        package: modules for package in AUTH_LINK_MODULES if (modules := loaded(names, package))
+    }
+    assert links == {}, "no auth link was asked for, yet these were imported"
+    assert "sidecar.links.edge" in names  # their routes were registered
     # frozenlist's pure-Python class: its C++ extension would map libstdc++ (~1 MiB).
     assert "frozenlist" in names
     assert "frozenlist._frozenlist" not in names
@@ -180,6 +198,30 @@ async def test_the_openapi_document_is_loaded_by_its_request(tmp_path: Path) -> 
     assert doc["openapi"] == "3.1.0"
     assert "/referstring" in doc["paths"]
     assert {"sidecar.admin.openapi", "importlib.metadata"} <= names
+
+
+async def test_the_auth_links_are_loaded_by_their_first_request(tmp_path: Path) -> None:
+    """The control for the lazy links: a link is generated and followed as on any process,
+    and only then are the links' modules loaded."""
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, env=_env()) as served,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            served.admin + "/admin/generate_link",
+            json={"type": "magiclink", "email": "lazy@example.com"},
+            headers=served.admin_headers(),
+        ) as generated:
+            assert generated.status == 200, await generated.text()
+            doc = await generated.json()
+        assert doc["action_link"].startswith(served.proxy + "/_sidecar/verify?token=")
+        async with http.get(doc["action_link"], allow_redirects=False) as followed:
+            assert followed.status == 303, await followed.text()
+            assert COOKIE in followed.cookies
+        await _stop(served.proc)
+        names = imported(served.log_path.read_text(encoding="utf-8"))
+    assert all(loaded(names, package) for package in AUTH_LINK_MODULES)
 
 
 @pytest.mark.redis

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.tokens.codec import Claims, TokenCodec, UnknownKey, new_token_id
-from sidecar.tokens.keys import KeyRecord, KeySet, KeysetError, generate_keyset, parse_keyset
+from sidecar.tokens.keys import (
+    KeyRecord,
+    KeySet,
+    KeysetError,
+    generate_keyset,
+    parse_keyset,
+    parse_utc_time,
+)
 
 NOW = 1_800_000_000
 
@@ -173,3 +183,100 @@ def test_bad_record_times_are_refused(value: object) -> None:
     doc["keys"][0]["created"] = value
     with pytest.raises(KeysetError, match=r"keys\[0\]\.created: expected a UTC time"):
         parse_keyset(json.dumps(doc))
+
+
+# -- record times: read as datetime.strptime reads them, without its module -------------
+
+_ARABIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")  # strptime's \d takes any digit
+
+
+@st.composite
+def _number(draw: st.DrawFn, high: int, width: int, low: int = 0) -> str:
+    """A field as a record might spell it: padded, bare, space-padded or in other digits."""
+    n = draw(st.integers(low, high))
+    spelling = draw(st.sampled_from(["padded", "bare", "space", "arabic", "long"]))
+    if spelling == "bare":
+        return str(n)
+    if spelling == "space":
+        return " " + str(n)
+    padded = f"{n:0{width}d}"
+    if spelling == "arabic":
+        return padded.translate(_ARABIC)
+    return "0" + padded if spelling == "long" else padded
+
+
+@st.composite
+def _near_times(draw: st.DrawFn) -> str:
+    """Strings shaped like ``2026-11-30T12:00:00Z``: each field in any spelling, in or
+    somewhat out of range; now and then a separator that is not the expected one."""
+    fields = [(10_000, 4), (13, 2), (32, 2), (24, 2), (60, 2), (62, 2)]
+    out = []
+    for (high, width), expected in zip(fields, "--T::Z", strict=True):
+        out.append(draw(_number(high, width)))
+        odd = st.sampled_from(["-", ":", "T", "t", "Z", "z", " ", "", "ZZ"])
+        out.append(draw(st.one_of(st.just(expected), st.just(expected), odd)))
+    return "".join(out)
+
+
+@st.composite
+def _real_times(draw: st.DrawFn) -> str:
+    """Times that exist, every field in any spelling, the separators right."""
+    t = draw(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)))
+    fields = [(t.year, 4), (t.month, 2), (t.day, 2), (t.hour, 2), (t.minute, 2), (t.second, 2)]
+    out = []
+    for (n, width), separator in zip(fields, "--T::Z", strict=True):
+        out.append(draw(_number(n, width, low=n)) + separator)
+    return "".join(out)
+
+
+def _strptime(value: str) -> float | None:
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _ours(value: str) -> float | None:
+    try:
+        return parse_utc_time(value)
+    except ValueError:
+        return None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(_real_times(), _near_times(), st.text(max_size=24)))
+def test_record_times_are_read_as_strptime_reads_them(value: str) -> None:
+    assert _ours(value) == _strptime(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-30T12:00:00Z",
+        "2026-1-5T1:2:3Z",  # one-digit fields
+        "2026-01- 5T00:00:00Z",  # a space-padded day
+        "2026-01-01t00:00:00Z",  # case ignored
+        "2024-02-29T23:59:59Z",
+        "٢٠٢٦-01-01T00:00:00Z",  # any Unicode digit
+    ],
+)
+def test_record_times_strptime_reads_are_read(value: str) -> None:
+    assert parse_utc_time(value) == _strptime(value) is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2025-02-29T00:00:00Z",  # no such day
+        "2026-11-30T12:00:60Z",  # strptime's pattern takes 60 and 61, datetime does not
+        "2026-13-01T00:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "2026-11-30T12:00:00ZZ",
+        "2026-11-30 12:00:00Z",
+        "12026-11-30T12:00:00Z",
+    ],
+)
+def test_record_times_strptime_refuses_are_refused(value: str) -> None:
+    assert _strptime(value) is None
+    with pytest.raises(ValueError, match=r"not a UTC time|out of range|must be in"):
+        parse_utc_time(value)

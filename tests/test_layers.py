@@ -3,8 +3,9 @@
 Two checks. Each listed domain module is imported in a fresh interpreter where ``aiohttp``
 cannot be imported; if one of them (or anything it pulls in) reaches for it, the import fails.
 And, import-linter style, every module of the domain packages is read as a syntax tree: none
-may import ``sidecar.web``, ``sidecar.admin``, ``sidecar.links.http`` or any module that
-imports aiohttp, directly or through other sidecar modules (even under ``TYPE_CHECKING``).
+may import ``sidecar.web``, ``sidecar.admin``, ``sidecar.links.http``, ``sidecar.links.edge``
+or any module that imports aiohttp, directly or through other sidecar modules (even under
+``TYPE_CHECKING``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ SIDECAR = Path(sidecar.__file__).resolve().parent
 DOMAIN_PACKAGES = ("config", "tokens", "links", "store", "telemetry")
 DOMAIN_SINGLES = ("sidecar.refer.minting",)
 # Edge modules that live inside a domain package (their HTTP handlers).
-EDGE_IN_DOMAIN = ("sidecar.links.http",)
+EDGE_IN_DOMAIN = ("sidecar.links.http", "sidecar.links.edge")
 EDGE_PACKAGES = ("sidecar.web", "sidecar.admin")
 
 

@@ -16,8 +16,8 @@ from sidecar.admin.guards import TOKEN_ID, Guards, RequestError, too_many_mints
 from sidecar.admin.lane import MintLane
 from sidecar.admin.mints import announce, keep_link, mint_link
 from sidecar.config import MAX_EXPIRY
+from sidecar.links import edge as links_edge
 from sidecar.links import errorcodes as codes
-from sidecar.links import http as links_http
 from sidecar.refer.minting import iso_utc
 from sidecar.services import Services
 from sidecar.sessions import SESSIONS
@@ -145,7 +145,7 @@ def build_admin_app(services: Services) -> web.Application:
     app.router.add_post("/tokens/{id}/revoke", revoke_token)
     app.router.add_delete("/sessions", end_sessions)
     app.router.add_get("/healthz", healthz, allow_head=True)
-    links_http.register_admin(app)
+    links_edge.register_admin(app)
     reads.register(app)
     app.router.add_get("/openapi.json", openapi_json, allow_head=False)
     return app

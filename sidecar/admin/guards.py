@@ -11,7 +11,7 @@ coroutine per request.
 Errors are JSON ``{"code": <status>, "error_code", "message"[, "field"]}``
 (:func:`admin_error`); on the GoTrue-style routes under ``/admin/`` every answer, refusals
 included, is GoTrue's ``{code, error_code, msg, details}``
-(:func:`sidecar.links.http.gotrue_error`). ``error_code`` comes from
+(:func:`sidecar.links.edge.gotrue_error`). ``error_code`` comes from
 :mod:`sidecar.links.errorcodes`. Nothing here answers 500 with details, and no token text,
 admin key or traceback reaches a response or a log line.
 
@@ -36,8 +36,8 @@ from aiohttp.typedefs import Handler
 
 from sidecar.config import AdminConfig, Config
 from sidecar.config.values import HostPort, Network, RateLimit
+from sidecar.links import edge as links_edge
 from sidecar.links import errorcodes as codes
-from sidecar.links import http as links_http
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited, enforce
@@ -99,7 +99,7 @@ def json_error(
     error alike), :func:`admin_error` elsewhere."""
     if request.path.startswith(GOTRUE_PREFIX):
         phrase = HTTPStatus(status).phrase
-        return links_http.gotrue_error(
+        return links_edge.gotrue_error(
             status, phrase, message, error_code=error_code, headers=headers
         )
     return admin_error(status, message, field=field, error_code=error_code, headers=headers)

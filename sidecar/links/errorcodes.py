@@ -6,7 +6,7 @@ one ``POST <prefix>/verify`` failures carry (:func:`for_verify_failure`).
 GoTrue has a code for the case it is used as is; the rest (refusals GoTrue never makes: a
 peer outside ``admin.allowed_peers``, a browser, a foreign ``Host``) are ours, in its style.
 No HTTP here: the error-body builders (``admin.guards.admin_error``,
-``links.http.gotrue_error``, the verify route's failures) and the domain errors name codes
+``links.edge.gotrue_error``, the verify route's failures) and the domain errors name codes
 from this list.
 """
 

@@ -1,11 +1,14 @@
 """The HTTP edge of auth links: ``POST /admin/generate_link`` and ``<prefix>/verify``.
 
-Admin side (:func:`register_admin`, behind the admin app's peer/Host/Origin/bearer checks):
+Routed by :mod:`sidecar.links.edge`, which imports this module at the first request to
+either (a process that serves no auth link never loads it).
+
+Admin side (:func:`generate_link`, behind the admin app's peer/Host/Origin/bearer checks):
 every answer this handler gives itself is ``{"code", "msg", "details"}`` as in the seed —
 400 invalid type/field/email/redirect_to/data, 404 user not found, 422 already registered
 or weak password, 413 too large, 503 store down.
 
-Proxy side (:func:`register_verify`):
+Proxy side (:func:`verify`):
 
 * ``GET <prefix>/verify?token=&type=&redirect_to=`` redeems the link once, starts the
   session (role ``links.role``), sets the cookie and 303s to the ``redirect_to`` bound in
@@ -29,13 +32,12 @@ before the burn; ``burn_unconfirmed`` once it is sent, as for refer links).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from sidecar.config import RoleConfig
 from sidecar.links import errorcodes as codes
+from sidecar.links.edge import gotrue_error
 from sidecar.links.generate import generate, user_json
 from sidecar.links.request import (
     LinkRequestError,
@@ -70,11 +72,6 @@ VERIFY_FIELDS = ("type", "email", "token", "token_hash", "password", "gotrue_met
 # -- admin: POST /admin/generate_link ----------------------------------------------------
 
 
-def register_admin(app: web.Application) -> None:
-    """Add ``POST /admin/generate_link`` to the admin app (which holds ``SERVICES``)."""
-    app.router.add_post("/admin/generate_link", generate_link)
-
-
 async def generate_link(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
@@ -103,24 +100,6 @@ async def generate_link(request: web.Request) -> web.Response:
     return web.json_response(link.to_json(), headers={hdrs.CACHE_CONTROL: "no-store"})
 
 
-def gotrue_error(
-    status: int,
-    msg: str,
-    details: str,
-    *,
-    error_code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    extra: Mapping[str, object] | None = None,
-) -> web.Response:
-    """GoTrue's error ``{"code", "error_code", "msg", "details"}`` — the one place that shape
-    is built (this route's own answers, and the admin app's refusals on its GoTrue-style
-    routes). ``error_code`` defaults to the status's (:mod:`sidecar.links.errorcodes`)."""
-    code = error_code or codes.for_status(status)
-    body = {"code": status, "error_code": code, "msg": msg, "details": details, **(extra or {})}
-    out = {hdrs.CACHE_CONTROL: "no-store", **(headers or {})}
-    return web.json_response(body, status=status, headers=out)
-
-
 def _status(exc: LinkRequestError) -> int:
     if isinstance(exc, UserNotFound):
         return 404
@@ -130,13 +109,6 @@ def _status(exc: LinkRequestError) -> int:
 
 
 # -- proxy: <prefix>/verify --------------------------------------------------------------
-
-
-def register_verify(app: web.Application) -> None:
-    """Add ``<prefix>/verify`` to the proxy app; ``app[SERVICES]``, ``app[SESSIONS]``,
-    ``app[CLIENT_ADDRESSES]`` and ``app[FAILED_REDEMPTIONS]`` must already be set."""
-    services = app[SERVICES]
-    app.router.add_route("*", services.config.proxy.prefix + "/verify", verify)
 
 
 async def verify(request: web.Request) -> web.StreamResponse:

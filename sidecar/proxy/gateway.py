@@ -24,7 +24,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from sidecar.config import Config
-from sidecar.links import http as links_http
+from sidecar.links import edge as links_edge
 from sidecar.proxy.auth_lane import AuthLane
 from sidecar.proxy.clientaddr import CLIENT_ADDRESSES, ClientAddresses
 from sidecar.proxy.express import ExpressLane
@@ -105,7 +105,7 @@ def build_proxy_app(services: Services) -> web.Application:
     router.add_route("*", prefix + "/session", gateway.session)
     router.add_route("*", prefix + "/healthz", gateway.healthz)
     router.add_route("*", prefix + "/readyz", gateway.readyz)
-    links_http.register_verify(app)
+    links_edge.register_verify(app)
     forward_auth = ForwardAuth(services.config, sessions, redeemer, clients.trusts, public)
     forward_auth.register(app)
 
