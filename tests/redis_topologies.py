@@ -234,12 +234,18 @@ def start_sentinel(directory: Path, *, replicas: int = 1, pki: Pki | None = None
     sentinel_ports = [free_port() for _ in range(3)]
     ids = [f"{i + 1:040x}" for i in range(3)]
     sentinels = []
+    # failover-timeout also bounds a Sentinel leader election, and a failed one is retried
+    # only after twice that: three Sentinels that see the primary down within the same
+    # few milliseconds can each vote for themselves (a split vote, seen in a CI run:
+    # "-failover-abort-not-elected", the retry 20 s later with 10000). At 5000 one split
+    # vote delays a failover by about 10 s, inside the failover tests' 20 s bound; a
+    # promotion on this loopback takes about a second, far inside 5 s.
     for i, port in enumerate(sentinel_ports):
         lines = [
             f"port {port}", "bind 127.0.0.1", f"dir {directory}", f"sentinel myid {ids[i]}",
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2",
             f"sentinel down-after-milliseconds {SERVICE} 1000",
-            f"sentinel failover-timeout {SERVICE} 10000",
+            f"sentinel failover-timeout {SERVICE} 5000",
             f"sentinel parallel-syncs {SERVICE} {replicas}",
         ]  # fmt: skip
         lines += [
