@@ -58,9 +58,15 @@ def _hidden(extensions: list[Extension]) -> list[Extension]:
         return extensions
     for ext in extensions:
         ext.extra_compile_args = [*ext.extra_compile_args, "-fvisibility=hidden"]
-        if "setup.py" not in ext.depends:
-            ext.depends = [*ext.depends, "setup.py"]
+        _rebuilt_when_setup_changes(ext)
     return extensions
+
+
+def _rebuilt_when_setup_changes(ext: Extension) -> None:
+    """``setup.py`` made one of ``ext``'s dependencies, so that a cached build
+    (``scripts/compile --into``) is compiled and linked again when its flags here change."""
+    if "setup.py" not in ext.depends:
+        ext.depends = [*ext.depends, "setup.py"]
 
 
 def _linked(extensions: list[Extension]) -> list[Extension]:
@@ -78,8 +84,7 @@ def _linked(extensions: list[Extension]) -> list[Extension]:
     for ext in extensions:
         # A fresh list each: mypycify may give its extensions one list object.
         ext.extra_link_args = [*ext.extra_link_args, "-Wl,-z,pack-relative-relocs"]
-        if "setup.py" not in ext.depends:
-            ext.depends = [*ext.depends, "setup.py"]
+        _rebuilt_when_setup_changes(ext)
     return extensions
 
 

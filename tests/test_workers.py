@@ -306,6 +306,17 @@ def test_a_killed_worker_is_replaced_and_sighup_reaches_every_worker(
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
 
 
+async def _requests_with_ids(http: aiohttp.ClientSession, proxy: str, ids: list[str]) -> None:
+    """One request per id at once, each with that ``X-Request-Id``: every answer a 401."""
+
+    async def one(request_id: str) -> int:
+        headers = {"X-Request-Id": request_id}
+        async with http.get(f"{proxy}/app", headers=headers) as response:
+            return response.status
+
+    assert set(await asyncio.gather(*(one(i) for i in ids))) == {401}
+
+
 async def test_sigterm_writes_every_workers_held_access_lines_whole(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -316,13 +327,7 @@ async def test_sigterm_writes_every_workers_held_access_lines_whole(
     served = serve_workers(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", "held", held)
     ids = [f"held-{i}" for i in range(200)]
     try:
-
-        async def one(request_id: str) -> int:
-            headers = {"X-Request-Id": request_id}
-            async with http.get(f"{served.proxy}/app", headers=headers) as response:
-                return response.status
-
-        assert set(await asyncio.gather(*(one(i) for i in ids))) == {401}
+        await _requests_with_ids(http, served.proxy, ids)
         by_worker = requests_by_worker(served.metrics_dir, "proxy")
         assert len(by_worker) == WORKERS, by_worker  # both workers answered some
     finally:
@@ -343,13 +348,7 @@ async def test_sighup_writes_every_workers_held_access_lines(
     served = serve_workers(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", "hup", held)
     ids = [f"hupw-{i}" for i in range(200)]
     try:
-
-        async def one(request_id: str) -> int:
-            headers = {"X-Request-Id": request_id}
-            async with http.get(f"{served.proxy}/app", headers=headers) as response:
-                return response.status
-
-        assert set(await asyncio.gather(*(one(i) for i in ids))) == {401}
+        await _requests_with_ids(http, served.proxy, ids)
         by_worker = requests_by_worker(served.metrics_dir, "proxy")
         assert len(by_worker) == WORKERS, by_worker  # both workers hold some
         assert not any('"hupw-' in line for line in served.log)
