@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=int, help="seconds per proxied / mint run")
     p.add_argument("--burned", type=int, help="burned tokens for the latency scenario")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
+    p.add_argument(
+        "--share-cores",
+        action="store_true",
+        help="leave this session's scheduling priority alone (see bench/sched.py)",
+    )
     p.add_argument("--json", type=Path, default=JSON, help=f"default {JSON.relative_to(ROOT)}")
     p.add_argument("--docs", type=Path, default=DOCS, help="where benchmarks.md/.png go")
     p.add_argument("--no-doc", action="store_true", help="write the JSON only")
@@ -49,6 +54,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "duration": args.duration,
         "burned": args.burned,
         "profile": False if args.no_profile else None,
+        "claim_cores": False if args.share_cores else None,
     }
     kept = {k: v for k, v in changes.items() if v is not None}
     return replace(s, **kept)

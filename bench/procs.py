@@ -149,7 +149,7 @@ def tree(pid: int) -> list[int]:
     while todo:
         p = todo.pop()
         out.append(p)
-        for task in _tasks(p):
+        for task in tasks(p):
             with contextlib.suppress(OSError):
                 todo.extend(
                     int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
@@ -157,7 +157,8 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def _tasks(pid: int) -> list[str]:
+def tasks(pid: int) -> list[str]:
+    """The thread ids of ``pid`` (none once it has gone)."""
     try:
         return os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -209,7 +210,7 @@ def pin(pids: Iterable[int], cores: Sequence[int]) -> None:
     """Move every thread of every process in ``pids`` (and their children) to ``cores``."""
     for pid in pids:
         for p in tree(pid):
-            for task in _tasks(p):
+            for task in tasks(p):
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(int(task), set(cores))
 

@@ -258,7 +258,11 @@ def markdown(r: Results, chart: str | None) -> str:
         "answers from a plain aiohttp upstream. The ratio is taken pair by pair (direct, "
         "then via the sidecar and via nginx, back to back) before the median. CPU is "
         "utime + stime of the process tree from `/proc/<pid>/stat` ÷ answered requests, for "
-        "the proxy and for the upstream behind it.",
+        "the proxy and for the upstream behind it. *Waited for a core* is the proxy's "
+        "runqueue wait during the run (its threads' `/proc/<pid>/task/<tid>/schedstat`): "
+        "time it was ready to run while something else held its core. Tens of ms of it "
+        "in a 64-connection queue are tens of ms of p99 that measure the neighbours, not "
+        "the proxy (`bench/sched.py`).",
         "",
     ]
     rows = []
@@ -266,12 +270,14 @@ def markdown(r: Results, chart: str | None) -> str:
         for name, pm in by_target.items():
             upstream = pm.cpu_us if name == "direct" else pm.upstream_cpu_us
             proxy = None if name == "direct" else pm.cpu_us
-            cells = [pm.per_s, pm.ratio, pm.p50_ms, pm.p99_ms, proxy, upstream]
-            fmts = [",.0f", ".2f", ".2f", ".2f", ",.0f", ",.0f"]
+            waited = None if name == "direct" else pm.waited_ms
+            cells = [pm.per_s, pm.ratio, pm.p50_ms, pm.p99_ms, proxy, upstream, waited]
+            fmts = [",.0f", ".2f", ".2f", ".2f", ",.0f", ",.0f", ",.0f"]
             busy = " / ".join(f"{b:.0%}" for b in pm.cores_busy) or "—"
             rows.append([layout, name, *(_n(v, f) for v, f in zip(cells, fmts, strict=True)), busy])
     head = ["Layout", "Path", "req/s", "ratio", "p50 ms", "p99 ms", "proxy CPU µs/req"]
-    out += _table([*head, "upstream CPU µs/req", "cores busy (0 / 1)"], rows)
+    head += ["upstream CPU µs/req", "proxy waited for a core, ms", "cores busy (0 / 1)"]
+    out += _table(head, rows)
     out += [""] + [f"- **{k}**: {v}." for k, v in r.layouts.items()]
     if "W" in r.proxied:
         out += [
@@ -363,6 +369,11 @@ def markdown(r: Results, chart: str | None) -> str:
         "connection), which caps what it can measure.",
         "- Processes are pinned with `taskset`/`sched_setaffinity`; every load run is "
         "bounded in time.",
+        f"- Cores: {m.get('cores_claim') or 'not recorded'}. Linux shares a core between "
+        "sessions (autogroups) whatever the nice values, so another session's busy process "
+        "on core 0 takes up to half of it; at autogroup nice -20 every part of this run "
+        '(proxies, upstream, load) goes first, and the layouts\' "alone on core 0" holds '
+        "on a shared machine (`bench/sched.py`; `--share-cores` leaves it alone).",
     ]
     return "\n".join(out) + "\n"
 

@@ -34,6 +34,7 @@ from bench.scenarios import (
     redemption_latency,
     redemptions,
 )
+from bench.sched import claimed_cores
 from bench.servers import start_nginx, start_redis, start_upstream
 from bench.target import COOKIE, Sidecar, session_cookie, sqlite_url, start_sidecar
 
@@ -58,6 +59,7 @@ class Settings:
     connections: int = 1000  # for the RSS measure
     profile: bool = True
     warmup: bool = True  # a 1 s unmeasured run before each proxied / mint series
+    claim_cores: bool = True  # the bench's session first in line for the cores (bench.sched)
 
     @classmethod
     def smoke(cls) -> Settings:
@@ -72,6 +74,7 @@ class Settings:
             connections=100,
             profile=False,
             warmup=False,
+            claim_cores=False,
         )
 
 
@@ -96,11 +99,19 @@ Log = Callable[[str], None]
 
 
 def run(settings: Settings, note: str, log: Log) -> Results:
+    if not settings.claim_cores:
+        return _run(settings, note, log, "not claimed (--share-cores or --smoke)")
+    with claimed_cores() as claim:
+        log(f"cores: {claim}")
+        return _run(settings, note, log, claim)
+
+
+def _run(settings: Settings, note: str, log: Log, claim: str) -> Results:
     started = time.monotonic()
     cores = cores_available()
     c0, c1 = cores[0], cores[1 % len(cores)]
     os.sched_setaffinity(0, {c1})
-    results = Results(meta=describe(), settings=settings, note=note)
+    results = Results(meta={**describe(), "cores_claim": claim}, settings=settings, note=note)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, children() as kids:
         work = Path(tmp)
         log(f"workdir {work}; cores c0={c0} c1={c1}; load generator {results.meta['loadgen']}")

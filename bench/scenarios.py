@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from bench.loadgen import LoadSpec, run_load
 from bench.procs import busy_between, core_ticks, cpu_seconds, rss_bytes
+from bench.sched import runqueue_seconds
 from bench.target import COOKIE, Sidecar, mint_body_json, mint_tokens
 
 MIB = 1024 * 1024
@@ -33,6 +34,9 @@ class Sample:
     # Each core's busy share during the run (whatever ran there: load, upstream, proxy),
     # so a throughput ratio can be read against the core that bounded it.
     cores_busy: tuple[float, ...] = ()
+    # How long the measured process tree waited for a core during the run (ms; its
+    # threads' summed runqueue wait): a p99 with hundreds of these measures the neighbours.
+    waited_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Measure:
     ratio: float | None
     samples: list[Sample] = field(repr=False)
     cores_busy: tuple[float, ...] = ()
+    waited_ms: float | None = None
 
 
 def median_of(samples: Sequence[Sample]) -> Measure:
@@ -61,6 +66,7 @@ def median_of(samples: Sequence[Sample]) -> Measure:
         cpu_us=med([s.cpu_us for s in samples]),
         upstream_cpu_us=med([s.upstream_cpu_us for s in samples]),
         ratio=med([s.ratio for s in samples]),
+        waited_ms=med([s.waited_ms for s in samples]),
         samples=list(samples),
         cores_busy=tuple(
             statistics.median(busy) for busy in zip(*(s.cores_busy for s in samples), strict=True)
@@ -77,12 +83,16 @@ def sample(
     upstream_pid: int | None = None,
 ) -> Sample:
     """One load run; with ``pid`` (and ``upstream_pid``), also the CPU that process tree
-    (and the upstream's) spent per answered request."""
+    (and the upstream's) spent per answered request, and how long ``pid``'s tree waited for
+    a core."""
     pids = [p for p in (pid, upstream_pid) if p is not None]
     before = [cpu_seconds(p) for p in pids]
+    waited = runqueue_seconds(pid) if pid is not None else 0.0
     ticks = core_ticks()
     result = run_load(spec, load_cores)
     busy = busy_between(ticks, core_ticks())
+    if pid is not None:
+        waited = runqueue_seconds(pid) - waited
     per_request = [
         (cpu_seconds(p) - b) / result.ok * 1e6 if result.ok else None
         for p, b in zip(pids, before, strict=True)
@@ -96,6 +106,7 @@ def sample(
         cpu_us=per_request[0] if pid is not None else None,
         upstream_cpu_us=per_request[-1] if upstream_pid is not None else None,
         cores_busy=tuple(busy),
+        waited_ms=waited * 1e3 if pid is not None else None,
     )
 
 

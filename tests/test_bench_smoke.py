@@ -61,6 +61,9 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
             assert max(busy, default=0) > 0, busy
             if name != "direct":
                 assert proxied[name]["ratio"] > 0
+                # The proxy's runqueue wait, beside its p99 (bench.sched).
+                assert all(x["waited_ms"] >= 0 for x in proxied[name]["samples"])
+                assert proxied[name]["waited_ms"] is not None
     workers = doc["proxied"]["W"]  # nothing pinned: 1 and 2 workers side by side
     assert sorted(workers) == sorted(
         ["direct", "sidecar", "sidecar, 2 workers"] + (["nginx"] if doc["meta"]["nginx"] else [])
@@ -99,6 +102,8 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     for target in doc["targets"]:
         assert target["name"] in markdown
     assert doc["meta"]["python"] in markdown
+    assert doc["meta"]["cores_claim"] == "not claimed (--share-cores or --smoke)"
+    assert "proxy waited for a core, ms" in markdown
 
 
 def test_profile_ranks_self_time_and_the_sidecars_own_functions() -> None:
