@@ -95,11 +95,13 @@ def start_sidecar(
     workers: int = 1,
     access_log: bool = True,
     env: dict[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> Sidecar:
     """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``
     (``--workers workers``: ``pid`` is then the supervisor's, and the CPU figures, summed
     over the process tree, include every worker). ``env``: the child's whole environment
-    (default :func:`~bench.procs.child_env`)."""
+    (default :func:`~bench.procs.child_env`). ``wrap``: interpreter arguments before
+    ``-m sidecar``, such as ``-m bench.stallprobe OUT`` (:mod:`bench.stallprobe`)."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     (home / "keyset.json").write_text(generate_keyset().to_json())
@@ -119,7 +121,7 @@ def start_sidecar(
             trusted=", ".join(trusted_proxies),
         )
     )
-    argv = [PYTHON, "-m", "sidecar", "serve", "--config", str(config)]
+    argv = [PYTHON, *wrap, "-m", "sidecar", "serve", "--config", str(config)]
     if workers != 1:
         argv += ["--workers", str(workers)]
     child = spawn(name, argv, logdir=workdir, cores=cores, env=env, cwd=home)
