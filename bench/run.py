@@ -108,10 +108,11 @@ def run(settings: Settings, note: str, log: Log) -> Results:
 
 def _run(settings: Settings, note: str, log: Log, claim: str) -> Results:
     started = time.monotonic()
+    # Described before this process pins itself, or "cores_usable" would count only c1.
+    results = Results(meta={**describe(), "cores_claim": claim}, settings=settings, note=note)
     cores = cores_available()
     c0, c1 = cores[0], cores[1 % len(cores)]
     os.sched_setaffinity(0, {c1})
-    results = Results(meta={**describe(), "cores_claim": claim}, settings=settings, note=note)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, children() as kids:
         work = Path(tmp)
         log(f"workdir {work}; cores c0={c0} c1={c1}; load generator {results.meta['loadgen']}")

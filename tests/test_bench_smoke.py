@@ -6,6 +6,7 @@ Timing is never asserted: only that every scenario produced positive numbers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         assert target["name"] in markdown
     assert doc["meta"]["python"] in markdown
     assert doc["meta"]["cores_claim"] == "not claimed (--share-cores or --smoke)"
+    assert doc["meta"]["cores_usable"] == len(os.sched_getaffinity(0))  # not just core 1
     assert "proxy waited for a core, ms" in markdown
 
 
