@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.sched import autogroup_nice, runqueue_seconds
+from bench.sched import runqueue_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDSTAT = Path("/proc/self/schedstat")
@@ -38,7 +38,9 @@ _BUSY_PAIR = textwrap.dedent(
 @pytest.mark.timeout(60)
 def test_runqueue_wait_counts_the_whole_tree_sharing_one_core() -> None:
     if not SCHEDSTAT.exists():
-        pytest.skip("no /proc/<pid>/schedstat (kernel without CONFIG_SCHED_INFO)")
+        # A kernel without CONFIG_SCHED_INFO: nothing to read, and the column says 0.
+        assert runqueue_seconds(os.getpid()) == 0.0
+        return
     core = min(os.sched_getaffinity(0))
     with subprocess.Popen(
         ["taskset", "-c", str(core), sys.executable, "-c", _BUSY_PAIR],
@@ -77,8 +79,6 @@ _CLAIM = textwrap.dedent(
 
 
 def test_claimed_cores_raises_the_session_then_puts_it_back() -> None:
-    if autogroup_nice() is None:
-        pytest.skip("no autogroup scheduling on this kernel")
     proc = subprocess.run(
         [sys.executable, "-c", _CLAIM],
         capture_output=True,
@@ -90,6 +90,10 @@ def test_claimed_cores_raises_the_session_then_puts_it_back() -> None:
     )
     seen = json.loads(proc.stdout)
     assert seen["after"] == seen["before"]
+    if seen["before"] is None:  # a kernel without autogroup scheduling: nothing to claim
+        assert seen["words"] == "not claimed: no autogroup scheduling here"
+        assert seen["inside"] is None
+        return
     if seen["words"].startswith("not claimed"):  # no CAP_SYS_NICE: nothing changed
         assert "refused" in seen["words"]
         assert seen["inside"] == seen["before"]
