@@ -31,7 +31,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
 from sidecar.proxy import answers, relay
-from sidecar.proxy.forward import GATEWAY_TIMEOUT, Failure, one_chunk, read_whole, upstream_failure
+from sidecar.proxy.forward import GATEWAY_TIMEOUT, Failure, read_whole, upstream_failure
 from sidecar.proxy.paths import NormalPath
 from sidecar.proxy.pool import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from sidecar.proxy.upstream_conn import Connection
@@ -325,9 +325,9 @@ class Exchange:
         CURRENT.set(self._record)  # this task's own context: for the forwarder's records
         try:
             forwarder = self._lane.forwarder
-            body = one_chunk(self._body) if self._body else None
+            # The body, read whole and framed, goes in the head's write.
             upstream = await forwarder.exchange(
-                self._method, self._upstream_head, body, slot_held=slot_held
+                self._method, self._upstream_head, slot_held=slot_held, ready=self._body
             )
             if isinstance(upstream, Failure):
                 self._fail(upstream)

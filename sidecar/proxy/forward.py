@@ -132,8 +132,8 @@ class Forwarder:
             headers.append((b"Transfer-Encoding", b"chunked"))
         target = request.raw_path.encode("utf-8", "surrogateescape")
         head = self.upstream_head(request.method, target, headers)
-        body = request.content.iter_any() if request.body_exists else None
-        upstream = await self.exchange(request.method, head, body, chunked)
+        ready, body = _in_hand(request.content) if request.body_exists else (b"", None)
+        upstream = await self.exchange(request.method, head, body, chunked, ready=ready)
         if isinstance(upstream, Failure):
             return pages.failure(request, upstream.status, upstream.reason)
         out_headers = self.headers.response_headers(upstream.headers)
@@ -168,17 +168,21 @@ class Forwarder:
         body: AsyncIterable[bytes] | None = None,
         chunked: bool = False,
         slot_held: bool = False,
+        ready: bytes = b"",
     ) -> UpstreamResponse | Failure:
         """Send the request and wait for the response head; the failure to answer with
         (502/504, logged and recorded for the access line) when none came. ``slot_held``:
-        the pool gave the caller a slot already (see :meth:`UpstreamPool.queue`)."""
+        the pool gave the caller a slot already (see :meth:`UpstreamPool.queue`); ``ready``:
+        the body's bytes in hand, sent with the head (:meth:`UpstreamPool.request`)."""
         pool = self.pool
         if pool is None:
             raise RuntimeError("Forwarder used outside its cleanup_ctx")
         started = time.perf_counter()
         try:
             # The pool's deadline for the response head counts from the last body byte sent.
-            upstream = await pool.request(method, head, body, chunked=chunked, slot_held=slot_held)
+            upstream = await pool.request(
+                method, head, body, chunked=chunked, slot_held=slot_held, ready=ready
+            )
         except UpstreamError as exc:
             set_upstream_time(time.perf_counter() - started)
             return upstream_failure(exc, self._header_timeout)
@@ -248,10 +252,14 @@ def upstream_failure(error: UpstreamError, timeout: float) -> Failure:
     return BAD_GATEWAY
 
 
-async def one_chunk(body: bytes) -> AsyncIterator[bytes]:
-    """A request body read whole, as the pool takes a body (and, as any body, never sends
-    it twice)."""
-    yield body
+def _in_hand(content: aiohttp.StreamReader) -> tuple[bytes, AsyncIterable[bytes] | None]:
+    """The request body's bytes already received, and the rest as it comes (None when
+    they are all of it): what is in hand goes upstream with the head, nothing is waited
+    for to join it."""
+    if content.exception() is not None:
+        return b"", content.iter_any()  # (raises it in the sending task, as any break)
+    ready = content.read_nowait()
+    return ready, None if content.at_eof() else content.iter_any()
 
 
 async def read_whole(upstream: UpstreamResponse) -> bytes | Failure:

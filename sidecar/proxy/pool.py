@@ -137,10 +137,13 @@ class UpstreamPool:
         *,
         chunked: bool = False,
         slot_held: bool = False,
+        ready: bytes = b"",
     ) -> UpstreamResponse:
-        """Send ``head`` (request line and headers, ending in the blank line) and ``body``
-        (re-chunked when ``chunked``); return the final response head. ``slot_held``: the
-        caller was given a slot already (:meth:`SlotWaiter.slot_free`)."""
+        """Send ``head`` (request line and headers, ending in the blank line) and the body
+        (re-chunked when ``chunked``): ``ready``, the bytes of it in hand, in the head's
+        write, then what ``body`` yields (None: nothing more). Return the final response
+        head. ``slot_held``: the caller was given a slot already
+        (:meth:`SlotWaiter.slot_free`)."""
         if slot_held:
             pass
         elif self._slots_taken < self._limit and not self._slot_waiters:
@@ -151,12 +154,14 @@ class UpstreamPool:
         try:
             conn = self._pop_idle() or await self._connect()
             try:
-                await self._exchange(conn, method, head, body, chunked)
+                await self._exchange(conn, method, head, body, chunked, ready)
             except StaleConnection:
-                if body is not None or method not in IDEMPOTENT:
+                if body is not None or ready or chunked or method not in IDEMPOTENT:
+                    # A request with a body is not sent twice (the upstream may have
+                    # acted on it before closing), not even one held whole.
                     raise UpstreamError("the upstream closed the idle connection") from None
                 conn = await self._connect()
-                await self._exchange(conn, method, head, body, chunked)
+                await self._exchange(conn, method, head, body, chunked, ready)
         except BaseException:
             if conn is not None:
                 conn.abort()
@@ -240,6 +245,7 @@ class UpstreamPool:
         head: bytes,
         body: AsyncIterable[bytes] | None,
         chunked: bool,
+        ready: bytes,
     ) -> None:
         busy = self._busy
         busy.add(conn)
@@ -248,7 +254,7 @@ class UpstreamPool:
                 self._tick, self._sweep, context=self._context
             )
         try:
-            await conn.exchange(method, head, body, chunked)
+            await conn.exchange(method, head, body, chunked, ready)
         finally:
             busy.discard(conn)
 

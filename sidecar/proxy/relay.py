@@ -58,12 +58,15 @@ async def stream(
     look complete) or the client stops reading. ``upstream`` is released in the end."""
     head, chunked = stream_head(upstream.status, upstream.reason, headers, keep_alive)
     try:
-        reply.write(head)
+        # The body bytes that came with the head go in the head's write, so the client
+        # reads them together; nothing is waited for to join them.
+        chunk = upstream.chunk_in_hand()
+        reply.write(head + _framed(chunk, chunked) if chunk else head)
+        if chunk and not await _accepted(reply, send_timeout):
+            return
         async for chunk in upstream.chunks():
-            reply.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-            if not await reply.drain(send_timeout):
-                client_stopped_reading(send_timeout)
-                reply.abort()
+            reply.write(_framed(chunk, chunked))
+            if not await _accepted(reply, send_timeout):
                 return
         if chunked:
             reply.write(b"0\r\n\r\n")
@@ -72,3 +75,17 @@ async def stream(
         reply.abort()
     finally:
         upstream.release()
+
+
+def _framed(chunk: bytes, chunked: bool) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+
+
+async def _accepted(reply: Reply, send_timeout: float) -> bool:
+    """Whether the client took what was written within ``send_timeout``; if not, it is
+    cut off (logged, its connection aborted)."""
+    if await reply.drain(send_timeout):
+        return True
+    client_stopped_reading(send_timeout)
+    reply.abort()
+    return False

@@ -63,6 +63,8 @@ class _Exchange(Protocol):
 
     def take_body(self) -> bytes: ...
 
+    def chunk_in_hand(self) -> bytes: ...
+
     async def next_chunk(self, idle: float | None = None) -> bytes: ...
 
 
@@ -107,13 +109,7 @@ class BodyIO:
         ``idle`` seconds for it raises :class:`UpstreamBodyTimeout` and drops the connection."""
         while True:
             if self._chunks:
-                chunk = self._chunks.pop(0)
-                self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered <= LOW_WATER:
-                    self._reading_paused = False
-                    if self._transport is not None and not self.closed:
-                        self._transport.resume_reading()
-                return chunk
+                return self.chunk_in_hand()
             if self._error is not None:
                 raise self._error
             if self._state == DONE:
@@ -128,6 +124,20 @@ class BodyIO:
             finally:
                 if timer is not None:
                     timer.cancel()
+
+    def chunk_in_hand(self: _Exchange) -> bytes:
+        """The next piece of the response body if it has arrived, else ``b""`` (at once:
+        neither an error nor the body's end is looked at; :meth:`next_chunk` tells them)."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        chunk = chunks.pop(0)
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered <= LOW_WATER:
+            self._reading_paused = False
+            if self._transport is not None and not self.closed:
+                self._transport.resume_reading()
+        return chunk
 
     def _stalled(self: _Exchange, idle: float) -> None:
         if self._state == BODY:

@@ -237,10 +237,20 @@ class Connection(BodyIO, asyncio.Protocol):
 
     # -- the exchange ----------------------------------------------------------------
     async def exchange(
-        self, method: str, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool
+        self,
+        method: str,
+        head: bytes,
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+        ready: bytes = b"",
     ) -> None:
-        """Send the request (``chunked``: re-chunk ``body``) and wait for the final response
-        head, or raise :class:`UpstreamError`. The caller enforces :attr:`deadline`."""
+        """Send the request (``chunked``: re-chunk the body) and wait for the final response
+        head, or raise :class:`UpstreamError`. The caller enforces :attr:`deadline`.
+
+        The body is ``ready`` (bytes already in hand) followed by what ``body`` yields
+        (None: the body ends with ``ready``). ``ready`` goes in the head's write, and so
+        does the last chunk when ``body`` is None: a body received whole reaches the
+        upstream with its head, not a read later."""
         transport = self._transport
         if transport is None or self.closed:
             raise StaleConnection("the idle connection was closed by the upstream")
@@ -253,7 +263,15 @@ class Connection(BodyIO, asyncio.Protocol):
         self._headers = []
         self.deadline = loop.time() + self.timeout
         waiter = self._waiter = loop.create_future()
-        transport.write(head)
+        if chunked:
+            first = [head, b"%x\r\n" % len(ready), ready, b"\r\n"] if ready else [head]
+            if body is None:
+                first.append(b"0\r\n\r\n")
+            transport.writelines(first)
+        elif ready:
+            transport.writelines((head, ready))
+        else:
+            transport.write(head)
         if body is not None:
             # Sent alongside: an upstream may answer (413, 401) before reading it all.
             self._sender = asyncio.create_task(self._send_body(transport, body, chunked))

@@ -52,6 +52,12 @@ class UpstreamResponse:
             raise UpstreamError("the response was released")
         return await self._conn.read()
 
+    def chunk_in_hand(self) -> bytes:
+        """The next piece of the body if it has already arrived (taken: :meth:`chunks`
+        goes on after it), else ``b""``; never waits."""
+        conn = self._conn
+        return b"" if conn is None else conn.chunk_in_hand()
+
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises :class:`UpstreamError` if it is cut short, and
         :class:`UpstreamBodyTimeout` if it stalls for the pool's ``stream_idle_timeout``."""
