@@ -76,8 +76,9 @@ MODULES: tuple[str, ...] = (
     "sidecar.proxy.auth_lane",
     "sidecar.refer.redeem",
     "sidecar.store._groupcommit",
-    # A mint's record.
+    # A mint's record, and the SQLite op that counts the mint and writes the record.
     "sidecar.store.token_record",
+    "sidecar.store.sqlite_schema",
     # Every store call of both: the latency wrapper around the backend.
     "sidecar.store.timed",
 )

@@ -48,6 +48,7 @@ def _same(raw: bytes) -> None:
         b"\x0b{}", b"", b" ", b"[]", b"1", b'"a"', b'{"a": 1, "a": 2}', b'{"a": NaN}',
         b'{"a": [1, {"b": null}]}', b"\xff{}", "{\u00a0}".encode(), "{}\u00a0".encode(),
         b'{"userId": "u", "oneTimeUse": true}',
+        b"x", b"}", b"tru", b"x{}", b"\x00",  # no value at the start: StopIteration
     ],
 )  # fmt: skip
 def test_bodies_read_as_decode_reads_them(raw: bytes) -> None:

@@ -117,13 +117,18 @@ def peer_allowed(remote: str | None, allowed: tuple[Network, ...]) -> bool:
     return address.is_loopback or any(address in net for net in allowed)
 
 
-@functools.lru_cache(maxsize=64)  # every admin request asks; one answer per listener
 def own_hosts(listen: HostPort, sockname: object) -> frozenset[str]:
     """The ``Host`` values that name this listener: its configured and bound address and
     the loopback names, each with the bound port. A page on an attacker's domain that
     resolves to 127.0.0.1 (DNS rebinding) sends its own name and is refused."""
-    port = listen.port
-    names = {"localhost", "127.0.0.1", "[::1]", _host_name(listen.host)}
+    # Cached by the address's parts: a HostPort (a frozen dataclass, interpreted) would be
+    # hashed by its generated Python __hash__ on every admin request.
+    return _own_hosts(listen.host, listen.port, sockname)
+
+
+@functools.lru_cache(maxsize=64)  # every admin request asks; one answer per listener
+def _own_hosts(host: str, port: int, sockname: object) -> frozenset[str]:
+    names = {"localhost", "127.0.0.1", "[::1]", _host_name(host)}
     if isinstance(sockname, tuple) and len(sockname) >= 2:
         names.add(_host_name(str(sockname[0])))
         port = int(sockname[1])

@@ -9,6 +9,8 @@ or behind) must never disagree about what a request asked for. So is a body with
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Final
 
 from aiohttp import hdrs, web
 
@@ -37,15 +39,16 @@ def parse_json_object(raw: bytes) -> dict[str, object]:
             doc = _DECODER.decode(text)
         else:
             # What decode() does without its two whitespace matches (a regex each, and
-            # two Python calls): the value, then nothing after it.
-            doc, end = _DECODER.raw_decode(text)
+            # two Python calls) nor raw_decode (a Python call around the scanner, which
+            # raises StopIteration where there is no value): the value, then nothing after.
+            doc, end = _SCAN(text, 0)
             if end != len(text):
                 raise ValueError("extra data")
     except UnicodeDecodeError:
         raise BadBody("the body is not UTF-8") from None
     except BadBody:
         raise
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, StopIteration):
         raise BadBody("the body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise BadBody("the body must be a JSON object")
@@ -67,3 +70,5 @@ _SPACE = " \t\n\r"  # JSON's whitespace (what json.decoder.WHITESPACE matches)
 # One decoder: json.loads with hooks builds a decoder and its C scanner on every call. It
 # keeps nothing between calls (the scanner clears its memo after each).
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
+# Its scanner (the C one), what raw_decode calls. (typeshed does not declare the attribute.)
+_SCAN: Final[Callable[[str, int], tuple[object, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
