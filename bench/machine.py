@@ -45,10 +45,10 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def served_build() -> str | None:
+def served_build(env: dict[str, str] | None = None) -> str | None:
     """Whether the sidecar the benchmark starts runs its hot path compiled: ``mypyc``,
     ``no`` or ``partial`` (:mod:`sidecar.compiled`), asked of a child started as the
-    served ones are."""
+    served ones are (with ``env``, default :func:`~bench.procs.child_env`)."""
     try:
         out = subprocess.run(
             [PYTHON, "-c", "from sidecar import compiled; print(compiled.state().label)"],
@@ -56,7 +56,7 @@ def served_build() -> str | None:
             text=True,
             check=True,
             timeout=30,
-            env=child_env(),
+            env=child_env() if env is None else env,
         )
     except (OSError, subprocess.SubprocessError):
         return None

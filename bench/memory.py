@@ -14,7 +14,10 @@ start with ``PYTHONPROFILEIMPORTTIME=1``, whose log lists every import).
 
 ``--against DIR`` (repeatable) measures another checkout too (for example ``git worktree
 add --detach /tmp/before <commit>``), its trials alternating with this one's, so that before
-and after come from one session on one machine state. ``--env NAME=VALUE`` (repeatable)
+and after come from one session on one machine state. With ``SIDECAR_BENCH_COMPILED=DIR``
+(the compiled build ``scripts/bench`` measures) that checkout runs its own compiled copy,
+``DIR/build/compiled`` (``scripts/compile --into build/compiled`` there); each row's build
+is printed with the results. ``--env NAME=VALUE`` (repeatable)
 measures this checkout once more with that variable in its environment (a deployment
 setting such as ``MALLOC_ARENA_MAX=2``), as a row of its own. About 10 s per trial and row.
 """
@@ -30,7 +33,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import ROOT, BenchError, child_env, children, cores_available
+from bench.machine import served_build
+from bench.procs import (
+    COMPILED_ENV,
+    ROOT,
+    BenchError,
+    child_env,
+    children,
+    compiled_copy,
+    cores_available,
+)
 from bench.scenarios import ProxyTarget, memory
 from bench.servers import start_upstream
 from bench.target import session_cookie, sqlite_url, start_sidecar
@@ -116,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         if not (variant.tree / "sidecar" / "__main__.py").is_file():
             _log(f"{variant.tree} is not a sidecar checkout")
             return 2
+        copy = compiled_copy(variant.tree)
+        if os.environ.get(COMPILED_ENV) and not (copy / "sidecar").is_dir():
+            # Else it would run pure against this checkout compiled: not a comparison.
+            _log(
+                f"{variant.tree} has no compiled copy in {copy} ({COMPILED_ENV} is set): "
+                "run scripts/compile --into build/compiled there"
+            )
+            return 2
     for setting in args.env:
         name, sep, value = setting.partition("=")
         if not sep or not name:
@@ -184,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         _log(f"failed: {exc}")
         return 1
+    builds = [served_build(variant.env()) or "unknown" for variant in trees]
     _report(trees, trials, modules, args.connections)
+    print("\nthe hot path of each row (sidecar.compiled)")
+    for variant, build in zip(trees, builds, strict=True):
+        print(f"{variant.label:<40} {build}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 

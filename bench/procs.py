@@ -27,15 +27,29 @@ ROOT = Path(__file__).resolve().parent.parent
 # scripts/bench sets this to a compiled copy of this checkout's package (scripts/compile
 # --into DIR), as the Docker image runs it; unset, the sidecar runs as it is in the checkout.
 COMPILED_ENV = "SIDECAR_BENCH_COMPILED"
+# Where another checkout measured alongside (bench.memory --against) has its compiled copy:
+# where scripts/bench puts this one's.
+COMPILED_COPY = Path("build", "compiled")
+
+
+def compiled_copy(root: Path) -> Path:
+    """The compiled copy of checkout ``root`` that runs it when ``SIDECAR_BENCH_COMPILED``
+    is set: that directory for this checkout, ``root/build/compiled`` for another one."""
+    given = os.environ.get(COMPILED_ENV)
+    if root == ROOT and given:
+        return Path(given)
+    return root / COMPILED_COPY
 
 
 def child_env(root: Path = ROOT) -> dict[str, str]:
     """This environment with the repo root (or another checkout's ``root``) first on
     ``PYTHONPATH``, so ``python -m sidecar`` and ``python -m bench.*`` work from any
     directory, installed or not, and run that checkout's code; with
-    ``SIDECAR_BENCH_COMPILED=DIR``, this checkout's package comes from DIR, compiled."""
+    ``SIDECAR_BENCH_COMPILED=DIR``, this checkout's package comes from DIR, compiled, and
+    another checkout's from its own ``build/compiled`` (:func:`compiled_copy`), so that
+    before and after are the same build."""
     env = dict(os.environ)
-    compiled = env.get(COMPILED_ENV) if root == ROOT else None
+    compiled = str(compiled_copy(root)) if env.get(COMPILED_ENV) else None
     if compiled:
         # Not the working directory's sidecar/ first either (python -m, python -c).
         env["PYTHONSAFEPATH"] = "1"

@@ -154,6 +154,13 @@ def test_memory_row_alone_measures_both_checkouts() -> None:
         assert 0 < float(idle) <= float(after) <= float(peak), row
         assert int(modules) > 100, row
     assert "(50);" in proc.stdout  # every connection was opened
+    builds = lines[lines.index("the hot path of each row (sidecar.compiled)") + 1 :][:3]
+    assert [row.split()[0] for row in builds] == [
+        str(ROOT),
+        str(ROOT),
+        f"{ROOT}+MALLOC_ARENA_MAX=2",
+    ]
+    assert all(row.split()[1] in ("no", "mypyc") for row in builds), builds
 
 
 def test_memory_refuses_a_setting_that_is_not_name_value() -> None:
@@ -180,3 +187,39 @@ def test_memory_refuses_a_directory_that_is_no_checkout(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "is not a sidecar checkout" in proc.stderr
+
+
+def test_memory_refuses_a_checkout_without_its_compiled_copy(tmp_path: Path) -> None:
+    """Measuring the compiled build, another checkout runs its own compiled copy: without
+    one it would run pure against this checkout compiled, so bench.memory refuses."""
+    (tmp_path / "sidecar").mkdir()
+    (tmp_path / "sidecar" / "__main__.py").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--against", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SIDECAR_BENCH_COMPILED": str(tmp_path / "compiled")},
+    )
+    assert proc.returncode == 2
+    assert f"no compiled copy in {tmp_path / 'build' / 'compiled'}" in proc.stderr
+
+
+def test_another_checkout_runs_its_own_compiled_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.procs import ROOT as BENCH_ROOT
+    from bench.procs import child_env
+
+    monkeypatch.delenv("SIDECAR_BENCH_COMPILED", raising=False)
+    assert child_env(tmp_path)["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+    monkeypatch.setenv("SIDECAR_BENCH_COMPILED", "/opt/this-build")
+    mine, other = child_env(BENCH_ROOT), child_env(tmp_path)
+    assert mine["PYTHONPATH"].split(os.pathsep)[:2] == ["/opt/this-build", str(BENCH_ROOT)]
+    assert other["PYTHONPATH"].split(os.pathsep)[:2] == [
+        str(tmp_path / "build" / "compiled"),
+        str(tmp_path),
+    ]
+    assert mine["PYTHONSAFEPATH"] == other["PYTHONSAFEPATH"] == "1"

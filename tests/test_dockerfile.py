@@ -3,13 +3,15 @@
 This does not build the image. It parses the Dockerfile into stages and checks what the
 issue asks of it (slim base, multi-stage, non-root user, no compilers in the final stage,
 HEALTHCHECK, ``sidecar serve`` entrypoint), runs the HEALTHCHECK command itself against a
-real server, and applies the .dockerignore rules to the tree the way the Docker CLI does.
+real server, runs a real ``sidecar serve`` in the runtime stage's environment (``python
+-OO``), and applies the .dockerignore rules to the tree the way the Docker CLI does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import sys
@@ -17,9 +19,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
+
+from tests.harness import running_upstream
+from tests.serve_process import running_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILERS = ("build-essential", "gcc", "g++", "clang", "make", "python3-dev", "libffi-dev")
@@ -243,3 +249,80 @@ def test_the_build_stage_compiles_the_hot_path_and_checks_it() -> None:
     assert "cd / && python -P -c" in install
     assert "compiled.state()" in install
     assert '"mypyc"' in install
+
+
+def _runtime_env() -> dict[str, str]:
+    """The runtime stage's ``ENV`` settings, but ``PATH`` and the healthcheck's URL."""
+    _, stages = _parse()
+    settings = {}
+    for env in stages[-1].all("ENV"):
+        for word in shlex.split(env):
+            name, sep, value = word.partition("=")
+            if sep and name not in ("PATH", "SIDECAR_HEALTHCHECK_URL"):
+                settings[name] = value
+    return settings
+
+
+def test_the_image_runs_without_docstrings_and_has_their_bytecode() -> None:
+    """``PYTHONOPTIMIZE=2`` (``python -OO``): the docstrings of every module loaded (~1.2
+    MiB, most of them the standard library's) are not kept in the process. The venv's
+    bytecode is compiled for that level too (``-o 2``), and for the default (``-o 0``):
+    without it, every start on the read-only root filesystem would compile the sources."""
+    _, stages = _parse()
+    assert _runtime_env()["PYTHONOPTIMIZE"] == "2"
+    (compiling,) = [run for run in stages[0].all("RUN") if "compileall" in run]
+    words = shlex.split(compiling.split("python -m compileall", 1)[1])
+    levels = {words[i + 1] for i, word in enumerate(words[:-1]) if word == "-o"}
+    assert levels == {"0", "2"}
+    assert "/opt/venv/lib" in words
+
+
+async def test_a_real_serve_in_the_runtime_environment(tmp_path: Path) -> None:
+    """The runtime stage's environment (no docstrings, no assert statements; the threads'
+    shared malloc arena) on a real ``sidecar serve``: a mint, its redemption, a proxied
+    request, an auth link generated and followed, the OpenAPI document; and the CLI's help.
+    """
+    env = {**os.environ, **_runtime_env()}
+    assert env["PYTHONOPTIMIZE"] == "2"
+    help_text = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "serve", "--help", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(help_text.communicate(), 30)
+    assert help_text.returncode == 0
+    assert b"--workers" in out
+    async with (
+        running_upstream() as upstream,
+        running_serve(tmp_path, upstream.url, env=env) as served,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            served.admin + "/referstring",
+            json={"userId": "alice", "oneTimeUse": True},
+            headers=served.admin_headers(),
+        ) as minted:
+            assert minted.status == 200, await minted.text()
+            link = (await minted.json())["referString"]
+        async with http.get(f"{served.proxy}/?refer={link}", allow_redirects=False) as redeemed:
+            assert redeemed.status == 303
+            cookie = redeemed.cookies["sidecar_session"].value
+        async with http.get(
+            served.proxy + "/api/items", headers={"Cookie": f"sidecar_session={cookie}"}
+        ) as proxied:
+            assert proxied.status == 200
+        assert upstream.last.raw_path == "/api/items"
+        assert upstream.last.values("X-Forwarded-User") == ["alice"]
+        async with http.get(f"{served.proxy}/?refer={link}", allow_redirects=False) as again:
+            assert again.status != 303  # burned: a one-time link redeems once
+        async with http.post(
+            served.admin + "/admin/generate_link",
+            json={"type": "magiclink", "email": "oo@example.com"},
+            headers=served.admin_headers(),
+        ) as generated:
+            assert generated.status == 200, await generated.text()
+            action = (await generated.json())["action_link"]
+        async with http.get(action, allow_redirects=False) as followed:
+            assert followed.status == 303, await followed.text()
+        async with http.get(served.admin + "/openapi.json", headers=served.admin_headers()) as api:
+            assert api.status == 200
+            assert (await api.json())["openapi"].startswith("3.1")
