@@ -145,7 +145,11 @@ def claims_json(claims: Claims) -> str:
     """``json.dumps(claims.to_json(), separators=(",", ":"))``, written directly: every
     mint seals one, and the encoder's walk over a fresh dict cost several times this."""
     c = claims
-    params = ",".join([f"{_json_str(k)}:{_json_str(v)}" for k, v in c.params.items()])
+    params = (
+        ",".join([f"{_json_str(k)}:{_json_str(v)}" for k, v in c.params.items()])
+        if c.params
+        else ""  # most links have none: no list, no join
+    )
     text = (
         f'{{"jti":{_json_str(c.token_id)},"sub":{_json_str(c.subject)},'
         f'"role":{_json_str(c.role)},"iat":{int(c.issued_at)},"exp":{int(c.expires_at)},'

@@ -33,20 +33,42 @@ import unicodedata
 
 from sidecar.tokens.codec import has_control
 
+_CONTROL = "must not contain control characters or lone surrogates"
+_SPACES = "must not start or end with whitespace (HTTP parsers strip it)"
+_INVISIBLE = (
+    "must not contain invisible formatting characters (bidi overrides, "
+    "zero-width characters, line separators)"
+)
+_COMMA = "must not contain a comma (upstreams may read the header as a list)"
+
 
 def identity_problem(value: str, *, commas: bool = True) -> str | None:
     """Why ``value`` cannot be an identity header value, or None when it can."""
+    if value.isascii():
+        # What the general rule (_problem) answers for ASCII, without its Unicode lookups
+        # (every mint checks its userId): the control characters are exactly the
+        # unprintable ones, the one printable space is " ", and no ASCII character is a
+        # format character or a line/paragraph separator.
+        if not value.isprintable():
+            return _CONTROL
+        if value[:1] == " " or value[-1:] == " ":
+            return _SPACES
+        if not commas and "," in value:
+            return _COMMA
+        return None
+    return _problem(value, commas)
+
+
+def _problem(value: str, commas: bool) -> str | None:
+    """:func:`identity_problem` for any text."""
     if has_control(value):
-        return "must not contain control characters or lone surrogates"
+        return _CONTROL
     if value and (_space(value[0]) or _space(value[-1])):
-        return "must not start or end with whitespace (HTTP parsers strip it)"
+        return _SPACES
     if any(unicodedata.category(ch) in ("Cf", "Zl", "Zp") for ch in value if ord(ch) > 0x7E):
-        return (
-            "must not contain invisible formatting characters (bidi overrides, "
-            "zero-width characters, line separators)"
-        )
+        return _INVISIBLE
     if not commas and "," in value:
-        return "must not contain a comma (upstreams may read the header as a list)"
+        return _COMMA
     return None
 
 
