@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.loadgen import loadgen_name
-from bench.procs import PYTHON, child_env
+from bench.procs import IMAGE_RUNTIME_ENV, PYTHON, sidecar_env
 from bench.servers import nginx_version, tool_version
 
 
@@ -48,7 +48,7 @@ def _git_commit() -> str | None:
 def served_build(env: dict[str, str] | None = None) -> str | None:
     """Whether the sidecar the benchmark starts runs its hot path compiled: ``mypyc``,
     ``no`` or ``partial`` (:mod:`sidecar.compiled`), asked of a child started as the
-    served ones are (with ``env``, default :func:`~bench.procs.child_env`)."""
+    served ones are (with ``env``, default :func:`~bench.procs.sidecar_env`)."""
     try:
         out = subprocess.run(
             [PYTHON, "-c", "from sidecar import compiled; print(compiled.state().label)"],
@@ -56,11 +56,19 @@ def served_build(env: dict[str, str] | None = None) -> str | None:
             text=True,
             check=True,
             timeout=30,
-            env=child_env() if env is None else env,
+            env=sidecar_env() if env is None else env,
         )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def image_settings() -> str | None:
+    """The image's runtime settings ``sidecar serve`` runs with here, as ``NAME=VALUE``
+    words (:func:`~bench.procs.sidecar_env`); None when it runs without them."""
+    env = sidecar_env()
+    words = [f"{k}={env[k]}" for k in IMAGE_RUNTIME_ENV if env.get(k)]
+    return " ".join(words) or None
 
 
 def describe() -> dict[str, str | int | None]:
@@ -77,6 +85,7 @@ def describe() -> dict[str, str | int | None]:
         "uvloop": _version("uvloop"),  # sidecar serve runs on it when installed
         "httptools": _version("httptools"),
         "compiled": served_build(),  # the hot path compiled with mypyc (scripts/bench)
+        "image_settings": image_settings(),  # and run in the image's environment
         "redis_py": _version("redis"),
         "nginx": nginx_version(),
         "wrk": wrk.split(" [")[0].removeprefix("wrk ") if wrk else None,

@@ -38,10 +38,10 @@ from bench.procs import (
     COMPILED_ENV,
     ROOT,
     BenchError,
-    child_env,
     children,
     compiled_copy,
     cores_available,
+    sidecar_env,
 )
 from bench.scenarios import ProxyTarget, memory
 from bench.servers import start_upstream
@@ -100,7 +100,7 @@ class Variant:
         return "+".join([str(self.tree), *(f"{k}={v}" for k, v in self.extra)])
 
     def env(self) -> dict[str, str]:
-        return child_env(self.tree) | dict(self.extra)
+        return sidecar_env(self.tree) | dict(self.extra)
 
 
 def _log(message: str) -> None:

@@ -59,6 +59,28 @@ def child_env(root: Path = ROOT) -> dict[str, str]:
     return env
 
 
+# The Docker image's runtime settings (Dockerfile, runtime stage ENV; tests/test_dockerfile
+# checks the two agree): with SIDECAR_BENCH_COMPILED, ``sidecar serve`` runs as the image
+# runs it, its environment included. PYTHONDONTWRITEBYTECODE aside: the image's build stage
+# compiled the bytecode for both levels beforehand; here the first start writes it.
+IMAGE_RUNTIME_ENV: dict[str, str] = {
+    "PYTHONUNBUFFERED": "1",
+    "MALLOC_ARENA_MAX": "2",
+    "PYTHONOPTIMIZE": "2",
+}
+
+
+def sidecar_env(root: Path = ROOT) -> dict[str, str]:
+    """:func:`child_env` for ``sidecar serve``: when compiled (``SIDECAR_BENCH_COMPILED``),
+    with the image's :data:`IMAGE_RUNTIME_ENV` too, each setting unless this environment
+    has its own (``PYTHONOPTIMIZE=`` empty runs the sidecar with docstrings and asserts)."""
+    env = child_env(root)
+    if env.get(COMPILED_ENV):
+        for name, value in IMAGE_RUNTIME_ENV.items():
+            env.setdefault(name, value)
+    return env
+
+
 class BenchError(RuntimeError):
     """A part of the benchmark could not start or answered wrongly."""
 

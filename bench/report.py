@@ -363,7 +363,9 @@ def markdown(r: Results, chart: str | None) -> str:
         "ships it), a private `redis-server`, and `sidecar serve` with a generated "
         "config and keyset in a temp dir (`cookie_secure: false`, access log on as shipped, "
         "uvloop when installed, as `sidecar[speed]` runs; `scripts/bench` runs the hot path "
-        "compiled with mypyc, as the Docker image does: the machine's `compiled` column).",
+        "compiled with mypyc, as the Docker image does: the machine's `compiled` column; "
+        "in the image's runtime environment too: "
+        f"{m.get('image_settings') or 'none (pure Python)'}).",
         "- Load: `wrk -t1` with a generated Lua script (headers, one-time paths, exact "
         "status counting); without wrk, `python -m bench.pyload` (aiohttp, one task per "
         "connection), which caps what it can measure.",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.procs import PYTHON, BenchError, Child, free_port, spawn, wait_port
+from bench.procs import PYTHON, BenchError, Child, free_port, sidecar_env, spawn, wait_port
 from sidecar.tokens.keys import generate_keyset
 
 COOKIE = "sidecar_session"
@@ -100,8 +100,9 @@ def start_sidecar(
     """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``
     (``--workers workers``: ``pid`` is then the supervisor's, and the CPU figures, summed
     over the process tree, include every worker). ``env``: the child's whole environment
-    (default :func:`~bench.procs.child_env`). ``wrap``: interpreter arguments before
-    ``-m sidecar``, such as ``-m bench.stallprobe OUT`` (:mod:`bench.stallprobe`)."""
+    (default :func:`~bench.procs.sidecar_env`: when compiled, the image's settings too).
+    ``wrap``: interpreter arguments before ``-m sidecar``, such as ``-m bench.stallprobe
+    OUT`` (:mod:`bench.stallprobe`)."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     (home / "keyset.json").write_text(generate_keyset().to_json())
@@ -124,6 +125,7 @@ def start_sidecar(
     argv = [PYTHON, *wrap, "-m", "sidecar", "serve", "--config", str(config)]
     if workers != 1:
         argv += ["--workers", str(workers)]
+    env = sidecar_env() if env is None else env
     child = spawn(name, argv, logdir=workdir, cores=cores, env=env, cwd=home)
     wait_port(child, admin_port)
     wait_port(child, proxy_port)

@@ -223,3 +223,23 @@ def test_another_checkout_runs_its_own_compiled_copy(
         str(tmp_path),
     ]
     assert mine["PYTHONSAFEPATH"] == other["PYTHONSAFEPATH"] == "1"
+
+
+def test_the_compiled_sidecar_runs_in_the_images_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``SIDECAR_BENCH_COMPILED`` (what scripts/bench measures, the image's build),
+    ``sidecar serve`` gets the image's runtime settings; a setting of this environment's
+    own wins (``PYTHONOPTIMIZE=`` empty measures with docstrings); pure runs get none."""
+    from bench.procs import IMAGE_RUNTIME_ENV, sidecar_env
+
+    for name in IMAGE_RUNTIME_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SIDECAR_BENCH_COMPILED", raising=False)
+    assert not set(IMAGE_RUNTIME_ENV) & set(sidecar_env())
+    monkeypatch.setenv("SIDECAR_BENCH_COMPILED", "/opt/this-build")
+    env = sidecar_env()
+    assert {k: env[k] for k in IMAGE_RUNTIME_ENV} == IMAGE_RUNTIME_ENV
+    assert env["PYTHONOPTIMIZE"] == "2"
+    monkeypatch.setenv("PYTHONOPTIMIZE", "")
+    assert sidecar_env()["PYTHONOPTIMIZE"] == ""

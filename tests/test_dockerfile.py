@@ -263,6 +263,17 @@ def _runtime_env() -> dict[str, str]:
     return settings
 
 
+def test_the_bench_runs_the_sidecar_in_the_images_environment() -> None:
+    """scripts/bench measures the sidecar as the image runs it: its runtime settings are
+    bench.procs.IMAGE_RUNTIME_ENV (but PYTHONDONTWRITEBYTECODE: the image's bytecode was
+    compiled in its build stage, the bench's first start writes it)."""
+    from bench.procs import IMAGE_RUNTIME_ENV
+
+    settings = _runtime_env()
+    del settings["PYTHONDONTWRITEBYTECODE"]
+    assert settings == IMAGE_RUNTIME_ENV
+
+
 def test_the_image_runs_without_docstrings_and_has_their_bytecode() -> None:
     """``PYTHONOPTIMIZE=2`` (``python -OO``): the docstrings of every module loaded (~1.2
     MiB, most of them the standard library's) are not kept in the process. The venv's
