@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from bench.procs import tasks, tree
 
@@ -69,18 +72,54 @@ def _set_autogroup_nice(nice: int, path: Path) -> None:
 def claimed_cores(nice: int = CLAIM_NICE, path: Path = AUTOGROUP) -> Iterator[str]:
     """For the block, this session's autogroup at ``nice``; yields what was done, in words
     (for the run's metadata). Without autogroup scheduling, or without the right to raise
-    a priority (CAP_SYS_NICE), nothing changes and the words say so."""
+    a priority (CAP_SYS_NICE), nothing changes and the words say so.
+
+    The priority is put back however the block ends: an exception, Ctrl-C, and SIGTERM or
+    SIGHUP too (``timeout``, a CI job cancelled, a closed terminal), which end the run
+    through ``SystemExit`` while it is claimed instead of killing the process on the spot:
+    the session outlives the bench, and left at nice -20 it would put everything it runs
+    next ahead of every other session on the machine."""
     before = autogroup_nice(path)
     if before is None:
         yield "not claimed: no autogroup scheduling here"
         return
+    refused: str | None = None
     try:
         _set_autogroup_nice(nice, path)
     except OSError as exc:
-        yield f"not claimed: autogroup nice {nice} refused ({exc.strerror or exc})"
+        refused = f"not claimed: autogroup nice {nice} refused ({exc.strerror or exc})"
+    if refused is not None:  # (yielded outside the handler: no OSError chained to the run's)
+        yield refused
         return
     try:
-        yield f"the bench's session at autogroup nice {nice} (was {before})"
+        with _signals_end_the_block():
+            yield f"the bench's session at autogroup nice {nice} (was {before})"
     finally:
         with contextlib.suppress(OSError):
             _set_autogroup_nice(before, path)
+
+
+_ENDING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _end(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # the status a shell reports for a death by that signal
+
+
+@contextlib.contextmanager
+def _signals_end_the_block() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``SystemExit`` in the block, so cleanups run; a handler of
+    the program's own, or an ignored signal (``nohup``), is left as it is. Only the main
+    thread can set handlers: from another one, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    replaced = {}
+    for sig in _ENDING:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            replaced[sig] = signal.signal(sig, _end)
+    try:
+        yield
+    finally:
+        for sig, previous in replaced.items():
+            signal.signal(sig, previous)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.sched import runqueue_seconds
+from bench.sched import autogroup_nice, runqueue_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDSTAT = Path("/proc/self/schedstat")
@@ -100,3 +100,49 @@ def test_claimed_cores_raises_the_session_then_puts_it_back() -> None:
     else:
         assert seen["inside"] == -20
         assert seen["words"] == f"the bench's session at autogroup nice -20 (was {seen['before']})"
+
+
+# A run that claims the cores and then waits, with another process of its session (the
+# session's autogroup outlives the run: its nice value is read through that process).
+_CLAIM_THEN_WAIT = textwrap.dedent(
+    """
+    import signal, subprocess, time
+    from bench.sched import autogroup_nice, claimed_cores
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as in a terminal, not under nohup
+        signal.signal(sig, signal.SIG_DFL)
+    peer = subprocess.Popen(["sleep", "60"])
+    before = autogroup_nice()
+    with claimed_cores() as words:
+        print(peer.pid, before, words, flush=True)
+        time.sleep(60)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_run_ended_by_a_signal_puts_the_session_back(sig: signal.Signals) -> None:
+    """``timeout``, a cancelled CI job or a closed terminal end the run with a signal: the
+    session's priority is put back all the same (it would outlive the run at -20)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _CLAIM_THEN_WAIT],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,  # its own autogroup: this session's is left alone
+    ) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # (the run's end closes it: never waits for ever)
+        peer_pid, before, words = line.split(" ", 2)
+        peer = int(peer_pid)
+        try:
+            group = Path(f"/proc/{peer}/autogroup")
+            if words.startswith("the bench's session"):
+                assert autogroup_nice(group) == -20
+            proc.send_signal(sig)
+            status = proc.wait(timeout=20)
+            after = autogroup_nice(group)
+            assert str(after) == before, (words, after)
+            assert status == 128 + sig  # ended through SystemExit, its cleanups run
+        finally:
+            os.kill(peer, signal.SIGKILL)
