@@ -63,10 +63,11 @@ def served_build(env: dict[str, str] | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
-def image_settings() -> str | None:
-    """The image's runtime settings ``sidecar serve`` runs with here, as ``NAME=VALUE``
-    words (:func:`~bench.procs.sidecar_env`); None when it runs without them."""
-    env = sidecar_env()
+def image_settings(env: dict[str, str] | None = None) -> str | None:
+    """The image's runtime settings ``sidecar serve`` runs with here (or in ``env``), as
+    ``NAME=VALUE`` words (:func:`~bench.procs.sidecar_env`); None when it runs without
+    them."""
+    env = sidecar_env() if env is None else env
     words = [f"{k}={env[k]}" for k in IMAGE_RUNTIME_ENV if env.get(k)]
     return " ".join(words) or None
 

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.machine import served_build
+from bench.machine import image_settings, served_build
 from bench.procs import (
     COMPILED_ENV,
     ROOT,
@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     builds = [served_build(variant.env()) or "unknown" for variant in trees]
     _report(trees, trials, modules, args.connections)
-    print("\nthe hot path of each row (sidecar.compiled)")
+    print("\nthe hot path of each row (sidecar.compiled), and the image's settings it ran with")
     for variant, build in zip(trees, builds, strict=True):
-        print(f"{variant.label:<40} {build}")
+        print(f"{variant.label:<40} {build:<8} {image_settings(variant.env()) or 'none'}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 

@@ -154,13 +154,20 @@ def test_memory_row_alone_measures_both_checkouts() -> None:
         assert 0 < float(idle) <= float(after) <= float(peak), row
         assert int(modules) > 100, row
     assert "(50);" in proc.stdout  # every connection was opened
-    builds = lines[lines.index("the hot path of each row (sidecar.compiled)") + 1 :][:3]
+    from bench.machine import image_settings
+
+    header = "the hot path of each row (sidecar.compiled), and the image's settings it ran with"
+    builds = lines[lines.index(header) + 1 :][:3]
     assert [row.split()[0] for row in builds] == [
         str(ROOT),
         str(ROOT),
         f"{ROOT}+MALLOC_ARENA_MAX=2",
     ]
     assert all(row.split()[1] in ("no", "mypyc") for row in builds), builds
+    # Each row says what it ran with: this environment's settings (none unless compiled),
+    # and the row given one has it.
+    assert [" ".join(row.split()[2:]) for row in builds[:2]] == [image_settings() or "none"] * 2
+    assert "MALLOC_ARENA_MAX=2" in builds[2].split()[2:], builds
 
 
 def test_memory_refuses_a_setting_that_is_not_name_value() -> None:
@@ -231,15 +238,21 @@ def test_the_compiled_sidecar_runs_in_the_images_environment(
     """With ``SIDECAR_BENCH_COMPILED`` (what scripts/bench measures, the image's build),
     ``sidecar serve`` gets the image's runtime settings; a setting of this environment's
     own wins (``PYTHONOPTIMIZE=`` empty measures with docstrings); pure runs get none."""
+    from bench.machine import image_settings
     from bench.procs import IMAGE_RUNTIME_ENV, sidecar_env
 
     for name in IMAGE_RUNTIME_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("SIDECAR_BENCH_COMPILED", raising=False)
     assert not set(IMAGE_RUNTIME_ENV) & set(sidecar_env())
+    assert image_settings() is None
     monkeypatch.setenv("SIDECAR_BENCH_COMPILED", "/opt/this-build")
     env = sidecar_env()
     assert {k: env[k] for k in IMAGE_RUNTIME_ENV} == IMAGE_RUNTIME_ENV
     assert env["PYTHONOPTIMIZE"] == "2"
+    assert image_settings() == "PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2 PYTHONOPTIMIZE=2"
     monkeypatch.setenv("PYTHONOPTIMIZE", "")
     assert sidecar_env()["PYTHONOPTIMIZE"] == ""
+    # What bench.memory prints for a row: the settings of the environment it ran in.
+    both = "PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2"
+    assert image_settings() == image_settings(sidecar_env()) == both
