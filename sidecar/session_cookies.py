@@ -72,13 +72,37 @@ def is_cookie_value(value: str) -> bool:
     )
 
 
+# The bytes of a well-formed cookie value, for bytes.translate to delete.
+_COOKIE_BYTES: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# "name=" in bytes, by cookie name (one or two names per configuration).
+_ALONE: Final[dict[str, bytes]] = {}
+
+
 def cookie_values(headers: Iterable[bytes], name: str) -> RequestCookies:
     """:func:`read_cookies` for the raw values of a request's ``Cookie`` headers, in order.
     They are read as latin-1, so other cookies reach the upstream byte for byte."""
     found: list[str] = []
     others: list[bytes] = []
     alone = name + "="
+    alone_bytes = _ALONE.get(name)
+    if alone_bytes is None:
+        if len(_ALONE) > 8:  # (names come from the configuration: a reload may change it)
+            _ALONE.clear()
+        alone_bytes = _ALONE[name] = alone.encode("latin-1")
+    whole = len(alone_bytes) + 43
     for raw in headers:
+        if (
+            len(raw) == whole
+            and raw.startswith(alone_bytes)
+            and not raw[whole - 43 :].translate(None, _COOKIE_BYTES)
+        ):
+            # The usual header, read in bytes: our cookie alone and well-formed (nothing
+            # to strip; what the shortcut below and the general pass give for it).
+            value = raw[whole - 43 :].decode("ascii")
+            if len(found) < MAX_COOKIE_COPIES and value not in found:
+                found.append(value)
+            others.append(b"")
+            continue
         text = raw.decode("latin-1")
         if ";" not in text and text.startswith(alone):
             # The usual header: our cookie alone. What _split_cookie_header gives for it,

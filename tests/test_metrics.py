@@ -6,12 +6,16 @@ After a mint, a redemption, a replay, proxied requests and a store-backed readin
 
 from __future__ import annotations
 
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -253,3 +257,22 @@ def test_the_served_families_keep_their_order() -> None:
         "sidecar_lean_handovers",
         "sidecar_build_info",
     ]
+
+
+_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 1, 2.5, 60)  # ints among them, as a config may give
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+@example(0.0)
+@example(-1.0)
+@example(math.nan)
+@example(math.inf)
+def test_a_duration_lands_in_the_bucket_bisect_left_gives(seconds: float) -> None:
+    """Durations.observe scans the bounds instead of calling bisect_left: the same bucket
+    for every value (on a bound, between two, past the last, negative, NaN)."""
+    for value in (seconds, *_BOUNDS):
+        series = tally.Durations(_BOUNDS)
+        series.observe(value)
+        expected = [0] * (len(_BOUNDS) + 1)
+        expected[bisect_left(_BOUNDS, value)] = 1
+        assert series.counts == expected

@@ -241,7 +241,12 @@ class ExpressLane:
         forwarded_for: list[str] = []
         cookies: list[bytes] = []
         request_id = accept = None
-        for lower, (_, value) in zip(head.names, head.headers, strict=True):
+        names = head.names
+        headers = head.headers
+        # (By index: zip's strict=True, a keyword, made its call a generic one per request.)
+        for i in range(len(names)):
+            lower = names[i]
+            value = headers[i][1]
             if lower == b"host":
                 hosts.append(value.decode("utf-8", "surrogateescape"))
             elif lower == b"cookie":

@@ -80,6 +80,8 @@ class LeanConnection(asyncio.Protocol):
         "_keep_alive",
         "_lane",
         "_linger_until",
+        "_max_head",
+        "_max_headers",
         "_paused_reading",
         "_paused_writing",
         "_pending",
@@ -93,6 +95,10 @@ class LeanConnection(asyncio.Protocol):
     def __init__(self, server: _Server, lane: Lane) -> None:
         self._server = server
         self._lane = lane
+        # The listener's head limits (fixed for its life), read once per connection: the
+        # server is interpreted, and each read of its attributes a lookup per request.
+        self._max_head: int = server.max_head
+        self._max_headers: int = server.max_headers
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self._sockname: object = _UNASKED
@@ -243,14 +249,14 @@ class LeanConnection(asyncio.Protocol):
             self._idle_since = None
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
-                if len(buffer) > server.max_head or b"\n\n" in buffer or buffer[0] in b"\r\n":
+                if len(buffer) > self._max_head or b"\n\n" in buffer or buffer[0] in b"\r\n":
                     self._hand_over()
                 elif self._head_since is None:
                     self._head_since = server.clock()
                 return
             self._head_since = None
             data = bytes(buffer[: end + 4])  # the same object when it is the whole read
-            head = parse_head(data, server.max_headers, server.max_head)
+            head = parse_head(data, self._max_headers, self._max_head)
             if head is None:
                 self._hand_over()
                 return
