@@ -2,7 +2,9 @@
 
 Each file is a ``bench/results/latest.json`` (from ``scripts/bench``; older runs without the
 workers layout work too). Ratios are taken within each run, so two runs on a machine whose
-speed differs between them can still be compared.
+speed differs between them can still be compared. Below the table, how each run was made
+(the build, the image's settings, the cores claim...): a condition that differs between
+the runs is part of every difference above it.
 """
 
 from __future__ import annotations
@@ -90,6 +92,33 @@ def table(before: Doc, after: Doc) -> str:
     return "\n".join(lines)
 
 
+# How a run was made (its meta): what differs between the two runs is part of any
+# before/after difference in the table above it.
+CONDITIONS: list[tuple[str, str]] = [
+    ("commit", "commit"),
+    ("hot path compiled (sidecar.compiled)", "compiled"),
+    ("the image's runtime settings", "image_settings"),
+    ("cores (bench/sched.py)", "cores_claim"),
+    ("load generator", "loadgen"),
+    ("cores usable", "cores_usable"),
+]
+
+
+def conditions(before: Doc, after: Doc) -> str:
+    """How each run was made, a row per condition; the rows that differ are marked. An
+    older run without a condition recorded shows a dash."""
+    lines = ["| how the run was made | before | after |", "|---|---|---|"]
+    for name, key in CONDITIONS:
+        was, now = (_get(doc, "meta", key) for doc in (before, after))
+        mark = " (differs)" if was != now else ""
+        lines.append(f"| {name}{mark} | {_text(was)} | {_text(now)} |")
+    return "\n".join(lines)
+
+
+def _text(value: Any) -> str:
+    return "—" if value is None else str(value).replace("|", "/")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
@@ -97,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     before, after = (json.loads(Path(p).read_text()) for p in args)
     print(table(before, after))
+    print()
+    print(conditions(before, after))
     return 0
 
 

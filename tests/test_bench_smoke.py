@@ -108,6 +108,27 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert "proxy waited for a core, ms" in markdown
 
 
+def test_compare_says_how_each_run_was_made() -> None:
+    """bench.compare lists each run's build, image settings and cores claim under its table,
+    marking those that differ: a run from before they were recorded against one after."""
+    from bench.compare import CONDITIONS, conditions
+
+    meta = {
+        "commit": "abc",
+        "compiled": "mypyc",
+        "image_settings": "PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2 PYTHONOPTIMIZE=2",
+        "cores_claim": "the bench's session at autogroup nice -20 (was 0)",
+        "loadgen": "wrk 4.1.0",
+        "cores_usable": 2,
+    }
+    older = {"meta": {"commit": "012", "compiled": "mypyc", "loadgen": "wrk 4.1.0"}}
+    rows = conditions(older, {"meta": meta}).splitlines()[2:]
+    assert len(rows) == len(CONDITIONS)
+    assert "| the image's runtime settings (differs) | — | PYTHONUNBUFFERED=1 " in rows[2]
+    assert rows[1] == "| hot path compiled (sidecar.compiled) | mypyc | mypyc |"
+    assert "(differs)" not in conditions({"meta": meta}, {"meta": meta})
+
+
 def test_profile_ranks_self_time_and_the_sidecars_own_functions() -> None:
     from bench.profile import parse_collapsed
 
