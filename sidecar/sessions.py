@@ -24,7 +24,13 @@ from aiohttp import hdrs, web
 
 from sidecar.config import Config, RoleConfig
 from sidecar.services import Services
-from sidecar.session_cookies import COOKIE_VALUE, RequestCookies, read_cookies, session_key
+from sidecar.session_cookies import (
+    COOKIE_VALUE,
+    RequestCookies,
+    is_cookie_value,
+    read_cookies,
+    session_key,
+)
 from sidecar.store.base import SessionRecord
 from sidecar.tokens.b64 import b64encode
 
@@ -129,7 +135,7 @@ class SessionManager:
         Written directly, byte for byte what aiohttp's ``response.set_cookie`` writes
         (``http.cookies`` costs several microseconds per redemption); a value that would
         need quoting (never one of ours) is written by ``http.cookies``, as aiohttp does."""
-        if not COOKIE_VALUE.fullmatch(cookie_value):
+        if not is_cookie_value(cookie_value):
             morsel: Morsel[str] = SimpleCookie({self.cookie_name: cookie_value})[self.cookie_name]
             if self._domain is not None:
                 morsel["domain"] = self._domain

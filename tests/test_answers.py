@@ -4,13 +4,15 @@ reference below, the function as it was), whatever the status, reason and header
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.proxy.answers import NO_BODY, _finish, _head_lines, whole
+from sidecar.proxy.answers import NO_BODY, _finish, _head_lines, bodyless, whole
+from sidecar.refer.redeem import REDIRECT_NAMES, redirect_headers
 
 
 def _reference(
@@ -80,3 +82,20 @@ def _outcome(
         return write(*args)
     except UnicodeEncodeError as exc:
         return type(exc)
+
+
+_DATE = re.compile(rb"Date: [^\r]*\r\n")
+
+
+def test_a_redemptions_answer_is_the_same_with_its_names_given() -> None:
+    """The lean front passes a redemption's header names (constants) instead of having
+    bodyless read them: the same bytes, Date aside."""
+    cookie = "sid=" + "a" * 43 + "; HttpOnly; Max-Age=3600; Path=/; SameSite=Lax"
+    for location in ("/", "/app?x=1#/display/m1", "/?a=%2F&b"):
+        headers = redirect_headers(location, cookie)
+        assert {n.lower() for n, _ in headers} == REDIRECT_NAMES
+        for keep_alive in (True, False):
+            given = bodyless(303, headers, "req-1", keep_alive, REDIRECT_NAMES)
+            read = bodyless(303, headers, "req-1", keep_alive)
+            assert _DATE.sub(b"", given) == _DATE.sub(b"", read)
+            assert given.startswith(b"HTTP/1.1 303 See Other\r\nLocation: " + location.encode())

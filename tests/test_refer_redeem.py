@@ -105,3 +105,17 @@ def test_the_landing_url_is_the_first_ones(path: str, query: str, module: str | 
     )  # fmt: skip
     target = path + "?" + query
     assert landing_url(target, claims) == _landing_reference(target, module)
+
+
+def test_a_links_usual_query_lands_on_its_path() -> None:
+    """ "refer=<token>" alone (the usual link, read without splitting the query) keeps
+    nothing; any other parameter beside it is kept, as the general reading keeps it."""
+    claims = Claims(
+        token_id="t", subject="u", role="r", issued_at=1, expires_at=2, one_time=True,
+        kind="refer", module="m1",
+    )  # fmt: skip
+    assert landing_url("/?refer=eyJ.a-b_c/", claims) == "/#/display/m1"
+    assert landing_url("//app?refer=x", claims) == "/app#/display/m1"
+    assert landing_url("/?refer=x&a=1", claims) == "/?a=1#/display/m1"
+    assert landing_url("/?referrer=x", claims) == "/?referrer=x#/display/m1"
+    assert landing_url("/?refer", claims) == "/#/display/m1"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from email.utils import formatdate
 from functools import lru_cache
 from http import HTTPStatus
@@ -140,15 +141,24 @@ def refusal(
 
 
 def bodyless(
-    status: int, headers: list[tuple[str, str]], request_id: str, keep_alive: bool
+    status: int,
+    headers: list[tuple[str, str]],
+    request_id: str,
+    keep_alive: bool,
+    names: AbstractSet[str] | None = None,
 ) -> bytes:
     """An answer of the sidecar's own without a body (a redemption's 303): ``headers``,
     then what aiohttp's server adds, in its order — the access middleware's
     ``X-Request-Id``, the framing, ``Date``, and the ``nosniff`` of
     :func:`~sidecar.web.listener.own_answer_headers`. Each only when ``headers`` has none
     (forward-auth's answer carries a role's headers, whose names the config may choose),
-    and never a ``Server``, as aiohttp's server does."""
-    names = {n.lower() for n, _ in headers}
+    and never a ``Server``, as aiohttp's server does.
+
+    ``names``: the lower-cased names of ``headers``, when the caller knows them ahead
+    (a redemption's are constants: :data:`sidecar.refer.redeem.REDIRECT_NAMES`); read
+    from ``headers`` otherwise."""
+    if names is None:
+        names = {n.lower() for n, _ in headers}
     if names & _ADDED:
         return _bodyless_as_named(status, headers, names, request_id, keep_alive)
     lines = _head_lines(status, None, headers)
@@ -165,7 +175,11 @@ _ADDED: Final = frozenset(("x-request-id", "date", "x-content-type-options", "se
 
 
 def _bodyless_as_named(
-    status: int, headers: list[tuple[str, str]], names: set[str], request_id: str, keep_alive: bool
+    status: int,
+    headers: list[tuple[str, str]],
+    names: AbstractSet[str],
+    request_id: str,
+    keep_alive: bool,
 ) -> bytes:
     lines = _head_lines(status, None, [(n, v) for n, v in headers if n.lower() != "server"])
     if "x-request-id" not in names:

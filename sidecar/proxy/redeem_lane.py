@@ -33,7 +33,7 @@ from sidecar.proxy import answers
 from sidecar.proxy.forward import Failure
 from sidecar.proxy.redemptions import FailedRedemptions
 from sidecar.proxy.taken import TakenRequest
-from sidecar.refer.redeem import Redeemer, RedeemFailed
+from sidecar.refer.redeem import REDIRECT_NAMES, Redeemer, RedeemFailed
 from sidecar.telemetry.access import CLIENT_CLOSED
 from sidecar.telemetry.context import CURRENT
 from sidecar.web.heads import Head
@@ -129,7 +129,9 @@ class LeanRedemption(TakenRequest):
                 )
                 self.status = outcome.status
             else:
-                answer = answers.bodyless(303, headers, record.request_id, keep_alive)
+                answer = answers.bodyless(
+                    303, headers, record.request_id, keep_alive, REDIRECT_NAMES
+                )
                 self.status = 303
             self._reply.write(answer)
         except asyncio.CancelledError:

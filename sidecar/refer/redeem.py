@@ -237,6 +237,11 @@ def redirect_headers(location: str, set_cookie: str) -> list[tuple[str, str]]:
     return [(_LOCATION, location), *_NO_STORE, (_SET_COOKIE, set_cookie)]
 
 
+# The lower-cased names of redirect_headers', whatever the values: the lean front's answer
+# (sidecar.proxy.answers.bodyless) is then framed without reading them again.
+REDIRECT_NAMES: Final = frozenset(name.lower() for name, _ in redirect_headers("", ""))
+
+
 def landing_url(target: str, claims: Claims) -> str:
     """The same path and query as the raw request ``target`` without ``refer``, plus
     ``#/display/<module>`` if any.
@@ -245,8 +250,11 @@ def landing_url(target: str, claims: Claims) -> str:
     one ``/`` so a crafted path cannot turn the redirect into another host."""
     path, _, query = target.partition("?")
     path = "/" + path.lstrip("/\\")
-    kept = [part for part in query.split("&") if part and _name(part) != "refer"]
-    location = path + ("?" + "&".join(kept) if kept else "")
+    if "&" not in query and query.startswith("refer="):
+        location = path  # a link's usual query, "refer=<token>": nothing else to keep
+    else:
+        kept = [part for part in query.split("&") if part and _name(part) != "refer"]
+        location = path + ("?" + "&".join(kept) if kept else "")
     if claims.module is not None and MODULE.fullmatch(claims.module):
         location += "#/display/" + claims.module
     return location

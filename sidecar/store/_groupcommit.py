@@ -254,17 +254,18 @@ class GroupCommitWriter:
         self._enqueue(_Write(apply, future))
         return future
 
-    async def burn(
+    def burn(
         self,
         token_id: str,
         expires_at: float,
         then: Row | None = None,
-    ) -> BurnResult:
+    ) -> asyncio.Future[BurnResult]:
         """Burn ``token_id`` in the next group transaction; if this call burned it, write
-        the row ``then`` in that same transaction."""
+        the row ``then`` in that same transaction. A future, as :meth:`write`'s (every
+        redemption's store call awaits it directly)."""
         future: asyncio.Future[BurnResult] = self._new_future()
         self._enqueue(_Burn(token_id, expires_at, future, then))
-        return await future
+        return future
 
     def _new_future(self) -> asyncio.Future[T]:
         if self._task is None or self._event_loop is None:
