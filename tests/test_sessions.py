@@ -205,6 +205,14 @@ _OUR_LENGTH = st.text(
 @example(["sidecar_session=" + '"' + "a" * 42])
 @example(["sidecar_session=" + "a" * 21 + "=" + "a" * 21])
 @example(["sidecar_session=" + "a" * 43 + " "])
+# Exactly as long as our cookie alone, with one byte a cookie value does not take: the
+# bytes shortcut must not read them (each is the general pass's, or the str shortcut's).
+@example(["sidecar_session=" + "a" * 42 + "="])
+@example(["sidecar_session=" + "a" * 42 + "\x85"])
+@example(["sidecar_session=" + "a" * 42 + ";"])
+@example(["sidecar_session=" + "\x00" + "a" * 42])
+@example(["sidecar_sessioN=" + "a" * 43])
+@example(["sidecar_session=" + "-_" * 21 + "9", "sidecar_session=" + "-_" * 21 + "9"])
 @example(['sidecar_session="' + "a" * 43 + '"'])
 @example(["sidecar_session=" + "a" * 43 + ", sidecar_session=" + "b" * 43])
 @example(["sidecar_session=" + "a" * 43 + "; x=1"])
