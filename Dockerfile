@@ -59,6 +59,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     MALLOC_ARENA_MAX=2 \
     PYTHONOPTIMIZE=2 \
     SIDECAR_HEALTHCHECK_URL=http://127.0.0.1:8080/_sidecar/healthz
+# The base image ships no bytecode (the official python images delete every .pyc): with
+# PYTHONDONTWRITEBYTECODE and a read-only root filesystem, every start would compile each
+# standard-library module it imports again, 0.34 s of CPU and 2.2 MiB more peak RSS per
+# start (import sidecar.app and sidecar.cli with -X pycache_prefix, empty against filled).
+# Level 2 only, the level PYTHONOPTIMIZE asks for (~11 MB); the modules no service imports
+# (and the test suites, if the base image kept them) are left out, and site-packages (the
+# base image's pip: the venv has its own).
+RUN python -m compileall -q -j 0 -o 2 \
+      -x '/(site-packages|test|tests|idlelib|lib2to3|tkinter|turtledemo|ensurepip|pydoc_data)/' \
+      "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
 RUN groupadd --system --gid 10001 sidecar \
  && useradd --system --uid 10001 --gid sidecar --no-create-home \
       --home-dir /var/lib/sidecar --shell /usr/sbin/nologin sidecar \
