@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.loadgen import LoadSpec, loadgen_name, run_load
+from bench.machine import image_settings, served_build
 from bench.procs import BenchError, children, cores_available
 from bench.profile import Profile, parse_collapsed, py_spy
 from bench.scenarios import Measure, mints, redemptions
@@ -104,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     c0, c1 = cores[0], cores[1 % len(cores)]
     os.sched_setaffinity(0, {c1})
     print(f"load average {os.getloadavg()[0]:.2f}; load generator {loadgen_name()}")
+    # Figures of a pure and a compiled sidecar, or of one with and one without the image's
+    # settings, differ by more than a change usually moves them: say which this run is.
+    print(
+        f"sidecar hot path {served_build() or 'unknown'}; "
+        f"image settings {image_settings() or 'none'}"
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="bench-tokens-") as tmp, children() as kids:
             work = Path(tmp)
