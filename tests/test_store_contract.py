@@ -581,6 +581,25 @@ async def test_record_counted_records_only_within_the_limit(store: Store, now: f
     assert await store.get_token("k4") == record("k4", start)
 
 
+async def test_concurrent_counted_mints_count_one_after_another(store: Store, now: float) -> None:
+    """Mints at once (one SQLite group commit) are counted as many hits one after another:
+    each count once, and exactly the first ``limit`` of them recorded."""
+    start = (now // 60 + 1) * 60
+    records = [
+        dataclasses.replace(record(f"c{i}", start), email="a@x.org" if i % 3 else None)
+        for i in range(30)
+    ]
+    calls = [store.record_counted(r, start + HOUR, "burst", 60, 20, start) for r in records]
+    got = await asyncio.gather(*calls)
+    assert sorted(got) == [(n, start + 60) for n in range(1, 31)]
+    for i, (count, _) in enumerate(got):
+        kept = await store.get_token(f"c{i}")
+        assert (kept is not None) == (count <= 20), (i, count)
+        if kept is not None:
+            assert kept.email == ("a@x.org" if i % 3 else None)
+    assert await store.hit("burst", 60, start + 1) == (31, start + 60)
+
+
 # -- purging ------------------------------------------------------------------------------
 async def test_expired_records_are_purged(backend: Backend, now: float) -> None:
     store = backend.store
@@ -748,6 +767,81 @@ async def test_sqlite_burn_and_its_session_are_one_transaction(tmp_path: Path, n
         assert await store.token_state("t-bad") is TokenState.UNUSED
         assert await store.get_session("ok0") is not None
         assert await store.token_state("t-ok0") is TokenState.USED
+    finally:
+        await store.close()
+
+
+async def test_sqlite_counted_mints_of_one_batch_count_in_queue_order(
+    tmp_path: Path, now: float
+) -> None:
+    """One group commit's mints, across keys, windows and another op on their counter,
+    count exactly as one record_counted after another (the counter read and written once
+    per run of mints), and record exactly the ones within their limit."""
+    store = SQLiteStore(str(tmp_path / "store.db"))
+    await store.open()
+    try:
+        start = (now // 60 + 1) * 60
+        first, second = start + 60, start + 120  # the two windows' ends
+
+        def mint(ident: str, key: str, at: float, limit: int = 3) -> Awaitable[tuple[int, float]]:
+            return store.record_counted(record(ident, start), start + HOUR, key, 60, limit, at)
+
+        got = await asyncio.gather(
+            mint("a1", "k", start),
+            mint("b1", "j", start),
+            mint("a2", "k", start + 1),
+            store.hit("k", 60, start + 2),  # another op on the counter, between mints
+            mint("a3", "k", start + 3),  # the 4th hit: over the limit
+            mint("a4", "k", start + 3, limit=10),  # a limit of its own (a reload's)
+            mint("a5", "k", start + 60),  # the next window: from one
+            mint("a6", "k", start + 61),
+            mint("a7", "k", start + 4),  # the earlier window again: from one, as hit does
+            mint("b2", "j", start + 5),
+        )
+        assert got == [
+            (1, first), (1, first), (2, first), (3, first), (4, first), (5, first),
+            (1, second), (2, second), (1, first), (2, first),
+        ]  # fmt: skip
+        kept = {i for i in ("a1", "a2", "a3", "a4", "a5", "a6", "a7", "b1", "b2")
+                if await store.get_token(i) is not None}  # fmt: skip
+        assert kept == {"a1", "a2", "a4", "a5", "a6", "a7", "b1", "b2"}
+        assert await store.hit("k", 60, start + 6) == (2, first)
+        assert await store.hit("j", 60, start + 6) == (3, first)
+        # A run that moves its counter to the next window leaves it there.
+        again = await asyncio.gather(mint("a8", "k", start + 62), mint("a9", "k", start + 63))
+        assert again == [(1, second), (2, second)]
+        assert await store.hit("k", 60, start + 64) == (3, second)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_counted_mint_that_cannot_be_recorded_fails_alone(
+    tmp_path: Path, now: float
+) -> None:
+    """A mint whose record cannot be written fails (StoreUnavailable) and is not counted;
+    the mints of its batch are counted and recorded as if it had not been sent."""
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        with sqlite3.connect(path) as db:  # a fault the writer cannot foresee
+            db.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON token_records WHEN NEW.token_id"
+                " LIKE 'bad%' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+        db.close()
+        start = (now // 60 + 1) * 60
+        ids = [f"ok{i}" for i in range(20)] + ["bad"] + [f"ok{i}" for i in range(20, 40)]
+        calls = [
+            store.record_counted(record(i, start), start + HOUR, "m", 60, 30, start) for i in ids
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[20], StoreUnavailable)
+        assert results[:20] + results[21:] == [(n, start + 60) for n in range(1, 41)]
+        assert await store.get_token("bad") is None
+        assert await store.get_token("ok29") is not None
+        assert await store.get_token("ok30") is None  # the 31st counted: over the limit
+        assert await store.hit("m", 60, start) == (41, start + 60)
     finally:
         await store.close()
 

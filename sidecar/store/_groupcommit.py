@@ -6,6 +6,10 @@ only writing connection; a single task drains its queue, runs everything it foun
 transaction, commits once and only then answers the callers. A caller is therefore
 answered only after its write is durable.
 
+Burns, and the ops of one *grouped* kind (:meth:`GroupCommitWriter.grouped`: a mint's
+rate-limit hit and record), run as runs of consecutive ops: one statement (or one read and
+one write of a counter) for the run, not one per op, in the order they were queued.
+
 If SQLite fails, the batch is rolled back and each op is retried alone, so one bad op
 cannot fail its neighbours and nothing is half-written. Ops may raise
 :class:`UserExists` only *before* they write anything: such a refusal answers that
@@ -22,11 +26,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sidecar.store.base import BurnResult, StoreUnavailable, TokenState, UserExists
 
 T = TypeVar("T")
+A = TypeVar("A")
 Params = tuple[str | float | int | None, ...]
 Row = tuple[str, Params]  # a statement that writes one row, and its parameters
 Answer = Callable[[], None]
@@ -77,6 +82,40 @@ class _Write(Generic[T]):
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
+
+
+class _Grouped(Generic[A, T]):
+    """One op of a grouped kind: ``apply(conn, args)`` runs a run of consecutive ops of the
+    same ``apply`` (their ``arg``, in order) and answers one result per op, in order."""
+
+    __slots__ = ("apply", "arg", "future")
+
+    def __init__(
+        self,
+        apply: Callable[[sqlite3.Connection, list[A]], list[T]],
+        arg: A,
+        future: asyncio.Future[T],
+    ) -> None:
+        self.apply = apply
+        self.arg = arg
+        self.future = future
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+_AnyGrouped = _Grouped[Any, Any]
+
+
+def _group_run(conn: sqlite3.Connection, ops: list[_AnyGrouped]) -> list[Answer]:
+    results = ops[0].apply(conn, [op.arg for op in ops])
+    if len(results) != len(ops):  # a broken op: the batch fails, then each op alone
+        raise RuntimeError(f"a grouped op answered {len(results)} results for {len(ops)} ops")
+    return [
+        functools.partial(_settle, op.future, result)
+        for op, result in zip(ops, results, strict=True)
+    ]
 
 
 class _Burn:
@@ -131,11 +170,11 @@ def _burn_chunk(conn: sqlite3.Connection, burns: list[_Burn]) -> list[Answer]:
         params = tuple(item for pair in fresh.items() for item in (*pair, at))
         conn.execute(f"INSERT INTO tokens (id, state, expires_at, at) VALUES {values}", params)  # noqa: S608
     if followers:  # after the burns: a session row never precedes its burn
-        _write_rows(conn, followers)
+        write_rows(conn, followers)
     return answers
 
 
-def _write_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+def write_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
     """Write ``rows`` in order, consecutive rows of one statement by one ``executemany``:
     one cursor and one statement-cache lookup for them all, the statement bound again for
     each row (a redemption's session costs the writer ~4k instructions less than its own
@@ -156,7 +195,7 @@ class WholeBatchFailed(Exception):
     fails as one instead of being replayed op by op, each waiting out the busy timeout."""
 
 
-def _transaction(conn: sqlite3.Connection, batch: list[_Op | _Burn]) -> list[Answer]:
+def _transaction(conn: sqlite3.Connection, batch: list[_Op | _Burn | _AnyGrouped]) -> list[Answer]:
     """Run in the writer thread: the whole batch in one transaction, one commit."""
     answers: list[Answer] = []
     try:
@@ -164,19 +203,38 @@ def _transaction(conn: sqlite3.Connection, batch: list[_Op | _Burn]) -> list[Ans
     except sqlite3.Error as exc:
         raise WholeBatchFailed(exc) from exc
     try:
+        # A run of burns, or of grouped ops of one kind, is flushed before the next op of
+        # any other kind: a revoke queued after a burn sees it, a counter read after a
+        # grouped hit counts it.
         burns: list[_Burn] = []
+        group: list[_AnyGrouped] = []
         for op in batch:
             if isinstance(op, _Burn):
+                if group:
+                    answers += _group_run(conn, group)
+                    group = []
                 burns.append(op)
-                if len(burns) < _BURN_CHUNK:
-                    continue
-            if burns:  # flushed before the next op: a revoke queued after a burn sees it
+                if len(burns) >= _BURN_CHUNK:
+                    answers += _burn_chunk(conn, burns)
+                    burns = []
+                continue
+            if burns:
                 answers += _burn_chunk(conn, burns)
                 burns = []
-            if not isinstance(op, _Burn):
-                answers.append(op.run(conn))
+            if isinstance(op, _Grouped):
+                if group and group[0].apply is not op.apply:
+                    answers += _group_run(conn, group)
+                    group = []
+                group.append(op)
+                continue
+            if group:
+                answers += _group_run(conn, group)
+                group = []
+            answers.append(op.run(conn))
         if burns:
             answers += _burn_chunk(conn, burns)
+        if group:
+            answers += _group_run(conn, group)
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -213,7 +271,7 @@ class GroupCommitWriter:
         # The ops waiting for the next transaction (None: stop), and what wakes the loop
         # when it waits for one. Not an asyncio.Queue: its put and get are pure Python
         # (its counters, its finished event), a few thousand instructions for every write.
-        self._pending: deque[_Op | _Burn | None] = deque()
+        self._pending: deque[_Op | _Burn | _AnyGrouped | None] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         # The loop it writes for (set by start): asyncio.get_running_loop() costs a
@@ -254,6 +312,19 @@ class GroupCommitWriter:
         self._enqueue(_Write(apply, future))
         return future
 
+    def grouped(
+        self, apply: Callable[[sqlite3.Connection, list[A]], list[T]], arg: A
+    ) -> asyncio.Future[T]:
+        """Run ``arg`` in the next group transaction through ``apply``, which takes the
+        args of the consecutive ops queued with the same ``apply`` (``arg`` among them, in
+        queue order) and answers one result each: many ops' statements run as one (a
+        mint's rate-limit hit: one read and one write of the counter for the run). The
+        future has this op's result once committed. ``apply`` fails the run as a whole;
+        the ops are then retried one by one, as any op that breaks a batch."""
+        future: asyncio.Future[T] = self._new_future()
+        self._enqueue(_Grouped(apply, arg, future))
+        return future
+
     def burn(
         self,
         token_id: str,
@@ -272,13 +343,13 @@ class GroupCommitWriter:
             raise StoreUnavailable("SQLite store is not open")
         return self._event_loop.create_future()
 
-    def _enqueue(self, op: _Op | _Burn) -> None:
+    def _enqueue(self, op: _Op | _Burn | _AnyGrouped) -> None:
         task = self._task
         if task is None or task.done():  # done: stopped, or cancelled with its loop
             raise StoreUnavailable("SQLite store is not open")
         self._put(op)
 
-    def _put(self, item: _Op | _Burn | None) -> None:
+    def _put(self, item: _Op | _Burn | _AnyGrouped | None) -> None:
         self._pending.append(item)
         wakeup, self._wakeup = self._wakeup, None
         if wakeup is not None and not wakeup.done():
@@ -293,7 +364,7 @@ class GroupCommitWriter:
                     wakeup = self._wakeup = loop.create_future()
                     await wakeup
                 # Everything queued by now (at most _MAX_BATCH), up to a stop.
-                batch: list[_Op | _Burn] = []
+                batch: list[_Op | _Burn | _AnyGrouped] = []
                 while pending and len(batch) < _MAX_BATCH:
                     item = pending.popleft()
                     if item is None:
@@ -311,7 +382,7 @@ class GroupCommitWriter:
                 if item is not None:
                     item.fail(StoreUnavailable("SQLite store closed before this write"))
 
-    async def _commit(self, batch: list[_Op | _Burn]) -> None:
+    async def _commit(self, batch: list[_Op | _Burn | _AnyGrouped]) -> None:
         conn = self._conn
         try:
             if conn is None:

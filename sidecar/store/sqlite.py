@@ -36,8 +36,9 @@ from sidecar.store.base import (
 from sidecar.store.sqlite_schema import (
     PURGE_CHUNK,
     PURGES,
+    CountedMint,
+    count_and_record,
     count_hit,
-    counted_record,
     mint_record,
     prepare_file,
     session_row,
@@ -210,8 +211,9 @@ class SQLiteStore(Store):
         writer = self._writer  # not through _write: one coroutine fewer on every mint
         if writer is None:
             raise StoreUnavailable("SQLite store is not open")
-        apply = counted_record(record, keep_until, key, reset, limit)
-        return await writer.write(apply), reset
+        # Grouped: the mints of one transaction read and write their counter once.
+        mint: CountedMint = (key, reset, limit, mint_record(record, keep_until))
+        return await writer.grouped(count_and_record, mint), reset
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         sql = "SELECT * FROM token_records WHERE token_id = ?"
