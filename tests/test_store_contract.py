@@ -809,7 +809,7 @@ async def test_sqlite_counted_mints_of_one_batch_count_in_queue_order(
         assert await store.hit("j", 60, start + 6) == (3, first)
         # A run that moves its counter to the next window leaves it there.
         again = await asyncio.gather(mint("a8", "k", start + 62), mint("a9", "k", start + 63))
-        assert again == [(1, second), (2, second)]
+        assert list(again) == [(1, second), (2, second)]
         assert await store.hit("k", 60, start + 64) == (3, second)
     finally:
         await store.close()
