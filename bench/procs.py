@@ -140,13 +140,15 @@ def spawn(
     cores: Sequence[int] | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    output: int | None = None,
 ) -> Child:
-    """Start ``argv`` with its output in ``logdir/<name>.log``, pinned to ``cores``."""
+    """Start ``argv`` with its output in ``logdir/<name>.log``, pinned to ``cores``;
+    ``output``: a descriptor to send stdout and stderr to instead (a pipe, ``/dev/null``)."""
     log = logdir / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
             pinned(argv, cores),
-            stdout=out,
+            stdout=out if output is None else output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=child_env() if env is None else env,

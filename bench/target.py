@@ -96,13 +96,15 @@ def start_sidecar(
     access_log: bool = True,
     env: dict[str, str] | None = None,
     wrap: Sequence[str] = (),
+    output: int | None = None,
 ) -> Sidecar:
     """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``
     (``--workers workers``: ``pid`` is then the supervisor's, and the CPU figures, summed
     over the process tree, include every worker). ``env``: the child's whole environment
     (default :func:`~bench.procs.sidecar_env`: when compiled, the image's settings too).
     ``wrap``: interpreter arguments before ``-m sidecar``, such as ``-m bench.stallprobe
-    OUT`` (:mod:`bench.stallprobe`)."""
+    OUT`` (:mod:`bench.stallprobe`). ``output``: where its stdout and stderr go (a
+    descriptor), instead of ``workdir/name.log``."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     (home / "keyset.json").write_text(generate_keyset().to_json())
@@ -126,7 +128,7 @@ def start_sidecar(
     if workers != 1:
         argv += ["--workers", str(workers)]
     env = sidecar_env() if env is None else env
-    child = spawn(name, argv, logdir=workdir, cores=cores, env=env, cwd=home)
+    child = spawn(name, argv, logdir=workdir, cores=cores, env=env, cwd=home, output=output)
     wait_port(child, admin_port)
     wait_port(child, proxy_port)
     return Sidecar(child, proxy_port, admin_port, admin_key)

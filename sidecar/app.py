@@ -285,6 +285,7 @@ def _configure_logging(config: Config) -> None:
         access=config.access_log,
         buffer=config.access_buffer,
         flush_after=config.access_flush,
+        backlog=config.log_backlog,
     )
 
 
@@ -341,7 +342,7 @@ async def _serve_then(
 def _apply(services: Services, config: Config) -> None:
     services.reconfigure(config)
     set_levels(config.log_level, access=config.access_log)
-    set_buffering(config.access_buffer, config.access_flush)
+    set_buffering(config.access_buffer, config.access_flush, config.log_backlog)
 
 
 def _on_sighup(reloader: Reloader | None) -> None:

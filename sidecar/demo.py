@@ -215,6 +215,7 @@ async def _run_sidecar(
             access=config.access_log,
             buffer=config.access_buffer,
             flush_after=config.access_flush,
+            backlog=config.log_backlog,
         )
         # Back to stderr before the file closes (whatever is logged after the serve ends).
         logs.callback(configure_logging, "warning")

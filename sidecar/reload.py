@@ -71,6 +71,7 @@ _YAML_NAMES = {
     "access_log": "logging.access",
     "access_buffer": "logging.buffer",
     "access_flush": "logging.flush",
+    "log_backlog": "logging.backlog",
     "grace_period": "shutdown.grace_period",
     "watch_interval": "reload.watch_interval",
 }

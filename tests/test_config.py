@@ -480,6 +480,20 @@ def test_logging_buffer_and_flush_hold_access_lines_as_nginx_does(tmp_path: Path
     ]
 
 
+def test_logging_backlog_bounds_what_waits_for_a_slow_log_stream(tmp_path: Path) -> None:
+    """``logging.backlog``: 1MiB unless set, 0 allowed (no thread: the loop writes), bounded;
+    errors name the YAML path."""
+    assert build_config(tmp_path).log_backlog == 1024 * 1024
+    assert build_config(tmp_path, config_doc(logging={"backlog": "256KiB"})).log_backlog == 262144
+    assert build_config(tmp_path, config_doc(logging={"backlog": 0})).log_backlog == 0
+    assert errors_of(tmp_path, config_doc(logging={"backlog": "1GiB"})) == [
+        "logging.backlog: got '1GiB', at most 67108864 bytes"
+    ]
+    assert errors_of(tmp_path, config_doc(logging={"backlog": "much"})) == [
+        "logging.backlog: got 'much', expected a size like 65536, 64KiB or 1MiB"
+    ]
+
+
 # -- config/sidecar.yaml documents every key ------------------------------------------
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "sidecar.yaml"

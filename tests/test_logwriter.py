@@ -1,7 +1,7 @@
 """How log lines reach the stream (:mod:`sidecar.telemetry.logwriter`): access lines held up
 to ``logging.buffer`` bytes or ``logging.flush`` seconds, any other line at the end of its
 event-loop iteration, everything in order. (Real processes killed and stopped with signals:
-tests/test_log_buffer.py.)"""
+tests/test_log_buffer.py; a stream that stops taking lines: tests/test_log_stall.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import logging
 import os
 import threading
 
+from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import JsonLineFormatter
+from sidecar.telemetry.logthread import WriterThread
 from sidecar.telemetry.logwriter import PIPE_BUF, LoopBatchedHandler
 
 
@@ -254,3 +256,77 @@ def test_a_flush_left_on_a_closed_loop_does_not_hold_the_next_lines() -> None:
         assert stream.getvalue().splitlines() == [access(n) for n in (1, 2, 3, 4)]
 
     asyncio.run(access_lines_in_a_new_loop())
+
+
+def test_the_writing_thread_keeps_order_and_drops_and_counts_past_its_backlog() -> None:
+    """A stream that stops taking texts: the thread holds at most ``backlog`` characters
+    (beyond the one it is writing), drops what would go past it and counts its lines; the
+    first text after the stream moves again is preceded by one warning with the count."""
+    gate = threading.Event()
+    written: list[str] = []
+
+    def write(text: str) -> None:
+        gate.wait(10)
+        written.append(text)
+
+    writer = WriterThread(write, backlog=100)
+    before = metrics.LOG_LINES_DROPPED._value.get()
+    writer.put("a\n")  # taken by the thread, which waits in the stream's write
+    line = "x" * 39 + "\n"
+    writer.put(line)
+    writer.put(line)  # 82 characters queued
+    writer.put(line + line)  # past 100: dropped, two lines
+    assert writer.queued == 82
+    assert metrics.LOG_LINES_DROPPED._value.get() == before + 2
+    gate.set()
+    assert writer.drain(10)
+    assert written == ["a\n", line, line]
+    writer.put("b\n")
+    assert writer.drain(10)
+    warning = json.loads(written[3])
+    assert (warning["level"], warning["dropped_lines"]) == ("warning", 2)
+    assert written[4] == "b\n"
+    writer.close()
+
+
+def test_a_stream_without_a_descriptor_is_written_without_a_thread() -> None:
+    """Only a descriptor can block: an in-memory stream is written at once, on the caller's
+    thread, and ``logging.backlog: 0`` does the same on a pipe."""
+    assert handler_on(CountingStream())._writer is None
+    read_fd, write_fd = os.pipe()
+    try:
+        with os.fdopen(os.dup(write_fd), "w") as pipe:
+            assert LoopBatchedHandler(pipe)._writer is not None
+            handler = LoopBatchedHandler(pipe, backlog=0)
+            assert handler._writer is None
+            handler.set_buffering(4096, 1.0, 65536)  # a reload gives it a thread
+            assert handler._writer is not None
+            handler.set_buffering(4096, 1.0, 0)  # and takes it away
+            assert handler._writer is None
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_a_forked_child_writes_its_lines_with_a_thread_of_its_own() -> None:
+    """``sidecar serve --workers`` forks after the supervisor has logged (its thread
+    running): the child's lines are written by a thread of the child's."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    with os.fdopen(write_fd, "w", encoding="ascii") as stream:
+        handler = LoopBatchedHandler(stream)
+        handler.queue.line(access(1))  # outside a loop: handed to the thread at once
+        handler.flush()
+        pid = os.fork()
+        if pid == 0:  # the child
+            handler.queue.line(access(2))
+            handler.flush()
+            os._exit(0 if handler._writer is not None and handler._writer.queued == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(read_fd, 65536):
+                data += chunk
+    os.close(read_fd)
+    assert [json.loads(x)["n"] for x in data.decode().splitlines()] == [1, 2]

@@ -255,6 +255,7 @@ def test_the_served_families_keep_their_order() -> None:
         "sidecar_requests_in_flight",
         "sidecar_client_connections",
         "sidecar_lean_handovers",
+        "sidecar_log_lines_dropped",
         "sidecar_build_info",
     ]
 

@@ -39,7 +39,7 @@ from sidecar.links.redirects import RedirectPatternError, compile_pattern
 from sidecar.proxy.origins import parse_host, parse_origin
 from sidecar.proxy.strip import DEFAULT_STRIP_HEADERS, check_strip_name
 from sidecar.proxy.templates import HeaderTemplate, TemplateError, compile_header
-from sidecar.telemetry.logwriter import DEFAULT_BUFFER, DEFAULT_FLUSH
+from sidecar.telemetry.logwriter import DEFAULT_BACKLOG, DEFAULT_BUFFER, DEFAULT_FLUSH
 from sidecar.tokens.keys import KeySet, KeysetError, generate_keyset, parse_keyset
 
 
@@ -54,6 +54,8 @@ class ConfigError(Exception):
 # logging.buffer and logging.flush at most: what a hard kill can lose stays bounded.
 MAX_LOG_BUFFER = 16 * 1024 * 1024
 MAX_LOG_FLUSH = 60.0
+# logging.backlog at most: what a stalled log stream can hold in memory (and a hard kill lose).
+MAX_LOG_BACKLOG = 64 * 1024 * 1024
 
 # Routes the proxy listener serves under proxy.prefix (sidecar.proxy.gateway).
 PREFIX_ROUTES = (
@@ -289,6 +291,9 @@ def _build(r: Reader) -> Config | None:
         "logging.buffer", DEFAULT_BUFFER, zero_ok=True, at_most=MAX_LOG_BUFFER
     )
     access_flush = root.duration("logging.flush", DEFAULT_FLUSH, at_most=MAX_LOG_FLUSH)
+    log_backlog = root.size(
+        "logging.backlog", DEFAULT_BACKLOG, zero_ok=True, at_most=MAX_LOG_BACKLOG
+    )
     grace = root.duration("shutdown.grace_period", 30.0, at_most=3600.0)
     pages: dict[str, str] = {}
     pages_dir = root.optional_string("pages.dir")
@@ -320,6 +325,7 @@ def _build(r: Reader) -> Config | None:
         access_log=access_log,
         access_buffer=access_buffer,
         access_flush=access_flush,
+        log_backlog=log_backlog,
         grace_period=grace,
         pages=MappingProxyType(pages),
         watch_interval=watch_interval,

@@ -133,6 +133,7 @@ class Config:
     access_log: bool  # logging.access: one JSON line per request
     access_buffer: int  # logging.buffer: bytes of access lines held at most (0: none)
     access_flush: float  # logging.flush: seconds an access line is held at most
+    log_backlog: int  # logging.backlog: bytes waiting for a slow log stream at most (0: no thread)
     grace_period: float
     # pages.dir: page name -> the operator's template (sidecar.config.pages); empty: built-in.
     pages: Mapping[str, str]

@@ -38,12 +38,17 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
+from sidecar.telemetry.logthread import DEFAULT_BACKLOG as DEFAULT_BACKLOG
+from sidecar.telemetry.logthread import WriterThread
+
 ACCESS_LOGGER: Final = "sidecar.access"
 DEFAULT_BUFFER: Final = 64 * 1024  # logging.buffer
 DEFAULT_FLUSH: Final = 1.0  # logging.flush, seconds
 # Bytes the kernel writes to a pipe in one piece (POSIX: at least 512; Linux: 4096).
 PIPE_BUF: Final = select.PIPE_BUF
 _monotonic: Final = time.monotonic
+# The running loop of this thread or None, without get_running_loop's exception.
+asyncio_running_loop: Final = asyncio._get_running_loop
 
 
 class LineQueue:
@@ -175,7 +180,9 @@ class LineQueue:
 class LoopBatchedHandler(logging.StreamHandler[TextIO]):
     """A stream handler that writes its lines through a :class:`LineQueue` (see the module):
     access lines held up to ``buffer`` bytes or ``flush_after`` seconds, any other line at
-    the end of its event-loop iteration."""
+    the end of its event-loop iteration. On a stream with a descriptor (a pipe, a file, a
+    terminal) and ``backlog`` above 0 the writes themselves are a thread's
+    (:mod:`sidecar.telemetry.logthread`): the loop hands the text over and goes on."""
 
     def __init__(
         self,
@@ -183,6 +190,7 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         *,
         buffer: int = DEFAULT_BUFFER,
         flush_after: float = DEFAULT_FLUSH,
+        backlog: int = DEFAULT_BACKLOG,
     ) -> None:
         super().__init__(stream)
         # Handler.__init__ made the lock (an RLock; logging re-creates it in place in a
@@ -190,21 +198,50 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         lock = self.lock
         if lock is None:
             lock = self.lock = threading.RLock()
-        self.queue = LineQueue(self._write_text, lock)
-        self.queue.piece = _piece(stream)
+        self._backlog = backlog
+        self._writer: WriterThread | None = None
+        self.queue = LineQueue(self._hand_over, lock)
+        self._attach(stream)
         self.set_buffering(buffer, flush_after)
 
-    def set_buffering(self, buffer: int, flush_after: float) -> None:
-        """``logging.buffer`` and ``logging.flush``; what is held is written first."""
+    def set_buffering(self, buffer: int, flush_after: float, backlog: int | None = None) -> None:
+        """``logging.buffer``, ``logging.flush`` and ``logging.backlog``; what is held is
+        written first."""
         self.queue.flush()
         self.queue.buffer = buffer
         self.queue.flush_after = flush_after
+        if backlog is None or backlog == self._backlog:
+            return
+        self._backlog = backlog
+        writer = self._writer
+        if writer is not None and backlog > 0:
+            writer.backlog = backlog  # the thread and what it holds stay
+        else:  # to or from no thread (the texts queued for one are written first)
+            self._attach(self.stream)
 
     def setStream(self, stream: TextIO) -> TextIO | None:
         self.queue.flush()
+        self._detach()
         previous = super().setStream(stream)
-        self.queue.piece = _piece(stream)
+        self._attach(stream)
         return previous
+
+    def _attach(self, stream: TextIO) -> None:
+        """How texts reach ``stream``: cut to ``PIPE_BUF`` on a pipe, and through a thread
+        when it has a descriptor (only a descriptor can block) and a backlog is allowed."""
+        descriptor, self.queue.piece = _kind(stream)
+        writer = self._writer
+        if writer is not None:
+            writer.close()
+            self._writer = None
+        if descriptor and self._backlog > 0:
+            self._writer = WriterThread(self._write_text, self._backlog)
+
+    def _detach(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.close()
+            self._writer = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -222,7 +259,26 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         self.queue.line(line)
 
     def flush(self) -> None:
+        """Write everything queued; outside a running event loop (an exit, a worker's end)
+        also wait, at most :data:`~sidecar.telemetry.logthread.DRAIN_WAIT`, for the writing
+        thread to finish. A loop never waits for the stream: on it (SIGHUP) the lines are
+        handed to the thread, which writes them at once if the stream takes them."""
         self.queue.flush()
+        writer = self._writer
+        if writer is not None and asyncio_running_loop() is None:
+            writer.drain()
+
+    def close(self) -> None:
+        self.flush()
+        self._detach()
+        super().close()
+
+    def _hand_over(self, text: str) -> None:
+        writer = self._writer
+        if writer is None:
+            self._write_text(text)
+        else:
+            writer.put(text)
 
     def _write_text(self, text: str) -> None:
         try:
@@ -234,14 +290,15 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
             pass
 
 
-def _piece(stream: TextIO) -> int:
-    """:data:`PIPE_BUF` when ``stream`` is a pipe or a socket, else 0 (no limit): a regular
-    file's writes do not interleave, and a stream without a descriptor is in memory."""
+def _kind(stream: TextIO) -> tuple[bool, int]:
+    """Whether ``stream`` has a descriptor, and the longest single write to it:
+    :data:`PIPE_BUF` on a pipe or a socket, else 0 (no limit): a regular file's writes do
+    not interleave, and a stream without a descriptor is in memory."""
     try:
         mode = os.fstat(stream.fileno()).st_mode
     except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
-        return 0
-    return PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 0
+        return False, 0
+    return True, PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 0
 
 
 def direct_sink(logger: logging.Logger) -> LineQueue | None:

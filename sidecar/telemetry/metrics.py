@@ -26,6 +26,9 @@ metric                                     labels       observed by
                                                         every listener)
 ``sidecar_lean_handovers_total``                        :func:`handover` (the proxy's lean
                                                         front: :mod:`sidecar.web.lean`)
+``sidecar_log_lines_dropped_total``                     :func:`log_lines_dropped` (log lines a
+                                                        stream too slow for ``logging.backlog``
+                                                        lost: :mod:`~sidecar.telemetry.logthread`)
 ``sidecar_build_info``                     version,     always 1 (``compiled``: ``mypyc``,
                                            compiled     ``no`` or ``partial``: sidecar.compiled)
 ========================================== ============ ===================================
@@ -135,6 +138,12 @@ HANDOVERS = Counter(
     "serve itself (sidecar.web.lean).",
     registry=_OWN,
 )
+LOG_LINES_DROPPED = Counter(
+    "sidecar_log_lines_dropped_total",
+    "Log lines dropped because the log stream did not take them in time (more than "
+    "logging.backlog bytes waiting for it: sidecar.telemetry.logthread).",
+    registry=_OWN,
+)
 BUILD_INFO = Gauge(
     "sidecar_build_info",
     "Always 1; the version and whether the hot path is compiled (mypyc, no, partial) are the "
@@ -166,6 +175,10 @@ def observe_request(status: int, seconds: float, listener: str, route: str) -> N
 
 def handover() -> None:
     HANDOVERS.inc()
+
+
+def log_lines_dropped(lines: int) -> None:
+    LOG_LINES_DROPPED.inc(lines)
 
 
 # The same for the other labelled series on the paths of every redemption, mint and store

@@ -9,7 +9,12 @@ from typing import TextIO
 from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar.telemetry.audit import ACCESS, JsonLineFormatter
-from sidecar.telemetry.logwriter import DEFAULT_BUFFER, DEFAULT_FLUSH, LoopBatchedHandler
+from sidecar.telemetry.logwriter import (
+    DEFAULT_BACKLOG,
+    DEFAULT_BUFFER,
+    DEFAULT_FLUSH,
+    LoopBatchedHandler,
+)
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -45,19 +50,28 @@ def configure_logging(
     access: bool = True,
     buffer: int = DEFAULT_BUFFER,
     flush_after: float = DEFAULT_FLUSH,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> None:
     """One JSON line per record on ``stream`` (stderr by default), at ``level`` and above;
     ``access=False`` turns off the access lines (``logging.access``); access lines are held
     up to ``buffer`` bytes or ``flush_after`` seconds (``logging.buffer``, ``logging.flush``:
-    :mod:`sidecar.telemetry.logwriter`)."""
+    :mod:`sidecar.telemetry.logwriter`); at most ``backlog`` bytes wait for a slow stream
+    (``logging.backlog``: :mod:`sidecar.telemetry.logthread`)."""
     handler = LoopBatchedHandler(
-        sys.stderr if stream is None else stream, buffer=buffer, flush_after=flush_after
+        sys.stderr if stream is None else stream,
+        buffer=buffer,
+        flush_after=flush_after,
+        backlog=backlog,
     )
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
-    for previous in root.handlers:
-        previous.flush()
+    previous = root.handlers[:]
+    for old in previous:
+        old.flush()
     root.handlers[:] = [handler]
+    for old in previous:
+        if isinstance(old, LoopBatchedHandler):
+            old.close()  # its writing thread ends (what it held is written)
     set_levels(level, access=access)
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
@@ -70,11 +84,12 @@ def set_levels(level: str, *, access: bool) -> None:
     ACCESS.setLevel(logging.NOTSET if access else logging.CRITICAL + 1)
 
 
-def set_buffering(buffer: int, flush_after: float) -> None:
-    """``logging.buffer`` and ``logging.flush`` on a reload (what is held is written first)."""
+def set_buffering(buffer: int, flush_after: float, backlog: int = DEFAULT_BACKLOG) -> None:
+    """``logging.buffer``, ``logging.flush`` and ``logging.backlog`` on a reload (what is held
+    is written first)."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, LoopBatchedHandler):
-            handler.set_buffering(buffer, flush_after)
+            handler.set_buffering(buffer, flush_after, backlog)
 
 
 def flush_logs() -> None:
