@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.loadgen import LoadSpec, run_load
-from bench.procs import children, cores_available
+from bench.procs import children, cores_available, cpu_seconds
 from bench.scenarios import PROXIED_PATH
 from bench.sched import claimed_cores, runqueue_seconds
 from bench.servers import start_nginx, start_upstream
@@ -43,7 +43,8 @@ from bench.target import COOKIE, Sidecar, session_cookie, sqlite_url, start_side
 SINKS = ("disk", "shm", "null", "pipe", "off")
 # A sink's name may end in "+stall": that sidecar runs under bench.stallprobe too (its 1 ms
 # timer keeps the loop from ever sleeping longer: the probe can change what it measures);
-# "+bare": without bench.writeprobe either (nothing of the probes' in the process).
+# "+bare": without bench.writeprobe either (nothing of the probes' in the process); "+sync":
+# logging.backlog 0 (no writing thread: the loop writes and waits, as before it existed).
 
 
 def _drain(fd: int) -> None:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         sidecars: dict[str, Sidecar] = {}
         probes: dict[str, tuple[Path, Path]] = {}
         for name in sinks:
-            sink, _, extra = name.partition("+")
+            sink, *extras = name.split("+")
             output: int | None = None
             if sink == "shm":
                 log = Path(shm, f"sidecar-{name}.log")
@@ -94,8 +95,8 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 r, output = os.pipe()
                 threading.Thread(target=_drain, args=(r,), daemon=True).start()
             probes[name] = (work / f"writes-{name}.json", work / f"stalls-{name}.json")
-            wrap = [] if extra == "bare" else ["-m", "bench.writeprobe", str(probes[name][0])]
-            if extra == "stall":
+            wrap = [] if "bare" in extras else ["-m", "bench.writeprobe", str(probes[name][0])]
+            if "stall" in extras:
                 wrap += ["-m", "bench.stallprobe", str(probes[name][1])]
             sc = start_sidecar(
                 work,
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 access_log=sink != "off",
                 wrap=wrap,
                 output=output,
+                log_extra={"backlog": "0"} if "sync" in extras else None,
             )
             if output is not None:
                 os.close(output)
@@ -128,8 +130,10 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         for trial in range(args.trials):
             for name, (port, pid) in targets.items():
                 waited, start = runqueue_seconds(pid), time.perf_counter()
+                cpu = cpu_seconds(pid)
                 result = run_load(replace(spec(port, args.seconds), ok_status=200), [c1])
                 end = time.perf_counter()
+                cpu = cpu_seconds(pid) - cpu
                 one = {
                     "trial": trial,
                     "target": name,
@@ -137,6 +141,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                     "p50_ms": round(result.p50_ms, 2),
                     "p99_ms": round(result.p99_ms, 2),
                     "waited_ms": round((runqueue_seconds(pid) - waited) * 1e3),
+                    "cpu_us": round(cpu / result.ok * 1e6, 1) if result.ok else None,
                     "window": (start, end),
                     "load": os.getloadavg()[0],
                 }
@@ -195,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:6} p50 {med('p50_ms'):6.2f}  p99 {med('p99_ms'):6.2f} "
             f"(runs: {', '.join(str(r['p99_ms']) for r in mine)})"
             f"  waited {med('waited_ms'):5.0f} ms"
+            + f"  CPU {med('cpu_us'):5.1f} us/req"
             + (
                 f"  writes {med('writes'):4.0f} max {med('write_max_ms'):.2f} ms"
                 if "writes" in mine[0]

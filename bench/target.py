@@ -53,7 +53,7 @@ roles:
 logging:
   level: {log_level}
   access: {access_log}
-shutdown:
+{log_extra}shutdown:
   grace_period: 2s
 """
 
@@ -97,6 +97,7 @@ def start_sidecar(
     env: dict[str, str] | None = None,
     wrap: Sequence[str] = (),
     output: int | None = None,
+    log_extra: dict[str, str] | None = None,
 ) -> Sidecar:
     """Write config, keyset and admin key into ``workdir/name`` and start ``sidecar serve``
     (``--workers workers``: ``pid`` is then the supervisor's, and the CPU figures, summed
@@ -104,7 +105,8 @@ def start_sidecar(
     (default :func:`~bench.procs.sidecar_env`: when compiled, the image's settings too).
     ``wrap``: interpreter arguments before ``-m sidecar``, such as ``-m bench.stallprobe
     OUT`` (:mod:`bench.stallprobe`). ``output``: where its stdout and stderr go (a
-    descriptor), instead of ``workdir/name.log``."""
+    descriptor), instead of ``workdir/name.log``. ``log_extra``: more ``logging`` keys
+    (``{"backlog": "0"}``)."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     (home / "keyset.json").write_text(generate_keyset().to_json())
@@ -122,6 +124,7 @@ def start_sidecar(
             log_level=log_level,
             access_log="true" if access_log else "false",
             trusted=", ".join(trusted_proxies),
+            log_extra="".join(f"  {k}: {v}\n" for k, v in (log_extra or {}).items()),
         )
     )
     argv = [PYTHON, *wrap, "-m", "sidecar", "serve", "--config", str(config)]
