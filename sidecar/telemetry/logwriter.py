@@ -20,6 +20,12 @@ are queued (:class:`LineQueue`) and written together:
 access lines held, at most ``logging.flush`` of them and never more than ``logging.buffer``
 bytes, and the lines of the iteration it interrupts.
 
+"Written" above means handed to the stream's writing thread
+(:mod:`sidecar.telemetry.logthread`) when the stream has a descriptor and
+``logging.backlog`` is above 0: the loop never waits for the stream, and a stream that
+stops taking lines loses those past the backlog (counted) instead of stalling the answers.
+``flush()`` outside a running loop (an exit) also waits for that thread, a bounded time.
+
 On a pipe or socket (a container runtime's log collector) the queued text is written in
 pieces of at most ``PIPE_BUF`` bytes cut at line ends: the kernel writes each whole, so
 the lines of ``sidecar serve --workers`` processes sharing the pipe never interleave
