@@ -11,7 +11,10 @@ the upstream as three segments, and costs it up to three reads.
 * an answer streamed to the client (no length, or a large one) carries the body bytes that
   came with the upstream's head in the head's own segment;
 * a request whose body was sent with its head is still never sent twice when the idle
-  connection turns out closed (the pool's rule for bodies, RFC 9110 §9.2.2).
+  connection turns out closed (the pool's rule for bodies, RFC 9110 §9.2.2);
+* the lean front's answers given in one event-loop iteration leave together: pipelined
+  requests answered at once (a 401, a 403) reach the client in one segment, at most
+  ``_MAX_HELD`` answers to a write, in order, and all of them before a close.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.web.lean import _MAX_HELD
 from tests.harness.raw import raw_http
 from tests.harness.served import Sidecar, running_sidecar
 from tests.test_upstream import closing_after_first_answer, raw_upstream
@@ -190,3 +194,64 @@ async def test_a_body_sent_with_its_head_is_not_sent_again_on_a_stale_connection
             response = await raw_http(sc.proxy_port, second.encode())
             assert response.status == 502, response.status
             assert up.connections == 1
+
+
+async def _pipelined(port: int, requests: bytes, answers: int) -> tuple[bytes, int]:
+    """Send ``requests`` in one write; read until ``answers`` status lines came (or the
+    connection closed): the bytes, and the data segments they came in."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(requests)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < answers:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            received += chunk
+        return received, data_segments_in(writer.get_extra_info("socket"))
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "status"), [("/app/page", b"401"), ("/admin/tools", b"403")], ids=["401", "403"]
+)
+async def test_answers_given_in_one_iteration_leave_in_one_segment(
+    tmp_path: Path, path: str, status: bytes
+) -> None:
+    """Three pipelined requests the lean front answers at once (no session: 401; a role's
+    rule: 403): three answers, in order, in one segment (each written as it was given,
+    they were three)."""
+    async with running_sidecar(tmp_path) as sc:
+        cookie = f"{sc.cookie_name}={await sc.login()}" if status == b"403" else "x=y"
+        host = f"127.0.0.1:{sc.proxy_port}"
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n"
+        received, segments = await _pipelined(sc.proxy_port, request.encode() * 3, 3)
+    assert received.count(b"HTTP/1.1 " + status + b" ") == 3, received[:300]
+    assert received.count(b"HTTP/1.1 ") == 3
+    assert segments == 1
+
+
+async def test_answers_held_for_the_iteration_are_bounded_and_precede_a_close(
+    tmp_path: Path,
+) -> None:
+    """Forty pipelined 401s, the last with ``Connection: close``: every answer comes, in
+    order, before the close, at most ``_MAX_HELD`` answers to a write (a client that does
+    not read is still paused by the transport, not held answers)."""
+    async with running_sidecar(tmp_path) as sc:
+        host = f"127.0.0.1:{sc.proxy_port}"
+        one = f"GET /app/n{{}} HTTP/1.1\r\nHost: {host}\r\n{{}}\r\n"
+        requests = "".join(
+            one.format(i, "" if i < 39 else "Connection: close\r\n") for i in range(40)
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+        try:
+            writer.write(requests.encode())
+            received = b""
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                received += chunk  # until the sidecar closes
+            segments = data_segments_in(writer.get_extra_info("socket"))
+        finally:
+            writer.close()
+    assert received.count(b"HTTP/1.1 401 ") == 40, received[-300:]
+    assert segments == -(-40 // _MAX_HELD)

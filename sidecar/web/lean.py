@@ -28,6 +28,14 @@ cap (counted with aiohttp's connections), ``request_head_timeout`` (408, then cl
 ``keepalive_timeout``, checked by one sweep per listener rather than a timer per request.
 A client that leaves cancels its request (as ``handler_cancellation`` does for aiohttp's),
 so its upstream connection is freed at once.
+
+Answers go out at the end of the event-loop iteration that wrote them
+(:meth:`LeanConnection.write`; :class:`~sidecar.web.lean_limits.LeanConnections` sends them),
+all of that iteration's together: a client on another core is woken once for the burst
+rather than once per answer spread over the iteration, and pipelined answers given in one
+iteration leave in one write. Anything else done to the socket (waiting for the client to
+read, closing it, the 408, a handover) sends what is held first, so the order on the wire
+is the order written.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ _READ_AHEAD: Final = 64 * 1024
 # The largest request body the lean front forwards itself, when it came with its head
 # (browsers send a small body in the head's packet); larger ones are aiohttp's, streamed.
 _MAX_BODY: Final = 16 * 1024
+# Answers held for the end of an iteration (pipelined ones, answered at once) beyond which
+# they are sent at once, so that a client that does not read is paused as before.
+_MAX_HELD: Final = 16
 
 
 class _Starting:
@@ -82,6 +93,7 @@ class LeanConnection(asyncio.Protocol):
         "_linger_until",
         "_max_head",
         "_max_headers",
+        "_out",
         "_paused_reading",
         "_paused_writing",
         "_pending",
@@ -108,6 +120,7 @@ class LeanConnection(asyncio.Protocol):
         self._buffer: bytes | bytearray = b""
         self._current: Started | None = None  # the request in progress
         self._pending = b""  # its head, for a handover
+        self._out: list[bytes] | None = None  # written, not sent yet (send_out)
         self._keep_alive = True
         self._answered = False
         self._refused = False
@@ -147,6 +160,7 @@ class LeanConnection(asyncio.Protocol):
         if self._refused:
             return
         self.transport = None
+        self._out = None
         self._server.lean.discard(self)
         self._server.open_connections -= 1
         current, self._current = self._current, None
@@ -182,12 +196,38 @@ class LeanConnection(asyncio.Protocol):
 
     # -- Reply -----------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        """Send ``data`` at the end of this event-loop iteration, with whatever else this
+        iteration writes (see the module docstring)."""
+        if self.transport is None:
+            return
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self._server.lean.send_later(self)
+        else:
+            out.append(data)
+            if len(out) >= _MAX_HELD:
+                self.send_out()
+
+    def send_out(self) -> None:
+        """Send what :meth:`write` holds, now."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        transport = self.transport
+        # (Closing: nothing written after close() is sent, as with the transport's write.)
+        if transport is not None and not transport.is_closing():
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
 
     async def drain(self, within: float) -> bool:
         """Wait until the client takes what was written (at most ``within`` seconds);
         False when it did not, or left."""
+        # Sent first, so that the transport's flow control sees it (a stream's pace).
+        self.send_out()
         if not self._paused_writing:
             return self.transport is not None
         waiter = self._drained
@@ -200,6 +240,7 @@ class LeanConnection(asyncio.Protocol):
         return self.transport is not None
 
     def abort(self) -> None:
+        self._out = None  # (an abort drops what the transport holds too)
         if self.transport is not None:
             self.transport.abort()
 
@@ -235,6 +276,7 @@ class LeanConnection(asyncio.Protocol):
             buffer = self._buffer
             if not buffer:
                 if self._closing:
+                    self.send_out()
                     transport.close()
                 else:
                     self._idle_since = server.clock()
@@ -311,6 +353,7 @@ class LeanConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return False
         if not self._keep_alive:
+            self.send_out()
             transport.close()
             return False
         if self._paused_writing:
@@ -325,6 +368,7 @@ class LeanConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        self.send_out()  # (aiohttp's answers come after)
         self.transport = None
         server = self._server
         server.lean.discard(self)
@@ -351,6 +395,7 @@ class LeanConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._current is not None:
             return
+        self.send_out()
         if self._linger_until is not None:
             if now >= self._linger_until:
                 transport.abort()
@@ -382,9 +427,11 @@ class LeanConnection(asyncio.Protocol):
         """Shutdown: close now if idle, else once the request in progress is answered."""
         self._closing = True
         if self._current is None and self.transport is not None:
+            self.send_out()
             self.transport.close()
 
     def cancel(self) -> None:
         """Shutdown's end: drop the connection (the request in progress is cancelled)."""
+        self._out = None
         if self.transport is not None:
             self.transport.abort()
