@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -313,6 +315,51 @@ def test_a_token_id_is_never_taken_for_a_command_line_option() -> None:
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_token_id_is_its_mint_time_then_80_random_bits() -> None:
+    """Ids sort by mint time (the store's B-trees take new ids at their end): the first
+    48 bits are the time in milliseconds, the other 80 differ between ids of one
+    millisecond."""
+    before = int(time.time() * 1000)
+    ids = [new_token_id() for _ in range(500)]
+    after = int(time.time() * 1000)
+    times = [int.from_bytes(b64decode(i)[:6], "big") for i in ids]
+    assert times == sorted(times)
+    assert before <= times[0]
+    assert times[-1] <= after
+    tails = [b64decode(i)[6:] for i in ids]
+    assert len(set(tails)) == len(tails)
+    assert all(len(t) == 10 for t in tails)
+    while int(time.time() * 1000) <= after:  # the next millisecond
+        pass
+    assert new_token_id()[:8] > ids[-1][:8]  # 8 characters: the 48 bits of the time
+
+
+def _ids_in_a_forked_child(count: int) -> list[str]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, then out at once (no cleanup of the parent's state)
+        try:
+            os.write(write, " ".join(new_token_id() for _ in range(count)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text.split()
+
+
+def test_token_ids_drawn_before_a_fork_are_not_handed_out_by_the_child() -> None:
+    """The random parts are drawn in batches: a worker forked while its supervisor holds
+    some must not hand them out too (two links with one id would share a burn)."""
+    new_token_id()  # this process now holds the rest of a batch
+    child = _ids_in_a_forked_child(200)
+    own = [new_token_id() for _ in range(200)]
+    assert len(child) == 200
+    tails = {b64decode(i)[6:] for i in child} | {b64decode(i)[6:] for i in own}
+    assert len(tails) == 400
 
 
 _JSON = st.recursive(
