@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import inspect
 import itertools
+import os
 import sqlite3
 import time
 import typing
@@ -843,6 +844,36 @@ async def test_sqlite_counted_mint_that_cannot_be_recorded_fails_alone(
         assert await store.get_token("ok30") is None  # the 31st counted: over the limit
         assert await store.hit("m", 60, start) == (41, start + 60)
     finally:
+        await store.close()
+
+
+async def test_sqlite_burns_write_no_temporary_file(tmp_path: Path, now: float) -> None:
+    """A batch's burns touch many pages of a large table, and still no temporary file is
+    made: their INSERT keeps no statement journal, which spilled to one past 64 KiB (a
+    file created, written and deleted in the directory SQLite keeps them in, per batch).
+    Creating or deleting a file there moves the directory's mtime, set to 0 first."""
+    spill = tmp_path / "sqlite-temp"
+    spill.mkdir()
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    # Where SQLite makes its temporary files: a process-wide setting, put back below.
+    setting = sqlite3.connect(":memory:")
+    try:
+        with sqlite3.connect(path) as db:  # burned links enough for ~200 leaf pages
+            rows = ((uuid.uuid4().hex, now + HOUR) for _ in range(20_000))
+            db.executemany("INSERT INTO tokens (id, state, expires_at) VALUES (?, 'used', ?)", rows)
+        db.close()
+        setting.execute(f"PRAGMA temp_store_directory = '{spill}'")
+        os.utime(spill, ns=(0, 0))
+        ids = [uuid.uuid4().hex for _ in range(300)]
+        results = await asyncio.gather(*(store.burn(i, now + HOUR) for i in ids))
+        assert results == [BurnResult.BURNED] * 300
+        assert spill.stat().st_mtime_ns == 0, "a temporary file was made and deleted"
+        assert await store.burn(ids[0], now + HOUR) is BurnResult.ALREADY_USED
+    finally:
+        setting.execute("PRAGMA temp_store_directory = ''")
+        setting.close()
         await store.close()
 
 
