@@ -177,11 +177,16 @@ def count_and_record(conn: sqlite3.Connection, mints: list[CountedMint]) -> list
 def session_row(s: SessionRecord) -> tuple[str, tuple[str | float, ...]]:
     """The statement that writes session ``s`` (replacing one of the same key), and its
     parameters."""
+    # Each attribute read once: SessionRecord is interpreted (the store's base module is not
+    # compiled), so every read is a generic attribute lookup.
     email, module, client = s.email, s.module, s.client
+    expires_at, idle_timeout, last_seen = s.expires_at, s.idle_timeout, s.last_seen
+    # A session without params (most) is "{}" without the call into _codec (interpreted).
+    given = s.params
+    params_json = _codec.dump_json(given) if given else "{}"
     params: tuple[str | float, ...] = (
-        s.key, s.user_id, s.role, _codec.dump_json(s.params), s.created_at, s.expires_at,
-        s.idle_timeout, s.last_seen, s.token_id,
-        _codec.session_dead_at(s.expires_at, s.last_seen, s.idle_timeout),
+        s.key, s.user_id, s.role, params_json, s.created_at, expires_at, idle_timeout,
+        last_seen, s.token_id, _codec.session_dead_at(expires_at, last_seen, idle_timeout),
     )  # fmt: skip
     if email is not None:
         params += (email,)
