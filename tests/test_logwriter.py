@@ -11,7 +11,9 @@ import io
 import json
 import logging
 import os
+import signal
 import threading
+import time
 
 from sidecar.telemetry import metrics
 from sidecar.telemetry.audit import JsonLineFormatter
@@ -330,3 +332,74 @@ def test_a_forked_child_writes_its_lines_with_a_thread_of_its_own() -> None:
                 data += chunk
     os.close(read_fd)
     assert [json.loads(x)["n"] for x in data.decode().splitlines()] == [1, 2]
+
+
+def _blocked_in_a_write(thread: threading.Thread | None) -> bool:
+    """Whether ``thread`` sleeps in the kernel's write to a pipe (polled, not waited for)."""
+    assert thread is not None
+    assert thread.native_id is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            open(f"/proc/self/task/{thread.native_id}/wchan") as wchan,
+        ):
+            if "pipe_write" in wchan.read():
+                return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_child_forked_while_the_thread_writes_to_a_stalled_stream_still_writes() -> None:
+    """The supervisor of ``sidecar serve --workers`` forks a worker (or a replacement) while
+    its writing thread may be inside a write to stderr that a slow log collector holds up.
+    A buffered stream's lock held by that thread at the fork stays held in the child for
+    ever (no thread of the child's owns it): the child's thread must not need it, or every
+    line the worker logs afterwards is lost, even once the collector reads again."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_fd, b"\n" * 4096)  # full: the next write waits for a reader
+    os.set_blocking(write_fd, True)
+    # Buffered, as sys.stderr is unless PYTHONUNBUFFERED is set.
+    with os.fdopen(write_fd, "w", encoding="ascii") as stream:
+        handler = LoopBatchedHandler(stream)
+        handler.queue.line(access(1) + " " * 20000)  # more than the stream's buffer
+        writer = handler._writer
+        assert writer is not None
+        assert _blocked_in_a_write(writer._thread)
+        pid = os.fork()
+        if pid == 0:  # the child: reads the pipe (the collector is back), then logs
+            code = 2
+            try:
+                seen = bytearray()
+
+                def collect() -> None:
+                    while chunk := os.read(read_fd, 65536):
+                        seen.extend(chunk)
+
+                threading.Thread(target=collect, daemon=True).start()
+                handler.queue.line(access(2))
+                handler.flush()  # waits for the child's thread, at most DRAIN_WAIT
+                deadline = time.monotonic() + 5
+                while b'"n": 2' not in seen and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                code = 0 if b'"n": 2' in seen else 1
+            finally:
+                os._exit(code)
+        try:
+            deadline = time.monotonic() + 30
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if done[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                done = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's line never came"
+        finally:
+            os.set_blocking(read_fd, False)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(read_fd, 65536):
+                    pass
+            handler.close()
+    os.close(read_fd)

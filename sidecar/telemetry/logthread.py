@@ -18,6 +18,9 @@ nothing while the stream keeps up (each text is written as soon as it is handed 
 
 After a fork (``sidecar serve --workers``) the child starts with an empty queue and a
 thread of its own when it first writes: the parent's thread writes what the parent queued.
+If the parent's thread was inside a write at the fork, ``after_fork_mid_write`` runs in the
+child (the handler gives itself a new stream object: a buffered stream's lock, held by a
+thread the child does not have, would stay held there for ever).
 """
 
 from __future__ import annotations
@@ -43,9 +46,15 @@ class WriterThread:
     """Writes the texts given to :meth:`put` with ``write``, in order, from a daemon thread
     started at the first of them."""
 
-    def __init__(self, write: Callable[[str], None], backlog: int = DEFAULT_BACKLOG) -> None:
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        backlog: int = DEFAULT_BACKLOG,
+        after_fork_mid_write: Callable[[], None] | None = None,
+    ) -> None:
         self._write = write
         self.backlog = backlog
+        self._after_fork_mid_write = after_fork_mid_write
         self._reset()
         _ALL.add(self)
 
@@ -124,9 +133,11 @@ class WriterThread:
     def _after_fork_in_child(self) -> None:
         # The parent's thread did not come along, and its lock may have been held at the
         # fork: a fresh start; what the parent queued is the parent's to write.
-        closed = self._closed
+        closed, mid_write = self._closed, self._writing
         self._reset()
         self._closed = closed
+        if mid_write and self._after_fork_mid_write is not None:
+            self._after_fork_mid_write()
 
 
 def _dropped_line(lines: int) -> str:

@@ -241,7 +241,7 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
             writer.close()
             self._writer = None
         if descriptor and self._backlog > 0:
-            self._writer = WriterThread(self._write_text, self._backlog)
+            self._writer = WriterThread(self._write_text, self._backlog, self._new_stream_in_child)
 
     def _detach(self) -> None:
         writer = self._writer
@@ -286,6 +286,27 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         else:
             writer.put(text)
 
+    def _new_stream_in_child(self) -> None:
+        """In a forked child whose parent's writing thread was inside a write to the stream
+        (the supervisor of ``sidecar serve --workers`` forking while a slow collector holds
+        up stderr): a buffered stream's lock is still held in the child, by a thread the
+        child does not have, and any write to it would wait for ever. The child writes
+        through a new stream object on the same descriptor; the old one is kept, never
+        used again (closing or collecting it would flush, and wait for that lock)."""
+        stream = self.stream
+        try:
+            fresh = open(  # noqa: SIM115  # the handler's stream for the process's life
+                stream.fileno(),
+                "w",
+                encoding=getattr(stream, "encoding", None) or "utf-8",
+                errors=getattr(stream, "errors", None) or "backslashreplace",
+                closefd=False,
+            )
+        except (OSError, ValueError, AttributeError):
+            return
+        _ABANDONED.append(stream)
+        self.stream = fresh
+
     def _write_text(self, text: str) -> None:
         try:
             self.stream.write(text)
@@ -294,6 +315,10 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
             # A log that cannot be written (a closed or broken stream, a full disk) must
             # not fail the request whose line filled the buffer: the text is dropped.
             pass
+
+
+# Streams a forked child stopped using (see LoopBatchedHandler._new_stream_in_child).
+_ABANDONED: Final[list[TextIO]] = []
 
 
 def _kind(stream: TextIO) -> tuple[bool, int]:
