@@ -403,3 +403,38 @@ def test_a_child_forked_while_the_thread_writes_to_a_stalled_stream_still_writes
                     pass
             handler.close()
     os.close(read_fd)
+
+
+def test_an_exit_waits_for_a_stuck_stream_once() -> None:
+    """``logging.shutdown()`` calls the handler's ``flush`` then its ``close`` (which
+    flushes and ends the thread): with the stream stuck, each waited ``DRAIN_WAIT`` again,
+    three times in all (15 s, past many a container's stop grace). Once a wait has given
+    up and nothing was written since, the next ones do not wait."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_fd, b"\n" * 4096)  # full: nobody reads
+    os.set_blocking(write_fd, True)
+    stream = os.fdopen(write_fd, "w", encoding="ascii")
+    try:
+        handler = LoopBatchedHandler(stream)
+        handler.queue.line(access(1) + " " * 20000)
+        handler.queue.line(access(2))
+        writer = handler._writer
+        assert writer is not None
+        assert _blocked_in_a_write(writer._thread)
+        assert not writer.drain(0.1)  # an exit's wait gives up
+        started = time.monotonic()
+        handler.flush()  # logging.shutdown(): flush, then close
+        handler.close()
+        assert time.monotonic() - started < 1.0
+    finally:
+        # The stream moves again: the thread's write ends, then the stream can close.
+        reader = threading.Thread(
+            target=lambda: [None for _ in iter(lambda: os.read(read_fd, 65536), b"")]
+        )
+        reader.start()
+        stream.close()
+        reader.join(10)
+        os.close(read_fd)

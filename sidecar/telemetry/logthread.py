@@ -64,6 +64,8 @@ class WriterThread:
         self._queued = 0  # characters queued (ASCII JSON lines: bytes)
         self._writing = False  # the thread holds a text it is writing
         self._dropped = 0  # lines dropped since the last warning about it
+        self._written = 0  # texts written so far
+        self._gave_up_at = -1  # _written when a drain last gave up waiting
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -94,9 +96,20 @@ class WriterThread:
 
     def drain(self, timeout: float = DRAIN_WAIT) -> bool:
         """Wait until every queued text is written, at most ``timeout`` seconds; False when
-        some are still waiting (the stream does not take them)."""
+        some are still waiting (the stream does not take them). Once a wait has given up,
+        the next ones do not wait while no text has been written since: an exit flushes
+        and closes the handler (``logging.shutdown()``), and each would wait again."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._texts and not self._writing, timeout)
+            idle = self._idle
+            if self._written == self._gave_up_at and not idle():
+                return False  # stuck since the last wait gave up
+            if self._cond.wait_for(idle, timeout):
+                return True
+            self._gave_up_at = self._written
+            return False
+
+    def _idle(self) -> bool:
+        return not self._texts and not self._writing
 
     def close(self, timeout: float = DRAIN_WAIT) -> None:
         """Write what is queued (waiting at most ``timeout``), then end the thread."""
@@ -127,6 +140,7 @@ class WriterThread:
                 with cond:
                     self._queued -= len(text)
                     self._writing = False
+                    self._written += 1
                     if not self._texts:
                         cond.notify_all()  # drain()
 
