@@ -438,3 +438,47 @@ def test_an_exit_waits_for_a_stuck_stream_once() -> None:
         stream.close()
         reader.join(10)
         os.close(read_fd)
+
+
+def test_a_line_from_another_thread_during_a_reload_of_the_backlog_is_written() -> None:
+    """SIGHUP moves ``logging.backlog`` to 0 (or the stream changes) while the store's
+    thread logs: the old writing thread is closed, then replaced. A line handed to it in
+    between was dropped, silently (a closed writer takes nothing, and counts nothing)."""
+    read_fd, write_fd = os.pipe()
+    got = bytearray()
+
+    def collect() -> None:
+        while chunk := os.read(read_fd, 65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=collect)
+    reader.start()
+    stream = os.fdopen(write_fd, "w", encoding="ascii")
+    try:
+        handler = LoopBatchedHandler(stream)
+        writer = handler._writer
+        assert writer is not None
+        closed, go = threading.Event(), threading.Event()
+        close = writer.close
+
+        def close_then_wait(timeout: float = 5.0) -> None:
+            close(timeout)
+            closed.set()  # the reload is between closing the old thread and the next step
+            go.wait(10)
+
+        writer.close = close_then_wait  # type: ignore[method-assign]
+        reload = threading.Thread(target=handler.set_buffering, args=(4096, 1.0, 0))
+        reload.start()
+        assert closed.wait(10)
+        store_thread = threading.Thread(target=handler.queue.line, args=(access(7),))
+        store_thread.start()
+        store_thread.join(0.5)  # it may wait for the reload to end, not lose its line
+        go.set()
+        reload.join(10)
+        store_thread.join(10)
+        handler.close()
+    finally:
+        stream.close()
+        reader.join(10)
+        os.close(read_fd)
+    assert [json.loads(x)["n"] for x in got.decode().splitlines()] == [7]

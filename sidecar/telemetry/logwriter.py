@@ -213,24 +213,34 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
     def set_buffering(self, buffer: int, flush_after: float, backlog: int | None = None) -> None:
         """``logging.buffer``, ``logging.flush`` and ``logging.backlog``; what is held is
         written first."""
-        self.queue.flush()
-        self.queue.buffer = buffer
-        self.queue.flush_after = flush_after
-        if backlog is None or backlog == self._backlog:
-            return
-        self._backlog = backlog
-        writer = self._writer
-        if writer is not None and backlog > 0:
-            writer.backlog = backlog  # the thread and what it holds stay
-        else:  # to or from no thread (the texts queued for one are written first)
-            self._attach(self.stream)
+        # The handler's lock throughout: another thread's line (the store's) must not be
+        # handed to a writing thread closed and not yet replaced (it would be lost).
+        self.acquire()
+        try:
+            self.queue.flush()
+            self.queue.buffer = buffer
+            self.queue.flush_after = flush_after
+            if backlog is None or backlog == self._backlog:
+                return
+            self._backlog = backlog
+            writer = self._writer
+            if writer is not None and backlog > 0:
+                writer.backlog = backlog  # the thread and what it holds stay
+            else:  # to or from no thread (the texts queued for one are written first)
+                self._attach(self.stream)
+        finally:
+            self.release()
 
     def setStream(self, stream: TextIO) -> TextIO | None:
-        self.queue.flush()
-        self._detach()
-        previous = super().setStream(stream)
-        self._attach(stream)
-        return previous
+        self.acquire()  # (as set_buffering)
+        try:
+            self.queue.flush()
+            self._detach()
+            previous = super().setStream(stream)
+            self._attach(stream)
+            return previous
+        finally:
+            self.release()
 
     def _attach(self, stream: TextIO) -> None:
         """How texts reach ``stream``: cut to ``PIPE_BUF`` on a pipe, and through a thread
@@ -275,8 +285,12 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
             writer.drain()
 
     def close(self) -> None:
-        self.flush()
-        self._detach()
+        self.acquire()  # (as set_buffering)
+        try:
+            self.flush()
+            self._detach()
+        finally:
+            self.release()
         super().close()
 
     def _hand_over(self, text: str) -> None:
