@@ -347,3 +347,42 @@ async def test_a_mint_the_store_refuses_is_answered_by_the_lane_as_aiohttp_does(
             assert _handovers() == before
             shapes.append(_answers(response))
         assert shapes[0] == shapes[1]
+
+
+async def test_a_client_that_leaves_mid_mint_is_logged_499_and_frees_the_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client closes while its mint waits for the store: the store call is cancelled,
+    the access line says 499 (nginx's "client closed"), nothing is answered or handed
+    over, and the lane serves the next mint."""
+    caplog.set_level("INFO", logger="sidecar")
+    async with running_sidecar(tmp_path / "lean", overrides=_ROLES) as lean:
+        store = cast(TimedStore, lean.store).inner  # see the test above
+        original = store.record_counted
+        entered, cancelled = asyncio.Event(), asyncio.Event()
+
+        async def stuck(*args: object, **kwargs: object) -> object:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return await original(*args, **kwargs)  # type: ignore[arg-type]  # never
+
+        monkeypatch.setattr(store, "record_counted", stuck)
+        before = _handovers()
+        reader, writer = await asyncio.open_connection("127.0.0.1", lean.admin_port)
+        writer.write(_post(MINT, "X-Request-Id: gone-1")(lean))
+        await asyncio.wait_for(entered.wait(), 5)
+        writer.close()
+        await asyncio.wait_for(cancelled.wait(), 5)
+        assert await reader.read() == b""  # nothing was answered
+        monkeypatch.setattr(store, "record_counted", original)
+        response = await raw_http(lean.admin_port, _post(MINT, "X-Request-Id: next-1")(lean))
+        assert response.status == 200
+        assert _handovers() == before
+    access = [r.getMessage() for r in caplog.records if r.name == "sidecar.access"]
+    assert any('"request_id": "gone-1"' in line and '"status": 499' in line for line in access)
+    assert any('"request_id": "next-1"' in line and '"status": 200' in line for line in access)
+    assert "never retrieved" not in caplog.text

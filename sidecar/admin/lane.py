@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from email.utils import formatdate
 from functools import lru_cache
+from time import perf_counter, time
 from typing import Final
 
 from aiohttp import web
@@ -49,13 +49,14 @@ from sidecar.admin.guards import (
     count_mint_failure,
     too_many_mints,
 )
-from sidecar.admin.mints import announce, keep_link, mint_link
+from sidecar.admin.mints import announce, mint_link
 from sidecar.refer.minting import MintedLink
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
 from sidecar.store.ratelimit import RateLimited
 from sidecar.telemetry.access import CLIENT_CLOSED, AccessLine, request_id_for
 from sidecar.telemetry.context import CURRENT, RequestRecord
+from sidecar.tokens.records import record_counted_mint
 from sidecar.web.heads import Head
 from sidecar.web.inflight import InFlight
 from sidecar.web.jsonbody import BadBody, parse_json_object
@@ -68,17 +69,18 @@ _TARGET: Final = PATH.encode()
 _REFUSED: Final = (b"origin", b"sec-fetch-site", b"content-encoding")
 _JSON_TYPES: Final = (b"application/json", b"application/json; charset=utf-8")
 # What aiohttp's server writes for the handler's answer, in its order (json_response, the
-# access middleware's X-Request-Id, then Content-Length, Date, and own_answer_headers').
-_HEAD: Final = (
+# access middleware's X-Request-Id, then Content-Length, Date, and own_answer_headers'):
+# the parts around the request id, the length and the Date line, joined (a bytes format
+# costs more than the join).
+_HEAD_START: Final = (
     b"HTTP/1.1 200 OK\r\n"
     b"Cache-Control: no-store\r\n"
     b"Content-Type: application/json; charset=utf-8\r\n"
-    b"X-Request-Id: %b\r\n"
-    b"Content-Length: %d\r\n"
-    b"%b"
-    b"X-Content-Type-Options: nosniff\r\n"
-    b"\r\n"
+    b"X-Request-Id: "
 )
+_HEAD_LENGTH: Final = b"\r\nContent-Length: "
+_CRLF: Final = b"\r\n"
+_HEAD_END: Final = b"X-Content-Type-Options: nosniff\r\n\r\n"
 
 
 class MintLane:
@@ -100,7 +102,7 @@ class MintLane:
             return None
         if head.length > self.guards.max_body:
             return None  # aiohttp's 413 (the lean front takes bodies up to 16 KiB)
-        started = time.perf_counter()
+        started = perf_counter()
         host = content_type = request_id = None
         authorizations: list[str] = []
         for lower, (_, value) in zip(head.names, head.headers, strict=True):
@@ -123,42 +125,79 @@ class MintLane:
             link = mint_link(self.services, parse_json_object(head.body))
         except (BadBody, RequestError):
             return None
-        mint = _Mint(self, reply, link, RequestRecord(request_id_for(request_id), "admin"))
+        record = RequestRecord(request_id_for(request_id), "admin")
+        key, rate = self.guards.quota()
+        now = self.services.clock()
+        call = record_counted_mint(self.services.store, link.claims, key, rate, now)
+        mint = _Mint(self, reply, link, record, rate.limit, now)
         mint.started = started
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        task = mint.task = loop.create_task(mint.run())
-        drain = self.drain
-        if drain is not None:  # in flight until answered, as in aiohttp's handler
-            drain.begin()
-            task.add_done_callback(lambda _: drain.end())
+        # The store call is the task itself, and the answer its done callback: no
+        # coroutine of the lane's around the call (two coroutine levels fewer a mint).
+        task = mint.task = loop.create_task(call)
+        mint.drain = self.drain
+        if mint.drain is not None:  # in flight until answered, as in aiohttp's handler
+            mint.drain.begin()
+        task.add_done_callback(mint.answer)
         return mint
 
 
 class _Mint:
-    """One mint the lane took: kept in the store, then answered (or declined)."""
+    """One mint the lane took: kept in the store (its task), then answered (or declined)
+    by :meth:`answer`."""
 
-    __slots__ = ("_lane", "_link", "_record", "_reply", "started", "task")
+    __slots__ = (
+        "_lane",
+        "_limit",
+        "_link",
+        "_now",
+        "_record",
+        "_reply",
+        "drain",
+        "started",
+        "task",
+    )
 
-    def __init__(self, lane: MintLane, reply: Reply, link: MintedLink, record: RequestRecord):
+    def __init__(
+        self,
+        lane: MintLane,
+        reply: Reply,
+        link: MintedLink,
+        record: RequestRecord,
+        limit: int,
+        now: float,
+    ) -> None:
         self._lane = lane
         self._reply = reply
         self._link = link
         self._record = record
+        self._limit = limit  # admin.mint_rate's, when the mint was counted
+        self._now = now
         self.started = 0.0
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[tuple[int, float]] | None = None
+        self.drain: InFlight | None = None
 
-    async def run(self) -> None:
-        lane, reply, record = self._lane, self._reply, self._record
-        CURRENT.set(record)  # this task's own context: the audit line's request_id
+    def answer(self, task: asyncio.Task[tuple[int, float]]) -> None:
+        """The store call ended: answer, refuse or decline (see the module docstring)."""
         try:
-            await keep_link(lane.services, lane.guards, self._link)
+            self._answer(task)
+        finally:
+            drain = self.drain
+            if drain is not None:
+                drain.end()
+
+    def _answer(self, task: asyncio.Task[tuple[int, float]]) -> None:
+        reply, record = self._reply, self._record
+        # The request's record for the audit line (its request_id): set in this callback's
+        # own context (a copy, made when the callback was added, gone after it), as the
+        # access middleware sets it for aiohttp's handler. The store call needs none.
+        CURRENT.set(record)
+        try:
+            count, reset_at = task.result()
         except asyncio.CancelledError:
             self._log(CLIENT_CLOSED)
-            raise
-        except RateLimited as exc:
-            self._refuse(too_many_mints(None, exc.retry_after))
             return
         except StoreUnavailable:
             # Answered here, not handed over: the store may have kept the mint before it
@@ -169,8 +208,14 @@ class _Mint:
         except Exception:
             reply.decline()
             return
+        if count > self._limit:  # counted, not recorded
+            limited = RateLimited.until(reset_at, self._now)
+            self._refuse(too_many_mints(None, limited.retry_after))
+            return
         body = announce(self._link).encode()
-        reply.write(_HEAD % (record.request_id.encode(), len(body), _date_line()) + body)
+        length = str(len(body)).encode()
+        reply.write(b"".join([_HEAD_START, record.request_id.encode(), _HEAD_LENGTH, length,
+                              _CRLF, _date_line(), _HEAD_END, body]))  # fmt: skip
         self._log(200)
         reply.finished()
 
@@ -189,7 +234,7 @@ class _Mint:
         self._reply.finished()
 
     def _log(self, status: int) -> None:
-        elapsed = time.perf_counter() - self.started
+        elapsed = perf_counter() - self.started
         self._lane.access("POST", PATH, status, elapsed, self._record, self._reply.peer)
 
     def cancel(self) -> None:
@@ -199,7 +244,7 @@ class _Mint:
 
 
 def _date_line() -> bytes:
-    return _date_of(int(time.time()))
+    return _date_of(int(time()))
 
 
 @lru_cache(maxsize=2)

@@ -131,8 +131,11 @@ class MintedLink:
         )
 
 
-def parse_refer_request(body: Mapping[str, object], config: Config) -> ReferRequest:
-    """Check a decoded ``POST /referstring`` body against the config; raise :class:`MintError`."""
+def parse_refer_request(body: dict[str, object], config: Config) -> ReferRequest:
+    """Check a decoded ``POST /referstring`` body against the config; raise :class:`MintError`.
+
+    ``body`` is a dict (what the JSON decoder gives), not any mapping: compiled, each of
+    the dozen lookups of a mint's fields is then the dict's own, not a method call."""
     if not _FIELD_NAMES.issuperset(body):
         unknown = sorted(set(body) - _FIELD_NAMES)
         raise MintError(
@@ -203,7 +206,7 @@ def _user_id(value: object) -> str:
     return value
 
 
-def _params(body: Mapping[str, object], config: Config) -> tuple[RoleConfig, dict[str, str]]:
+def _params(body: dict[str, object], config: Config) -> tuple[RoleConfig, dict[str, str]]:
     raw = body.get("additionalParams", {})
     if not isinstance(raw, dict):
         raise MintError("additionalParams", f"expected an object, got {_kind(raw)}")
@@ -246,7 +249,7 @@ def _param_value(field: str, value: object) -> str:
     raise MintError(field, f"expected a string, number or boolean, got {_kind(value)}")
 
 
-def _module(body: Mapping[str, object], role: RoleConfig) -> str | None:
+def _module(body: dict[str, object], role: RoleConfig) -> str | None:
     if "module" not in body:
         return None
     module = body["module"]
@@ -257,7 +260,7 @@ def _module(body: Mapping[str, object], role: RoleConfig) -> str | None:
     return module
 
 
-def _lifetime(body: Mapping[str, object], role: RoleConfig, config: Config) -> int:
+def _lifetime(body: dict[str, object], role: RoleConfig, config: Config) -> int:
     limit = min(role.max_expiry, config.max_expiry)
     has_measure, has_offset = "expireMeasure" in body, "expireOffset" in body
     if not has_measure and not has_offset:

@@ -16,8 +16,8 @@ timed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable
+from time import perf_counter
 from typing import TypeVar
 
 from sidecar.store.base import (
@@ -34,19 +34,22 @@ from sidecar.store.base import (
 )
 from sidecar.telemetry.metrics import observe_store, store_up
 
+# perf_counter by its own name: compiled, time.perf_counter is an attribute lookup on the
+# module for every call (two per store call).
+
 T = TypeVar("T")
 
 
 async def _timed(op: str, call: Awaitable[T]) -> T:
     """``call`` (the backend's coroutine for ``op``, not started yet) awaited and timed."""
-    started = time.perf_counter()
+    started = perf_counter()
     try:
         result = await call
     except StoreUnavailable:
         store_up(False)
         raise
     finally:
-        observe_store(op, time.perf_counter() - started)
+        observe_store(op, perf_counter() - started)
     store_up(True)
     return result
 
@@ -81,14 +84,14 @@ class TimedStore:
         self, token_id: str, expires_at: float, session: SessionRecord | None = None
     ) -> BurnResult:
         # Every redemption's call: _timed written out (one coroutine fewer), as for mints.
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             result = await self.inner.burn(token_id, expires_at, session)
         except StoreUnavailable:
             store_up(False)
             raise
         finally:
-            observe_store("burn", time.perf_counter() - started)
+            observe_store("burn", perf_counter() - started)
         store_up(True)
         return result
 
@@ -115,14 +118,14 @@ class TimedStore:
         now: float,
     ) -> tuple[int, float]:
         # Every mint's call: _timed written out (one coroutine fewer).
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             result = await self.inner.record_counted(record, keep_until, key, window, limit, now)
         except StoreUnavailable:
             store_up(False)
             raise
         finally:
-            observe_store("record_counted", time.perf_counter() - started)
+            observe_store("record_counted", perf_counter() - started)
         store_up(True)
         return result
 

@@ -18,7 +18,9 @@ A link's state, as ``GET /tokens/{id}`` answers it:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from sidecar.config import LINK_TYPES
 from sidecar.config.values import RateLimit
@@ -41,12 +43,19 @@ async def remember_counted_mint(
 ) -> None:
     """Count a mint under ``key`` and record the link, in one store call; raise
     :class:`~sidecar.store.ratelimit.RateLimited` (nothing recorded) past ``rate``."""
-    keep = claims.expires_at + KEEP_AFTER_EXPIRY
-    count, reset_at = await store.record_counted(
-        _record(claims), keep, key, rate.window, rate.limit, now
-    )
+    count, reset_at = await record_counted_mint(store, claims, key, rate, now)
     if count > rate.limit:
         raise RateLimited.until(reset_at, now)
+
+
+def record_counted_mint(
+    store: TokenRecordStore, claims: Claims, key: str, rate: RateLimit, now: float
+) -> Coroutine[Any, Any, tuple[int, float]]:
+    """:func:`remember_counted_mint`'s store call, not started: it answers ``(count,
+    reset_at)``, and recorded the link if and only if ``count`` is at most ``rate.limit``
+    (the caller's check; past it, ``RateLimited.until(reset_at, now)``)."""
+    keep = claims.expires_at + KEEP_AFTER_EXPIRY
+    return store.record_counted(_record(claims), keep, key, rate.window, rate.limit, now)
 
 
 def _record(claims: Claims) -> TokenRecord:
