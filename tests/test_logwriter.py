@@ -482,3 +482,25 @@ def test_a_line_from_another_thread_during_a_reload_of_the_backlog_is_written() 
         reader.join(10)
         os.close(read_fd)
     assert [json.loads(x)["n"] for x in got.decode().splitlines()] == [7]
+
+
+def test_lines_dropped_before_an_exit_are_still_reported_in_the_log() -> None:
+    """Lines dropped and no text handed over after them: the warning that says how many
+    comes with the next text, and an exit is the last chance for it (the counter dies
+    with the process)."""
+    gate = threading.Event()
+    written: list[str] = []
+
+    def write(text: str) -> None:
+        gate.wait(10)
+        written.append(text)
+
+    writer = WriterThread(write, backlog=12)
+    writer.put("a\n")  # the thread waits in the stream's write with it
+    writer.put("b" * 9 + "\n")
+    writer.put("c\n")  # past the backlog: dropped
+    gate.set()
+    writer.close()
+    assert written[:2] == ["a\n", "b" * 9 + "\n"]
+    assert len(written) == 3
+    assert json.loads(written[2])["dropped_lines"] == 1

@@ -88,11 +88,12 @@ class WriterThread:
             self._texts.append(text)
             self._queued += len(text)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="sidecar-log-writer", daemon=True
-                )
-                self._thread.start()
+                self._start()
             self._cond.notify()
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sidecar-log-writer", daemon=True)
+        self._thread.start()
 
     def drain(self, timeout: float = DRAIN_WAIT) -> bool:
         """Wait until every queued text is written, at most ``timeout`` seconds; False when
@@ -112,7 +113,17 @@ class WriterThread:
         return not self._texts and not self._writing
 
     def close(self, timeout: float = DRAIN_WAIT) -> None:
-        """Write what is queued (waiting at most ``timeout``), then end the thread."""
+        """Write what is queued (waiting at most ``timeout``), then end the thread. Lines
+        dropped since the last warning are reported first: no later text will carry it."""
+        with self._cond:
+            if self._dropped and not self._closed:
+                warning = _dropped_line(self._dropped)
+                self._dropped = 0
+                self._texts.append(warning)
+                self._queued += len(warning)
+                if self._thread is None:
+                    self._start()
+                self._cond.notify()
         self.drain(timeout)
         with self._cond:
             self._closed = True
