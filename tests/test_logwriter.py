@@ -504,3 +504,26 @@ def test_lines_dropped_before_an_exit_are_still_reported_in_the_log() -> None:
     assert written[:2] == ["a\n", "b" * 9 + "\n"]
     assert len(written) == 3
     assert json.loads(written[2])["dropped_lines"] == 1
+
+
+def test_a_text_the_stream_fails_on_unexpectedly_is_counted_and_the_thread_goes_on() -> None:
+    """A write that raises something other than the stream's own errors loses that text,
+    counted as dropped lines (and reported by the next text's warning); the thread lives on
+    and writes the texts after it."""
+    written: list[str] = []
+
+    def write(text: str) -> None:
+        if text.startswith("boom"):
+            raise RuntimeError("reentrant call")
+        written.append(text)
+
+    writer = WriterThread(write, backlog=1000)
+    before = metrics.LOG_LINES_DROPPED._value.get()
+    writer.put("boom 1\nboom 2\n")
+    assert writer.drain(10)
+    assert metrics.LOG_LINES_DROPPED._value.get() == before + 2
+    writer.put("after\n")
+    assert writer.drain(10)
+    assert json.loads(written[0])["dropped_lines"] == 2
+    assert written[1:] == ["after\n"]
+    writer.close()

@@ -14,7 +14,8 @@ the upstream as three segments, and costs it up to three reads.
   connection turns out closed (the pool's rule for bodies, RFC 9110 §9.2.2);
 * the lean front's answers given in one event-loop iteration leave together: pipelined
   requests answered at once (a 401, a 403) reach the client in one segment, at most
-  ``_MAX_HELD`` answers to a write, in order, and all of them before a close.
+  ``_MAX_HELD`` answers to a write, in order, and all of them before a close, or before
+  the end of input the client sent after its request.
 """
 
 from __future__ import annotations
@@ -255,3 +256,40 @@ async def test_answers_held_for_the_iteration_are_bounded_and_precede_a_close(
             writer.close()
     assert received.count(b"HTTP/1.1 401 ") == 40, received[-300:]
     assert segments == -(-40 // _MAX_HELD)
+
+
+async def test_an_answer_read_with_the_clients_fin_still_reaches_it(tmp_path: Path) -> None:
+    """A client that half-closes after its request, its FIN read in the iteration whose
+    first step answers it (the sidecar read the upstream's answer in the one before): the
+    answer, held for the end of the iteration, is sent before the end of input closes the
+    connection, as it was when each answer was written at once. The upstream, the client
+    and the sidecar share this loop, so the script places the FIN: it shuts the client's
+    side in the iteration after its answer's write (fails without eof_received's send)."""
+    client: list[asyncio.StreamWriter] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        # Next iteration, before the sidecar's poll reads OK: the FIN is seen one poll
+        # later, in the iteration whose first step is the one that answers the client.
+        asyncio.get_running_loop().call_soon(client[0].write_eof)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_upstream(script) as up:
+        overrides: dict[str, object] = {"proxy": {"upstream": f"http://127.0.0.1:{up.port}"}}
+        async with running_sidecar(tmp_path, overrides=overrides) as sc:
+            cookie = f"{sc.cookie_name}={await sc.login()}"
+            host = f"127.0.0.1:{sc.proxy_port}"
+            request = f"GET /a HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n"
+            reader, writer = await asyncio.open_connection("127.0.0.1", sc.proxy_port)
+            client.append(writer)
+            try:
+                writer.write(request.encode())
+                received = b""
+                while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                    received += chunk  # until the sidecar closes
+            finally:
+                writer.close()
+    assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+    assert received.endswith(b"\r\n\r\nok")

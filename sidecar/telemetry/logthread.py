@@ -147,6 +147,15 @@ class WriterThread:
                 self._writing = True
             try:
                 self._write(text)
+            except Exception:
+                # The stream's own failures (OSError, an encoding's ValueError) are the
+                # handler's to drop; anything else must not end the thread, after which
+                # every line would queue until the backlog is full and then be dropped
+                # with no warning ever written. This text is lost, counted as a drop.
+                lines = text.count("\n")
+                metrics.log_lines_dropped(lines)
+                with cond:
+                    self._dropped += lines
             finally:
                 with cond:
                     self._queued -= len(text)

@@ -185,6 +185,12 @@ class LeanConnection(asyncio.Protocol):
             self._paused_reading = True
             self.transport.pause_reading()
 
+    def eof_received(self) -> None:
+        # The client's FIN: the transport closes once this returns (half-closed clients
+        # are not served on). An answer this iteration gave before it, held for the end of
+        # the iteration, goes out first, as it did when each answer was written at once.
+        self.send_out()
+
     def pause_writing(self) -> None:
         self._paused_writing = True
 
