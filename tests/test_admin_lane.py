@@ -23,6 +23,7 @@ which has no lean front.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -386,3 +387,36 @@ async def test_a_client_that_leaves_mid_mint_is_logged_499_and_frees_the_lane(
     assert any('"request_id": "gone-1"' in line and '"status": 499' in line for line in access)
     assert any('"request_id": "next-1"' in line and '"status": 200' in line for line in access)
     assert "never retrieved" not in caplog.text
+
+
+async def test_a_fault_after_the_store_call_closes_the_connection_and_leaves_no_one_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault of the lane's own once the store call is done (here a store that counts the
+    mint over the limit with a window reset time that is not a number, so the refusal's
+    Retry-After cannot be computed; types the compiled store checks are right): the
+    client is not left waiting for an answer that
+    never comes; the connection is closed at once, the fault is logged, nothing is handed
+    over (aiohttp's handler would record a second link), and the lane serves the next
+    mint."""
+    async with running_sidecar(tmp_path / "lean", overrides=_ROLES) as lean:
+        store = cast(TimedStore, lean.store).inner  # see the tests above
+        original = store.record_counted
+
+        async def garbled(*args: object, **kwargs: object) -> object:
+            return (10**9, float("nan"))
+
+        monkeypatch.setattr(store, "record_counted", garbled)
+        before = _handovers()
+        reader, writer = await asyncio.open_connection("127.0.0.1", lean.admin_port)
+        try:
+            writer.write(_post(MINT, "X-Request-Id: fault-1")(lean))
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, unanswered
+        finally:
+            writer.close()
+        monkeypatch.setattr(store, "record_counted", original)
+        response = await raw_http(lean.admin_port, _post(MINT, "X-Request-Id: next-2")(lean))
+        assert response.status == 200
+        assert _handovers() == before
+    assert "answering POST /referstring failed" in caplog.text

@@ -183,6 +183,12 @@ class _Mint:
         """The store call ended: answer, refuse or decline (see the module docstring)."""
         try:
             self._answer(task)
+        except Exception:
+            # A fault of ours once the store call is done: the client must not wait for an
+            # answer that never comes. Not handed over (the link may be recorded, and
+            # aiohttp's handler would record a second one): the connection is closed.
+            _LOG.exception("answering POST %s failed; connection closed", PATH)
+            self._reply.abort()
         finally:
             drain = self.drain
             if drain is not None:
