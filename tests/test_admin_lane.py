@@ -420,3 +420,35 @@ async def test_a_fault_after_the_store_call_closes_the_connection_and_leaves_no_
         assert response.status == 200
         assert _handovers() == before
     assert "answering POST /referstring failed" in caplog.text
+
+
+async def test_a_mint_the_store_fails_unexpectedly_is_answered_500_by_the_lane_as_aiohttp_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store call that fails with something other than StoreUnavailable: the lane answers
+    aiohttp's handler's 500 byte for byte, and the store is asked once (handed over,
+    aiohttp's handler would count and record the mint a second time)."""
+    async with (
+        running_sidecar(tmp_path / "lean", overrides=_ROLES) as lean,
+        running_sidecar(
+            tmp_path / "plain", overrides={**_ROLES, "admin": {"lean_front": False}}
+        ) as plain,
+    ):
+        calls: list[int] = []
+        shapes = []
+        for sc in (lean, plain):
+            store = cast(TimedStore, sc.store).inner  # see the tests above
+
+            async def failing(*args: object, **kwargs: object) -> object:
+                calls.append(1)
+                raise RuntimeError("a bug in the store")
+
+            monkeypatch.setattr(store, "record_counted", failing)
+            calls.clear()
+            before = _handovers()
+            response = await raw_http(sc.admin_port, _post(MINT)(sc), quiet=1.0)
+            assert response.status == 500
+            assert calls == [1]
+            assert _handovers() == before
+            shapes.append(_answers(response))
+        assert shapes[0] == shapes[1]

@@ -19,10 +19,13 @@ lane — every request whose answer could be anything but that ``200``:
   ``Content-Encoding``;
 * a body that is not one strict JSON object, or that the mint refuses (400).
 
-A mint the store refuses once taken — over ``admin.mint_rate`` (``429``), or the store
-unavailable (``503``) — is answered here with the handler's refusal, byte for byte, and
-not handed over: aiohttp's handler would count it again, and after a store failure (which
-may come after the store kept the link) mint and record a second link.
+A mint the store refuses once taken — over ``admin.mint_rate`` (``429``), the store
+unavailable (``503``), or any other failure of the store call (``500``, as the handler's
+guard answers an unhandled error) — is answered here with the handler's answer, byte for
+byte, and not handed over: aiohttp's handler would count it again, and after a store
+failure (which may come after the store kept the link) mint and record a second link. A
+fault of the lane's own after that closes the connection: nobody waits for an answer that
+will not come.
 
 tests/test_admin_lane.py sends the same bytes to a sidecar with the lane and one without
 and compares the answers byte for byte (``Date``, ``X-Request-Id`` and the minted values
@@ -50,6 +53,7 @@ from sidecar.admin.guards import (
     too_many_mints,
 )
 from sidecar.admin.mints import announce, mint_link
+from sidecar.links.errorcodes import UNEXPECTED_FAILURE
 from sidecar.refer.minting import MintedLink
 from sidecar.services import Services
 from sidecar.store.base import StoreUnavailable
@@ -212,7 +216,10 @@ class _Mint:
             self._refuse(admin_error(503, STORE_DOWN_MESSAGE))
             return
         except Exception:
-            reply.decline()
+            # Answered here as aiohttp's handler answers it, not handed over: the store
+            # may have counted and kept the mint, and the handler would do both again.
+            _LOG.exception("unhandled error during POST %s", PATH)
+            self._refuse(admin_error(500, "internal error", error_code=UNEXPECTED_FAILURE))
             return
         if count > self._limit:  # counted, not recorded
             limited = RateLimited.until(reset_at, self._now)
