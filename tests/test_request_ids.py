@@ -3,24 +3,12 @@ every process of ``sidecar serve --workers``, which forks its workers."""
 
 from __future__ import annotations
 
-import os
-
 from sidecar.telemetry.access import request_id_for
+from tests.harness.forked import made_in_a_forked_child
 
 
 def _ids_in_a_forked_child(count: int) -> list[str]:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its ids, then out at once (no cleanup of the parent's state)
-        try:
-            os.write(write, " ".join(request_id_for(None) for _ in range(count)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        text = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return text.split()
+    return made_in_a_forked_child(lambda: request_id_for(None), count)
 
 
 def test_forked_processes_give_different_request_ids() -> None:

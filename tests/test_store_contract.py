@@ -722,6 +722,17 @@ async def test_sqlite_unusable_path(tmp_path: Path, kind: str) -> None:
     await store.close()
 
 
+def _fail_inserts(path: Path, table: str, column: str) -> None:
+    """A fault the writer cannot foresee: inserting into ``table`` a row whose ``column``
+    begins with ``bad`` aborts (an SQLite trigger)."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER boom BEFORE INSERT ON {table} WHEN NEW.{column} LIKE 'bad%'"
+            " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        )
+    db.close()
+
+
 async def test_sqlite_failed_write_fails_alone_and_writes_nothing(
     tmp_path: Path, now: float
 ) -> None:
@@ -729,12 +740,7 @@ async def test_sqlite_failed_write_fails_alone_and_writes_nothing(
     store = SQLiteStore(str(path))
     await store.open()
     try:
-        with sqlite3.connect(path) as db:  # a fault the writer cannot foresee
-            db.execute(
-                "CREATE TRIGGER boom BEFORE INSERT ON tokens WHEN NEW.id LIKE 'bad%'"
-                " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
-            )
-        db.close()
+        _fail_inserts(path, "tokens", "id")
         ids = [f"ok{i}" for i in range(100)] + ["bad"] + [f"ok{i}" for i in range(100, 200)]
         results = await asyncio.gather(
             *(store.burn(i, now + HOUR) for i in ids), return_exceptions=True
@@ -754,12 +760,7 @@ async def test_sqlite_burn_and_its_session_are_one_transaction(tmp_path: Path, n
     store = SQLiteStore(str(path))
     await store.open()
     try:
-        with sqlite3.connect(path) as db:  # a fault the writer cannot foresee
-            db.execute(
-                "CREATE TRIGGER boom BEFORE INSERT ON sessions WHEN NEW.key LIKE 'bad%'"
-                " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
-            )
-        db.close()
+        _fail_inserts(path, "sessions", "key")
         keys = [f"ok{i}" for i in range(50)] + ["bad"] + [f"ok{i}" for i in range(50, 100)]
         calls = [store.burn(f"t-{k}", now + HOUR, session(k, now)) for k in keys]
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -825,12 +826,7 @@ async def test_sqlite_counted_mint_that_cannot_be_recorded_fails_alone(
     store = SQLiteStore(str(path))
     await store.open()
     try:
-        with sqlite3.connect(path) as db:  # a fault the writer cannot foresee
-            db.execute(
-                "CREATE TRIGGER boom BEFORE INSERT ON token_records WHEN NEW.token_id"
-                " LIKE 'bad%' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
-            )
-        db.close()
+        _fail_inserts(path, "token_records", "token_id")
         start = (now // 60 + 1) * 60
         ids = [f"ok{i}" for i in range(20)] + ["bad"] + [f"ok{i}" for i in range(20, 40)]
         calls = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from sidecar.tokens.codec import (
     new_token_id,
 )
 from sidecar.tokens.keys import KeySet, generate_keyset
+from tests.harness.forked import made_in_a_forked_child
 from tests.security.fuzzing import fuzz
 
 NOW = 1_800_000_000
@@ -340,18 +340,7 @@ def test_a_token_id_is_its_mint_time_then_80_random_bits() -> None:
 
 
 def _ids_in_a_forked_child(count: int) -> list[str]:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its ids, then out at once (no cleanup of the parent's state)
-        try:
-            os.write(write, " ".join(new_token_id() for _ in range(count)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        text = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return text.split()
+    return made_in_a_forked_child(new_token_id, count)
 
 
 def test_token_ids_drawn_before_a_fork_are_not_handed_out_by_the_child() -> None:
